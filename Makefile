@@ -1,0 +1,55 @@
+# The README's commands. `make` alone prints this help.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODELS := build/models
+REPOSITORY := build/model_repository
+
+.DEFAULT_GOAL := help
+.PHONY: help deps models test test-unit test-integration test-e2e demo lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+deps: $(VENV)/.installed broker ## Python packages in .venv, Mosquitto from Debian
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch pinned exactly: the CPU wheel; a range would pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[serve-cpu,train,dev]'
+	touch $@
+
+.PHONY: broker
+broker:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; \
+	fi
+
+models: $(REPOSITORY)/.built ## train the reference models and assemble the CPU Triton repository
+
+$(MODELS)/.trained: $(VENV)/.installed $(wildcard tools/synth*.py tools/models*.py tools/train*.py) edge/taxonomy.py edge/process_params.py edge/notes.py
+	$(PY) -m tools.train --model all --out $(MODELS)
+	touch $@
+
+$(REPOSITORY)/.built: $(MODELS)/.trained tools/build_repository.py $(wildcard model_repository/cpu/*.py model_repository/cpu/*/*)
+	$(PY) -m tools.build_repository --models $(MODELS) --out $(REPOSITORY)
+	touch $@
+
+test: deps models ## run every test tier (unit, integration with real Triton and Mosquitto, e2e)
+	$(PY) -m pytest tests
+
+test-unit: $(VENV)/.installed ## unit tests only (no servers)
+	$(PY) -m pytest tests/unit
+
+demo: deps models ## the daemon with real Triton (CPU), Mosquitto, simulated AOI tools and MES for about a minute
+	$(PY) -m tools.demo --repository $(REPOSITORY)
+
+lint: $(VENV)/.installed ## ruff
+	$(VENV)/bin/ruff check edge calibration tools tests model_repository
+
+clean: ## remove built models and run state (keeps .venv)
+	rm -rf build var

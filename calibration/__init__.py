@@ -1,0 +1,1 @@
+"""Per recipe x tool x class confidence thresholds (pure logic and its store; no network)."""

@@ -1,0 +1,74 @@
+"""``edge-inspect``: run the daemon, validate a config, run a local Triton server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from edge import tritonserver
+from edge.config import load_config
+from edge.errors import EdgeError
+from edge.logs import configure, get
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.daemon import Daemon  # the daemon's heavy imports only for `run`
+
+    configure(args.log_level)
+    log = get("edge.cli")
+    try:
+        cfg = load_config(args.config)
+    except EdgeError as err:
+        log.error("config_invalid", error=str(err))
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Daemon(cfg).run(stop)
+
+    try:
+        asyncio.run(main())
+    except EdgeError as err:
+        log.error("daemon_failed", error=str(err), kind=type(err).__name__)
+        return 1
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except EdgeError as err:
+        print(f"invalid: {err}", file=sys.stderr)
+        return 2
+    print(f"ok: {args.file}: station {cfg.station}, {len(cfg.tools)} tools, {len(cfg.recipes)} recipes")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="edge-inspect", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the inspection daemon")
+    run.add_argument("--config", required=True, help="TOML config file")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check-config", help="validate a config file without starting anything")
+    check.add_argument("file")
+    check.set_defaults(func=_check_config)
+    serve = sub.add_parser("triton-server", help="run the wheel's tritonserver on a model repository")
+    tritonserver.add_arguments(serve)
+    serve.set_defaults(func=tritonserver.main)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

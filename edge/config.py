@@ -1,0 +1,217 @@
+"""Typed daemon configuration: one TOML file, validated once at load; unknown keys are errors."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.errors import ConfigError
+from edge.process_params import DEFAULT_PARAMETERS
+from edge.taxonomy import DEFAULT_CLASSES
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Strict):
+    bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ ROUTER address the AOI tools connect to")
+    max_payload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted image payload")
+    max_header_bytes: int = Field(16 * 1024, gt=0, description="largest accepted msgpack header")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="largest declared h*w, checked before decoding")
+    image_height: int = Field(256, gt=0, description="height the models take")
+    image_width: int = Field(256, gt=0, description="width the models take")
+    resize: bool = Field(False, description="resize frames of another size instead of rejecting them")
+    max_inflight_frames: int = Field(256, gt=0, description="accepted frames not yet answered; beyond it: busy")
+    busy_retry_after_ms: int = Field(50, gt=0, description="retry hint sent with a busy reply")
+    default_deadline_ms: int = Field(1500, gt=0, description="deadline of a frame whose header sets none")
+    max_deadline_ms: int = Field(10_000, gt=0, description="upper bound on a header's deadline_ms")
+
+
+class JoinConfig(_Strict):
+    window_ms: int = Field(50, ge=0, description="how long a frame waits for its wafer's MES context")
+    cache_max_wafers: int = Field(20_000, gt=0, description="context cache entries kept")
+    cache_max_age_s: float = Field(24 * 3600.0, gt=0, description="context older than this is dropped")
+
+
+class BatchingConfig(_Strict):
+    max_batch: int = Field(16, gt=0, le=32, description="largest batch sent to Triton")
+    max_delay_ms: float = Field(4.0, ge=0, description="longest a frame waits for its batch to fill")
+    max_concurrent_batches: int = Field(2, gt=0, description="batches in flight to Triton at once")
+
+
+class TritonConfig(_Strict):
+    url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint host:port")
+    anomaly_model: str = "anomaly"
+    classifier_model: str = "classifier"
+    timeout_ms: int = Field(2000, gt=0, description="per-request limit")
+    ready_timeout_s: float = Field(120.0, gt=0, description="how long start-up waits for the models")
+    health_interval_s: float = Field(2.0, gt=0, description="how often Triton's readiness is checked")
+
+
+class MqttConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    prefix: str = Field("fab/edge", description="topic prefix of everything the daemon publishes")
+    client_id: str | None = Field(None, description="defaults to edge-{station}")
+    username: str | None = None
+    password_env: str | None = Field(None, description="environment variable holding the password")
+    password_credential: str | None = Field(
+        None, description="systemd credential (LoadCredential=) holding the password"
+    )
+    keepalive_s: int = Field(30, gt=0)
+    max_inflight: int = Field(64, gt=0, description="QoS 1 messages awaiting PUBACK")
+    mes_process_topic: str = Field("fab/mes/process/#", description="where MES publishes wafer process logs")
+    mes_lot_topic: str = Field("fab/mes/lot/#", description="where MES publishes lot_start / lot_end")
+
+    def password(self) -> str | None:
+        """The secret, from the environment or a systemd credential; never stored in the config."""
+        if self.password_env and self.password_env in os.environ:
+            return os.environ[self.password_env]
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if self.password_credential and directory:
+            path = Path(directory) / self.password_credential
+            if path.is_file():
+                return path.read_text().strip()
+        return None
+
+
+class LocalPubConfig(_Strict):
+    bind: str | None = Field("tcp://127.0.0.1:5556", description="ZeroMQ PUB for local consumers; null: off")
+
+
+class OutboxConfig(_Strict):
+    path: Path = Field(Path("var/edge/outbox.sqlite"), description="SQLite file of results and events")
+
+
+class HttpConfig(_Strict):
+    host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
+    port: Port = 9108
+
+
+class ThresholdEntry(_Strict):
+    recipe: str = "*"
+    tool: str = "*"
+    defect_class: str = Field(alias="class")
+    threshold: Annotated[float, Field(ge=0.5, le=0.95)]
+
+
+class BandEntry(_Strict):
+    recipe: str = "*"
+    tool: str = "*"
+    pass_band: float = Field(alias="pass", ge=0)
+    reject_band: float = Field(alias="reject", ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BandEntry:
+        if not self.pass_band < self.reject_band:
+            raise ValueError("pass must be below reject")
+        return self
+
+
+class DecisionConfig(_Strict):
+    default_threshold: Annotated[float, Field(ge=0.5, le=0.95)] = Field(
+        0.6, description="escape-averse start value of every class threshold"
+    )
+    audit_fraction: Probability = Field(0.05, description="share of suppressed candidates sent as AUDIT")
+    thresholds: list[ThresholdEntry] = Field(default_factory=list)
+    bands: list[BandEntry] = Field(
+        default_factory=list, description="anomaly bands per recipe x tool; default: the model's own"
+    )
+    classes: tuple[str, ...] = Field(DEFAULT_CLASSES, description="classifier output order; GOOD first")
+
+    @model_validator(mode="after")
+    def _known_classes(self) -> DecisionConfig:
+        if not self.classes or self.classes[0] != "GOOD":
+            raise ValueError("classes must start with GOOD")
+        for entry in self.thresholds:
+            if entry.defect_class not in self.classes[1:]:
+                raise ValueError(f"thresholds: unknown class {entry.defect_class!r}")
+        return self
+
+
+class ToolConfig(_Strict):
+    id: str = Field(min_length=1, max_length=64)
+    description: str = ""
+
+
+class RecipeConfig(_Strict):
+    parameters: tuple[str, ...] = Field(DEFAULT_PARAMETERS, description="order of the classifier's process vector")
+
+    @model_validator(mode="after")
+    def _unique(self) -> RecipeConfig:
+        if len(set(self.parameters)) != len(self.parameters):
+            raise ValueError("parameters must be unique")
+        return self
+
+
+class Config(_Strict):
+    station: str = Field("ST-01", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    tools: list[ToolConfig] = Field(min_length=1, description="AOI tools allowed to send frames")
+    recipes: dict[str, RecipeConfig] = Field(min_length=1, description="recipes allowed, by id")
+    ingest: IngestConfig = IngestConfig()
+    join: JoinConfig = JoinConfig()
+    batching: BatchingConfig = BatchingConfig()
+    triton: TritonConfig = TritonConfig()
+    mqtt: MqttConfig = MqttConfig()
+    local_pub: LocalPubConfig = LocalPubConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    http: HttpConfig = HttpConfig()
+    decision: DecisionConfig = DecisionConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        ids = [t.id for t in self.tools]
+        if len(set(ids)) != len(ids):
+            raise ValueError("tools: duplicate id")
+        for recipe in self.recipes.values():
+            if len(recipe.parameters) != 48:
+                raise ValueError("recipes: the classifier takes exactly 48 process parameters")
+        for entry in [*self.decision.thresholds, *self.decision.bands]:
+            if entry.tool != "*" and entry.tool not in ids:
+                raise ValueError(f"decision: unknown tool {entry.tool!r}")
+            if entry.recipe != "*" and entry.recipe not in self.recipes:
+                raise ValueError(f"decision: unknown recipe {entry.recipe!r}")
+        return self
+
+    @property
+    def tool_ids(self) -> frozenset[str]:
+        return frozenset(t.id for t in self.tools)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; ``ConfigError`` names the file and each bad key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

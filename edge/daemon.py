@@ -1,0 +1,458 @@
+"""The daemon: intake, MES join, batching, inference, decision, durable record, replies, events.
+
+One asyncio loop. Blocking SQLite work runs on one dedicated thread; paho runs its own thread
+and hands callbacks to the loop. Every accepted frame ends as exactly one recorded result and
+one reply; nothing waits without a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from calibration.table import Bands, BandTable, ThresholdTable
+from edge import decide as rule
+from edge.batcher import Batcher
+from edge.config import Config
+from edge.context import ContextCache, LotEvent, ProcessLog, parse_lot_event, parse_process_log
+from edge.errors import ConfigError, EdgeError, InferenceFailed, OutboxError, TritonUnavailable
+from edge.events import EventIds, FrameFacts, event_body, event_topic
+from edge.frames import Frame, batch_inputs, heatmap_peak
+from edge.http import Health, HttpServer
+from edge.imaging import decode
+from edge.infer import TritonClient
+from edge.logs import RateLimited, get
+from edge.metrics import Metrics
+from edge.mqtt import MqttLink, topic_matches
+from edge.outbox import EventRow, Outbox, ResultRow
+from edge.publisher import Publisher
+from edge.sdnotify import Notifier
+from edge.wire import Limits, Rejected, encode_reply, error_reply, ok_reply, parse_frame
+from edge.zmq_sockets import EventFeed, FrameSocket, context
+
+log = get("edge.daemon")
+STATIC_CALIBRATION = {"profile_version": 0, "status": "static"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a frame ended: a verdict, or not inspected for ``reason``."""
+
+    frame: Frame
+    verdict: rule.Verdict | None
+    score: float = 0.0
+    peak: tuple[int, int] | None = None
+    reason: str | None = None
+
+    @property
+    def decision(self) -> str:
+        return self.verdict.decision if self.verdict else rule.NOT_INSPECTED
+
+    @property
+    def event_decision(self) -> str | None:
+        return self.verdict.event_decision if self.verdict else rule.NOT_INSPECTED
+
+
+class Daemon:
+    def __init__(self, cfg: Config, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.health = Health(broker_required=cfg.mqtt.enabled)
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._limits = Limits(
+            cfg.ingest.max_header_bytes, cfg.ingest.max_payload_bytes, cfg.ingest.max_image_pixels,
+            cfg.tool_ids, frozenset(cfg.recipes),
+        )
+        self._parameters = {rid: r.parameters for rid, r in cfg.recipes.items()}
+        self._thresholds = ThresholdTable(cfg.decision.default_threshold, {
+            (t.recipe, t.tool, t.defect_class): t.threshold for t in cfg.decision.thresholds})
+        self._bands: BandTable | None = None
+        self._ids = EventIds()
+        self._audit_rng = random.Random()
+        self._cache = ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s)
+        self._waiting: dict[tuple[str, str, str], list[Frame]] = defaultdict(list)
+        self._inflight: dict[tuple[str, str], Frame] = {}
+        self._batcher: Batcher[Frame] = Batcher(cfg.batching.max_batch, cfg.batching.max_delay_ms / 1000)
+        self._batch_ready = asyncio.Event()
+        self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)
+        self._tasks: set[asyncio.Task] = set()
+        self._bad_input_log = RateLimited(10.0)
+        self._accepting = True
+        self.models: dict[str, str] = {}
+        self.frame_endpoint: str | None = None
+        self.http_port: int | None = None
+
+    # ---- life cycle -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        notifier = Notifier()
+        self.outbox = await self._db(Outbox, cfg.outbox.path)
+        self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
+                                   cfg.triton.timeout_ms / 1000)
+        await self._wait_for_models()
+        http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
+        self.http_port = await http.start()
+        link = None
+        if cfg.mqtt.enabled:
+            link = MqttLink(cfg.mqtt, cfg.station, loop, self._on_mqtt_message, self._on_ack, self._on_broker,
+                            (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))
+        self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight)
+        self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
+        sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
+                           hwm=cfg.ingest.max_inflight_frames * 2)
+        self.frame_endpoint = sock.endpoint
+        if link:
+            link.start()
+        self._spawn(self.publisher.run())
+        self.publisher.wake()  # replay what a previous run left undelivered
+        self._sock = sock
+        self._spawn(self._batch_loop())
+        self._spawn(self._health_loop(notifier))
+        intake = self._spawn(self._intake(sock))
+        log.info("started", frames=sock.endpoint, http_port=self.http_port, models=self.models,
+                 triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)
+        notifier.ready()
+        await stop.wait()
+
+        notifier.stopping()
+        log.info("draining", inflight=len(self._inflight))
+        self._accepting = False
+        self.health.draining = True
+        intake.cancel()
+        await self._finish_inflight(timeout_s=10.0)
+        sock.close()
+        delivered = await self.publisher.drain(timeout_s=5.0) if link else True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if link:
+            link.stop()
+        if self._feed:
+            self._feed.close()
+        await self.triton.close()
+        await http.close()
+        await self._db(self.outbox.close)
+        self._db_thread.shutdown(wait=True)
+        log.info("stopped", all_events_acknowledged=delivered)
+
+    async def _wait_for_models(self) -> None:
+        deadline = time.monotonic() + self.cfg.triton.ready_timeout_s
+        while not await self.triton.ready():
+            if time.monotonic() > deadline:
+                raise TritonUnavailable(f"Triton at {self.cfg.triton.url} not ready within "
+                                        f"{self.cfg.triton.ready_timeout_s:.0f} s")
+            await asyncio.sleep(0.5)
+        await self._learn_models()
+
+    async def _learn_models(self) -> None:
+        self.models = await self.triton.model_versions()
+        self.health.triton_ready = True
+        self.health.models = self.models
+        self.metrics.triton_up.set(1)
+        declared = await self.triton.anomaly_bands()
+        entries = {(b.recipe, b.tool): Bands(b.pass_band, b.reject_band) for b in self.cfg.decision.bands}
+        default = entries.get(("*", "*"), declared)
+        if default is None:
+            raise ConfigError("no anomaly bands: the anomaly model declares none and decision.bands has no "
+                              "recipe='*', tool='*' entry")
+        self._bands = BandTable(default, entries)
+
+    async def _health_loop(self, notifier: Notifier) -> None:
+        interval = self.cfg.triton.health_interval_s
+        if notifier.watchdog_interval_s:
+            interval = min(interval, notifier.watchdog_interval_s)
+        while True:
+            await asyncio.sleep(interval)
+            notifier.watchdog()
+            ready = await self.triton.ready()
+            if ready and not self.health.triton_ready:
+                try:
+                    await self._learn_models()
+                    log.info("triton_recovered", models=self.models)
+                except EdgeError as err:
+                    log.warning("triton_model_info_failed", error=str(err))
+            elif not ready and self.health.triton_ready:
+                log.warning("triton_not_ready", url=self.cfg.triton.url)
+            self.health.triton_ready = ready
+            self.metrics.triton_up.set(int(ready))
+            self.metrics.outbox_backlog.set(await self.publisher.backlog())
+            self.metrics.inflight.set(len(self._inflight))
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_failed", error=repr(task.exception()))
+
+    async def _db(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def _finish_inflight(self, timeout_s: float) -> None:
+        for frames in self._waiting.values():
+            for frame in frames:
+                self._enqueue(frame)
+        self._waiting.clear()
+        end = time.monotonic() + timeout_s
+        while self._inflight and time.monotonic() < end:
+            self._batch_ready.set()
+            await asyncio.sleep(0.01)
+
+    # ---- intake -----------------------------------------------------------------------------
+    async def _intake(self, sock: FrameSocket) -> None:
+        while True:
+            identity, parts = await sock.recv()
+            try:
+                await self._accept(identity, parts)
+            except OutboxError as err:
+                log.error("outbox_read_failed", error=str(err))
+                await self._reply(identity, error_reply(None, "busy", "outbox_unavailable",
+                                                        self.cfg.ingest.busy_retry_after_ms))
+
+    async def _accept(self, identity: bytes, parts: list[bytes]) -> None:
+        now, wall = time.monotonic(), time.time()
+        parsed = parse_frame(parts, self._limits)
+        if isinstance(parsed, Rejected):
+            return await self._reject(identity, parsed)
+        header, payload = parsed
+        tool = header.tool_id
+        self.metrics.frames_received.labels(tool).inc()
+        key = (tool, header.frame_id)
+        if key in self._inflight:  # resent while still in work: answer the newest connection
+            self._inflight[key].identity = identity
+            self.metrics.frames_duplicate.labels(tool).inc()
+            return
+        recorded = await self._db(self.outbox.recorded_reply, tool, header.frame_id)
+        if recorded is not None:
+            self.metrics.frames_duplicate.labels(tool).inc()
+            return await self._sock.send(identity, recorded)
+        if not self._accepting or len(self._inflight) >= self.cfg.ingest.max_inflight_frames:
+            self.metrics.frames_busy.labels(tool).inc()
+            return await self._reply(identity, error_reply(header.frame_id, "busy", "queue_full",
+                                                           self.cfg.ingest.busy_retry_after_ms))
+        ing = self.cfg.ingest
+        tensors = decode(header, payload, (ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
+        if isinstance(tensors, Rejected):
+            return await self._reject(identity, tensors)
+        budget_ms = min(header.deadline_ms or ing.default_deadline_ms, ing.max_deadline_ms)
+        frame = Frame(identity, header, tensors, now, now + budget_ms / 1000, wall)
+        frame.timings["ingest"] = time.monotonic() - now
+        self._inflight[key] = frame
+        context_log = self._cache.get(frame.wafer_key, now)
+        if context_log is not None or self.cfg.join.window_ms == 0:
+            frame.context = context_log
+            self._enqueue(frame)
+        else:
+            self._waiting[frame.wafer_key].append(frame)
+            asyncio.get_running_loop().call_later(self.cfg.join.window_ms / 1000, self._join_expired, frame)
+
+    async def _reject(self, identity: bytes, rejected: Rejected) -> None:
+        self.metrics.frames_rejected.labels(rejected.reason).inc()
+        held = self._bad_input_log.allow(rejected.reason)
+        if held is not None:
+            log.warning("frame_rejected", reason=rejected.reason, detail=rejected.detail,
+                        frame_id=rejected.frame_id, similar_since_last=held)
+        await self._reply(identity, error_reply(rejected.frame_id, "rejected", f"{rejected.reason}: "
+                                                f"{rejected.detail}"))
+
+    async def _reply(self, identity: bytes, reply: dict) -> None:
+        await self._sock.send(identity, encode_reply(reply))
+
+    # ---- MES join ---------------------------------------------------------------------------
+    def _on_mqtt_message(self, topic: str, payload: bytes) -> None:
+        if topic_matches(self.cfg.mqtt.mes_process_topic, topic):
+            self.on_process_log(payload)
+        elif topic_matches(self.cfg.mqtt.mes_lot_topic, topic):
+            self.on_lot_event(payload)
+
+    def on_process_log(self, payload: bytes) -> None:
+        parsed = parse_process_log(payload)
+        if isinstance(parsed, Rejected):
+            return self._mes_rejected(parsed)
+        self.metrics.mes_messages.labels("process_log").inc()
+        self._cache.put(parsed, time.monotonic())
+        for frame in self._waiting.pop(parsed.key, []):
+            self._join(frame, parsed)
+
+    def on_lot_event(self, payload: bytes) -> None:
+        parsed = parse_lot_event(payload)
+        if isinstance(parsed, Rejected):
+            return self._mes_rejected(parsed)
+        self.metrics.mes_messages.labels(parsed.kind).inc()
+        self._lot_event(parsed)
+
+    def _lot_event(self, event: LotEvent) -> None:
+        log.info("lot_event", kind=event.kind, lot_id=event.lot_id, tool_id=event.tool_id,
+                 recipe_id=event.recipe_id)
+
+    def _mes_rejected(self, rejected: Rejected) -> None:
+        self.metrics.mes_rejected.labels(rejected.reason).inc()
+        held = self._bad_input_log.allow("mes:" + rejected.reason)
+        if held is not None:
+            log.warning("mes_message_rejected", reason=rejected.reason, detail=rejected.detail,
+                        similar_since_last=held)
+
+    def _join_expired(self, frame: Frame) -> None:
+        waiting = self._waiting.get(frame.wafer_key)
+        if waiting and frame in waiting:
+            waiting.remove(frame)
+            if not waiting:
+                del self._waiting[frame.wafer_key]
+            self._join(frame, None)
+
+    def _join(self, frame: Frame, context_log: ProcessLog | None) -> None:
+        frame.context = context_log
+        frame.timings["join_wait"] = time.monotonic() - frame.received
+        self._enqueue(frame)
+
+    def _enqueue(self, frame: Frame) -> None:
+        if frame.context is None:
+            self.metrics.context_missing.labels(frame.header.tool_id).inc()
+        if frame.note is None:
+            self.metrics.notes_missing.labels(frame.header.tool_id).inc()
+        self._batcher.add(frame, time.monotonic())
+        self.metrics.queue_depth.set(len(self._batcher))
+        self._batch_ready.set()
+
+    # ---- batches ----------------------------------------------------------------------------
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batch = None
+            while batch is None:
+                batch = self._batcher.poll(time.monotonic())
+                if batch is None:
+                    self._batch_ready.clear()
+                    deadline = self._batcher.next_deadline()
+                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    try:
+                        await asyncio.wait_for(self._batch_ready.wait(), timeout)
+                    except TimeoutError:
+                        pass
+            self.metrics.queue_depth.set(len(self._batcher))
+            self._spawn(self._run_batch(batch))
+
+    async def _run_batch(self, batch: list[Frame]) -> None:
+        try:
+            started = time.monotonic()
+            for frame in batch:
+                frame.timings["queue"] = started - frame.received
+            live = [f for f in batch if f.deadline > started]
+            outcomes = [self._not_inspected(f, "deadline_passed") for f in batch if f.deadline <= started]
+            if live:
+                outcomes += await self._inspect(live)
+            await self._record_and_answer(outcomes)
+        finally:
+            self._slots.release()
+
+    async def _inspect(self, frames: list[Frame]) -> list[Outcome]:
+        self.metrics.batch_size.observe(len(frames))
+        inputs = batch_inputs(frames, self._parameters)
+        t0 = time.monotonic()
+        try:
+            anomaly, classes = await asyncio.gather(
+                self.triton.anomaly(inputs.grey),
+                self.triton.classify(inputs.rgb, inputs.process, inputs.present, inputs.notes),
+            )
+        except (TritonUnavailable, InferenceFailed) as err:
+            reason = "triton_unavailable" if isinstance(err, TritonUnavailable) else "inference_failed"
+            self.metrics.inference_errors.labels(reason).inc()
+            held = self._bad_input_log.allow(reason)
+            if held is not None:
+                log.warning("inference_failed", reason=reason, error=str(err), frames=len(frames))
+            return [self._not_inspected(f, reason) for f in frames]
+        infer_s = time.monotonic() - t0
+        self.metrics.stage_latency.labels("inference").observe(infer_s)
+        outcomes = []
+        assert self._bands is not None
+        for i, frame in enumerate(frames):
+            h = frame.header
+            frame.timings["infer"] = infer_s
+            verdict = rule.decide(
+                float(anomaly.scores[i]), self._bands.get(h.recipe_id, h.tool_id), classes.probs[i],
+                self.cfg.decision.classes, lambda c, h=h: self._thresholds.get(h.recipe_id, h.tool_id, c),
+                self._audit_rng.random(), self.cfg.decision.audit_fraction,
+            )
+            peak = heatmap_peak(anomaly.heatmaps[i], frame.tensors.grey.shape[1:])
+            outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), peak))
+        return outcomes
+
+    def _not_inspected(self, frame: Frame, reason: str) -> Outcome:
+        return Outcome(frame, None, reason=reason)
+
+    async def _record_and_answer(self, outcomes: list[Outcome]) -> None:
+        results, events, replies = [], [], []
+        now = time.monotonic()
+        for outcome in outcomes:
+            frame, verdict, reason = outcome.frame, outcome.verdict, outcome.reason
+            decision, event_decision = outcome.decision, outcome.event_decision
+            h = frame.header
+            latency = {k: round(v * 1000, 3) for k, v in frame.timings.items() if k in ("queue", "infer")}
+            latency["total"] = round((now - frame.received) * 1000, 3)
+            event_id = self._ids.new() if event_decision else None
+            if reason is None:
+                reply = ok_reply(h.frame_id, decision, event_id, latency["total"])
+            else:
+                reply = error_reply(h.frame_id, "not_inspected", reason)
+                reply["event_id"] = event_id
+            if event_decision:
+                facts = FrameFacts(
+                    self.cfg.station, h.tool_id, h.recipe_id, h.lot_id, h.wafer_id, h.die, h.frame_id,
+                    outcome.score, outcome.peak, frame.context is not None, (), self.models, latency,
+                )
+                body = event_body(event_id, time.time(), event_decision, verdict, facts, STATIC_CALIBRATION, reason)
+                topic = event_topic(self.cfg.mqtt.prefix, self.cfg.station, h.tool_id)
+                events.append(EventRow(event_id, topic, event_decision, json.dumps(body, separators=(",", ":"))))
+            encoded = encode_reply(reply)
+            results.append(ResultRow(h.tool_id, h.frame_id, decision, event_id, encoded))
+            replies.append((frame, encoded))
+            self._count(frame, decision, verdict)
+        t0 = time.monotonic()
+        try:
+            await self._db(self.outbox.record, results, events)
+        except OutboxError as err:
+            log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
+            for frame, _ in replies:
+                self._inflight.pop(frame.key, None)
+                await self._reply(frame.identity, error_reply(frame.header.frame_id, "busy", "outbox_unavailable",
+                                                              self.cfg.ingest.busy_retry_after_ms))
+            return
+        self.metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
+        for frame, encoded in replies:
+            self._inflight.pop(frame.key, None)
+            await self._sock.send(frame.identity, encoded)
+            self.metrics.e2e_latency.observe(time.monotonic() - frame.received)
+        if events:
+            if self._feed:
+                for event in events:
+                    self._feed.publish(event.topic, event.payload)
+            self.publisher.wake()
+
+    def _count(self, frame: Frame, decision: str, verdict: rule.Verdict | None) -> None:
+        h = frame.header
+        label = verdict.defect_class if verdict else "NONE"
+        self.metrics.decisions.labels(h.tool_id, h.recipe_id, decision, label).inc()
+        if verdict and verdict.suppressed:
+            self.metrics.suppressed.labels(h.tool_id, verdict.top_k[0][0]).inc()
+
+    # ---- MQTT callbacks ---------------------------------------------------------------------
+    def _on_ack(self, mid: int) -> None:
+        self.publisher.on_ack(mid)
+
+    def _on_broker(self, connected: bool) -> None:
+        self.health.broker_connected = connected
+        self.metrics.broker_up.set(int(connected))
+        log.info("mqtt_connected" if connected else "mqtt_disconnected", host=self.cfg.mqtt.host,
+                 port=self.cfg.mqtt.port)
+        if connected:
+            self.publisher.wake()

@@ -1,0 +1,73 @@
+"""A frame inside the daemon, and the model inputs of a batch of frames. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.context import ProcessLog
+from edge.imaging import Tensors
+from edge.notes import tokenize
+from edge.process_params import process_vector
+from edge.wire import FrameHeader
+
+
+@dataclass(eq=False)
+class Frame:
+    identity: bytes  # ROUTER identity of the tool connection to answer
+    header: FrameHeader
+    tensors: Tensors
+    received: float  # monotonic seconds
+    deadline: float  # monotonic seconds
+    received_wall: float  # epoch seconds
+    context: ProcessLog | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.header.tool_id, self.header.frame_id)
+
+    @property
+    def wafer_key(self) -> tuple[str, str, str]:
+        return (self.header.tool_id, self.header.lot_id, self.header.wafer_id)
+
+    @property
+    def note(self) -> str | None:
+        return self.header.notes or (self.context.notes if self.context else None)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInputs:
+    grey: np.ndarray  # (B, 1, H, W) uint8
+    rgb: np.ndarray  # (B, 3, H, W) uint8
+    process: np.ndarray  # (B, 48) float32
+    present: np.ndarray  # (B, 2) float32
+    notes: np.ndarray  # (B, 32) int64
+
+
+def batch_inputs(frames: Sequence[Frame], parameters: Mapping[str, Sequence[str]]) -> BatchInputs:
+    """Stack a batch's tensors; ``parameters`` gives each recipe's process-vector order."""
+    process, present, notes = [], [], []
+    for frame in frames:
+        params = frame.context.params if frame.context else None
+        vec, has_process = process_vector(params, parameters[frame.header.recipe_id])
+        tokens, has_note = tokenize(frame.note)
+        process.append(vec)
+        notes.append(tokens)
+        present.append((float(has_process), float(has_note)))
+    return BatchInputs(
+        grey=np.stack([f.tensors.grey for f in frames]),
+        rgb=np.stack([f.tensors.rgb for f in frames]),
+        process=np.stack(process),
+        present=np.asarray(present, dtype=np.float32),
+        notes=np.stack(notes),
+    )
+
+
+def heatmap_peak(heatmap: np.ndarray, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """Image (x, y) of the centre of the hottest heatmap cell."""
+    gy, gx = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    cell_h, cell_w = image_hw[0] / heatmap.shape[0], image_hw[1] / heatmap.shape[1]
+    return int((gx + 0.5) * cell_w), int((gy + 0.5) * cell_h)

@@ -1,0 +1,110 @@
+"""Triton client (gRPC, asyncio): the only module that imports tritonclient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from calibration.table import Bands
+from edge.errors import InferenceFailed, TritonUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyOut:
+    scores: np.ndarray  # (B,)
+    heatmaps: np.ndarray  # (B, 32, 32)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierOut:
+    probs: np.ndarray  # (B, n_classes)
+    attention: np.ndarray  # (B, 64)
+
+
+def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _unavailable(err: InferenceServerException) -> bool:
+    text = str(err).lower()
+    return any(s in text for s in ("unavailable", "failed to connect", "connection refused", "deadline", "not ready",
+                                   "socket closed", "unknown model"))
+
+
+class TritonClient:
+    def __init__(self, url: str, anomaly_model: str, classifier_model: str, timeout_s: float) -> None:
+        self._client = grpcclient.InferenceServerClient(url=url)
+        self.url = url
+        self.anomaly_model = anomaly_model
+        self.classifier_model = classifier_model
+        self.timeout_s = timeout_s
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ready(self) -> bool:
+        """True when the server and both models answer ready; never raises."""
+        try:
+            return bool(
+                await self._client.is_server_ready(client_timeout=self.timeout_s)
+                and await self._client.is_model_ready(self.anomaly_model, client_timeout=self.timeout_s)
+                and await self._client.is_model_ready(self.classifier_model, client_timeout=self.timeout_s)
+            )
+        except InferenceServerException:
+            return False
+
+    async def model_versions(self) -> dict[str, str]:
+        """Ready version of each of our models, as Triton reports it."""
+        try:
+            index = await self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+        except InferenceServerException as err:
+            raise TritonUnavailable(f"cannot read the model index from {self.url}: {err}") from err
+        versions: dict[str, str] = {}
+        for model in index.get("models", []):
+            if model.get("name") in (self.anomaly_model, self.classifier_model) and model.get("state") == "READY":
+                versions[model["name"]] = max(versions.get(model["name"], "0"), model.get("version", "0"), key=int)
+        return versions
+
+    async def anomaly_bands(self) -> Bands | None:
+        """The anomaly model's default bands from its config parameters, if it declares them."""
+        try:
+            cfg = await self._client.get_model_config(self.anomaly_model, as_json=True,
+                                                      client_timeout=self.timeout_s)
+        except InferenceServerException as err:
+            raise TritonUnavailable(f"cannot read the config of {self.anomaly_model}: {err}") from err
+        params = cfg.get("config", {}).get("parameters", {})
+        try:
+            return Bands(float(params["pass_band"]["string_value"]), float(params["reject_band"]["string_value"]))
+        except (KeyError, ValueError):
+            return None
+
+    async def anomaly(self, grey: np.ndarray) -> AnomalyOut:
+        result = await self._infer(self.anomaly_model, [_input("IMAGE", grey, "UINT8")], ("SCORE", "HEATMAP"))
+        return AnomalyOut(result[0].reshape(-1), result[1])
+
+    async def classify(
+        self, rgb: np.ndarray, process: np.ndarray, present: np.ndarray, notes: np.ndarray
+    ) -> ClassifierOut:
+        inputs = [
+            _input("IMAGE", rgb, "UINT8"),
+            _input("PROCESS", process, "FP32"),
+            _input("PRESENT", present, "FP32"),
+            _input("NOTES", notes, "INT64"),
+        ]
+        result = await self._infer(self.classifier_model, inputs, ("PROBS", "ATTENTION"))
+        return ClassifierOut(result[0], result[1])
+
+    async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        try:
+            result = await self._client.infer(model, inputs, outputs=requested, client_timeout=self.timeout_s)
+        except InferenceServerException as err:
+            if _unavailable(err):
+                raise TritonUnavailable(f"{model}: {err}") from err
+            raise InferenceFailed(f"{model}: {err}") from err
+        return [result.as_numpy(name) for name in outputs]

@@ -1,0 +1,59 @@
+"""Prometheus metrics: every name in one place, units in the name, bounded label sets
+(tool and recipe come from the config, reason/decision/class from fixed lists)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Buckets that resolve a 200 ms end-to-end budget.
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.frames_received = Counter("edge_frames_received_total", "Frames received", ["tool"], registry=r)
+        self.frames_rejected = Counter(
+            "edge_frames_rejected_total", "Frames rejected as bad input", ["reason"], registry=r
+        )
+        self.frames_busy = Counter("edge_frames_busy_total", "Frames answered busy", ["tool"], registry=r)
+        self.frames_duplicate = Counter(
+            "edge_frames_duplicate_total", "Resent frames answered from the recorded result", ["tool"], registry=r
+        )
+        self.decisions = Counter(
+            "edge_decisions_total", "Frames by decision and class", ["tool", "recipe", "decision", "class"],
+            registry=r,
+        )
+        self.suppressed = Counter(
+            "edge_suppressed_candidates_total", "Defect candidates under their threshold", ["tool", "class"],
+            registry=r,
+        )
+        self.inflight = Gauge("edge_inflight_frames", "Accepted frames not yet answered", registry=r)
+        self.queue_depth = Gauge("edge_batch_queue_depth", "Frames waiting for a batch", registry=r)
+        self.batch_size = Histogram("edge_batch_size", "Frames per Triton batch", buckets=BATCH_BUCKETS, registry=r)
+        self.e2e_latency = Histogram(
+            "edge_e2e_latency_seconds", "Frame received to reply sent", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.stage_latency = Histogram(
+            "edge_stage_latency_seconds", "Time per pipeline stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference_errors = Counter(
+            "edge_inference_errors_total", "Failed Triton batches", ["reason"], registry=r
+        )
+        self.triton_up = Gauge("edge_triton_ready", "1 when Triton and both models are ready", registry=r)
+        self.broker_up = Gauge("edge_mqtt_connected", "1 when connected to the MQTT broker", registry=r)
+        self.outbox_backlog = Gauge("edge_outbox_backlog_events", "Events not yet acknowledged", registry=r)
+        self.events_published = Counter(
+            "edge_events_published_total", "Events acknowledged by the broker", ["decision"], registry=r
+        )
+        self.mes_messages = Counter("edge_mes_messages_total", "MES messages accepted", ["kind"], registry=r)
+        self.mes_rejected = Counter(
+            "edge_mes_messages_rejected_total", "MES messages rejected", ["reason"], registry=r
+        )
+        self.context_missing = Counter(
+            "edge_context_missing_total", "Frames that went on without MES process context", ["tool"], registry=r
+        )
+        self.notes_missing = Counter(
+            "edge_notes_missing_total", "Frames without an operator note", ["tool"], registry=r
+        )

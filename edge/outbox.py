@@ -1,0 +1,137 @@
+"""Durable outbox (DESIGN 3.6): every result and event in SQLite (WAL) before any reply or publish.
+
+One transaction per batch. Results are keyed by (tool_id, frame_id), which de-duplicates frames a
+tool resends, across restarts too. Events keep their insertion order (``seq``) and stay until the
+broker acknowledged them. Blocking calls: the daemon runs them on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import OutboxError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    tool_id     TEXT NOT NULL,
+    frame_id    TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    decision    TEXT NOT NULL,
+    event_id    TEXT,
+    reply       BLOB NOT NULL,
+    PRIMARY KEY (tool_id, frame_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     TEXT NOT NULL UNIQUE,
+    topic        TEXT NOT NULL,
+    decision     TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE delivered_at IS NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    tool_id: str
+    frame_id: str
+    decision: str
+    event_id: str | None
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    event_id: str
+    topic: str
+    decision: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    seq: int
+    event_id: str
+    topic: str
+    decision: str
+    payload: str
+
+
+class Outbox:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot open outbox {path}: {err}") from err
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, results: Sequence[ResultRow], events: Sequence[EventRow]) -> None:
+        """Write a batch's results and events in one transaction. A result already recorded for the
+        same (tool_id, frame_id) is kept as it was (a resent frame is answered from it)."""
+        now = time.time()
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                    [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in results],
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(e.event_id, e.topic, e.decision, e.payload, now) for e in events],
+                )
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot record batch: {err}") from err
+
+    def recorded_reply(self, tool_id: str, frame_id: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT reply FROM results WHERE tool_id = ? AND frame_id = ?", (tool_id, frame_id)
+        ).fetchone()
+        return row[0] if row else None
+
+    def pending(self, after_seq: int, limit: int) -> list[PendingEvent]:
+        rows = self._db.execute(
+            "SELECT seq, event_id, topic, decision, payload FROM events WHERE delivered_at IS NULL AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [PendingEvent(*row) for row in rows]
+
+    def mark_delivered(self, seqs: Iterable[int]) -> None:
+        now = time.time()
+        try:
+            with self._transaction():
+                self._db.executemany("UPDATE events SET delivered_at = ? WHERE seq = ?", [(now, s) for s in seqs])
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot mark events delivered: {err}") from err
+
+    def backlog(self) -> int:
+        return self._db.execute("SELECT count(*) FROM events WHERE delivered_at IS NULL").fetchone()[0]
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

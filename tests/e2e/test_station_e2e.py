@@ -1,0 +1,114 @@
+"""End to end: the daemon as a process with real Triton and Mosquitto, fed by the AOI and MES
+simulators; a real MQTT subscriber plays the MES consumer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from edge.taxonomy import DEFECT_CLASSES
+from tests.triton_fixture import served_repository
+from tools import aoi_sim, mes_sim
+from tools.malformed import MALFORMED_KINDS
+from tools.mqtt_peer import Peer
+from tools.station import RECIPE, TOOLS, Station
+
+pytestmark = pytest.mark.e2e
+
+PLAN = ["--seed", "23", "--recipe", RECIPE, "--tools", *TOOLS, "--lots", "2", "--wafers-per-lot", "4",
+        "--dies-per-wafer", "40", "--defect-rate", "0.4"]
+EVENT_FIELDS = {"schema", "event_id", "ts", "station", "tool_id", "recipe_id", "lot_id", "wafer_id", "die",
+                "frame_id", "decision", "defect_class", "confidence", "threshold", "calibration", "anomaly",
+                "top_k", "process", "models", "latency_ms"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One station run: MES logs first, then 320 frames (+ malformed ones) from two tools."""
+    workdir = tmp_path_factory.mktemp("station")
+    with Station(workdir, served_repository()) as st:
+        mes_consumer = Peer("127.0.0.1", st.mqtt_port, "mes-consumer", ("fab/edge/#",)).wait_connected()
+        assert mes_sim.main([*PLAN, "--port", str(st.mqtt_port)]) == 0
+        parser = argparse.ArgumentParser()
+        aoi_sim.add_plan_arguments(parser)
+        args = parser.parse_args(PLAN)
+        args.encoding = "png"
+        args.malformed_every = 20
+        frames = aoi_sim.build_frames(args)
+        tools = aoi_sim.AoiTools(st.daemon_frames, list(TOOLS), window=24, reply_timeout_s=20, max_tries=3)
+        try:
+            tally = tools.run(frames, rate=0, deadline_s=240)
+        finally:
+            tools.close()
+        report = aoi_sim.summarise(tally)
+        event_ids = {o["event_id"] for o in report["outcomes"] if o["event_id"]}
+        mes_consumer.wait_for(
+            lambda msgs: event_ids <= {json.loads(p).get("event_id") for t, p in msgs if "/events/" in t}, 30)
+        metrics = st.metrics_text()
+        exit_code = st.stop_daemon(signal.SIGTERM)
+        time.sleep(0.5)
+        messages = list(mes_consumer.messages)
+        mes_consumer.close()
+    return {"report": report, "messages": messages, "metrics": metrics, "exit_code": exit_code,
+            "n_frames": len(frames), "log": (workdir / "daemon.log").read_text()}
+
+
+def test_every_frame_gets_exactly_one_final_reply(run):
+    report = run["report"]
+    assert report["unanswered"] == []
+    assert report["duplicate_replies"] == 0
+    assert sum(report["replies"].values()) - report["replies"].get("busy", 0) == run["n_frames"]
+    assert report["replies"].get("not_inspected", 0) == 0
+
+
+def test_malformed_frames_are_rejected_with_the_right_reason_while_the_stream_goes_on(run):
+    report = run["report"]
+    assert report["malformed_wrong"] == []
+    assert report["malformed_rejected_as_expected"] == 320 // 20
+    assert report["replies"]["ok"] == 320
+    assert len({k for k in MALFORMED_KINDS}) > 5
+    assert 'edge_frames_rejected_total{reason="unknown_tool"}' in run["metrics"]
+
+
+def test_every_replied_event_reaches_the_mqtt_subscriber_with_the_full_schema(run):
+    events = {}
+    for topic, payload in run["messages"]:
+        if "/events/" in topic:
+            body = json.loads(payload)
+            assert topic == f"fab/edge/ST-01/events/{body['tool_id']}"
+            events[body["event_id"]] = body
+    replied = {o["event_id"]: o for o in run["report"]["outcomes"] if o["event_id"]}
+    assert replied and set(replied) <= set(events)
+    for event_id, outcome in replied.items():
+        body = events[event_id]
+        assert set(body) >= EVENT_FIELDS
+        assert body["schema"] == "edge.defect_event/1" and body["frame_id"] == outcome["frame_id"]
+        assert body["decision"] in ("DEFECT", "REVIEW", "AUDIT")
+        assert body["models"] == {"anomaly": "1", "classifier": "1"}
+        assert body["process"]["present"] is True  # the MES logs arrived before the frames
+
+
+def test_defect_events_name_the_injected_defect_for_a_large_majority(run):
+    events = {json.loads(p)["event_id"]: json.loads(p) for t, p in run["messages"] if "/events/" in t}
+    defects = [o for o in run["report"]["outcomes"] if o["label"] in DEFECT_CLASSES]
+    goods = [o for o in run["report"]["outcomes"] if o["label"] == "GOOD"]
+    assert len(defects) > 60 and len(goods) > 60
+    flagged = [o for o in defects if o["decision"] in ("DEFECT", "REVIEW")]
+    assert len(flagged) / len(defects) >= 0.8, Counter(o["decision"] for o in defects)
+    named = [o for o in flagged if o["decision"] == "DEFECT"]
+    right = [o for o in named if events[o["event_id"]]["defect_class"] == o["label"]]
+    assert len(right) / len(named) >= 0.75
+    passed = [o for o in goods if o["decision"] == "PASS"]
+    assert len(passed) / len(goods) >= 0.8, Counter(o["decision"] for o in goods)
+
+
+def test_sigterm_drains_and_leaves_the_status_offline(run):
+    assert run["exit_code"] == 0
+    statuses = [p for t, p in run["messages"] if t.endswith("/status")]
+    assert statuses[0] == b"online" and statuses[-1] == b"offline"
+    assert '"event": "stopped"' in run["log"] and '"all_events_acknowledged": true' in run["log"]

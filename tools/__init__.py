@@ -1,0 +1,1 @@
+"""Offline tooling: synthetic fab data, model training and ONNX export, simulators, benchmarks."""
