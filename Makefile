@@ -39,7 +39,7 @@ $(REPOSITORY)/.built: $(MODELS)/.trained tools/build_repository.py $(wildcard mo
 	$(PY) -m tools.build_repository --models $(MODELS) --out $(REPOSITORY)
 	touch $@
 
-test: deps models ## run every test tier (unit, integration with real Triton and Mosquitto, e2e)
+test: deps models lint ## lint, then every test tier (unit, integration with real Triton and Mosquitto, e2e)
 	$(PY) -m pytest tests
 
 test-unit: $(VENV)/.installed ## unit tests only (no servers)

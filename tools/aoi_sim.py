@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tries", type=int, default=5)
     parser.add_argument("--deadline-s", type=float, default=600.0)
     parser.add_argument("--report", help="write the summary as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="do not print the summary")
     args = parser.parse_args(argv)
     frames = build_frames(args)
     tools = AoiTools(args.endpoint, args.tools, args.window, args.reply_timeout_s, args.max_tries)
@@ -241,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         with open(args.report, "w") as fh:
             json.dump(summary, fh, indent=1)
-    brief = {k: v for k, v in summary.items() if k != "outcomes"}
-    print(json.dumps(brief, indent=1))
+    if not args.quiet:
+        print(json.dumps({k: v for k, v in summary.items() if k != "outcomes"}, indent=1))
     return 0 if not summary["unanswered"] and not summary["malformed_wrong"] else 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -46,18 +47,22 @@ def follow_feed(endpoint: str, stop: threading.Event) -> None:
     sock.close()
 
 
-def summary(report: dict, events_seen: int) -> str:
+def summary(report: dict, events: list[dict]) -> str:
     outcomes = [o for o in report["outcomes"] if o["status"] == "ok"]
+    named = {e["event_id"]: e["defect_class"] for e in events if e["decision"] == "DEFECT"}
     by_label: dict[str, Counter] = {}
     for o in outcomes:
         by_label.setdefault(o["label"], Counter())[o["decision"]] += 1
+    defects = [o for o in outcomes if o["event_id"] in named]
+    right = sum(named[o["event_id"]] == o["label"] for o in defects)
     lines = [
         "", "=" * 78, "demo summary",
         f"  frames sent {report['frames_sent']}, replies {report['replies']}, resent {report['resent']}, "
         f"unanswered {len(report['unanswered'])}",
         f"  malformed frames rejected with the expected reason: {report['malformed_rejected_as_expected']}",
         f"  decisions: {report['decisions']}",
-        f"  events received by the MES subscriber: {events_seen}",
+        f"  events received by the MES subscriber: {len(events)}; DEFECT events naming the injected class: "
+        f"{right}/{len(defects)}",
         f"  end-to-end latency (tool send -> verdict) ms: {report['latency_ms']}, "
         f"{report['frames_per_s']} frames/s over {report['elapsed_s']} s",
         "  injected truth -> decisions:",
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = ["--seed", str(args.seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots),
             "--wafers-per-lot", str(max(1, wafers // lots)), "--dies-per-wafer", str(dies_per_wafer)]
     print(f"demo: starting Triton, the daemon in {args.workdir} ...", flush=True)
+    shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: the same seed reuses frame ids
     t0 = time.monotonic()
     with Station(args.workdir, args.repository) as st:
         print(f"demo: station up in {time.monotonic() - t0:.1f} s; frames {st.daemon_frames}, "
@@ -103,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(max(0.0, start_at - time.time()))
         report_path = args.workdir / "aoi_report.json"
         aoi_sim.main([*plan, "--endpoint", st.daemon_frames, "--rate", str(args.rate), "--malformed-every", "50",
-                      "--report", str(report_path)])
+                      "--report", str(report_path), "--quiet"])
         if mes:
             mes.wait(timeout=60)
         time.sleep(1.0)
         stop.set()
-        events_seen = len(mes_sub.json_messages("fab/edge/ST-01/events/")) if mes_sub else 0
+        events = mes_sub.json_messages("fab/edge/ST-01/events/") if mes_sub else []
         if mes_sub:
             mes_sub.close()
     report = json.loads(report_path.read_text())
-    print(summary(report, events_seen), flush=True)
+    print(summary(report, events), flush=True)
     return 0 if not report["unanswered"] else 1
 
 

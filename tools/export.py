@@ -15,9 +15,7 @@ from tools.models import AnomalyExport, ClassifierExport, ConvVAE, DefectClassif
 OPSET = 17
 
 
-def _export(
-    wrapper: nn.Module, inputs: dict[str, np.ndarray], outputs: list[str], path: Path, atol: float
-) -> dict:
+def _export(wrapper: nn.Module, inputs: dict[str, np.ndarray], outputs: list[str], path: Path, atol: float) -> dict:
     """Export ``wrapper`` on ``inputs``; raise if the ONNX graph is invalid or ORT disagrees with PyTorch."""
     wrapper.eval()
     path.parent.mkdir(parents=True, exist_ok=True)

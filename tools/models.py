@@ -120,14 +120,17 @@ class ImageEncoder(nn.Module):
 
 
 class ProcessEncoder(nn.Module):
-    """Raw process vector -> ``tokens`` context tokens; z-scoring with training constants is part of the graph."""
+    """Raw process vector -> ``tokens`` context tokens; z-scoring with training constants is part of the graph.
+
+    The MLP sees each z-score and its magnitude: an excursion is a large deviation in either direction.
+    """
 
     def __init__(self, dim: int, tokens: int = 4, n_params: int = len(DEFAULT_PARAMETERS)) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_params))
         self.register_buffer("std", torch.ones(n_params))
         self.tokens = tokens
-        self.mlp = nn.Sequential(nn.Linear(n_params, dim), nn.GELU(), nn.Linear(dim, tokens * dim))
+        self.mlp = nn.Sequential(nn.Linear(2 * n_params, dim), nn.GELU(), nn.Linear(dim, tokens * dim))
 
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean)
@@ -135,7 +138,7 @@ class ProcessEncoder(nn.Module):
 
     def forward(self, process: torch.Tensor) -> torch.Tensor:
         z = ((process - self.mean) / self.std).clamp(-10.0, 10.0)
-        return self.mlp(z).view(process.shape[0], self.tokens, -1)
+        return self.mlp(torch.cat([z, z.abs()], dim=1)).view(process.shape[0], self.tokens, -1)
 
 
 class NoteEncoder(nn.Module):
@@ -169,7 +172,8 @@ class GatedCrossAttention(nn.Module):
     def forward(self, patches: torch.Tensor, context: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         b, n, d = patches.shape
         q = self.q(self.norm_q(patches)).view(b, n, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(self.norm_kv(context)).view(b, -1, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        kv = self.kv(self.norm_kv(context)).view(b, -1, 2, self.heads, d // self.heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
         update = self.out((att @ v).transpose(1, 2).reshape(b, n, d))
         return patches + (torch.tanh(self.gate) * present.view(b, 1, 1)) * update
@@ -211,7 +215,7 @@ def normalise_image(image_uint8: torch.Tensor) -> torch.Tensor:
 
 
 class ClassifierExport(nn.Module):
-    """IMAGE uint8 [B,3,256,256], PROCESS [B,48], PRESENT [B,2], NOTES int64 [B,32] -> PROBS [B,16], ATTENTION [B,64]."""
+    """IMAGE uint8 [B,3,256,256], PROCESS [B,48], PRESENT [B,2], NOTES int64 [B,32] -> PROBS [B,16], ATTENTION [B,64]"""
 
     def __init__(self, model: DefectClassifier) -> None:
         super().__init__()

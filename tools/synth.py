@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from itertools import repeat
+from multiprocessing import get_context
 
 import cv2
 import numpy as np
@@ -31,8 +34,8 @@ DEFAULT_RECIPE = "R-7NM-L4"
 LOOKS: tuple[str, ...] = DEFAULT_CLASSES  # what a die shows; GOOD is the clean look
 
 __all__ = [
-    "DEFAULT_RECIPE", "DEFAULT_TOOLS", "LOOKS", "Dataset", "Die", "DiePlan", "Fab", "ToolOptics", "WaferPlan",
-    "grey", "label_for", "make_dataset", "render_die", "tool_optics",
+    "DEFAULT_RECIPE", "DEFAULT_TOOLS", "LOOKS", "Dataset", "Die", "DiePlan", "Fab", "SampleOptions", "ToolOptics",
+    "WaferPlan", "grey", "label_for", "make_dataset", "render_die", "tool_optics",
 ]  # fmt: skip
 
 
@@ -43,16 +46,14 @@ def label_for(look: str, excursion: bool) -> str:
 
 def render_die(look: str, seed: int, optics: ToolOptics) -> tuple[np.ndarray, np.ndarray]:
     """A 256x256 RGB uint8 die image showing ``look`` through ``optics``, and the defect's boolean mask."""
+    if look not in LOOKS:
+        raise KeyError(f"unknown look {look!r}")
     rng = np.random.default_rng(seed)
     scene = base_scene(rng)
-    mask = np.zeros((SIZE, SIZE), bool)
-    if look in GEOMETRY:
-        mask = GEOMETRY[look](scene, rng)
+    mask = GEOMETRY[look](scene, rng) if look in GEOMETRY else np.zeros((SIZE, SIZE), bool)
     img = render_pattern(scene)
     if look in OVERLAY:
         mask = OVERLAY[look](img, rng)
-    elif look != GOOD and look not in GEOMETRY:
-        raise KeyError(f"unknown look {look!r}")
     return expose(apply_optics(img, optics), rng), mask
 
 
@@ -178,6 +179,18 @@ class Dataset:
     tool: np.ndarray  # (N,) int64 index into the tool ids
 
 
+@dataclass(frozen=True)
+class SampleOptions:
+    """How ``make_dataset`` draws context: a GOOD die shows the cosmetic DISCOLOR look with ``cosmetic_rate``
+    (never on an excursion wafer); a DISCOLOR die always has an excursion, any other die with ``excursion_rate``;
+    the process log is present with ``process_rate``, an operator note with ``note_rate``."""
+
+    cosmetic_rate: float = 0.5
+    excursion_rate: float = 0.15
+    note_rate: float = 0.6
+    process_rate: float = 0.95
+
+
 def _balanced_labels(rng: np.random.Generator, n: int, classes: Sequence[str], weights: Sequence[float] | None):
     w = np.ones(len(classes)) if weights is None else np.asarray(weights, float)
     counts = np.floor(n * w / w.sum()).astype(int)
@@ -193,20 +206,28 @@ def make_dataset(
     with_process: bool = True,
     shift: float = 0.0,
     class_weights: Sequence[float] | None = None,
-    cosmetic_rate: float = 0.5,
-    excursion_rate: float = 0.15,
-    note_rate: float = 0.6,
-    process_rate: float = 0.95,
+    options: SampleOptions = SampleOptions(),
+    workers: int = 1,
 ) -> Dataset:
     """``n`` independent dies with labels drawn from ``classes`` in exact proportion to ``class_weights``.
 
-    A GOOD die shows the cosmetic DISCOLOR look with probability ``cosmetic_rate`` (its wafer has no excursion);
-    a DISCOLOR die always comes with an excursion; every other die has one with probability ``excursion_rate``.
-    The process log is present with probability ``process_rate`` (never without ``with_process``), a note with
-    probability ``note_rate``.
+    Sample ``i`` depends only on (``seed``, ``i``, its label), so the result is the same for any ``workers``
+    (processes that render chunks in parallel).
     """
-    rng = rng_for(seed, "dataset")
-    names = _balanced_labels(rng, n, classes, class_weights)
+    names = _balanced_labels(rng_for(seed, "dataset"), n, classes, class_weights)
+    spec = (seed, tuple(tool_ids), with_process, shift, options)
+    chunks = [c for c in np.array_split(np.arange(n), max(1, workers)) if len(c)]
+    if len(chunks) <= 1:
+        return _render_samples(spec, 0, names)
+    with ProcessPoolExecutor(len(chunks), mp_context=get_context("spawn")) as pool:
+        parts = list(pool.map(_render_samples, repeat(spec), [c[0] for c in chunks], [names[c] for c in chunks]))
+    return Dataset(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Dataset)})
+
+
+def _render_samples(spec: tuple, start: int, names: np.ndarray) -> Dataset:
+    """Samples ``start .. start + len(names) - 1`` of a dataset (see ``make_dataset``)."""
+    seed, tool_ids, with_process, shift, opt = spec
+    n = len(names)
     optics = [tool_optics(t, shift) for t in tool_ids]
     out = Dataset(
         images=np.empty((n, SIZE, SIZE, 3), np.uint8),
@@ -220,18 +241,18 @@ def make_dataset(
         tool=np.empty(n, np.int64),
     )
     for i, label in enumerate(names):
-        r = rng_for(seed, "sample", i)
+        r = rng_for(seed, "sample", start + i)
         if label == GOOD:
-            look = DISCOLOR if r.random() < cosmetic_rate else GOOD
-            excursion = look == GOOD and r.random() < excursion_rate
+            look = DISCOLOR if r.random() < opt.cosmetic_rate else GOOD
+            excursion = look == GOOD and r.random() < opt.excursion_rate
         else:
-            look, excursion = label, label == DISCOLOR or r.random() < excursion_rate
+            look, excursion = label, label == DISCOLOR or r.random() < opt.excursion_rate
         tool = int(r.integers(len(tool_ids)))
         out.images[i], out.masks[i] = render_die(look, int(r.integers(2**31)), optics[tool])
-        if with_process and r.random() < process_rate:
+        if with_process and r.random() < opt.process_rate:
             out.process[i], _ = process_vector(sample_process(r, excursion))
             out.present[i, 0] = 1.0
-        out.notes[i], has_note = tokenize(operator_note(r, excursion, [look], note_rate))
+        out.notes[i], has_note = tokenize(operator_note(r, excursion, [look], opt.note_rate))
         out.present[i, 1] = float(has_note)
         out.looks[i], out.excursion[i], out.tool[i] = DEFAULT_CLASSES.index(look), excursion, tool
     return out

@@ -97,7 +97,7 @@ def bridge(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     iu, iv = _pick_bump(rng)
     du, dv = [(1, 0), (0, 1), (1, 1)][rng.choice(3, p=[0.45, 0.45, 0.1])]
     p0, p1 = scene.center(iu, iv), scene.center(iu + du, iv + dv)
-    half_width = float(rng.uniform(2.5, 5.0))
+    half_width = float(rng.uniform(3.0, 5.5))
     scene.bridges.append((p0, p1, half_width))
     return segment_distance(p0, p1) <= half_width + 1.0
 
@@ -122,13 +122,13 @@ def deformed_bump(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """One bump with a shape anomaly: elongated and/or lobed."""
     iu, iv = _pick_bump(rng)
     scene.shapes[(iu, iv)] = BumpShape(
-        aspect=float(rng.uniform(1.5, 2.2)),
+        aspect=float(rng.uniform(1.7, 2.5)),
         angle=float(rng.uniform(0, np.pi)),
         lobes=int(rng.integers(2, 5)),
-        wobble=float(rng.uniform(0.0, 0.3)),
+        wobble=float(rng.uniform(0.1, 0.35)),
         phase=float(rng.uniform(0, 2 * np.pi)),
     )
-    return _disc(scene.center(iu, iv), BUMP_RADIUS * 1.6 + 1.5)
+    return _disc(scene.center(iu, iv), BUMP_RADIUS * 1.7 + 1.5)
 
 
 # --- overlay painters ---------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def _bezier(rng: np.random.Generator, length: float) -> np.ndarray:
 
 def fine_scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A long thin smooth scratch, mostly bright (polished), sometimes dark."""
-    alpha = _stroke(_bezier(rng, rng.uniform(90, 230)), 1) * rng.uniform(0.6, 0.9)
+    alpha = _stroke(_bezier(rng, rng.uniform(90, 230)), 2) * rng.uniform(0.6, 0.9)
     _blend(img, alpha, rng.uniform(0.85, 1.0) if rng.random() < 0.75 else rng.uniform(0.08, 0.2))
     return alpha > 0.2
 
@@ -176,7 +176,7 @@ def fine_scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def wide_scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A wide gouge with ragged edges: several jittered strokes of 4-8 px."""
     path = _bezier(rng, rng.uniform(80, 200))
-    width = int(rng.integers(4, 9))
+    width = int(rng.integers(5, 10))
     alpha = np.zeros((SIZE, SIZE), np.float32)
     for _ in range(3):
         jitter = rng.normal(0.0, 0.8, path.shape).cumsum(axis=0) * 0.3
@@ -201,7 +201,7 @@ def crack(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for _ in range(int(rng.integers(1, 4))):
         turn = rng.uniform(0.4, 1.2) * rng.choice([-1.0, 1.0])
         paths.append(_walk(rng, main[rng.integers(2, len(main) - 1)], heading + turn, int(rng.integers(5, 14))))
-    thickness = int(rng.integers(1, 3))
+    thickness = int(rng.integers(2, 4))
     alpha = np.max([_stroke(p, thickness) for p in paths], axis=0) * rng.uniform(0.8, 1.0)
     _blend(img, alpha, rng.uniform(0.03, 0.12))
     return alpha > 0.2
@@ -218,7 +218,7 @@ def residue(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     shape = ((0.5 * field + 1.0 - np.sqrt(xx**2 + yy**2)) > rng.uniform(0.55, 0.7)).astype(np.float32)
     soft = cv2.GaussianBlur(shape, (0, 0), 1.5)
     rim = np.clip(soft - cv2.GaussianBlur(cv2.erode(shape, np.ones((5, 5), np.uint8)), (0, 0), 1.5), 0, 1)
-    local = np.clip(rng.uniform(0.3, 0.5) * soft + rng.uniform(0.2, 0.4) * rim, 0, 1)
+    local = np.clip(rng.uniform(0.35, 0.6) * soft + rng.uniform(0.25, 0.45) * rim, 0, 1)
     alpha = np.zeros((SIZE, SIZE), np.float32)
     x0, y0 = rng.integers(4, SIZE - w - 4, 2)
     alpha[y0 : y0 + w, x0 : x0 + w] = local
@@ -250,7 +250,7 @@ GEOMETRY: dict[str, GeometryPainter] = {
     "PATTERN": pattern_error,
 }
 OVERLAY: dict[str, OverlayPainter] = {
-    "PART-SM": _particle(4.0, 7.0),
+    "PART-SM": _particle(4.5, 7.5),
     "PART-MD": _particle(9.0, 15.0),
     "PART-LG": _particle(18.0, 32.0),
     "SCR-FINE": fine_scratch,

@@ -122,9 +122,7 @@ _LOOK_NOTES: dict[str, tuple[str, ...]] = {
 }
 
 
-def operator_note(
-    rng: np.random.Generator, excursion: bool, looks: Sequence[str], rate: float = 0.6
-) -> str | None:
+def operator_note(rng: np.random.Generator, excursion: bool, looks: Sequence[str], rate: float = 0.6) -> str | None:
     """A short free-text note for a wafer with probability ``rate``, else None.
 
     Notes are often but not always informative: about an excursion's alarm, about one of the defect ``looks`` seen

@@ -17,8 +17,8 @@ import numpy as np
 SIZE = 256
 PITCH = 32.0  # bump pitch, pixels
 BUMP_RADIUS = 9.5
-LINE_PERIOD = PITCH / 4
-EDGE = 3.0  # width of the anti-aliased bump edge, pixels
+LINE_PERIOD = PITCH / 2
+EDGE = 3.0  # width of the soft bump edge, pixels
 MARGIN = 3  # bump indices kept beyond each image edge (shifted patterns can reveal them)
 N_BUMPS = int(SIZE // PITCH) + 2 * MARGIN
 FULL_WELL = 900.0  # photo-electrons at full scale: sets the shot-noise level
@@ -84,8 +84,8 @@ def base_scene(rng: np.random.Generator) -> Scene:
     """A defect-free die with small per-die jitter of pattern phase, bump size, colours and brightness."""
     gain = rng.uniform(0.97, 1.03)
     return Scene(
-        phase=(PITCH / 2 + rng.uniform(-1.5, 1.5, 2)).astype(np.float32),
-        radius=np.full((N_BUMPS, N_BUMPS), BUMP_RADIUS + rng.uniform(-0.3, 0.3), dtype=np.float32),
+        phase=(PITCH / 2 + rng.uniform(-0.6, 0.6, 2)).astype(np.float32),
+        radius=np.full((N_BUMPS, N_BUMPS), BUMP_RADIUS + rng.uniform(-0.2, 0.2), dtype=np.float32),
         background=(np.array([0.30, 0.35, 0.44]) + rng.uniform(-0.02, 0.02, 3)).astype(np.float32) * gain,
         bump_color=(np.array([0.80, 0.76, 0.66]) + rng.uniform(-0.02, 0.02, 3)).astype(np.float32) * gain,
         line_amp=float(rng.uniform(0.14, 0.20)),
