@@ -8,54 +8,33 @@ one reply; nothing waits without a bound.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from calibration.table import Bands, BandTable, ThresholdTable
 from edge import decide as rule
 from edge.batcher import Batcher
 from edge.config import Config
-from edge.context import ContextCache, LotEvent, ProcessLog, parse_lot_event, parse_process_log
+from edge.context import ContextCache, LotEvent, parse_lot_event, parse_process_log
 from edge.errors import ConfigError, EdgeError, InferenceFailed, OutboxError, TritonUnavailable
-from edge.events import EventIds, FrameFacts, event_body, event_topic
+from edge.events import EventIds
 from edge.frames import Frame, batch_inputs, heatmap_peak
 from edge.http import Health, HttpServer
 from edge.imaging import decode
 from edge.infer import TritonClient
+from edge.join import Joiner
 from edge.logs import RateLimited, get
 from edge.metrics import Metrics
 from edge.mqtt import MqttLink, topic_matches
-from edge.outbox import EventRow, Outbox, ResultRow
+from edge.outbox import Outbox
+from edge.outcomes import Outcome, Stamp, records
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier
-from edge.wire import Limits, Rejected, encode_reply, error_reply, ok_reply, parse_frame
+from edge.wire import Limits, Rejected, encode_reply, error_reply, parse_frame
 from edge.zmq_sockets import EventFeed, FrameSocket, context
 
 log = get("edge.daemon")
-STATIC_CALIBRATION = {"profile_version": 0, "status": "static"}
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a frame ended: a verdict, or not inspected for ``reason``."""
-
-    frame: Frame
-    verdict: rule.Verdict | None
-    score: float = 0.0
-    peak: tuple[int, int] | None = None
-    reason: str | None = None
-
-    @property
-    def decision(self) -> str:
-        return self.verdict.decision if self.verdict else rule.NOT_INSPECTED
-
-    @property
-    def event_decision(self) -> str | None:
-        return self.verdict.event_decision if self.verdict else rule.NOT_INSPECTED
 
 
 class Daemon:
@@ -74,8 +53,7 @@ class Daemon:
         self._bands: BandTable | None = None
         self._ids = EventIds()
         self._audit_rng = random.Random()
-        self._cache = ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s)
-        self._waiting: dict[tuple[str, str, str], list[Frame]] = defaultdict(list)
+        self._joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
         self._inflight: dict[tuple[str, str], Frame] = {}
         self._batcher: Batcher[Frame] = Batcher(cfg.batching.max_batch, cfg.batching.max_delay_ms / 1000)
         self._batch_ready = asyncio.Event()
@@ -199,10 +177,8 @@ class Daemon:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
     async def _finish_inflight(self, timeout_s: float) -> None:
-        for frames in self._waiting.values():
-            for frame in frames:
-                self._enqueue(frame)
-        self._waiting.clear()
+        for frame in self._joiner.release_all():
+            self._enqueue(frame)
         end = time.monotonic() + timeout_s
         while self._inflight and time.monotonic() < end:
             self._batch_ready.set()
@@ -247,13 +223,11 @@ class Daemon:
         budget_ms = min(header.deadline_ms or ing.default_deadline_ms, ing.max_deadline_ms)
         frame = Frame(identity, header, tensors, now, now + budget_ms / 1000, wall)
         frame.timings["ingest"] = time.monotonic() - now
+        self.metrics.stage_latency.labels("ingest").observe(frame.timings["ingest"])
         self._inflight[key] = frame
-        context_log = self._cache.get(frame.wafer_key, now)
-        if context_log is not None or self.cfg.join.window_ms == 0:
-            frame.context = context_log
+        if self._joiner.admit(frame, now, wait=self.cfg.join.window_ms > 0):
             self._enqueue(frame)
         else:
-            self._waiting[frame.wafer_key].append(frame)
             asyncio.get_running_loop().call_later(self.cfg.join.window_ms / 1000, self._join_expired, frame)
 
     async def _reject(self, identity: bytes, rejected: Rejected) -> None:
@@ -280,9 +254,8 @@ class Daemon:
         if isinstance(parsed, Rejected):
             return self._mes_rejected(parsed)
         self.metrics.mes_messages.labels("process_log").inc()
-        self._cache.put(parsed, time.monotonic())
-        for frame in self._waiting.pop(parsed.key, []):
-            self._join(frame, parsed)
+        for frame in self._joiner.on_log(parsed, time.monotonic()):
+            self._joined(frame)
 
     def on_lot_event(self, payload: bytes) -> None:
         parsed = parse_lot_event(payload)
@@ -303,16 +276,12 @@ class Daemon:
                         similar_since_last=held)
 
     def _join_expired(self, frame: Frame) -> None:
-        waiting = self._waiting.get(frame.wafer_key)
-        if waiting and frame in waiting:
-            waiting.remove(frame)
-            if not waiting:
-                del self._waiting[frame.wafer_key]
-            self._join(frame, None)
+        if self._joiner.expire(frame):
+            self._joined(frame)
 
-    def _join(self, frame: Frame, context_log: ProcessLog | None) -> None:
-        frame.context = context_log
+    def _joined(self, frame: Frame) -> None:
         frame.timings["join_wait"] = time.monotonic() - frame.received
+        self.metrics.stage_latency.labels("join_wait").observe(frame.timings["join_wait"])
         self._enqueue(frame)
 
     def _enqueue(self, frame: Frame) -> None:
@@ -347,6 +316,7 @@ class Daemon:
             started = time.monotonic()
             for frame in batch:
                 frame.timings["queue"] = started - frame.received
+                self.metrics.stage_latency.labels("queue").observe(frame.timings["queue"])
             live = [f for f in batch if f.deadline > started]
             outcomes = [self._not_inspected(f, "deadline_passed") for f in batch if f.deadline <= started]
             if live:
@@ -391,32 +361,15 @@ class Daemon:
         return Outcome(frame, None, reason=reason)
 
     async def _record_and_answer(self, outcomes: list[Outcome]) -> None:
-        results, events, replies = [], [], []
-        now = time.monotonic()
+        stamp = Stamp(self.cfg.station, self.cfg.mqtt.prefix, self.models, time.monotonic(), time.time())
+        results, events = [], []
         for outcome in outcomes:
-            frame, verdict, reason = outcome.frame, outcome.verdict, outcome.reason
-            decision, event_decision = outcome.decision, outcome.event_decision
-            h = frame.header
-            latency = {k: round(v * 1000, 3) for k, v in frame.timings.items() if k in ("queue", "infer")}
-            latency["total"] = round((now - frame.received) * 1000, 3)
-            event_id = self._ids.new() if event_decision else None
-            if reason is None:
-                reply = ok_reply(h.frame_id, decision, event_id, latency["total"])
-            else:
-                reply = error_reply(h.frame_id, "not_inspected", reason)
-                reply["event_id"] = event_id
-            if event_decision:
-                facts = FrameFacts(
-                    self.cfg.station, h.tool_id, h.recipe_id, h.lot_id, h.wafer_id, h.die, h.frame_id,
-                    outcome.score, outcome.peak, frame.context is not None, (), self.models, latency,
-                )
-                body = event_body(event_id, time.time(), event_decision, verdict, facts, STATIC_CALIBRATION, reason)
-                topic = event_topic(self.cfg.mqtt.prefix, self.cfg.station, h.tool_id)
-                events.append(EventRow(event_id, topic, event_decision, json.dumps(body, separators=(",", ":"))))
-            encoded = encode_reply(reply)
-            results.append(ResultRow(h.tool_id, h.frame_id, decision, event_id, encoded))
-            replies.append((frame, encoded))
-            self._count(frame, decision, verdict)
+            result, event = records(outcome, self._ids.new() if outcome.event_decision else None, stamp)
+            results.append(result)
+            if event:
+                events.append(event)
+            self._count(outcome.frame, outcome.decision, outcome.verdict)
+        replies = [(o.frame, r.reply) for o, r in zip(outcomes, results)]
         t0 = time.monotonic()
         try:
             await self._db(self.outbox.record, results, events)
