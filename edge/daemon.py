@@ -194,6 +194,11 @@ class Daemon:
                 log.error("outbox_read_failed", error=str(err))
                 await self._reply(identity, error_reply(None, "busy", "outbox_unavailable",
                                                         self.cfg.ingest.busy_retry_after_ms))
+            except Exception:  # a defect in handling one frame must not stop the intake
+                log.exception("intake_failed")
+                self.metrics.internal_errors.labels("intake").inc()
+                await self._reply(identity, error_reply(None, "busy", "internal_error",
+                                                        self.cfg.ingest.busy_retry_after_ms))
 
     async def _accept(self, identity: bytes, parts: list[bytes]) -> None:
         now, wall = time.monotonic(), time.time()
@@ -214,7 +219,8 @@ class Daemon:
             return await self._sock.send(identity, recorded)
         if not self._accepting or len(self._inflight) >= self.cfg.ingest.max_inflight_frames:
             self.metrics.frames_busy.labels(tool).inc()
-            return await self._reply(identity, error_reply(header.frame_id, "busy", "queue_full",
+            reason = "queue_full" if self._accepting else "shutting_down"
+            return await self._reply(identity, error_reply(header.frame_id, "busy", reason,
                                                            self.cfg.ingest.busy_retry_after_ms))
         ing = self.cfg.ingest
         tensors = decode(header, payload, (ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
@@ -322,6 +328,10 @@ class Daemon:
             if live:
                 outcomes += await self._inspect(live)
             await self._record_and_answer(outcomes)
+        except Exception:  # a defect must cost one batch, never leave its frames unanswered
+            log.exception("batch_failed", frames=len(batch))
+            self.metrics.internal_errors.labels("batch").inc()
+            await self._answer_busy([f for f in batch if f.key in self._inflight], "internal_error")
         finally:
             self._slots.release()
 
@@ -375,10 +385,7 @@ class Daemon:
             await self._db(self.outbox.record, results, events)
         except OutboxError as err:
             log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
-            for frame, _ in replies:
-                self._inflight.pop(frame.key, None)
-                await self._reply(frame.identity, error_reply(frame.header.frame_id, "busy", "outbox_unavailable",
-                                                              self.cfg.ingest.busy_retry_after_ms))
+            await self._answer_busy([frame for frame, _ in replies], "outbox_unavailable")
             return
         self.metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
         for frame, encoded in replies:
@@ -390,6 +397,13 @@ class Daemon:
                 for event in events:
                     self._feed.publish(event.topic, event.payload)
             self.publisher.wake()
+
+    async def _answer_busy(self, frames: list[Frame], reason: str) -> None:
+        """Nothing was recorded for these frames: the tool resends them after ``retry_after_ms``."""
+        for frame in frames:
+            self._inflight.pop(frame.key, None)
+            await self._reply(frame.identity, error_reply(frame.header.frame_id, "busy", reason,
+                                                          self.cfg.ingest.busy_retry_after_ms))
 
     def _count(self, frame: Frame, decision: str, verdict: rule.Verdict | None) -> None:
         h = frame.header

@@ -41,6 +41,9 @@ class Metrics:
         self.inference_errors = Counter(
             "edge_inference_errors_total", "Failed Triton batches", ["reason"], registry=r
         )
+        self.internal_errors = Counter(
+            "edge_internal_errors_total", "Defects caught before they stopped a stage", ["stage"], registry=r
+        )
         self.triton_up = Gauge("edge_triton_ready", "1 when Triton and both models are ready", registry=r)
         self.broker_up = Gauge("edge_mqtt_connected", "1 when connected to the MQTT broker", registry=r)
         self.outbox_backlog = Gauge("edge_outbox_backlog_events", "Events not yet acknowledged", registry=r)

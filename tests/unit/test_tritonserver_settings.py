@@ -77,11 +77,11 @@ def test_explicit_model_control_loads_the_named_models_and_extra_args_come_last(
 
 
 def test_environment_puts_server_libraries_and_python_bin_first_and_keeps_the_rest() -> None:
-    base = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/usr/local/lib", "HOME": "/root"}
+    base = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/usr/local/lib", "HOME": "/home/edge"}
     env = SETTINGS.environment(base)
     assert env["LD_LIBRARY_PATH"] == "/py/lib:/wheel/libs:/usr/local/lib"
     assert env["PATH"] == "/venv/bin:/usr/bin:/bin"
-    assert env["HOME"] == "/root"
+    assert env["HOME"] == "/home/edge"
     assert base["PATH"] == "/usr/bin:/bin"  # not mutated
 
 
