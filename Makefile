@@ -7,7 +7,7 @@ MODELS := build/models
 REPOSITORY := build/model_repository
 
 .DEFAULT_GOAL := help
-.PHONY: help deps models test test-unit test-integration test-e2e demo lint clean
+.PHONY: help deps models test test-unit demo bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-unit: $(VENV)/.installed ## unit tests only (no servers)
 
 demo: deps models ## the daemon with real Triton (CPU), Mosquitto, simulated AOI tools and MES for about a minute
 	$(PY) -m tools.demo --repository $(REPOSITORY)
+
+bench: deps models ## daemon end to end against raw Triton on the same models, one run
+	$(PY) -m tools.bench --repository $(REPOSITORY)
 
 lint: $(VENV)/.installed ## ruff
 	$(VENV)/bin/ruff check edge calibration tools tests model_repository
