@@ -62,8 +62,6 @@ class Daemon:
         self._bad_input_log = RateLimited(10.0)
         self._accepting = True
         self.models: dict[str, str] = {}
-        self.frame_endpoint: str | None = None
-        self.http_port: int | None = None
 
     # ---- life cycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -73,9 +71,11 @@ class Daemon:
         self.outbox = await self._db(Outbox, cfg.outbox.path)
         self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
                                    cfg.triton.timeout_ms / 1000)
-        await self._wait_for_models()
         http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
-        self.http_port = await http.start()
+        http_port = await http.start()  # /healthz answers, /readyz says 503, while the models load
+        if not await self._wait_for_models(stop):
+            await http.close()
+            return
         link = None
         if cfg.mqtt.enabled:
             link = MqttLink(cfg.mqtt, cfg.station, loop, self._on_mqtt_message, self._on_ack, self._on_broker,
@@ -84,7 +84,6 @@ class Daemon:
         self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
         sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
                            hwm=cfg.ingest.max_inflight_frames * 2)
-        self.frame_endpoint = sock.endpoint
         if link:
             link.start()
         self._spawn(self.publisher.run())
@@ -93,7 +92,7 @@ class Daemon:
         self._spawn(self._batch_loop())
         self._spawn(self._health_loop(notifier))
         intake = self._spawn(self._intake(sock))
-        log.info("started", frames=sock.endpoint, http_port=self.http_port, models=self.models,
+        log.info("started", frames=sock.endpoint, http_port=http_port, models=self.models,
                  triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)
         notifier.ready()
         await stop.wait()
@@ -119,14 +118,18 @@ class Daemon:
         self._db_thread.shutdown(wait=True)
         log.info("stopped", all_events_acknowledged=delivered)
 
-    async def _wait_for_models(self) -> None:
+    async def _wait_for_models(self, stop: asyncio.Event) -> bool:
+        """False when asked to stop first; ``TritonUnavailable`` when the models are not ready in time."""
         deadline = time.monotonic() + self.cfg.triton.ready_timeout_s
         while not await self.triton.ready():
+            if stop.is_set():
+                return False
             if time.monotonic() > deadline:
                 raise TritonUnavailable(f"Triton at {self.cfg.triton.url} not ready within "
                                         f"{self.cfg.triton.ready_timeout_s:.0f} s")
             await asyncio.sleep(0.5)
         await self._learn_models()
+        return True
 
     async def _learn_models(self) -> None:
         self.models = await self.triton.model_versions()
