@@ -1,0 +1,301 @@
+"""INT8 (QDQ) and FP16 forms of the two ONNX models, with their accuracy change against FP32 on held-out dies.
+
+    python -m tools.quantize --models build/models [--calibration-size N] [--heldout N] [--calibration-method M]
+
+Reads ``<name>.onnx`` for ``anomaly`` and ``classifier`` and writes, next to them:
+
+- ``<name>.int8.onnx``: ONNX Runtime static quantisation in QDQ format (explicit QuantizeLinear/DequantizeLinear
+  pairs, the form TensorRT builds INT8 engines from): symmetric INT8 activations and per-channel symmetric INT8
+  weights on the weight-bearing ops (``QUANT_OPS``), calibrated on the CPU (min/max) on synthetic dies from
+  ``CALIBRATION_SEED`` with the training class mix. Everything else (normalisation, the anomaly score's squared
+  error, softmaxes, layer norms) stays in FP32.
+- ``<name>.fp16.onnx``: FP16 weights and compute, with ``FP16_BLOCK`` ops (numerically sensitive: raw-unit
+  arithmetic, the squared error and its mean, softmax, layer norm) kept in FP32; an op ONNX Runtime cannot load in
+  FP16 is added to that list rather than dropping the form.
+
+Both keep the serving interface exactly (UINT8/INT64 inputs, FP32 inputs and outputs, same names and shapes), pass
+``onnx.checker``, and must load in ONNX Runtime on the CPU. ``precision_metrics.json`` records, per model and
+precision: file size, the held-out headline metrics and their change against FP32, the largest output difference
+against FP32, and CPU latency at batch 1 and 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
+
+from edge.taxonomy import DEFAULT_CLASSES, GOOD
+from tools.metrics import auroc, classification_report
+from tools.synth import Dataset, grey, make_dataset
+from tools.train import HELDOUT_SEED, HELDOUT_SHIFT, THREADS, _weights
+
+CALIBRATION_SEED = 3001  # neither TRAIN_SEED (1) nor the held-out seeds (1001, 2001)
+MODELS = ("anomaly", "classifier")
+PRECISIONS = ("fp32", "fp16", "int8")
+QUANT_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+FP16_BLOCK = ["Sub", "Div", "Abs", "Clip", "Pow", "Sigmoid", "ReduceMean", "ReduceSum", "Softmax", "LayerNormalization"]
+OUTPUTS = {"anomaly": ["SCORE", "HEATMAP"], "classifier": ["PROBS", "ATTENTION"]}
+
+
+def _log(msg: str) -> None:
+    print(f"[quantize {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def feeds(name: str, ds: Dataset, idx: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+    """The serving inputs of ``name`` for the dies ``idx`` of ``ds`` (model_repository/README.md)."""
+    if name == "anomaly":
+        return {"IMAGE": grey(ds.images[idx])}
+    return {
+        "IMAGE": np.ascontiguousarray(ds.images[idx].transpose(0, 3, 1, 2)),
+        "PROCESS": ds.process[idx],
+        "PRESENT": ds.present[idx],
+        "NOTES": ds.notes[idx],
+    }
+
+
+def _batches(inputs: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    n = len(next(iter(inputs.values())))
+    for start in range(0, n, size):
+        yield {k: v[start : start + size] for k, v in inputs.items()}
+
+
+class _Reader(CalibrationDataReader):
+    """Hands ORT's calibrator the calibration inputs a batch at a time."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], batch: int = 16) -> None:
+        self._batches = list(_batches(inputs, batch))
+        self._it = iter(self._batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def session(path: Path, threads: int = THREADS) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _interface(model: onnx.ModelProto) -> dict[str, list]:
+    def sig(values) -> list:
+        return [(v.name, v.type.tensor_type.elem_type) for v in values]
+
+    return {"inputs": sig(model.graph.input), "outputs": sig(model.graph.output)}
+
+
+def _check(path: Path, reference: onnx.ModelProto) -> None:
+    """onnx.checker, the serving interface unchanged, and the file loads in ONNX Runtime on the CPU.
+
+    Shape inference in the converters pins some symbolic output dims (HEATMAP, ATTENTION); the reference's
+    input/output declarations are put back so the files declare exactly the FP32 model's interface.
+    """
+    model = onnx.load(str(path))
+    if _interface(model) == _interface(reference):
+        for mine, theirs in zip(
+            [*model.graph.input, *model.graph.output], [*reference.graph.input, *reference.graph.output]
+        ):
+            mine.type.CopyFrom(theirs.type)
+        onnx.save(model, str(path))
+    onnx.checker.check_model(model, full_check=True)
+    if _interface(model) != _interface(reference):
+        raise RuntimeError(f"{path.name} changed the serving interface: {_interface(model)}")
+    session(path, threads=1)
+
+
+def quantize_int8(
+    src: Path, dst: Path, calibration: dict[str, np.ndarray], method: CalibrationMethod = CalibrationMethod.MinMax
+) -> None:
+    """Static QDQ quantisation (symmetric INT8, per-channel weights) calibrated on ``calibration``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # ONNX shapes + BN folding first
+        quantize_static(
+            str(pre), str(dst), _Reader(calibration),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANT_OPS, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )  # fmt: skip
+    _check(dst, onnx.load(str(src)))
+
+
+def convert_fp16(src: Path, dst: Path, block: list[str] = FP16_BLOCK, tries: int = 8) -> list[str]:
+    """Mixed FP16 with FP32 I/O; returns the op types kept in FP32 (grown by any op ORT's CPU cannot run in FP16)."""
+    block = list(block)
+    reference = onnx.load(str(src))
+    for _ in range(tries):
+        model = OnnxModel(
+            convert_float_to_float16(
+                onnx.load(str(src)), keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + block
+            )
+        )
+        model.topological_sort()  # the converter appends its Cast nodes at the end of the graph
+        onnx.save(model.model, str(dst))
+        try:
+            _check(dst, reference)
+            return block
+        except Exception as exc:  # ORT: "Could not find an implementation for Op(version) node ..."
+            missing = re.search(r"implementation for (\w+)\(", str(exc))
+            if not missing or missing.group(1) in block:
+                raise
+            _log(f"{dst.name}: ORT CPU has no FP16 {missing.group(1)}; keeping it in FP32")
+            block.append(missing.group(1))
+    raise RuntimeError(f"{dst.name}: FP16 conversion still fails with block list {block}")
+
+
+def run_all(
+    path: Path, inputs: dict[str, np.ndarray], batch: int = 16, threads: int = THREADS
+) -> dict[str, np.ndarray]:
+    sess = session(path, threads)
+    names = [o.name for o in sess.get_outputs()]
+    parts = [sess.run(names, b) for b in _batches(inputs, batch)]
+    return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
+
+
+def latency_ms(path: Path, inputs: dict[str, np.ndarray], batch: int, runs: int = 5, threads: int = THREADS) -> float:
+    """Median wall time of ``runs`` calls at ``batch`` after one warm-up."""
+    sess = session(path, threads)
+    feed = {k: v[:batch] for k, v in inputs.items()}
+    sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return round(1e3 * statistics.median(times), 2)
+
+
+def headline(
+    name: str, outputs: dict[str, np.ndarray], labels: np.ndarray, bands: dict | None = None
+) -> dict[str, float | None]:
+    """anomaly: AUROC of defect vs GOOD by SCORE (and, given the FP32 model's ``bands``, the rates at them, since
+    the served config carries those bands whatever the precision); classifier: accuracy, macro-F1, escape rate, FPR.
+    """
+    good = DEFAULT_CLASSES.index(GOOD)
+    if name == "anomaly":
+        scores, defect = outputs["SCORE"][:, 0], labels != good
+        visible = labels != DEFAULT_CLASSES.index("DISCOLOR")
+        metrics = {"auroc": round(auroc(scores, defect), 4),
+                   "auroc_without_discolor": round(auroc(scores[visible], defect[visible]), 4)}  # fmt: skip
+        for band in ("pass_band", "reject_band") if bands else ():
+            above = scores >= bands[band]
+            metrics[f"good_at_or_above_{band}"] = round(float(above[~defect].mean()), 4)
+            metrics[f"defect_at_or_above_{band}"] = round(float(above[defect & visible].mean()), 4)
+        return metrics
+    report = classification_report(outputs["PROBS"].argmax(1), labels, DEFAULT_CLASSES, good)
+    return {k: report[k] for k in ("accuracy", "macro_f1", "escape_rate", "false_positive_rate")}
+
+
+def _fp32_bands(models: Path) -> dict | None:
+    """The anomaly bands ``tools.train`` derived from the FP32 model (they travel to Triton with every form)."""
+    path = models / "anomaly_metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return {k: metrics[k] for k in ("pass_band", "reject_band")}
+
+
+def evaluate(name: str, paths: dict[str, Path], heldout: Dataset, threads: int, bands: dict | None = None) -> dict:
+    inputs = feeds(name, heldout)
+    results, reference = {}, None
+    for precision, path in paths.items():
+        outputs = run_all(path, inputs, threads=threads)
+        metrics = headline(name, outputs, heldout.labels, bands)
+        entry = {"file": path.name, "bytes": path.stat().st_size, "metrics": metrics}
+        if reference is None:
+            reference = (outputs, metrics)
+        else:
+            ref_out, ref_metrics = reference
+            entry["change_vs_fp32"] = {
+                k: None if v is None or ref_metrics[k] is None else round(v - ref_metrics[k], 4)
+                for k, v in metrics.items()
+            }
+            entry["max_abs_diff_vs_fp32"] = {
+                k: float(f"{np.max(np.abs(outputs[k] - ref_out[k])):.4g}") for k in OUTPUTS[name]
+            }
+            if name == "classifier":
+                agree = outputs["PROBS"].argmax(1) == ref_out["PROBS"].argmax(1)
+                entry["top1_agreement_with_fp32"] = round(float(agree.mean()), 4)
+        entry["latency_ms"] = {f"batch{b}": latency_ms(path, inputs, b, threads=threads) for b in (1, 8)}
+        results[precision] = entry
+    return results
+
+
+def quantize_models(
+    models: Path, calibration_size: int = 160, heldout_size: int = 320, threads: int = THREADS,
+    names: tuple[str, ...] = MODELS, method: str = "MinMax", log: Callable[[str], None] = _log,
+) -> dict:  # fmt: skip
+    started = time.monotonic()
+    calib = make_dataset(CALIBRATION_SEED, calibration_size, class_weights=_weights(), workers=threads)
+    heldout = make_dataset(HELDOUT_SEED, heldout_size, shift=HELDOUT_SHIFT, class_weights=_weights(), workers=threads)
+    log(f"{calibration_size} calibration and {heldout_size} held-out dies in {time.monotonic() - started:.1f}s")
+    report: dict = {
+        "data": {
+            "calibration_seed": CALIBRATION_SEED, "calibration": calibration_size, "calibration_shift": 0.0,
+            "heldout_seed": HELDOUT_SEED, "heldout_shift": HELDOUT_SHIFT, "heldout": heldout_size,
+            "note": "held-out metrics are on this subset (the QUICK held-out set), so fp32 values differ slightly "
+            "from <model>_metrics.json, which uses the full held-out set",
+        },
+        "int8": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric per-channel",
+                 "op_types": QUANT_OPS, "calibration": f"{method} (ONNX Runtime, CPU)"},
+        "fp16": {"io": "unchanged (fp32/uint8/int64)"},
+        "latency": {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider", "intra_op_threads": threads,
+                    "stat": "median of 5 runs after 1 warm-up"},
+        "models": {},
+    }  # fmt: skip
+    for name in names:
+        t0 = time.monotonic()
+        src = models / f"{name}.onnx"
+        paths = {"fp32": src, "fp16": models / f"{name}.fp16.onnx", "int8": models / f"{name}.int8.onnx"}
+        report["fp16"].setdefault("fp32_op_types", {})[name] = convert_fp16(src, paths["fp16"])
+        quantize_int8(src, paths["int8"], feeds(name, calib), CalibrationMethod[method])
+        log(f"{name}: fp16 and int8 written in {time.monotonic() - t0:.1f}s")
+        bands = _fp32_bands(models) if name == "anomaly" else None
+        report["models"][name] = evaluate(name, paths, heldout, threads, bands)
+        log(f"{name}: " + "; ".join(f"{p} {r['metrics']} {r['bytes'] / 1e6:.1f}MB b1={r['latency_ms']['batch1']}ms"
+                                    for p, r in report["models"][name].items()))  # fmt: skip
+    report["seconds"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.quantize", description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("build/models"))
+    parser.add_argument("--calibration-size", type=int, default=160)
+    parser.add_argument("--heldout", type=int, default=320, help="held-out dies for the accuracy comparison")
+    parser.add_argument("--threads", type=int, default=THREADS, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--calibration-method", choices=[m.name for m in CalibrationMethod], default="MinMax")
+    args = parser.parse_args(argv)
+    report = quantize_models(
+        args.models, args.calibration_size, args.heldout, args.threads, method=args.calibration_method
+    )
+    (args.models / "precision_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    _log(f"done in {report['seconds']}s, {args.models / 'precision_metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
