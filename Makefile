@@ -7,7 +7,7 @@ MODELS := build/models
 REPOSITORY := build/model_repository
 
 .DEFAULT_GOAL := help
-.PHONY: help deps models test test-unit demo bench lint clean
+.PHONY: help deps models cards test test-unit demo bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ $(MODELS)/.quantized: $(MODELS)/.trained tools/quantize.py tools/metrics.py
 $(REPOSITORY)/.built: $(MODELS)/.trained $(MODELS)/.quantized tools/build_repository.py $(wildcard model_repository/cpu/*.py model_repository/cpu/*/*)
 	$(PY) -m tools.build_repository --models $(MODELS) --out $(REPOSITORY)
 	touch $@
+
+cards: models ## regenerate model_repository/cards/ (metrics, precision forms, CPU latency per batch size)
+	$(PY) -m tools.model_card --models $(MODELS) --out model_repository/cards
 
 test: deps models lint ## lint, then every test tier (unit, integration with real Triton and Mosquitto, e2e)
 	$(PY) -m pytest tests
