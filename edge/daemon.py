@@ -382,18 +382,18 @@ class Daemon:
             if event:
                 events.append(event)
             self._count(outcome.frame, outcome.decision, outcome.verdict)
-        replies = [(o.frame, r.reply) for o, r in zip(outcomes, results)]
         t0 = time.monotonic()
         try:
             await self._db(self.outbox.record, results, events)
         except OutboxError as err:
             log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
-            await self._answer_busy([frame for frame, _ in replies], "outbox_unavailable")
+            await self._answer_busy([o.frame for o in outcomes], "outbox_unavailable")
             return
         self.metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
-        for frame, encoded in replies:
+        for outcome, result in zip(outcomes, results):
+            frame = outcome.frame
             self._inflight.pop(frame.key, None)
-            await self._sock.send(frame.identity, encoded)
+            await self._sock.send(frame.identity, result.reply)
             self.metrics.e2e_latency.observe(time.monotonic() - frame.received)
         if events:
             if self._feed:

@@ -187,8 +187,13 @@ class AoiTools:
                                "decision": decision, "event_id": reply.get("event_id"), "latency_ms": latency})
 
 
+def latency_percentiles(ms: list[float]) -> dict[str, float]:
+    """p50/p95/p99 of latencies in ms (zeros when there are none)."""
+    a = np.asarray(ms) if ms else np.zeros(1)
+    return {f"p{p}": round(float(np.percentile(a, p)), 2) for p in (50, 95, 99)}
+
+
 def summarise(tally: Tally) -> dict:
-    lat = np.asarray(tally.latencies_ms) if tally.latencies_ms else np.zeros(1)
     good = [o for o in tally.outcomes if o["status"] == "ok"]
     return {
         "frames_sent": tally.sent,
@@ -200,7 +205,7 @@ def summarise(tally: Tally) -> dict:
         "duplicate_replies": tally.duplicates,
         "unanswered": tally.unanswered,
         "inspected": len(good),
-        "latency_ms": {q: round(float(np.percentile(lat, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))},
+        "latency_ms": latency_percentiles(tally.latencies_ms),
         "frames_per_s": round(len(tally.latencies_ms) / max(tally.elapsed_s, 1e-9), 1),
         "elapsed_s": round(tally.elapsed_s, 2),
         "outcomes": tally.outcomes,
@@ -216,6 +221,15 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wafers-per-lot", type=int, default=3)
     parser.add_argument("--dies-per-wafer", type=int, default=40)
     parser.add_argument("--defect-rate", type=float, default=0.3)
+
+
+def plan_frames(plan_argv: list[str], encoding: str = "png", malformed_every: int = 0) -> list[tuple[str, Pending]]:
+    """``build_frames`` for plan arguments given as a command line (tests, benchmark)."""
+    parser = argparse.ArgumentParser()
+    add_plan_arguments(parser)
+    args = parser.parse_args(plan_argv)
+    args.encoding, args.malformed_every = encoding, malformed_every
+    return build_frames(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,11 +27,6 @@ from tools.station import RECIPE, TOOLS, Station
 from tools.synth import grey, make_dataset
 
 
-def percentiles(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {f"p{p}": round(float(np.percentile(a, p)), 2) for p in (50, 95, 99)}
-
-
 async def raw_triton(url: str, n: int, inflight: int) -> dict:
     data = make_dataset(seed=5, n=min(n, 64))
     grey_images = grey(data.images)
@@ -57,17 +52,14 @@ async def raw_triton(url: str, n: int, inflight: int) -> dict:
     await asyncio.gather(*(one(i) for i in range(n)))
     elapsed = time.perf_counter() - t0
     await client.close()
-    return {"frames_per_s": round(n / elapsed, 1), "latency_ms": percentiles(latencies)}
+    return {"frames_per_s": round(n / elapsed, 1), "latency_ms": aoi_sim.latency_percentiles(latencies)}
 
 
 def plan_frames(seed: int, n: int) -> list:
-    parser = argparse.ArgumentParser()
-    aoi_sim.add_plan_arguments(parser)
     dies = 50
-    args = parser.parse_args(["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots",
-                              str(max(1, -(-n // (dies * 2)))), "--wafers-per-lot", "2", "--dies-per-wafer", str(dies)])
-    args.encoding, args.malformed_every = "png", 0
-    return aoi_sim.build_frames(args)[:n]
+    lots = max(1, -(-n // (dies * 2)))
+    return aoi_sim.plan_frames(["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots),
+                                "--wafers-per-lot", "2", "--dies-per-wafer", str(dies)])[:n]
 
 
 def daemon_e2e(st: Station, n: int, inflight: int) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from tools.quantize import feeds, latency_ms
+from tools.quantize import feeds, latency_ms, session
 from tools.synth import make_dataset
 
 BATCHES = (1, 8, 16, 32)
@@ -35,7 +35,7 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 
 
 def _io(model_path: Path) -> list[tuple]:
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    sess = session(model_path)
     return [(kind, n.name, n.type, n.shape) for kind, nodes in (("input", sess.get_inputs()),
                                                                ("output", sess.get_outputs())) for n in nodes]
 
