@@ -7,7 +7,7 @@ MODELS := build/models
 REPOSITORY := build/model_repository
 
 .DEFAULT_GOAL := help
-.PHONY: help deps models cards test test-unit demo bench lint clean
+.PHONY: help deps models cards engines test test-unit demo bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ $(REPOSITORY)/.built: $(MODELS)/.trained $(MODELS)/.quantized tools/build_reposi
 
 cards: models ## regenerate model_repository/cards/ (metrics, precision forms, CPU latency per batch size)
 	$(PY) -m tools.model_card --models $(MODELS) --out model_repository/cards
+
+# On the GPU host (TensorRT and pycuda installed: pip install -e '.[gpu]'): strongly typed engines from the FP16 /
+# INT8 ONNX forms, checked against ONNX Runtime, into the GPU variant of the repository; stale plans only.
+GPU_REPOSITORY := build/model_repository_gpu
+engines: $(MODELS)/.quantized ## GPU host only: build or refresh the TensorRT engines of the GPU repository
+	$(PY) -m tools.build_engines --models $(MODELS) --out $(GPU_REPOSITORY)
 
 test: deps models lint ## lint, then every test tier (unit, integration with real Triton and Mosquitto, e2e)
 	$(PY) -m pytest tests

@@ -1,4 +1,4 @@
-"""Evaluation metrics in plain numpy: AUROC, anomaly decision bands, classification report."""
+"""Evaluation metrics in plain numpy: AUROC, AUPRC, FNR at a fixed FPR, anomaly bands, classification report."""
 
 from __future__ import annotations
 
@@ -21,6 +21,30 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     for start, count in zip(first[counts > 1], counts[counts > 1]):  # average ranks of ties
         ranks[order[start : start + count]] = start + (count + 1) / 2.0
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def auprc(scores: np.ndarray, positive: np.ndarray, negative_weight: float = 1.0) -> float:
+    """Area under the precision-recall curve as average precision: precision at each recall step, tied scores
+    sharing one operating point. ``negative_weight`` counts each negative that many times, which restates the
+    figure at another prevalence than the sample's."""
+    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+    if not positive.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, pos = scores[order], positive[order]
+    tp, fp = np.cumsum(pos), np.cumsum(~pos) * negative_weight
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    tp_at, fp_at = tp[last_of_tie], fp[last_of_tie]
+    new_tp = np.diff(np.r_[0, tp_at])
+    return float(np.sum(new_tp * tp_at / (tp_at + fp_at)) / pos.sum())
+
+
+def fnr_at_fpr(scores: np.ndarray, positive: np.ndarray, fpr: float = 0.05) -> tuple[float, float]:
+    """(false-negative rate, threshold) with the threshold at the ``1 - fpr`` quantile of the negatives' scores,
+    a positive counting as found when it scores strictly above it."""
+    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+    threshold = float(np.quantile(scores[~positive], 1.0 - fpr, method="higher"))
+    return float((scores[positive] <= threshold).mean()), threshold
 
 
 def decision_bands(good_scores: np.ndarray, pass_quantile: float = 0.99, reject_margin: float = 1.25) -> dict:

@@ -1,12 +1,13 @@
 """PyTorch models behind the two Triton models, and the export wrappers that fix their tensor interface.
 
-``anomaly``: a convolutional VAE on grey 256x256 dies (Bernoulli decoder, latent 128). It works at 128x128
-internally: the input is mean-pooled 2x and the decoder's logits are upsampled 2x.
+``anomaly``: a convolutional VAE on grey 256x256 dies (Bernoulli decoder, latent 128, full resolution in and out).
+Its export scores a die by the worst 8x8 cell of its squared reconstruction error.
 
-``classifier``: a CNN stem gives an 8x8 grid of patch tokens; the process log (normalised by constants stored in
-the graph) and the operator note (an embedding bag over ``edge.notes`` ids) become context tokens that the patches
-read through gated cross-attention; a missing modality (PRESENT flag 0) is multiplied out, so it adds exactly
-nothing. Attention pooling over the 64 patches gives the class logits and the ATTENTION output.
+``classifier``: a small hybrid ViT turns the image into an 8x8 grid of patch tokens; the process log (normalised by
+constants stored in the graph) and the operator note (an embedding bag over ``edge.notes`` ids) become context
+tokens that the patches read through gated cross-attention (gates start at zero); a missing modality (PRESENT flag
+0) is multiplied out, so it adds exactly nothing. Attention pooling over the 64 patches gives the class logits and
+the ATTENTION output. ``VisionCNN`` is the image-only baseline it is measured against.
 
 The wrappers (``AnomalyExport``, ``ClassifierExport``) take UINT8 pixels and do every conversion inside the graph;
 their inputs and outputs are those of ``model_repository/README.md``.
@@ -39,24 +40,28 @@ def _up(cin: int, cout: int) -> nn.Sequential:
 
 
 class ConvVAE(nn.Module):
-    """VAE for grey images in 0..1, shape (B, 1, 256, 256); the decoder returns Bernoulli logits."""
+    """VAE for grey images in 0..1, shape (B, 1, 256, 256); the decoder returns Bernoulli logits at full size.
+
+    Encoder: five stride-2 Conv-BN-LeakyReLU blocks (256 -> 8), then linear heads for mu and log-variance.
+    Decoder: a linear expansion, four stride-2 transposed-conv blocks (8 -> 128) and a sub-pixel (PixelShuffle)
+    layer to 256, so every output pixel is predicted, not interpolated. ``width`` 16 gives about 3.9M parameters.
+    """
 
     def __init__(self, latent: int = LATENT, width: int = 16) -> None:
         super().__init__()
-        chans = [width, 2 * width, 4 * width, 8 * width]
+        chans = [width, 2 * width, 4 * width, 8 * width, 8 * width]
         self.encoder = nn.Sequential(
-            nn.AvgPool2d(2),  # 256 -> 128
             _down(1, chans[0]), _down(chans[0], chans[1]), _down(chans[1], chans[2]), _down(chans[2], chans[3]),
+            _down(chans[3], chans[4]),
         )  # fmt: skip
-        self._bottleneck = (chans[3], 8, 8)
-        flat = chans[3] * 8 * 8
+        self._bottleneck = (chans[4], 8, 8)
+        flat = chans[4] * 8 * 8
         self.mu = nn.Linear(flat, latent)
         self.logvar = nn.Linear(flat, latent)
         self.expand = nn.Linear(latent, flat)
         self.decoder = nn.Sequential(
-            _up(chans[3], chans[2]), _up(chans[2], chans[1]), _up(chans[1], chans[0]), _up(chans[0], chans[0]),
-            nn.Conv2d(chans[0], 1, 3, 1, 1),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),  # 128 -> 256
+            _up(chans[4], chans[3]), _up(chans[3], chans[2]), _up(chans[2], chans[1]), _up(chans[1], chans[0]),
+            nn.Conv2d(chans[0], 4, 3, 1, 1), nn.PixelShuffle(2),  # 128 -> 256
         )  # fmt: skip
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,18 +87,37 @@ def vae_loss(
     return recon + beta * kl, recon, kl
 
 
+def squared_error(vae: ConvVAE, x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel squared error (B, 1, 256, 256) between dies in 0..1 and the posterior-mean reconstruction."""
+    mu, _ = vae.encode(x)
+    return (x - torch.sigmoid(vae.decode(mu))) ** 2
+
+
+def cell_errors(err: torch.Tensor) -> torch.Tensor:
+    """Squared error averaged over each 8x8 cell: the HEATMAP (B, 32, 32)."""
+    return F.avg_pool2d(err, HEATMAP_CELL).squeeze(1)
+
+
+def peak_cell_error(heatmap: torch.Tensor) -> torch.Tensor:
+    """SCORE (B, 1): the HEATMAP's largest cell, i.e. the squared error averaged over the worst 8x8 cell.
+
+    The image-wide mean of the case study dilutes a 30-pixel particle 2000-fold into shot noise (held-out AUROC
+    0.85 against 0.9999 for the peak cell on the same reconstructions); a cell-sized average keeps the noise down
+    and the defect's weight up.
+    """
+    return heatmap.flatten(1).amax(dim=1, keepdim=True)
+
+
 class AnomalyExport(nn.Module):
-    """UINT8 IMAGE [B, 1, 256, 256] -> SCORE [B, 1], HEATMAP [B, 32, 32] (squared error of the mean reconstruction)."""
+    """UINT8 IMAGE [B, 1, 256, 256] -> SCORE [B, 1] (``peak_cell_error``), HEATMAP [B, 32, 32] (``cell_errors``)."""
 
     def __init__(self, vae: ConvVAE) -> None:
         super().__init__()
         self.vae = vae
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = image.float() / 255.0
-        mu, _ = self.vae.encode(x)
-        err = (x - torch.sigmoid(self.vae.decode(mu))) ** 2
-        return err.mean(dim=(1, 2, 3)).unsqueeze(1), F.avg_pool2d(err, HEATMAP_CELL).squeeze(1)
+        heatmap = cell_errors(squared_error(self.vae, image.float() / 255.0))
+        return peak_cell_error(heatmap), heatmap
 
 
 # --- classifier: multimodal with gated cross-attention ----------------------------------------------------
@@ -103,20 +127,54 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class ImageEncoder(nn.Module):
-    """CNN stem: normalised RGB (B, 3, 256, 256) -> patch tokens (B, 64, dim) with learned positions."""
+def conv_stem(dim: int) -> nn.Sequential:
+    """Normalised RGB (B, 3, 256, 256) -> feature map (B, dim, 8, 8): one cell per 32x32 patch."""
+    return nn.Sequential(
+        _conv_bn(3, 16, 2), _conv_bn(16, 32, 2), _conv_bn(32, 32, 1),  # 64x64
+        _conv_bn(32, 64, 2), _conv_bn(64, 64, 1),  # 32x32
+        _conv_bn(64, 96, 2), _conv_bn(96, dim, 2),  # 8x8
+    )  # fmt: skip
 
-    def __init__(self, dim: int) -> None:
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head scaled dot-product attention: q (B, N, D), k and v (B, M, D) -> (B, N, D)."""
+    b, n, d = q.shape
+    q, k, v = (t.reshape(b, -1, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    att = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1)
+    return (att @ v).transpose(1, 2).reshape(b, n, d)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer encoder block: multi-head self-attention, then a GELU MLP, both residual."""
+
+    def __init__(self, dim: int, heads: int = 4, mlp_ratio: int = 2) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            _conv_bn(3, 16, 2), _conv_bn(16, 32, 2), _conv_bn(32, 32, 1),  # 64x64
-            _conv_bn(32, 64, 2), _conv_bn(64, 64, 1),  # 32x32
-            _conv_bn(64, 96, 2), _conv_bn(96, dim, 2),  # 8x8
-        )  # fmt: skip
-        self.position = nn.Parameter(torch.zeros(1, PATCH_GRID * PATCH_GRID, dim))
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stem(x).flatten(2).transpose(1, 2) + self.position
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        x = x + self.proj(attend(q, k, v, self.heads))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchViT(nn.Module):
+    """Small hybrid ViT: a convolutional patch embedding of the 8x8 grid of 32x32 patches (early convolutions
+    make a ViT trainable from a few thousand images), learned positions and ``depth`` transformer blocks.
+    Normalised RGB (B, 3, 256, 256) -> patch tokens (B, 64, dim)."""
+
+    def __init__(self, dim: int, depth: int = 2) -> None:
+        super().__init__()
+        self.embed = conv_stem(dim)
+        self.position = nn.Parameter(torch.zeros(1, PATCH_GRID * PATCH_GRID, dim))
+        self.blocks = nn.Sequential(*(TransformerBlock(dim) for _ in range(depth)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.embed(x).flatten(2).transpose(1, 2) + self.position)
 
 
 class ProcessEncoder(nn.Module):
@@ -170,39 +228,65 @@ class GatedCrossAttention(nn.Module):
         self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, patches: torch.Tensor, context: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        b, n, d = patches.shape
-        q = self.q(self.norm_q(patches)).view(b, n, self.heads, -1).transpose(1, 2)
-        kv = self.kv(self.norm_kv(context)).view(b, -1, 2, self.heads, d // self.heads)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
-        update = self.out((att @ v).transpose(1, 2).reshape(b, n, d))
-        return patches + (torch.tanh(self.gate) * present.view(b, 1, 1)) * update
+        k, v = self.kv(self.norm_kv(context)).chunk(2, dim=-1)
+        update = self.out(attend(self.q(self.norm_q(patches)), k, v, self.heads))
+        return patches + (torch.tanh(self.gate) * present.view(-1, 1, 1)) * update
+
+
+ALIGN_DIM = 64
 
 
 class DefectClassifier(nn.Module):
-    """Image + process + note -> class logits (B, classes) and patch attention (B, 64)."""
+    """Image + process + note -> class logits (B, classes) and patch attention (B, 64).
 
-    def __init__(self, n_classes: int = len(DEFAULT_CLASSES), dim: int = 128) -> None:
+    ``forward`` is what is served; ``features`` adds the image and process embeddings that the contrastive
+    alignment loss pulls together in training.
+    """
+
+    def __init__(self, n_classes: int = len(DEFAULT_CLASSES), dim: int = 128, depth: int = 2) -> None:
         super().__init__()
-        self.image = ImageEncoder(dim)
+        self.image = PatchViT(dim, depth)
         self.process = ProcessEncoder(dim)
         self.notes = NoteEncoder(dim)
         self.fuse_process = GatedCrossAttention(dim)
         self.fuse_notes = GatedCrossAttention(dim)
-        self.mix = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.mix = TransformerBlock(dim)
         self.pool_score = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim // 2), nn.Tanh(), nn.Linear(dim // 2, 1))
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_classes))
+        self.align_image = nn.Linear(dim, ALIGN_DIM)
+        self.align_process = nn.Linear(dim, ALIGN_DIM)
+
+    def features(
+        self, image: torch.Tensor, process: torch.Tensor, present: torch.Tensor, notes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, attention, image embedding and process embedding (the last two for the alignment loss)."""
+        visual = self.image(image)
+        context = self.process(process)
+        h = self.fuse_process(visual, context, present[:, 0])
+        h = self.fuse_notes(h, self.notes(notes), present[:, 1])
+        h = self.mix(h)
+        attention = torch.softmax(self.pool_score(h).squeeze(-1), dim=1)
+        pooled = (attention.unsqueeze(-1) * h).sum(1)
+        return self.head(pooled), attention, self.align_image(visual.mean(1)), self.align_process(context.mean(1))
 
     def forward(
         self, image: torch.Tensor, process: torch.Tensor, present: torch.Tensor, notes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.image(image)
-        h = self.fuse_process(h, self.process(process), present[:, 0])
-        h = self.fuse_notes(h, self.notes(notes), present[:, 1])
-        h = h + self.mix(h)
-        attention = torch.softmax(self.pool_score(h).squeeze(-1), dim=1)
-        pooled = (attention.unsqueeze(-1) * h).sum(1)
-        return self.head(pooled), attention
+        logits, attention, _, _ = self.features(image, process, present, notes)
+        return logits, attention
+
+
+class VisionCNN(nn.Module):
+    """The vision-only baseline: the same convolutional stem, global average pooling and a linear head."""
+
+    def __init__(self, n_classes: int = len(DEFAULT_CLASSES), dim: int = 128) -> None:
+        super().__init__()
+        self.stem = conv_stem(dim)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(dim, n_classes))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.stem(image)))
 
 
 IMAGE_MEAN = 0.45

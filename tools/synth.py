@@ -24,18 +24,45 @@ import numpy as np
 from edge.notes import MAX_TOKENS, tokenize
 from edge.process_params import DEFAULT_PARAMETERS, process_vector
 from edge.taxonomy import DEFAULT_CLASSES, DEFECT_CLASSES, GOOD
-from tools.synth_defects import GEOMETRY, OVERLAY
+from tools.synth_defects import GEOMETRY, OVERLAY, within_tolerance
 from tools.synth_mes import operator_note, sample_process
-from tools.synth_render import SIZE, ToolOptics, apply_optics, base_scene, expose, render_pattern, rng_for, tool_optics
+from tools.synth_render import (
+    NO_DRIFT,
+    SIZE,
+    Drift,
+    ToolOptics,
+    apply_optics,
+    base_scene,
+    expose,
+    render_pattern,
+    rng_for,
+    tool_optics,
+)
 
 DISCOLOR = "DISCOLOR"
 DEFAULT_TOOLS: tuple[str, ...] = ("AOI-01", "AOI-02")
 DEFAULT_RECIPE = "R-7NM-L4"
 LOOKS: tuple[str, ...] = DEFAULT_CLASSES  # what a die shows; GOOD is the clean look
+GOOD_BORDERLINE_RATE = 0.15  # clean dies with one bump undersized but inside the tolerance
 
 __all__ = [
-    "DEFAULT_RECIPE", "DEFAULT_TOOLS", "LOOKS", "Dataset", "Die", "DiePlan", "Fab", "SampleOptions", "ToolOptics",
-    "WaferPlan", "grey", "label_for", "make_dataset", "render_die", "tool_optics",
+    "DEFAULT_RECIPE",
+    "DEFAULT_TOOLS",
+    "LOOKS",
+    "NO_DRIFT",
+    "Dataset",
+    "Die",
+    "DiePlan",
+    "Drift",
+    "Fab",
+    "SampleOptions",
+    "ToolOptics",
+    "WaferPlan",
+    "grey",
+    "label_for",
+    "make_dataset",
+    "render_die",
+    "tool_optics",
 ]  # fmt: skip
 
 
@@ -51,9 +78,11 @@ def render_die(look: str, seed: int, optics: ToolOptics) -> tuple[np.ndarray, np
     rng = np.random.default_rng(seed)
     scene = base_scene(rng)
     mask = GEOMETRY[look](scene, rng) if look in GEOMETRY else np.zeros((SIZE, SIZE), bool)
+    if look == GOOD and rng.random() < GOOD_BORDERLINE_RATE:
+        within_tolerance(scene, rng)
     img = render_pattern(scene)
     if look in OVERLAY:
-        mask = OVERLAY[look](img, rng)
+        mask = OVERLAY[look](img, scene, rng)
     return expose(apply_optics(img, optics), rng), mask
 
 
@@ -99,16 +128,22 @@ class Fab:
         shift: float = 0.0,
         excursion_rate: float = 0.1,
         note_rate: float = 0.6,
+        drift: Drift = NO_DRIFT,
     ) -> None:
         self.seed = int(seed)
         self.recipe_id = recipe_id
         self.tool_ids = tuple(tool_ids)
         self.excursion_rate = excursion_rate
         self.note_rate = note_rate
-        self._optics = {tool: tool_optics(tool, shift) for tool in self.tool_ids}
+        self.shift = shift
+        self._optics = {tool: tool_optics(tool, shift, drift) for tool in self.tool_ids}
 
     def optics(self, tool_id: str) -> ToolOptics:
         return self._optics[tool_id]
+
+    def set_drift(self, tool_id: str, drift: Drift) -> None:
+        """From now on ``tool_id`` renders through aged, re-coated or warmed optics (drift scenarios)."""
+        self._optics[tool_id] = tool_optics(tool_id, self.shift, drift)
 
     def plan(
         self,
@@ -208,6 +243,7 @@ def make_dataset(
     class_weights: Sequence[float] | None = None,
     options: SampleOptions = SampleOptions(),
     workers: int = 1,
+    drift: Drift = NO_DRIFT,
 ) -> Dataset:
     """``n`` independent dies with labels drawn from ``classes`` in exact proportion to ``class_weights``.
 
@@ -215,7 +251,7 @@ def make_dataset(
     (processes that render chunks in parallel).
     """
     names = _balanced_labels(rng_for(seed, "dataset"), n, classes, class_weights)
-    spec = (seed, tuple(tool_ids), with_process, shift, options)
+    spec = (seed, tuple(tool_ids), with_process, shift, options, drift)
     chunks = [c for c in np.array_split(np.arange(n), max(1, workers)) if len(c)]
     if len(chunks) <= 1:
         return _render_samples(spec, 0, names)
@@ -226,9 +262,9 @@ def make_dataset(
 
 def _render_samples(spec: tuple, start: int, names: np.ndarray) -> Dataset:
     """Samples ``start .. start + len(names) - 1`` of a dataset (see ``make_dataset``)."""
-    seed, tool_ids, with_process, shift, opt = spec
+    seed, tool_ids, with_process, shift, opt, drift = spec
     n = len(names)
-    optics = [tool_optics(t, shift) for t in tool_ids]
+    optics = [tool_optics(t, shift, drift) for t in tool_ids]
     out = Dataset(
         images=np.empty((n, SIZE, SIZE, 3), np.uint8),
         labels=np.array([DEFAULT_CLASSES.index(c) for c in names], np.int64),

@@ -3,6 +3,11 @@
 Geometry painters edit a ``Scene`` before it is rendered (the defect is part of the pattern); overlay painters paint
 onto the rendered float RGB image. Both return the defect's boolean pixel mask. Each painter draws its size, position,
 colour and shape from the generator it is given, so two dies of one class differ.
+
+Borderline cases sit on both sides of an accept/reject boundary: ``within_tolerance`` gives a GOOD die one bump
+that is slightly undersized but inside the radius tolerance, while a share of BUMP-SM bumps are just outside it; a
+share of small particles land against a bump (easily taken for a deformed bump) and a share of BUMP-DEF bumps are
+only mildly distorted.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from edge.taxonomy import DEFECT_CLASSES
 from tools.synth_render import BUMP_RADIUS, MARGIN, PITCH, SIZE, X_GRID, Y_GRID, BumpShape, Scene, segment_distance
 
 GeometryPainter = Callable[[Scene, np.random.Generator], np.ndarray]
-OverlayPainter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+OverlayPainter = Callable[[np.ndarray, Scene, np.random.Generator], np.ndarray]
 _SUBPIXEL = 4  # fractional bits for cv2 drawing
 _SCALE = 1 << _SUBPIXEL
 
@@ -108,24 +113,39 @@ def _resize_bump(scene: Scene, rng: np.random.Generator, lo: float, hi: float) -
     return _disc(scene.center(iu, iv), BUMP_RADIUS + 1.5)
 
 
+# Bump radius tolerance, as a fraction of nominal: a GOOD bump may be this small, a BUMP-SM bump is smaller than
+# ``SMALL_BUMP_MAX``; the gap between them is the measurement guard band.
+RADIUS_TOLERANCE = 0.88
+SMALL_BUMP_MAX = 0.80
+BORDERLINE_SHARE = 0.3  # share of BUMP-SM, PART-SM and BUMP-DEF dies drawn at their class boundary
+
+
 def missing_bump(scene: Scene, rng: np.random.Generator) -> np.ndarray:
-    """One bump absent (at most a tiny stub left)."""
-    return _resize_bump(scene, rng, 0.0, 0.15)
+    """One bump absent (at most a tiny stub left): the least variable class."""
+    return _resize_bump(scene, rng, 0.0, 0.12)
 
 
 def small_bump(scene: Scene, rng: np.random.Generator) -> np.ndarray:
-    """One undersized bump."""
-    return _resize_bump(scene, rng, 0.4, 0.65)
+    """One undersized bump; a share just outside the radius tolerance."""
+    if rng.random() < BORDERLINE_SHARE:
+        return _resize_bump(scene, rng, 0.72, SMALL_BUMP_MAX)
+    return _resize_bump(scene, rng, 0.4, 0.72)
+
+
+def within_tolerance(scene: Scene, rng: np.random.Generator) -> None:
+    """A GOOD borderline: one bump undersized but inside the tolerance (no defect, so no mask)."""
+    _resize_bump(scene, rng, RADIUS_TOLERANCE, 0.95)
 
 
 def deformed_bump(scene: Scene, rng: np.random.Generator) -> np.ndarray:
-    """One bump with a shape anomaly: elongated and/or lobed."""
+    """One bump with a shape anomaly: elongated and/or lobed; a share only mildly."""
     iu, iv = _pick_bump(rng)
+    mild = rng.random() < BORDERLINE_SHARE
     scene.shapes[(iu, iv)] = BumpShape(
-        aspect=float(rng.uniform(1.7, 2.5)),
+        aspect=float(rng.uniform(1.35, 1.7) if mild else rng.uniform(1.7, 2.5)),
         angle=float(rng.uniform(0, np.pi)),
         lobes=int(rng.integers(2, 5)),
-        wobble=float(rng.uniform(0.1, 0.35)),
+        wobble=float(rng.uniform(0.08, 0.15) if mild else rng.uniform(0.1, 0.35)),
         phase=float(rng.uniform(0, 2 * np.pi)),
     )
     return _disc(scene.center(iu, iv), BUMP_RADIUS * 1.7 + 1.5)
@@ -134,10 +154,14 @@ def deformed_bump(scene: Scene, rng: np.random.Generator) -> np.ndarray:
 # --- overlay painters ---------------------------------------------------------------------------------------
 
 
-def _particle(r_lo: float, r_hi: float) -> OverlayPainter:
-    def paint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _particle(r_lo: float, r_hi: float, beside_bump: float = 0.0) -> OverlayPainter:
+    def paint(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:
         r = rng.uniform(r_lo, r_hi)
-        center = rng.uniform(r + 4, SIZE - r - 4, 2)
+        if rng.random() < beside_bump:  # touching a bump's edge: the borderline with a deformed bump
+            a = rng.uniform(0, 2 * np.pi)
+            center = scene.center(*_pick_bump(rng)) + (BUMP_RADIUS + 0.5 * r) * np.array([np.cos(a), np.sin(a)])
+        else:
+            center = rng.uniform(r + 4, SIZE - r - 4, 2)
         angles = np.linspace(0.0, 2 * np.pi, 64, endpoint=False)
         harmonics = np.arange(2, 6)[:, None]
         wobble = rng.normal(0.0, 0.08, (4, 1)) * np.cos(harmonics * angles + rng.uniform(0, 2 * np.pi, (4, 1)))
@@ -152,7 +176,8 @@ def _particle(r_lo: float, r_hi: float) -> OverlayPainter:
         img += (color * shading[..., None] - img) * alpha[..., None]
         return alpha > 0.5
 
-    paint.__doc__ = f"Foreign particle: an opaque irregular blob, radius {r_lo:g}-{r_hi:g} px, dark or bright."
+    paint.__doc__ = (f"Foreign particle: an opaque irregular blob, radius {r_lo:g}-{r_hi:g} px, dark or bright; "
+                     f"{beside_bump:.0%} of them against a bump.")
     return paint
 
 
@@ -166,14 +191,14 @@ def _bezier(rng: np.random.Generator, length: float) -> np.ndarray:
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
-def fine_scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def fine_scratch(img: np.ndarray, _scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """A long thin smooth scratch, mostly bright (polished), sometimes dark."""
     alpha = _stroke(_bezier(rng, rng.uniform(90, 230)), 2) * rng.uniform(0.6, 0.9)
     _blend(img, alpha, rng.uniform(0.85, 1.0) if rng.random() < 0.75 else rng.uniform(0.08, 0.2))
     return alpha > 0.2
 
 
-def wide_scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def wide_scratch(img: np.ndarray, _scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """A wide gouge with ragged edges: several jittered strokes of 4-8 px."""
     path = _bezier(rng, rng.uniform(80, 200))
     width = int(rng.integers(5, 10))
@@ -193,7 +218,7 @@ def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, steps: in
     return start + np.concatenate([np.zeros((1, 2)), np.cumsum(steps_xy, axis=0)])
 
 
-def crack(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def crack(img: np.ndarray, _scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """A dark jagged crack with one to three branches."""
     heading = rng.uniform(0, 2 * np.pi)
     main = _walk(rng, rng.uniform(50, SIZE - 50, 2), heading, int(rng.integers(14, 30)))
@@ -210,7 +235,7 @@ def crack(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 _RESIDUE_COLORS = np.array([[0.62, 0.52, 0.28], [0.78, 0.75, 0.64], [0.45, 0.36, 0.28]], np.float32)
 
 
-def residue(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def residue(img: np.ndarray, _scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """A translucent irregular stain with a darker drying rim (watermark / chemical residue)."""
     w = int(rng.integers(50, 110))
     yy, xx = np.mgrid[-1 : 1 : w * 1j, -1 : 1 : w * 1j]
@@ -231,7 +256,7 @@ def residue(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 _OXIDE_TINTS = np.array([[1.25, 0.9, 1.25], [1.2, 1.05, 0.7], [0.8, 0.95, 1.3], [1.2, 0.9, 0.75]], np.float32)
 
 
-def discolor(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def discolor(img: np.ndarray, _scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """A broad smooth colour tint (heat / chemical oxide colours); the pattern underneath stays intact."""
     strength = rng.uniform(0.4, 0.7)
     weight = _soft_ellipse(rng, 55, 120, soft=rng.uniform(15, 30)) * strength
@@ -250,7 +275,7 @@ GEOMETRY: dict[str, GeometryPainter] = {
     "PATTERN": pattern_error,
 }
 OVERLAY: dict[str, OverlayPainter] = {
-    "PART-SM": _particle(4.5, 7.5),
+    "PART-SM": _particle(4.5, 7.5, beside_bump=BORDERLINE_SHARE),
     "PART-MD": _particle(9.0, 15.0),
     "PART-LG": _particle(18.0, 32.0),
     "SCR-FINE": fine_scratch,

@@ -129,27 +129,59 @@ def render_pattern(scene: Scene) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ToolOptics:
-    """Optical signature of one AOI tool: vignetting, a focus gradient, brightness gain and colour tint."""
+    """Optical signature of one AOI tool: vignetting, a focus gradient, edge ringing, gain and colour tint."""
 
     vignette: float  # relative brightness lost at the corner furthest from ``center``
     center: tuple[float, float]
     blur_angle: float  # direction (radians) towards which focus degrades
     blur_sigma: float  # Gaussian sigma at the worst-focused side, pixels
-    gain: float
+    gain: tuple[float, float, float]  # per-channel multiplicative gain
     tint: tuple[float, float, float]  # additive RGB offset
+    ringing: float  # edge diffraction: overshoot of edges (fraction of the edge contrast)
 
 
-def tool_optics(tool_id: str, shift: float = 0.0) -> ToolOptics:
-    """The optics of ``tool_id``: fixed by its name; ``shift`` moves every parameter a little (held-out data)."""
+@dataclass(frozen=True)
+class Drift:
+    """Slow changes of a tool and its process that move the image without any defect (DESIGN: drift knobs).
+
+    ``aging`` (0 new .. 1 due for service): optics defocus and lose light at the edge of the field.
+    ``reflectance``: relative change of the resist's reflectance (e.g. +0.1 after a resist lot change), which
+    brightens the film, blue more than red. ``temperature``: degrees off the tool's calibration point (a
+    temperature cycle); focus and gain wander with it.
+    """
+
+    aging: float = 0.0
+    reflectance: float = 0.0
+    temperature: float = 0.0
+
+    @staticmethod
+    def cycle(hours: float, amplitude_c: float = 1.5, period_h: float = 24.0) -> float:
+        """The temperature offset of a daily cycle ``hours`` into it."""
+        return float(amplitude_c * np.sin(2.0 * np.pi * hours / period_h))
+
+
+NO_DRIFT = Drift()
+
+
+def tool_optics(tool_id: str, shift: float = 0.0, drift: Drift = NO_DRIFT) -> ToolOptics:
+    """The optics of ``tool_id``: fixed by its name; ``shift`` moves every parameter a little (held-out data) and
+    ``drift`` ages, re-coats or warms the tool."""
     rng = rng_for("optics", tool_id)
     tint = rng.uniform(-0.03, 0.03, 3) + 0.01 * shift * np.array([1.0, -0.5, -0.5])
+    low, high = [0.08, 98, 98, 0, 0.5, 0.92], [0.24, 158, 158, 2 * np.pi, 1.5, 1.08]
+    vignette, cx, cy, angle, sigma, gain = rng.uniform(low, high)
+    ringing = rng.uniform(0.05, 0.25)
+    temp = abs(drift.temperature)
+    gain_rgb = gain * (1.0 + 0.02 * shift - 0.06 * drift.aging - 0.01 * drift.temperature)
+    gain_rgb = gain_rgb * (1.0 + drift.reflectance * np.array([0.4, 0.8, 1.2]))
     return ToolOptics(
-        vignette=float(rng.uniform(0.08, 0.24) + 0.03 * shift),
-        center=(float(rng.uniform(98, 158) + 6 * shift), float(rng.uniform(98, 158) - 6 * shift)),
-        blur_angle=float(rng.uniform(0.0, 2.0 * np.pi) + 0.3 * shift),
-        blur_sigma=float(rng.uniform(0.5, 1.5) + 0.2 * shift),
-        gain=float(rng.uniform(0.92, 1.08) * (1.0 + 0.02 * shift)),
+        vignette=float(vignette + 0.03 * shift + 0.1 * drift.aging),
+        center=(float(cx + 6 * shift), float(cy - 6 * shift)),
+        blur_angle=float(angle + 0.3 * shift),
+        blur_sigma=float(sigma + 0.2 * shift + 0.8 * drift.aging + 0.15 * temp),
+        gain=(float(gain_rgb[0]), float(gain_rgb[1]), float(gain_rgb[2])),
         tint=(float(tint[0]), float(tint[1]), float(tint[2])),
+        ringing=float(ringing * (1.0 + 0.2 * shift)),
     )
 
 
@@ -160,13 +192,18 @@ def _optics_maps(optics: ToolOptics) -> tuple[np.ndarray, np.ndarray]:
     ramp = ((X_GRID - SIZE / 2) * c + (Y_GRID - SIZE / 2) * s) / (SIZE / 2)
     focus = np.clip(0.5 + 0.5 * ramp, 0.0, 1.0)[..., None]
     r2 = (X_GRID - optics.center[0]) ** 2 + (Y_GRID - optics.center[1]) ** 2
-    vig = (optics.gain * (1.0 - optics.vignette * r2 / r2.max()))[..., None]
+    vig = (1.0 - optics.vignette * r2 / r2.max())[..., None] * np.asarray(optics.gain)
     return focus.astype(np.float32), vig.astype(np.float32)
 
 
+RINGING_SIGMA = 2.5  # spatial scale of the diffraction fringe at edges, pixels
+
+
 def apply_optics(img: np.ndarray, optics: ToolOptics) -> np.ndarray:
-    """The image as seen through a tool: spatially varying defocus, vignetting, gain and tint."""
+    """The image as seen through a tool: edge diffraction (an overshoot fringe along every edge), spatially
+    varying defocus, vignetting, gain and tint."""
     focus, vig = _optics_maps(optics)
+    img = img + optics.ringing * (img - cv2.GaussianBlur(img, (0, 0), RINGING_SIGMA))
     blurred = cv2.GaussianBlur(img, (0, 0), optics.blur_sigma)
     out = img + (blurred - img) * focus
     out *= vig

@@ -149,3 +149,44 @@ def test_dataset_arrays() -> None:
     assert np.all((ds.process != 0).any(1) == (ds.present[:, 0] > 0))
     assert np.all((ds.notes > 0).any(1) == (ds.present[:, 1] > 0))
     assert make_dataset(4, 4, with_process=False).present[:, 0].sum() == 0
+
+
+def test_drift_moves_the_image_and_no_drift_is_the_default() -> None:
+    from tools.synth import Drift
+
+    assert tool_optics("AOI-01", drift=Drift()) == tool_optics("AOI-01")
+    new, _ = render_die(GOOD, 7, tool_optics("AOI-01"))
+    for drift in (Drift(aging=1.0), Drift(reflectance=0.15), Drift(temperature=Drift.cycle(6.0))):
+        moved, _ = render_die(GOOD, 7, tool_optics("AOI-01", drift=drift))
+        assert np.abs(new.astype(int) - moved.astype(int)).mean() > 0.5, drift
+    aged = tool_optics("AOI-01", drift=Drift(aging=1.0))
+    assert aged.blur_sigma > tool_optics("AOI-01").blur_sigma and aged.vignette > tool_optics("AOI-01").vignette
+
+
+def test_fab_drift_applies_to_one_tool() -> None:
+    from tools.synth import Drift
+
+    fab = Fab(2)
+    before = fab.optics("AOI-02")
+    fab.set_drift("AOI-01", Drift(aging=0.5))
+    assert fab.optics("AOI-01") == tool_optics("AOI-01", drift=Drift(aging=0.5)) and fab.optics("AOI-02") == before
+
+
+def test_borderline_cases_sit_on_both_sides_of_the_radius_tolerance() -> None:
+    from tools.synth_defects import RADIUS_TOLERANCE, SMALL_BUMP_MAX, small_bump, within_tolerance
+    from tools.synth_render import BUMP_RADIUS, base_scene
+
+    rng = np.random.default_rng(0)
+    inside, outside = [], []
+    for _ in range(200):
+        scene = base_scene(rng)
+        nominal = scene.radius.max()
+        within_tolerance(scene, rng)
+        inside.append(scene.radius.min() / nominal)
+        scene = base_scene(rng)
+        nominal = scene.radius.max()
+        assert small_bump(scene, rng).any()
+        outside.append(scene.radius.min() / nominal)
+    assert min(inside) >= RADIUS_TOLERANCE and max(outside) <= SMALL_BUMP_MAX
+    assert np.mean(np.array(outside) > 0.72) > 0.15  # a share of BUMP-SM dies just outside the tolerance
+    assert abs(nominal - BUMP_RADIUS) < 0.3
