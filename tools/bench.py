@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--inflight", type=int, default=16)
     args = parser.parse_args(argv)
+    shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
     with Station(args.workdir, args.repository, with_broker=True) as st:
         assert st.triton is not None
         raw = asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))

@@ -25,8 +25,9 @@ PURPOSE = {
                "cell. The daemon compares SCORE with the recipe x tool bands.",
     "classifier": "Multimodal defect classifier: a small hybrid ViT over 8x8 image patches, the MES process vector "
                   "and operator-note tokens read through gated cross-attention (gates start at zero, so a missing "
-                  "modality contributes nothing); trained with focal loss, image/process contrastive alignment and "
-                  "an attention-entropy penalty. Softmax over GOOD and 15 defect classes, attention over patches.",
+                  "modality contributes nothing); trained with focal loss, image/process contrastive alignment, "
+                  "an attention-entropy penalty and a process probe (dropped after training). Softmax over GOOD and "
+                  "15 defect classes, attention over patches.",
 }
 # Targets of the seed case studies (VAE: 004, multimodal classifier: 003).
 TARGETS = {
@@ -95,6 +96,17 @@ def weaknesses(name: str, metrics: dict) -> list[str]:
     return [f"- {c}: {what} {v}" for c, v in sorted(weak.items(), key=lambda kv: kv[1])] or ["- none flagged"]
 
 
+def _evaluated(metrics: dict) -> list[str]:
+    """The anomaly evaluation's population, when the metrics record it."""
+    ev = metrics.get("evaluated")
+    if not ev:
+        return []
+    return [f"Positives: {ev['positives']} dies showing a defect; negatives: {ev['negatives']} clean GOOD dies. "
+            f"The {ev['left_out_discolour_look']} dies with the discolouration look are left out: in grey the tint is "
+            "faint, and whether it is a defect depends on the process log, which is the classifier's job. "
+            f"SCORE: {metrics.get('score', 'see the interface')}.", ""]
+
+
 def _comparison(name: str, metrics: dict) -> list[str]:
     header, rows = comparison_rows(name, metrics)
     if not rows:
@@ -118,6 +130,7 @@ def render_card(name: str, metrics: dict, precision: dict | None, io_rows: list[
              f"Training budget: `{json.dumps(metrics.get('budget', {}))}`; training took "
              f"{metrics['seconds']['total']} s on the build host.", "",
              "## Held-out metrics (another seed, shifted tool optics)", "",
+             *_evaluated(metrics),
              *_table(("metric", "value", "case-study target"), headline_rows(name, metrics)), "",
              *_comparison(name, metrics),
              *confusion_lines(metrics),

@@ -30,7 +30,7 @@ class Budget:
     heldout_good: int  # held-out GOOD dies that set the anomaly bands
 
 
-FULL = Budget(vae_train=1500, vae_epochs=12, cls_train=3200, cls_epochs=6, heldout=960, heldout_good=480)
+FULL = Budget(vae_train=1500, vae_epochs=12, cls_train=3200, cls_epochs=8, heldout=960, heldout_good=480)
 QUICK = Budget(vae_train=600, vae_epochs=6, cls_train=960, cls_epochs=4, heldout=320, heldout_good=160)
 
 
