@@ -1,4 +1,4 @@
-"""``edge-inspect``: run the daemon, validate a config, run a local Triton server."""
+"""``edge-inspect``: run the daemon, validate a config, run a local Triton server, calibrate thresholds."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 
+from calibration import cli as calib_cli
 from edge import tritonserver
 from edge.config import load_config
 from edge.errors import EdgeError
@@ -62,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("triton-server", help="run the wheel's tritonserver on a model repository")
     tritonserver.add_arguments(serve)
     serve.set_defaults(func=tritonserver.main)
+    calib = sub.add_parser("calib", help="show and steer the per recipe x tool x class thresholds")
+    calib_cli.add_arguments(calib)
+    calib.set_defaults(func=calib_cli.main)
     return top
 
 

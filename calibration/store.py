@@ -1,0 +1,302 @@
+"""The calibration store: per recipe x tool profiles, per-class controller state, review dispositions and an
+append-only audit trail, in one SQLite file (WAL) that the daemon and the engineers' CLI use at the same time.
+
+Flow: the daemon records every candidate of a defect class, flagged (a DEFECT event) or suppressed under the
+threshold (some of them published as AUDIT events), with its confidence (``add_candidate``), and counts inspected
+dies per lot (``count_inspected``); reviewers give dispositions (``review``); at lot end (``close_lot``) every class
+of the profile runs its controller, thresholds move, and each change is an audit row. The seed controller uses the
+reviewed flagged events not yet used (a disposition that arrives after its lot closed counts in the next one); the
+statistical controller uses every candidate of the lot, an unreviewed one counting as a false positive.
+Engineers' changes go through the same functions and are audited with their name and reason. Nothing deletes an
+audit row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from calibration import controller, statistical
+from calibration.codec import SEED, State, dumps, loads, start
+from calibration.controller import ClassSettings, LotCounts, Stages
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS profiles (
+    recipe TEXT NOT NULL, tool TEXT NOT NULL, controller TEXT NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (recipe, tool));
+CREATE TABLE IF NOT EXISTS classes (
+    recipe TEXT NOT NULL, tool TEXT NOT NULL, class TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (recipe, tool, class));
+CREATE TABLE IF NOT EXISTS candidates (
+    event_id TEXT PRIMARY KEY, recipe TEXT NOT NULL, tool TEXT NOT NULL, lot_id TEXT NOT NULL, class TEXT NOT NULL,
+    confidence REAL NOT NULL, flagged INTEGER NOT NULL, real INTEGER, reviewed_by TEXT, reviewed_at REAL,
+    used INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS candidates_open ON candidates (recipe, tool, used, real);
+CREATE INDEX IF NOT EXISTS candidates_lot ON candidates (recipe, tool, lot_id);
+CREATE TABLE IF NOT EXISTS inspected (
+    recipe TEXT NOT NULL, tool TEXT NOT NULL, lot_id TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (recipe, tool, lot_id));
+CREATE TABLE IF NOT EXISTS lots_closed (
+    recipe TEXT NOT NULL, tool TEXT NOT NULL, lot_id TEXT NOT NULL, closed_at REAL NOT NULL,
+    PRIMARY KEY (recipe, tool, lot_id));
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, recipe TEXT NOT NULL, tool TEXT NOT NULL,
+    class TEXT NOT NULL, who TEXT NOT NULL, field TEXT NOT NULL, old TEXT, new TEXT, reason TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit rows cannot change'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit rows cannot be deleted'); END;
+"""
+CONTROLLER = "controller"  # the `who` of automatic changes
+
+
+class CalibrationError(ValueError):
+    """A request the store refuses; the message names the bad argument."""
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    ts: float
+    recipe: str
+    tool: str
+    defect_class: str
+    who: str
+    field: str
+    old: str | None
+    new: str | None
+    reason: str
+
+
+class CalibrationStore:
+    def __init__(self, path: Path | str, stages: Stages = controller.DEFAULT_STAGES, clock=time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stages = stages
+        self._clock = clock
+        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- profiles -------------------------------------------------------------------------------------------
+
+    def ensure_profile(self, recipe: str, tool: str, classes: Sequence[str], controller_kind: str = SEED,
+                       settings: ClassSettings = controller.DEFAULT_SETTINGS) -> None:  # fmt: skip
+        """Create the profile and any missing class (idempotent; existing classes keep their state)."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO profiles VALUES (?, ?, ?, 1)", (recipe, tool, controller_kind))
+            kind = self._controller(db, recipe, tool)
+            for name in classes:
+                cur = db.execute("INSERT OR IGNORE INTO classes VALUES (?, ?, ?, ?)",
+                                 (recipe, tool, name, dumps(start(kind, settings))))  # fmt: skip
+                if cur.rowcount:
+                    self._audit(db, recipe, tool, name, CONTROLLER, "created", None, kind, "new profile")
+
+    def profiles(self) -> list[tuple[str, str, str, int]]:
+        return list(self._db.execute("SELECT recipe, tool, controller, version FROM profiles ORDER BY recipe, tool"))
+
+    def version(self, recipe: str, tool: str) -> int | None:
+        row = self._db.execute("SELECT version FROM profiles WHERE recipe=? AND tool=?", (recipe, tool)).fetchone()
+        return row[0] if row else None
+
+    def states(self, recipe: str, tool: str) -> dict[str, State]:
+        rows = self._db.execute("SELECT class, state FROM classes WHERE recipe=? AND tool=? ORDER BY rowid",
+                                (recipe, tool))  # fmt: skip
+        return {name: loads(text) for name, text in rows}
+
+    def thresholds(self, recipe: str, tool: str) -> dict[str, float]:
+        return {name: s.threshold for name, s in self.states(recipe, tool).items()}
+
+    def data_version(self) -> int:
+        """Changes when another connection commits: a cheap way for the daemon to notice engineer changes."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    # --- what the daemon records ----------------------------------------------------------------------------
+
+    def add_candidate(self, event_id: str, recipe: str, tool: str, lot_id: str, defect_class: str,
+                      confidence: float, flagged: bool = True) -> None:  # fmt: skip
+        """A candidate of ``defect_class``: flagged (a DEFECT event) or suppressed under the threshold."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO candidates (event_id, recipe, tool, lot_id, class, confidence, flagged) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (event_id, recipe, tool, lot_id, defect_class, confidence, int(flagged)))  # fmt: skip
+
+    def count_inspected(self, recipe: str, tool: str, lot_id: str, n: int = 1) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO inspected VALUES (?, ?, ?, ?) ON CONFLICT (recipe, tool, lot_id) "
+                       "DO UPDATE SET count = count + excluded.count", (recipe, tool, lot_id, n))  # fmt: skip
+
+    def review(self, event_id: str, real: bool, who: str) -> None:
+        """A reviewer's disposition of an event (the latest one counts until the lot that uses it closes)."""
+        if not who:
+            raise CalibrationError("who: a reviewer name is required")
+        with self._tx() as db:
+            row = db.execute("SELECT recipe, tool, class, real, used FROM candidates WHERE event_id=?",
+                             (event_id,)).fetchone()  # fmt: skip
+            if row is None:
+                raise CalibrationError(f"event_id: no candidate {event_id!r} (not a DEFECT or AUDIT event here)")
+            recipe, tool, name, old, used = row
+            if used:
+                raise CalibrationError(f"event_id: {event_id!r} was already used by a closed lot")
+            db.execute("UPDATE candidates SET real=?, reviewed_by=?, reviewed_at=? WHERE event_id=?",
+                       (int(real), who, self._clock(), event_id))  # fmt: skip
+            self._audit(db, recipe, tool, name, who, "disposition", None if old is None else str(bool(old)),
+                        str(real), f"review of {event_id}")  # fmt: skip
+
+    def close_lot(self, recipe: str, tool: str, lot_id: str) -> dict[str, tuple[float, float]]:
+        """Run every class's controller on the lot; returns {class: (old, new threshold)} for the ones that moved.
+        Closing a lot twice does nothing the second time."""
+        with self._tx() as db:
+            if db.execute("INSERT OR IGNORE INTO lots_closed VALUES (?, ?, ?, ?)",
+                          (recipe, tool, lot_id, self._clock())).rowcount == 0:  # fmt: skip
+                return {}
+            row = db.execute("SELECT count FROM inspected WHERE recipe=? AND tool=? AND lot_id=?",
+                             (recipe, tool, lot_id)).fetchone()  # fmt: skip
+            inspected = row[0] if row else 0
+            reviewed = list(db.execute(
+                "SELECT event_id, class, confidence, flagged, real FROM candidates "
+                "WHERE recipe=? AND tool=? AND used=0 AND real IS NOT NULL", (recipe, tool)))  # fmt: skip
+            of_lot = list(db.execute(
+                "SELECT event_id, class, confidence, flagged, real FROM candidates "
+                "WHERE recipe=? AND tool=? AND lot_id=?", (recipe, tool, lot_id)))  # fmt: skip
+            db.executemany("UPDATE candidates SET used=1 WHERE event_id=?", [(r[0],) for r in reviewed])
+            negatives = max(0, inspected - sum(1 for r in reviewed if r[4]))
+            moved = {}
+            for name, text in list(db.execute("SELECT class, state FROM classes WHERE recipe=? AND tool=?",
+                                              (recipe, tool))):  # fmt: skip
+                old = loads(text)
+                mine, lot_rows = [r for r in reviewed if r[1] == name], [r for r in of_lot if r[1] == name]
+                new = self._step(old, negatives, mine, lot_rows)
+                if new.threshold != old.threshold:
+                    moved[name] = (old.threshold, new.threshold)
+                    self._audit(db, recipe, tool, name, CONTROLLER, "threshold", f"{old.threshold:.2f}",
+                                f"{new.threshold:.2f}", f"lot {lot_id} closed")  # fmt: skip
+                if new.status != old.status:
+                    self._audit(db, recipe, tool, name, CONTROLLER, "status", old.status, new.status, f"lot {lot_id}")
+                db.execute("UPDATE classes SET state=? WHERE recipe=? AND tool=? AND class=?",
+                           (dumps(new), recipe, tool, name))  # fmt: skip
+            if moved:
+                db.execute("UPDATE profiles SET version = version + 1 WHERE recipe=? AND tool=?", (recipe, tool))
+            return moved
+
+    def _step(self, state: State, negatives: int, reviewed: list[tuple], of_lot: list[tuple]) -> State:
+        """Rows are (event_id, class, confidence, flagged, real)."""
+        if isinstance(state, statistical.StatState):
+            lot = state.lots_seen + 1
+            items = tuple(statistical.Reviewed(lot, conf, None if real is None else bool(real))
+                          for _, _, conf, _, real in of_lot)  # fmt: skip
+            return statistical.after_lot(state, negatives, items, self.stages)
+        flagged = [r for r in reviewed if r[3]]
+        counts = LotCounts(negatives, sum(1 for r in flagged if not r[4]), sum(1 for r in flagged if r[4]))
+        return controller.after_lot(state, counts, self.stages)
+
+    # --- engineer controls ----------------------------------------------------------------------------------
+
+    def set_settings(self, recipe: str, tool: str, defect_class: str, who: str, reason: str, **changes: float) -> None:
+        """Change bounds, steps, budget or the initial threshold of one class (fields of ``ClassSettings``)."""
+        with self._tx() as db:
+            state = self._state(db, recipe, tool, defect_class)
+            if "initial_threshold" not in changes:  # new bounds carry the initial value along
+                lower = changes.get("lower", state.settings.lower)
+                upper = changes.get("upper", state.settings.upper)
+                initial = min(max(state.settings.initial_threshold, lower), upper)
+                if initial != state.settings.initial_threshold:
+                    changes["initial_threshold"] = initial
+            try:
+                settings = replace(state.settings, **changes)
+            except (TypeError, ValueError) as exc:
+                raise CalibrationError(str(exc)) from exc
+            new = controller.with_settings(state, settings)
+            for key, value in changes.items():
+                self._audit(db, recipe, tool, defect_class, who, key, str(getattr(state.settings, key)), str(value),
+                            reason)  # fmt: skip
+            self._save(db, recipe, tool, defect_class, state, new, who, reason)
+
+    def override(self, recipe: str, tool: str, defect_class: str, threshold: float, lock_lots: int, who: str,
+                 reason: str) -> None:  # fmt: skip
+        with self._tx() as db:
+            state = self._state(db, recipe, tool, defect_class)
+            try:
+                new = controller.override(state, threshold, lock_lots)
+            except ValueError as exc:
+                raise CalibrationError(f"threshold: {exc}") from exc
+            self._save(db, recipe, tool, defect_class, state, new, who, f"{reason} (lock {lock_lots} lots)")
+
+    def unlock(self, recipe: str, tool: str, defect_class: str, who: str, reason: str) -> None:
+        with self._tx() as db:
+            state = self._state(db, recipe, tool, defect_class)
+            self._save(db, recipe, tool, defect_class, state, controller.unlock(state), who, reason)
+
+    def transfer(self, recipe: str, source: str, target: str, who: str, reason: str) -> None:
+        """Copy ``source``'s profile to ``target`` (a tool swap); every class starts there ``revalidating``."""
+        with self._tx() as db:
+            kind = self._controller(db, recipe, source)
+            rows = list(db.execute("SELECT class, state FROM classes WHERE recipe=? AND tool=?", (recipe, source)))
+            db.execute("INSERT INTO profiles VALUES (?, ?, ?, 1) ON CONFLICT (recipe, tool) DO UPDATE SET "
+                       "controller=excluded.controller, version=version + 1", (recipe, target, kind))  # fmt: skip
+            for name, text in rows:
+                state = loads(text)
+                kind_of = statistical if isinstance(state, statistical.StatState) else controller
+                moved = kind_of.transferred(state)
+                db.execute("INSERT OR REPLACE INTO classes VALUES (?, ?, ?, ?)", (recipe, target, name, dumps(moved)))
+                self._audit(db, recipe, target, name, who, "transfer", source, f"{moved.threshold:.2f}", reason)
+
+    def history(self, recipe: str, tool: str, defect_class: str | None = None, limit: int = 100) -> list[AuditRow]:
+        sql = "SELECT ts, recipe, tool, class, who, field, old, new, reason FROM audit WHERE recipe=? AND tool=?"
+        args: list = [recipe, tool]
+        if defect_class:
+            sql, args = sql + " AND class=?", [*args, defect_class]
+        rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [AuditRow(*r) for r in rows]
+
+    # --- internals ------------------------------------------------------------------------------------------
+
+    def _controller(self, db: sqlite3.Connection, recipe: str, tool: str) -> str:
+        row = db.execute("SELECT controller FROM profiles WHERE recipe=? AND tool=?", (recipe, tool)).fetchone()
+        if row is None:
+            raise CalibrationError(f"recipe/tool: no calibration profile for {recipe} x {tool}")
+        return row[0]
+
+    def _state(self, db: sqlite3.Connection, recipe: str, tool: str, defect_class: str) -> State:
+        self._controller(db, recipe, tool)
+        row = db.execute("SELECT state FROM classes WHERE recipe=? AND tool=? AND class=?",
+                         (recipe, tool, defect_class)).fetchone()  # fmt: skip
+        if row is None:
+            raise CalibrationError(f"class: {defect_class!r} is not calibrated for {recipe} x {tool}")
+        return loads(row[0])
+
+    def _save(self, db: sqlite3.Connection, recipe: str, tool: str, name: str, old: State, new: State, who: str,
+              reason: str) -> None:  # fmt: skip
+        if not who:
+            raise CalibrationError("who: a name is required for an engineer change")
+        if not reason:
+            raise CalibrationError("reason: say why")
+        for field in ("threshold", "status", "lock_until"):
+            if getattr(old, field) != getattr(new, field):
+                self._audit(db, recipe, tool, name, who, field, str(getattr(old, field)), str(getattr(new, field)),
+                            reason)  # fmt: skip
+        db.execute("UPDATE classes SET state=? WHERE recipe=? AND tool=? AND class=?", (dumps(new), recipe, tool, name))
+        db.execute("UPDATE profiles SET version = version + 1 WHERE recipe=? AND tool=?", (recipe, tool))
+
+    def _audit(self, db: sqlite3.Connection, recipe: str, tool: str, name: str, who: str, field: str,
+               old: str | None, new: str | None, reason: str) -> None:  # fmt: skip
+        db.execute("INSERT INTO audit (ts, recipe, tool, class, who, field, old, new, reason) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (self._clock(), recipe, tool, name, who, field, old, new,
+                                                          reason))  # fmt: skip

@@ -1,0 +1,73 @@
+"""``edge-inspect calib``: the engineer's commands against a real store file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from calibration.controller import Stages
+from calibration.store import CalibrationStore
+from edge.cli import main
+
+R, T = "R-7NM-L4", "AOI-01"
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    path = tmp_path / "calib.sqlite"
+    s = CalibrationStore(path, stages=Stages(initial_lots=1))
+    s.ensure_profile(R, T, ("PART-SM", "SCR-FINE"))
+    s.add_candidate("E1", R, T, "L1", "PART-SM", 0.7)
+    s.close()
+    return path
+
+
+def calib(store_path: Path, *args: str) -> list[str]:
+    return ["calib", "--store", str(store_path), "--who", "eng1", *args]
+
+
+def test_show_prints_one_line_per_class(store_path: Path, capsys) -> None:
+    assert main(calib(store_path, "show", "--recipe", R, "--tool", T)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == ["PART-SM threshold=0.55 fpr_3lot=0.00% status=calibrating",
+                       "SCR-FINE threshold=0.55 fpr_3lot=0.00% status=calibrating"]  # fmt: skip
+
+
+def test_override_lock_unlock_transfer_history_review(store_path: Path, capsys) -> None:
+    where = ["--recipe", R, "--tool", T, "--class", "PART-SM"]
+    assert main(calib(store_path, "override", *where, "--threshold", "0.8", "--lock-lots", "3", "--reason", "x")) == 0
+    assert capsys.readouterr().out.strip() == "PART-SM threshold=0.80 fpr_3lot=0.00% status=locked"
+    assert main(calib(store_path, "unlock", *where, "--reason", "done")) == 0
+    assert "status=adjusting" in capsys.readouterr().out
+    assert main(calib(store_path, "set-bounds", *where, "--lower", "0.6", "--budget", "0.002", "--reason", "y")) == 0
+    assert main(calib(store_path, "transfer", "--recipe", R, "--from", T, "--to", "AOI-02", "--reason", "swap")) == 0
+    assert "PART-SM threshold=0.80 fpr_3lot=0.00% status=revalidating" in capsys.readouterr().out
+    assert main(calib(store_path, "review", "E1", "--false")) == 0
+    assert main(calib(store_path, "history", "--recipe", R, "--tool", T, "--class", "PART-SM")) == 0
+    history = capsys.readouterr().out
+    assert "threshold: 0.55 -> 0.8 by eng1 (x (lock 3 lots))" in history and "lower: 0.5 -> 0.6 by eng1 (y)" in history
+    assert "disposition: None -> False by eng1" in history
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["override", "--recipe", R, "--tool", T, "--class", "PART-SM", "--threshold", "0.99", "--reason", "x"],
+         "threshold"),
+        (["override", "--recipe", R, "--tool", T, "--class", "NOPE", "--threshold", "0.7", "--reason", "x"], "class"),
+        (["show", "--recipe", R, "--tool", "AOI-99"], "recipe/tool"),
+        (["review", "NOPE", "--real"], "event_id"),
+        (["set-bounds", "--recipe", R, "--tool", T, "--class", "PART-SM", "--reason", "x"], "set-bounds"),
+        (["set-bounds", "--recipe", R, "--tool", T, "--class", "PART-SM", "--lower", "0.9", "--upper", "0.8",
+          "--reason", "x"], "bounds"),
+    ],
+)
+def test_errors_name_the_bad_argument(store_path: Path, capsys, args: list[str], named: str) -> None:
+    assert main(calib(store_path, *args)) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_missing_store_is_an_error(tmp_path: Path, capsys) -> None:
+    assert main(["calib", "--store", str(tmp_path / "none.sqlite"), "show", "--recipe", R, "--tool", T]) == 2
+    assert "--store" in capsys.readouterr().err

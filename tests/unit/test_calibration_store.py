@@ -1,0 +1,132 @@
+"""The calibration store: lots close into threshold moves, engineer controls, transfer, audit, two connections."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from calibration.codec import STATISTICAL, dumps, loads
+from calibration.controller import LOCKED, REVALIDATING, ClassSettings, ClassState, Stages
+from calibration.statistical import StatState
+from calibration.store import CalibrationError, CalibrationStore
+
+R, T, T2 = "R-7NM-L4", "AOI-01", "AOI-02"
+CLASSES = ("PART-SM", "SCR-FINE")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CalibrationStore:
+    s = CalibrationStore(tmp_path / "calib.sqlite", stages=Stages(initial_lots=1, window_lots=3))
+    s.ensure_profile(R, T, CLASSES)
+    yield s
+    s.close()
+
+
+def _lot(store: CalibrationStore, lot: str, inspected: int, false_events: int, cls: str = "PART-SM") -> dict:
+    store.count_inspected(R, T, lot, inspected)
+    for i in range(false_events):
+        store.add_candidate(f"{lot}-e{i}", R, T, lot, cls, 0.6)
+        store.review(f"{lot}-e{i}", real=False, who="eng1")
+    return store.close_lot(R, T, lot)
+
+
+def test_profile_starts_escape_averse_and_is_idempotent(store: CalibrationStore) -> None:
+    assert store.thresholds(R, T) == {"PART-SM": 0.55, "SCR-FINE": 0.55}
+    store.ensure_profile(R, T, (*CLASSES, "CRACK"))
+    assert set(store.thresholds(R, T)) == {*CLASSES, "CRACK"} and store.version(R, T) == 1
+
+
+def test_false_positives_over_budget_raise_only_that_class(store: CalibrationStore) -> None:
+    _lot(store, "L1", 1000, 0)  # the one calibration lot
+    moved = _lot(store, "L2", 1000, 5)
+    assert moved == {"PART-SM": (0.55, 0.57)}
+    assert store.thresholds(R, T) == {"PART-SM": 0.57, "SCR-FINE": 0.55} and store.version(R, T) == 2
+    assert store.states(R, T)["PART-SM"].line("PART-SM") == "PART-SM threshold=0.57 fpr_3lot=0.25% status=adjusting"
+    assert store.close_lot(R, T, "L2") == {}  # a lot closes once
+
+
+def test_a_late_disposition_counts_in_the_next_lot(store: CalibrationStore) -> None:
+    _lot(store, "L1", 1000, 0)
+    store.add_candidate("late", R, T, "L2", "PART-SM", 0.7)
+    for i in range(4):
+        store.add_candidate(f"x{i}", R, T, "L2", "PART-SM", 0.7)
+    assert _lot(store, "L2", 1000, 0) == {}  # no dispositions yet
+    for event in ("late", "x0", "x1", "x2", "x3"):
+        store.review(event, real=False, who="eng2")
+    assert _lot(store, "L3", 1000, 0) == {"PART-SM": (0.55, 0.57)}
+    with pytest.raises(CalibrationError, match="already used"):
+        store.review("late", real=True, who="eng2")
+
+
+def test_review_errors_name_the_argument(store: CalibrationStore) -> None:
+    with pytest.raises(CalibrationError, match="event_id"):
+        store.review("nope", real=True, who="eng1")
+    store.add_candidate("e1", R, T, "L1", "PART-SM", 0.7)
+    with pytest.raises(CalibrationError, match="who"):
+        store.review("e1", real=True, who="")
+
+
+def test_engineer_controls_are_audited_and_bounded(store: CalibrationStore) -> None:
+    store.set_settings(R, T, "PART-SM", "eng1", "tighter budget", fpr_budget=0.0005, upper=0.9)
+    store.override(R, T, "PART-SM", 0.8, 2, "eng1", "customer complaint")
+    state = store.states(R, T)["PART-SM"]
+    assert state.status == LOCKED and state.threshold == 0.8 and state.settings.fpr_budget == 0.0005
+    with pytest.raises(CalibrationError, match="threshold"):
+        store.override(R, T, "PART-SM", 0.93, 1, "eng1", "above the engineer bound")
+    with pytest.raises(CalibrationError, match="class"):
+        store.override(R, T, "NOPE", 0.8, 1, "eng1", "x")
+    with pytest.raises(CalibrationError, match="recipe/tool"):
+        store.override(R, "AOI-99", "PART-SM", 0.8, 1, "eng1", "x")
+    with pytest.raises(CalibrationError, match="reason"):
+        store.unlock(R, T, "PART-SM", "eng1", "")
+    store.unlock(R, T, "PART-SM", "eng2", "complaint closed")
+    fields = [(row.who, row.field, row.old, row.new) for row in reversed(store.history(R, T, "PART-SM"))]
+    assert ("eng1", "fpr_budget", "0.001", "0.0005") in fields
+    assert ("eng1", "threshold", "0.55", "0.8") in fields and ("eng1", "status", "calibrating", "locked") in fields
+    assert ("eng2", "status", "locked", "adjusting") in fields
+
+
+def test_transfer_revalidates_on_the_new_tool(store: CalibrationStore) -> None:
+    _lot(store, "L1", 1000, 0)
+    _lot(store, "L2", 1000, 5)
+    store.transfer(R, T, T2, "eng1", "tool swap")
+    states = store.states(R, T2)
+    assert states["PART-SM"].threshold == 0.57 and states["PART-SM"].status == REVALIDATING
+    assert store.thresholds(R, T)["PART-SM"] == 0.57  # the source keeps its own
+    assert store.history(R, T2, "PART-SM")[0].field == "transfer"
+    with pytest.raises(CalibrationError, match="recipe/tool"):
+        store.transfer(R, "AOI-99", T2, "eng1", "x")
+
+
+def test_audit_rows_cannot_be_changed_or_deleted(store: CalibrationStore) -> None:
+    db = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.DatabaseError, match="cannot"):
+        db.execute("DELETE FROM audit")
+    with pytest.raises(sqlite3.DatabaseError, match="cannot"):
+        db.execute("UPDATE audit SET who='x'")
+    db.close()
+
+
+def test_a_second_connection_sees_changes_and_data_version_moves(store: CalibrationStore) -> None:
+    other = CalibrationStore(store.path)
+    before = store.data_version()
+    other.override(R, T, "SCR-FINE", 0.7, 0, "eng1", "from the CLI")
+    assert store.data_version() != before and store.thresholds(R, T)["SCR-FINE"] == 0.7
+    other.close()
+
+
+def test_statistical_profile_round_trips_and_runs(tmp_path: Path) -> None:
+    s = CalibrationStore(tmp_path / "c.sqlite", stages=Stages(initial_lots=1, window_lots=3))
+    s.ensure_profile(R, T, ("PART-SM",), controller_kind=STATISTICAL, settings=ClassSettings(initial_threshold=0.6))
+    assert isinstance(s.states(R, T)["PART-SM"], StatState)
+    s.count_inspected(R, T, "L1", 3000)
+    s.close_lot(R, T, "L1")
+    s.count_inspected(R, T, "L2", 3000)
+    s.add_candidate("c1", R, T, "L2", "PART-SM", 0.52, flagged=False)  # suppressed, never reviewed: counted false
+    assert s.close_lot(R, T, "L2") == {"PART-SM": (0.6, 0.58)}  # certified lower, one rate-limited step
+    assert s.states(R, T)["PART-SM"].false_positives_at(0.5) == 1
+    for state in (ClassState.start(), s.states(R, T)["PART-SM"]):
+        assert loads(dumps(state)) == state
+    s.close()
