@@ -39,9 +39,11 @@ def _show(store: CalibrationStore, a: argparse.Namespace) -> int:
     states = store.states(a.recipe, a.tool)
     if not states:
         raise CalibrationError(f"recipe/tool: no calibration profile for {a.recipe} x {a.tool}")
-    print(f"# {a.recipe} x {a.tool} profile version {store.version(a.recipe, a.tool)}")
+    print(f"# {a.recipe} x {a.tool} profile version {store.version(a.recipe, a.tool)} "
+          f"mode={store.mode(a.recipe, a.tool)}")
     for name, state in states.items():
-        print(state.line(name))
+        escape = store.escape_estimate(a.recipe, a.tool, name)
+        print(state.line(name) + ("" if escape is None else f" escape_est={100 * escape:.2f}%"))
     return 0
 
 

@@ -39,9 +39,9 @@ from calibration.statistics import BernoulliCusum, clopper_pearson_upper
 class Reviewed:
     """A candidate of the class: its score and its disposition (None: not reviewed, counted as false)."""
 
-    lot: int
     score: float
     real: bool | None
+    lot: int = 0  # set by ``after_lot``
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,10 @@ def choose(state: StatState) -> float:
 def after_lot(
     state: StatState, negatives: int, items: tuple[Reviewed, ...], stages: Stages = DEFAULT_STAGES
 ) -> StatState:
-    """The state after one more lot with ``negatives`` inspected negatives and its reviewed/audited ``items``."""
+    """The state after one more lot with ``negatives`` inspected negatives and its candidates ``items`` (their
+    ``lot`` is set here: the lot this call closes)."""
     lot = state.lots_seen + 1
+    items = tuple(replace(i, lot=lot) for i in items)
     budget = state.settings.fpr_budget
     cusum = BernoulliCusum(budget, min(0.5, state.stat.cusum_shift * budget), state.stat.cusum_h)
     flagged_fp = sum(1 for i in items if i.real is False and i.score >= state.threshold)

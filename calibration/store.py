@@ -138,6 +138,19 @@ class CalibrationStore:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (event_id, recipe, tool, lot_id, defect_class, confidence, int(flagged)))  # fmt: skip
 
+    def record(self, inspected: Sequence[tuple[str, str, str]], candidates: Sequence[tuple]) -> None:
+        """One batch in one transaction: a (recipe, tool, lot_id) per inspected die, and candidates as
+        (event_id, recipe, tool, lot_id, class, confidence, flagged)."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for key in inspected:
+            counts[key] = counts.get(key, 0) + 1
+        with self._tx() as db:
+            db.executemany("INSERT INTO inspected VALUES (?, ?, ?, ?) ON CONFLICT (recipe, tool, lot_id) "
+                           "DO UPDATE SET count = count + excluded.count", [(*k, n) for k, n in counts.items()])
+            db.executemany("INSERT OR IGNORE INTO candidates (event_id, recipe, tool, lot_id, class, confidence, "
+                           "flagged) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(*c[:6], int(c[6])) for c in candidates])  # fmt: skip
+
     def count_inspected(self, recipe: str, tool: str, lot_id: str, n: int = 1) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO inspected VALUES (?, ?, ?, ?) ON CONFLICT (recipe, tool, lot_id) "
@@ -199,8 +212,7 @@ class CalibrationStore:
     def _step(self, state: State, negatives: int, reviewed: list[tuple], of_lot: list[tuple]) -> State:
         """Rows are (event_id, class, confidence, flagged, real)."""
         if isinstance(state, statistical.StatState):
-            lot = state.lots_seen + 1
-            items = tuple(statistical.Reviewed(lot, conf, None if real is None else bool(real))
+            items = tuple(statistical.Reviewed(conf, None if real is None else bool(real))
                           for _, _, conf, _, real in of_lot)  # fmt: skip
             return statistical.after_lot(state, negatives, items, self.stages)
         flagged = [r for r in reviewed if r[3]]
@@ -257,6 +269,28 @@ class CalibrationStore:
                 moved = kind_of.transferred(state)
                 db.execute("INSERT OR REPLACE INTO classes VALUES (?, ?, ?, ?)", (recipe, target, name, dumps(moved)))
                 self._audit(db, recipe, target, name, who, "transfer", source, f"{moved.threshold:.2f}", reason)
+
+    def escape_estimate(self, recipe: str, tool: str, defect_class: str) -> float | None:
+        """Share of the class's real defects that were suppressed, from the AUDIT sample: the real share among
+        audited suppressed candidates, times all suppressed candidates, against the confirmed flagged ones. None
+        before any audited candidate has a disposition."""
+        flagged_real, suppressed, audited, audited_real = self._db.execute(
+            "SELECT COALESCE(SUM(flagged = 1 AND real = 1), 0), COALESCE(SUM(flagged = 0), 0), "
+            "COALESCE(SUM(flagged = 0 AND real IS NOT NULL), 0), COALESCE(SUM(flagged = 0 AND real = 1), 0) "
+            "FROM candidates WHERE recipe=? AND tool=? AND class=?", (recipe, tool, defect_class),
+        ).fetchone()
+        if not audited:
+            return None
+        missed = suppressed * audited_real / audited
+        return missed / (flagged_real + missed) if flagged_real + missed else 0.0
+
+    def mode(self, recipe: str, tool: str) -> str:
+        """The profile's stage: ``calibrating`` while any class is, ``production`` once every class is stable or
+        locked, else ``convergence``."""
+        statuses = {s.status for s in self.states(recipe, tool).values()}
+        if controller.CALIBRATING in statuses:
+            return "calibrating"
+        return "production" if statuses <= {controller.STABLE, controller.LOCKED} else "convergence"
 
     def history(self, recipe: str, tool: str, defect_class: str | None = None, limit: int = 100) -> list[AuditRow]:
         sql = "SELECT ts, recipe, tool, class, who, field, old, new, reason FROM audit WHERE recipe=? AND tool=?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -138,6 +138,32 @@ class DecisionConfig(_Strict):
         return self
 
 
+class CalibrationConfig(_Strict):
+    """Adaptive thresholds (DESIGN 3.7): the store, the controller per recipe, and the methodology's numbers."""
+
+    path: Path = Field(Path("var/edge/calibration.sqlite"), description="calibration store (SQLite), shared with "
+                       "`edge-inspect calib`")  # fmt: skip
+    controller: Literal["seed", "statistical"] = "seed"
+    controllers: dict[str, Literal["seed", "statistical"]] = Field(
+        default_factory=dict, description="controller per recipe id, overriding `controller`"
+    )
+    initial_lots: int = Field(50, ge=1, description="lots of initial calibration (escape-averse, full review)")
+    window_lots: int = Field(3, ge=1, description="lots in the FPR window (fpr_3lot)")
+    step_up: float = Field(0.02, gt=0, le=0.2)
+    step_down: float = Field(0.01, ge=0, le=0.2)
+    fpr_budget: float = Field(0.001, gt=0, lt=1)
+    lower: Annotated[float, Field(ge=0.5, le=0.95)] = 0.5
+    upper: Annotated[float, Field(ge=0.5, le=0.95)] = 0.95
+    refresh_s: float = Field(2.0, gt=0, description="how often the store is checked for engineers' changes")
+    reviews_topic: str = Field("reviews", description="dispositions arrive on {mqtt.prefix}/{station}/{this}")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CalibrationConfig:
+        if self.lower > self.upper:
+            raise ValueError("lower must not be above upper")
+        return self
+
+
 class ToolConfig(_Strict):
     id: str = Field(min_length=1, max_length=64)
     description: str = ""
@@ -166,6 +192,7 @@ class Config(_Strict):
     outbox: OutboxConfig = OutboxConfig()
     http: HttpConfig = HttpConfig()
     decision: DecisionConfig = DecisionConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -180,6 +207,9 @@ class Config(_Strict):
                 raise ValueError(f"decision: unknown tool {entry.tool!r}")
             if entry.recipe != "*" and entry.recipe not in self.recipes:
                 raise ValueError(f"decision: unknown recipe {entry.recipe!r}")
+        for recipe in self.calibration.controllers:
+            if recipe not in self.recipes:
+                raise ValueError(f"calibration.controllers: unknown recipe {recipe!r}")
         return self
 
     @property

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from calibration.table import Bands, BandTable, ThresholdTable
+from calibration.table import Bands, BandTable
 from edge import decide as rule
 from edge.batcher import Batcher
+from edge.calibrate import Calibration
 from edge.config import Config
 from edge.context import ContextCache, LotEvent, parse_lot_event, parse_process_log
 from edge.errors import ConfigError, EdgeError, InferenceFailed, OutboxError, TritonUnavailable
@@ -48,8 +50,6 @@ class Daemon:
             cfg.tool_ids, frozenset(cfg.recipes),
         )
         self._parameters = {rid: r.parameters for rid, r in cfg.recipes.items()}
-        self._thresholds = ThresholdTable(cfg.decision.default_threshold, {
-            (t.recipe, t.tool, t.defect_class): t.threshold for t in cfg.decision.thresholds})
         self._bands: BandTable | None = None
         self._ids = EventIds()
         self._audit_rng = random.Random()
@@ -69,6 +69,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         notifier = Notifier()
         self.outbox = await self._db(Outbox, cfg.outbox.path)
+        self.calibration = await self._db(Calibration, cfg, self.metrics)
         self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
                                    cfg.triton.timeout_ms / 1000)
         http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
@@ -79,7 +80,7 @@ class Daemon:
         link = None
         if cfg.mqtt.enabled:
             link = MqttLink(cfg.mqtt, cfg.station, loop, self._on_mqtt_message, self._on_ack, self._on_broker,
-                            (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))
+                            (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic, self._reviews_topic))
         self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight)
         self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
         sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
@@ -91,6 +92,7 @@ class Daemon:
         self._sock = sock
         self._spawn(self._batch_loop())
         self._spawn(self._health_loop(notifier))
+        self._spawn(self._calibration_loop())
         intake = self._spawn(self._intake(sock))
         log.info("started", frames=sock.endpoint, http_port=http_port, models=self.models,
                  triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)
@@ -115,6 +117,7 @@ class Daemon:
         await self.triton.close()
         await http.close()
         await self._db(self.outbox.close)
+        await self._db(self.calibration.close)
         self._db_thread.shutdown(wait=True)
         log.info("stopped", all_events_acknowledged=delivered)
 
@@ -252,11 +255,17 @@ class Daemon:
         await self._sock.send(identity, encode_reply(reply))
 
     # ---- MES join ---------------------------------------------------------------------------
+    @property
+    def _reviews_topic(self) -> str:
+        return f"{self.cfg.mqtt.prefix}/{self.cfg.station}/{self.cfg.calibration.reviews_topic}"
+
     def _on_mqtt_message(self, topic: str, payload: bytes) -> None:
         if topic_matches(self.cfg.mqtt.mes_process_topic, topic):
             self.on_process_log(payload)
         elif topic_matches(self.cfg.mqtt.mes_lot_topic, topic):
             self.on_lot_event(payload)
+        elif topic == self._reviews_topic:
+            self._spawn(self._review(payload))
 
     def on_process_log(self, payload: bytes) -> None:
         parsed = parse_process_log(payload)
@@ -276,6 +285,37 @@ class Daemon:
     def _lot_event(self, event: LotEvent) -> None:
         log.info("lot_event", kind=event.kind, lot_id=event.lot_id, tool_id=event.tool_id,
                  recipe_id=event.recipe_id)
+        if event.kind == "lot_end":
+            self._spawn(self._close_lot(event))
+
+    # ---- calibration ------------------------------------------------------------------------
+    async def _close_lot(self, event: LotEvent) -> None:
+        """Lot end drives calibration: each class of the recipe x tool runs its controller on the lot."""
+        if event.tool_id not in self.cfg.tool_ids or event.recipe_id not in self.cfg.recipes:
+            return self._mes_rejected(Rejected("unknown_tool", f"lot_end for {event.recipe_id} x {event.tool_id}"))
+        moved = await self._db(self.calibration.lot_end, event.recipe_id, event.tool_id, event.lot_id)
+        self.metrics.lots_closed.labels(event.tool_id).inc()
+        log.info("lot_calibrated", lot_id=event.lot_id, tool_id=event.tool_id, recipe_id=event.recipe_id,
+                 moved={k: list(v) for k, v in moved.items()})
+
+    async def _review(self, payload: bytes) -> None:
+        result = await self._db(self.calibration.review, payload)
+        self.metrics.reviews.labels(result).inc()
+        if result != "accepted":
+            held = self._bad_input_log.allow("review:" + result)
+            if held is not None:
+                log.warning("review_rejected", reason=result, similar_since_last=held)
+
+    async def _calibration_loop(self) -> None:
+        """Engineers change thresholds from the CLI: pick that up without a restart."""
+        while True:
+            await asyncio.sleep(self.cfg.calibration.refresh_s)
+            try:
+                if await self._db(self.calibration.refresh):
+                    log.info("calibration_reloaded")
+            except sqlite3.Error as err:
+                self.metrics.internal_errors.labels("calibration").inc()
+                log.error("calibration_reload_failed", error=str(err))
 
     def _mes_rejected(self, rejected: Rejected) -> None:
         self.metrics.mes_rejected.labels(rejected.reason).inc()
@@ -363,7 +403,7 @@ class Daemon:
             frame.timings["infer"] = infer_s
             verdict = rule.decide(
                 float(anomaly.scores[i]), self._bands.get(h.recipe_id, h.tool_id), classes.probs[i],
-                self.cfg.decision.classes, lambda c, h=h: self._thresholds.get(h.recipe_id, h.tool_id, c),
+                self.cfg.decision.classes, lambda c, h=h: self.calibration.threshold(h.recipe_id, h.tool_id, c),
                 self._audit_rng.random(), self.cfg.decision.audit_fraction,
             )
             peak = heatmap_peak(anomaly.heatmaps[i], frame.tensors.grey.shape[1:])
@@ -376,9 +416,14 @@ class Daemon:
     async def _record_and_answer(self, outcomes: list[Outcome]) -> None:
         stamp = Stamp(self.cfg.station, self.cfg.mqtt.prefix, self.models, time.monotonic(), time.time())
         results, events = [], []
+        event_ids = []
         for outcome in outcomes:
-            result, event = records(outcome, self._ids.new() if outcome.event_decision else None, stamp)
+            event_id = self._ids.new() if outcome.event_decision else None
+            h, v = outcome.frame.header, outcome.verdict
+            facts = self.calibration.facts(h.recipe_id, h.tool_id, v.top_k[0][0] if v and v.top_k else "")
+            result, event = records(outcome, event_id, stamp, facts)
             results.append(result)
+            event_ids.append(event_id)
             if event:
                 events.append(event)
             self._count(outcome.frame, outcome.decision, outcome.verdict)
@@ -390,6 +435,11 @@ class Daemon:
             await self._answer_busy([o.frame for o in outcomes], "outbox_unavailable")
             return
         self.metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
+        try:  # calibration bookkeeping must never hold a reply back
+            await self._db(self.calibration.record, outcomes, event_ids)
+        except sqlite3.Error as err:
+            self.metrics.internal_errors.labels("calibration").inc()
+            log.error("calibration_record_failed", error=str(err), frames=len(outcomes))
         for outcome, result in zip(outcomes, results):
             frame = outcome.frame
             self._inflight.pop(frame.key, None)

@@ -57,6 +57,23 @@ class Metrics:
         self.context_missing = Counter(
             "edge_context_missing_total", "Frames that went on without MES process context", ["tool"], registry=r
         )
+        self.calib_threshold = Gauge(
+            "edge_calibration_threshold", "Confidence threshold in force", ["recipe", "tool", "class"], registry=r
+        )
+        self.calib_fpr = Gauge(
+            "edge_calibration_fpr_3lot_ratio", "Reviewed false positives / inspected negatives over the FPR window",
+            ["recipe", "tool", "class"], registry=r,
+        )
+        self.calib_status = Gauge(
+            "edge_calibration_status", "0 calibrating, 1 adjusting, 2 stable, 3 locked, 4 revalidating",
+            ["recipe", "tool", "class"], registry=r,
+        )
+        self.calib_escape = Gauge(
+            "edge_calibration_escape_ratio", "Estimated share of real defects suppressed, from AUDIT reviews",
+            ["recipe", "tool", "class"], registry=r,
+        )
+        self.reviews = Counter("edge_reviews_total", "Review dispositions received", ["result"], registry=r)
+        self.lots_closed = Counter("edge_lots_closed_total", "Lot ends that ran the calibration", ["tool"], registry=r)
         self.notes_missing = Counter(
             "edge_notes_missing_total", "Frames without an operator note", ["tool"], registry=r
         )

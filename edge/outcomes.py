@@ -44,9 +44,10 @@ class Stamp:
     wall: float  # epoch seconds, for the event's ts
 
 
-def records(outcome: Outcome, event_id: str | None, stamp: Stamp) -> tuple[ResultRow, EventRow | None]:
-    """The result row (holding the encoded reply) and, when the outcome makes one, the event row.
-    ``event_id`` must be given exactly when ``outcome.event_decision`` is set."""
+def records(outcome: Outcome, event_id: str | None, stamp: Stamp,
+            calibration: dict = STATIC_CALIBRATION) -> tuple[ResultRow, EventRow | None]:  # fmt: skip
+    """The result row (holding the encoded reply) and, when the outcome makes one, the event row (with the
+    ``calibration`` facts of its class). ``event_id`` must be given exactly when ``outcome.event_decision`` is set."""
     frame, h = outcome.frame, outcome.frame.header
     latency = {k: round(v * 1000, 3) for k, v in frame.timings.items() if k in ("queue", "infer")}
     latency["total"] = round((stamp.now - frame.received) * 1000, 3)
@@ -59,7 +60,7 @@ def records(outcome: Outcome, event_id: str | None, stamp: Stamp) -> tuple[Resul
         assert event_id is not None
         facts = FrameFacts(stamp.station, h.tool_id, h.recipe_id, h.lot_id, h.wafer_id, h.die, h.frame_id,
                            outcome.score, outcome.peak, frame.context is not None, (), stamp.models, latency)
-        body = event_body(event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, STATIC_CALIBRATION,
+        body = event_body(event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, calibration,
                           outcome.reason)
         event = EventRow(event_id, event_topic(stamp.prefix, stamp.station, h.tool_id), outcome.event_decision,
                          json.dumps(body, separators=(",", ":")))

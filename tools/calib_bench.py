@@ -121,7 +121,7 @@ def run(sc: Scenario, kind: str, seed: int, lots: int) -> list[LotResult]:
             counts = LotCounts(n, int((flagged & ~label).sum()), int((flagged & label).sum()))
             state = controller.after_lot(state, counts, STAGES)
         else:
-            items = tuple(statistical.Reviewed(lot, float(sc), bool(lb) if rv else None)
+            items = tuple(statistical.Reviewed(float(sc), bool(lb) if rv else None)
                           for sc, lb, rv in zip(sc_, label, reviewed))  # fmt: skip
             state = statistical.after_lot(state, n, items, STAGES)
     return out

@@ -33,6 +33,9 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
     recipe_lines = "".join(f'[recipes."{r}"]\n' for r in recipes)
     mqtt = (f'[mqtt]\nenabled = true\nport = {mqtt_port}\nprefix = "fab/edge"\n' if mqtt_port
             else "[mqtt]\nenabled = false\n")
+    store = outbox.with_name("calibration.sqlite")
+    calibration = "" if "[calibration]" in extra else f'[calibration]\npath = "{store}"\n'
+
     return (
         f'station = "{station}"\n{tool_lines}{recipe_lines}'
         f'[ingest]\nbind = "{frames}"\n'
@@ -41,7 +44,7 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
         f'[local_pub]\nbind = "{feed}"\n'
         f'[outbox]\npath = "{outbox}"\n'
         f'[http]\nport = {http_port}\n'
-        f"{extra}"
+        f"{calibration}{extra}"
     )
 
 

@@ -35,9 +35,9 @@ def test_cusum_signals_a_rise_and_not_the_budget_rate() -> None:
 
 def _lot(lot: int, scores_false: list[float], scores_real: list[float] = (), unreviewed: list[float] = ()) -> tuple:
     return (
-        tuple(Reviewed(lot, sc, False) for sc in scores_false)
-        + tuple(Reviewed(lot, sc, True) for sc in scores_real)
-        + tuple(Reviewed(lot, sc, None) for sc in unreviewed)
+        tuple(Reviewed(sc, False) for sc in scores_false)
+        + tuple(Reviewed(sc, True) for sc in scores_real)
+        + tuple(Reviewed(sc, None) for sc in unreviewed)
     )
 
 

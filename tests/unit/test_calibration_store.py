@@ -130,3 +130,21 @@ def test_statistical_profile_round_trips_and_runs(tmp_path: Path) -> None:
     for state in (ClassState.start(), s.states(R, T)["PART-SM"]):
         assert loads(dumps(state)) == state
     s.close()
+
+
+def test_escape_estimate_from_audited_candidates_and_profile_mode(store: CalibrationStore) -> None:
+    assert store.escape_estimate(R, T, "PART-SM") is None and store.mode(R, T) == "calibrating"
+    for i in range(8):  # 8 flagged, all real
+        store.add_candidate(f"f{i}", R, T, "L1", "PART-SM", 0.9)
+        store.review(f"f{i}", real=True, who="eng1")
+    for i in range(20):  # 20 suppressed, 4 audited, 1 of them real: about 5 real ones missed
+        store.add_candidate(f"s{i}", R, T, "L1", "PART-SM", 0.5, flagged=False)
+    for i, real in enumerate((True, False, False, False)):
+        store.review(f"s{i}", real=real, who="eng1")
+    assert store.escape_estimate(R, T, "PART-SM") == pytest.approx(5 / 13)
+    store.count_inspected(R, T, "L1", 5000)
+    store.close_lot(R, T, "L1")
+    assert store.mode(R, T) == "convergence"  # out of calibration, not yet a clean window
+    for lot in ("L2", "L3"):
+        _lot(store, lot, 5000, 0)
+    assert store.mode(R, T) == "production"

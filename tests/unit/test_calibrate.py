@@ -1,0 +1,99 @@
+"""The daemon's calibration adapter on a real store: profiles from the config, batch records, reviews, lot end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.table import Bands
+from edge.calibrate import Calibration, candidate_id, parse_review
+from edge.config import parse_config
+from edge.decide import decide
+from edge.frames import Frame
+from edge.metrics import Metrics
+from edge.outcomes import Outcome
+from edge.taxonomy import DEFAULT_CLASSES
+from edge.wire import FrameHeader, Rejected
+
+R, T = "R-7NM-L4", "AOI-01"
+
+
+@pytest.fixture
+def calib(tmp_path: Path) -> Calibration:
+    cfg = parse_config({
+        "tools": [{"id": T}], "recipes": {R: {}},
+        "decision": {"default_threshold": 0.6, "thresholds": [{"tool": T, "class": "CRACK", "threshold": 0.8}]},
+        "calibration": {"path": str(tmp_path / "c.sqlite"), "initial_lots": 1, "upper": 0.9},
+    })  # fmt: skip
+    c = Calibration(cfg, Metrics())
+    yield c
+    c.close()
+
+
+def _outcome(frame_id: str, top: str, p: float, threshold_of, audit_draw: float = 0.9) -> Outcome:
+    probs = np.zeros(len(DEFAULT_CLASSES), dtype=np.float32)
+    probs[DEFAULT_CLASSES.index(top)], probs[0] = p, 1 - p
+    verdict = decide(0.0, Bands(0.1, 0.2), probs, DEFAULT_CLASSES, threshold_of, audit_draw, 0.5)
+    header = FrameHeader(frame_id, T, R, "L1", "W1", (0, 0), 0.0, "png", None, None, None)
+    return Outcome(Frame(b"id", header, None, 0.0, 0.0, 0.0), verdict)
+
+
+def test_profiles_start_from_the_configured_thresholds_inside_the_bounds(calib: Calibration) -> None:
+    assert calib.threshold(R, T, "CRACK") == 0.8 and calib.threshold(R, T, "PART-SM") == 0.6
+    assert calib.facts(R, T, "CRACK") == {"profile_version": 1, "status": "calibrating"}
+    assert calib.facts("R-X", T, "CRACK")["status"] == "uncalibrated"
+
+
+def test_batch_records_inspected_dies_and_candidates_and_reviews_apply(calib: Calibration) -> None:
+    th = lambda c: calib.threshold(R, T, c)  # noqa: E731
+    flagged = _outcome("f1", "PART-SM", 0.95, th)
+    suppressed = _outcome("f2", "PART-SM", 0.55, th)
+    audited = _outcome("f3", "CRACK", 0.7, th, audit_draw=0.1)
+    clean = _outcome("f4", "GOOD", 0.9, th)
+    assert flagged.verdict.decision == "DEFECT" and audited.verdict.audit and not suppressed.verdict.audit
+    calib.record([flagged, suppressed, audited, clean], ["E1", None, "E3", None])
+    assert calib.review(b'{"event_id": "E1", "disposition": "false", "reviewer": "eng1"}') == "accepted"
+    assert calib.review(b'{"event_id": "E3", "disposition": "real", "reviewer": "eng1"}') == "accepted"
+    assert calib.review(b'{"event_id": "E9", "disposition": "real", "reviewer": "eng1"}') == "unknown_event"
+    assert calib.review(b'{"event_id": "E1", "disposition": "maybe", "reviewer": "eng1"}') == "bad_value"
+    db = calib.store._db
+    assert db.execute("SELECT count FROM inspected").fetchone()[0] == 4
+    rows = dict(db.execute("SELECT event_id, flagged FROM candidates").fetchall())
+    assert rows == {"E1": 1, candidate_id(T, "f2"): 0, "E3": 0}
+    calib.lot_end(R, T, "L1")
+    assert calib.facts(R, T, "PART-SM")["status"] == "adjusting"
+
+
+def test_lot_end_moves_a_threshold_and_the_cache_follows(calib: Calibration) -> None:
+    calib.lot_end(R, T, "L0")  # the one calibration lot
+    th = lambda c: calib.threshold(R, T, c)  # noqa: E731
+    outcomes = [_outcome(f"g{i}", "PART-SM", 0.95, th) for i in range(3)]
+    calib.record(outcomes, ["A", "B", "C"])
+    for event_id in "ABC":
+        calib.review(json.dumps({"event_id": event_id, "disposition": "false", "reviewer": "x"}).encode())
+    assert calib.lot_end(R, T, "L1") == {"PART-SM": (0.6, 0.62)}
+    assert calib.threshold(R, T, "PART-SM") == 0.62 and calib.facts(R, T, "PART-SM")["profile_version"] == 2
+
+
+def test_engineer_change_from_another_connection_is_picked_up(calib: Calibration, tmp_path: Path) -> None:
+    from calibration.store import CalibrationStore
+
+    other = CalibrationStore(tmp_path / "c.sqlite")
+    other.override(R, T, "BRIDGE", 0.85, 0, "eng1", "from the CLI")
+    other.close()
+    assert calib.refresh() and calib.threshold(R, T, "BRIDGE") == 0.85
+    assert not calib.refresh()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(b"{", "bad_json"), (b"[]", "bad_json"), (b'{"disposition": "real", "reviewer": "a"}', "missing_key"),
+     (b'{"event_id": "E", "disposition": "real"}', "missing_key"),
+     (b'{"event_id": "E", "disposition": 1, "reviewer": "a"}', "bad_value")],
+)
+def test_bad_reviews_are_rejected_with_a_reason(payload: bytes, reason: str) -> None:
+    parsed = parse_review(payload)
+    assert isinstance(parsed, Rejected) and parsed.reason == reason
