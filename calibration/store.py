@@ -58,6 +58,10 @@ class CalibrationError(ValueError):
     """A request the store refuses; the message names the bad argument."""
 
 
+class UnknownEvent(CalibrationError):
+    """A disposition for an event id the store holds no candidate for."""
+
+
 @dataclass(frozen=True)
 class AuditRow:
     ts: float
@@ -164,7 +168,7 @@ class CalibrationStore:
             row = db.execute("SELECT recipe, tool, class, real, used FROM candidates WHERE event_id=?",
                              (event_id,)).fetchone()  # fmt: skip
             if row is None:
-                raise CalibrationError(f"event_id: no candidate {event_id!r} (not a DEFECT or AUDIT event here)")
+                raise UnknownEvent(f"event_id: no candidate {event_id!r} (not a DEFECT or AUDIT event here)")
             recipe, tool, name, old, used = row
             if used:
                 raise CalibrationError(f"event_id: {event_id!r} was already used by a closed lot")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from calibration.controller import ClassSettings, Stages
-from calibration.store import CalibrationError, CalibrationStore
+from calibration.store import CalibrationError, CalibrationStore, UnknownEvent
 from calibration.table import ThresholdTable
 from edge.config import Config
 from edge.decide import DEFECT
@@ -74,7 +74,8 @@ class Calibration:
                     self.store.ensure_profile(recipe, tool, (name,), kind, settings)
         self._seen = -1
         self._thresholds: dict[tuple[str, str, str], float] = {}
-        self._facts: dict[tuple[str, str, str], dict] = {}
+        self._statuses: dict[tuple[str, str, str], str] = {}
+        self._versions: dict[tuple[str, str], int] = {}
         self.refresh()
 
     def close(self) -> None:
@@ -88,10 +89,11 @@ class Calibration:
             return False
         self._seen = version
         for recipe, tool, _, profile_version in self.store.profiles():
+            self._versions[(recipe, tool)] = profile_version
             for name, state in self.store.states(recipe, tool).items():
                 key = (recipe, tool, name)
                 self._thresholds[key] = state.threshold
-                self._facts[key] = {"profile_version": profile_version, "status": state.status}
+                self._statuses[key] = state.status
                 labels = (recipe, tool, name)
                 self.metrics.calib_threshold.labels(*labels).set(state.threshold)
                 self.metrics.calib_fpr.labels(*labels).set(getattr(state, "fpr_window", 0.0))
@@ -102,7 +104,10 @@ class Calibration:
         return self._thresholds.get((recipe, tool, defect_class), self.cfg.decision.default_threshold)
 
     def facts(self, recipe: str, tool: str, defect_class: str) -> dict:
-        return self._facts.get((recipe, tool, defect_class), {"profile_version": 0, "status": "uncalibrated"})
+        """What an event carries: the recipe x tool profile version and the status of its class (``n/a`` for an
+        event without a defect class, such as an UNCLASSIFIED review)."""
+        return {"profile_version": self._versions.get((recipe, tool), 0),
+                "status": self._statuses.get((recipe, tool, defect_class), "n/a")}  # fmt: skip
 
     def record(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None]) -> None:
         """Every inspected die counts; every defect-class candidate (flagged or suppressed) is kept with its
@@ -130,7 +135,7 @@ class Calibration:
             self.store.review(parsed.event_id, parsed.real, parsed.reviewer)
         except CalibrationError as err:
             log.warning("review_rejected", event_id=parsed.event_id, error=str(err))
-            return "unknown_event" if "no candidate" in str(err) else "already_used"
+            return "unknown_event" if isinstance(err, UnknownEvent) else "already_used"
         return "accepted"
 
     def lot_end(self, recipe: str, tool: str, lot_id: str) -> dict[str, tuple[float, float]]:

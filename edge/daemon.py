@@ -435,11 +435,6 @@ class Daemon:
             await self._answer_busy([o.frame for o in outcomes], "outbox_unavailable")
             return
         self.metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
-        try:  # calibration bookkeeping must never hold a reply back
-            await self._db(self.calibration.record, outcomes, event_ids)
-        except sqlite3.Error as err:
-            self.metrics.internal_errors.labels("calibration").inc()
-            log.error("calibration_record_failed", error=str(err), frames=len(outcomes))
         for outcome, result in zip(outcomes, results):
             frame = outcome.frame
             self._inflight.pop(frame.key, None)
@@ -450,6 +445,11 @@ class Daemon:
                 for event in events:
                     self._feed.publish(event.topic, event.payload)
             self.publisher.wake()
+        try:  # calibration bookkeeping, after the replies: it never holds one back
+            await self._db(self.calibration.record, outcomes, event_ids)
+        except sqlite3.Error as err:
+            self.metrics.internal_errors.labels("calibration").inc()
+            log.error("calibration_record_failed", error=str(err), frames=len(outcomes))
 
     async def _answer_busy(self, frames: list[Frame], reason: str) -> None:
         """Nothing was recorded for these frames: the tool resends them after ``retry_after_ms``."""

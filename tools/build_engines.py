@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ModelRepositoryError
-from tools.build_repository import MODELS, VERSION, band_parameters, config_text
+from tools.build_repository import MODELS, VERSION, config_text, model_parameters
 from tools.engine_fingerprint import (
     Fingerprint,
     fingerprint_path,
@@ -158,13 +158,8 @@ def with_max_batch(config: str, max_batch: int) -> str:
 
 def gpu_config(name: str, source: Path, models: Path, max_batch: int = MAX_BATCH) -> str:
     """The served config.pbtxt of ``name``: ``<source>/<name>/config.pbtxt`` for ``max_batch``, anomaly bands added."""
-    parameters: dict[str, float] = {}
-    if name == "anomaly":
-        metrics = models / "anomaly_metrics.json"
-        if not metrics.is_file():
-            raise ModelRepositoryError(f"{metrics} is missing: it holds the anomaly decision bands")
-        parameters.update(band_parameters(json.loads(metrics.read_text())))
-    return config_text(with_max_batch((source / name / "config.pbtxt").read_text(), max_batch), parameters)
+    text = with_max_batch((source / name / "config.pbtxt").read_text(), max_batch)
+    return config_text(text, model_parameters(name, models))
 
 
 def write_config(name: str, source: Path, models: Path, out: Path, max_batch: int = MAX_BATCH) -> Path:

@@ -44,17 +44,22 @@ def config_text(base: str, parameters: Mapping[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_parameters(name: str, models: Path) -> dict[str, float]:
+    """Config parameters a model carries: the anomaly bands from `<models>/anomaly_metrics.json`."""
+    if name != "anomaly":
+        return {}
+    metrics = models / "anomaly_metrics.json"
+    if not metrics.is_file():
+        raise ModelRepositoryError(f"{metrics} is missing: it holds the anomaly decision bands")
+    return band_parameters(json.loads(metrics.read_text()))
+
+
 def build_model(name: str, source: Path, models: Path, out: Path) -> Path:
     """Write `<out>/<name>` afresh from `<source>/<name>` and `<models>/<name>.onnx`."""
     onnx = models / f"{name}.onnx"
     if not onnx.is_file():
         raise ModelRepositoryError(f"{onnx} is missing: train and export the models first")
-    parameters: dict[str, float] = {}
-    if name == "anomaly":
-        metrics = models / "anomaly_metrics.json"
-        if not metrics.is_file():
-            raise ModelRepositoryError(f"{metrics} is missing: it holds the anomaly decision bands")
-        parameters.update(band_parameters(json.loads(metrics.read_text())))
+    parameters = model_parameters(name, models)
     target = out / name
     shutil.rmtree(target, ignore_errors=True)
     (target / VERSION).mkdir(parents=True)

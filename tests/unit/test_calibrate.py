@@ -44,7 +44,7 @@ def _outcome(frame_id: str, top: str, p: float, threshold_of, audit_draw: float 
 def test_profiles_start_from_the_configured_thresholds_inside_the_bounds(calib: Calibration) -> None:
     assert calib.threshold(R, T, "CRACK") == 0.8 and calib.threshold(R, T, "PART-SM") == 0.6
     assert calib.facts(R, T, "CRACK") == {"profile_version": 1, "status": "calibrating"}
-    assert calib.facts("R-X", T, "CRACK")["status"] == "uncalibrated"
+    assert calib.facts(R, T, "GOOD") == {"profile_version": 1, "status": "n/a"}
 
 
 def test_batch_records_inspected_dies_and_candidates_and_reviews_apply(calib: Calibration) -> None:
