@@ -43,7 +43,7 @@ def parse_review(payload: bytes) -> Review | Rejected:
     event_id, disposition, reviewer = data.get("event_id"), data.get("disposition"), data.get("reviewer")
     if not isinstance(event_id, str) or not event_id:
         return Rejected("missing_key", "event_id")
-    if disposition not in DISPOSITIONS:
+    if not isinstance(disposition, str) or disposition not in DISPOSITIONS:
         return Rejected("bad_value", f"disposition must be one of {sorted(DISPOSITIONS)}")
     if not isinstance(reviewer, str) or not reviewer:
         return Rejected("missing_key", "reviewer")
