@@ -118,11 +118,12 @@ class Calibration:
             if v is None:
                 continue
             inspected.append((h.recipe_id, h.tool_id, h.lot_id))
-            if v.decision == DEFECT or v.suppressed:
-                name = v.defect_class if v.decision == DEFECT else v.top_k[0][0]
-                cid = event_id if event_id and (v.decision == DEFECT or v.audit) else candidate_id(h.tool_id,
-                                                                                                   h.frame_id)
-                candidates.append((cid, h.recipe_id, h.tool_id, h.lot_id, name, v.confidence, v.decision == DEFECT))
+            flagged = v.decision == DEFECT
+            if flagged or v.suppressed:
+                name = v.defect_class if flagged else v.top_k[0][0]
+                reviewable = event_id is not None and (flagged or v.audit)  # DEFECT and AUDIT events get reviews
+                cid = event_id if reviewable else candidate_id(h.tool_id, h.frame_id)
+                candidates.append((cid, h.recipe_id, h.tool_id, h.lot_id, name, v.confidence, flagged))
         if inspected:
             self.store.record(inspected, candidates)
 

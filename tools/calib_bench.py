@@ -110,19 +110,21 @@ def run(sc: Scenario, kind: str, seed: int, lots: int) -> list[LotResult]:
         n_cand, n_real = rng.binomial(n, CANDIDATE_RATE), rng.poisson(REAL_RATE * n)
         scores = np.r_[0.5 + 0.5 * rng.random(n_cand) ** (K0 / h), 1.0 - 0.5 * rng.random(n_real) ** M]
         real = np.r_[np.zeros(n_cand, bool), np.ones(n_real, bool)]
-        reviewed = _review(rng, scores, real, t, sc.label_noise)
-        out.append(LotResult(t, float(true_fpr(t, h)), reviewed[3] / n, escape(t), reviewed[3]))
-        pending.append((reviewed, t))
-        if kind in ("static", "oracle") or (sc.late and lot == 1):
+        lot_scores, labels, has_label, false_positives = _review(rng, scores, real, t, sc.label_noise)
+        out.append(LotResult(t, float(true_fpr(t, h)), false_positives / n, escape(t), false_positives))
+        if kind in ("static", "oracle"):
             continue
-        (sc_, label, reviewed, _), t_then = pending.pop(0)
+        pending.append((lot_scores, labels, has_label, t))
+        if sc.late and lot == 1:
+            continue
+        lot_scores, labels, has_label, t_then = pending.pop(0)
         if kind == "seed":
-            flagged = sc_ >= t_then
-            counts = LotCounts(n, int((flagged & ~label).sum()), int((flagged & label).sum()))
+            flagged = lot_scores >= t_then
+            counts = LotCounts(n, int((flagged & ~labels).sum()), int((flagged & labels).sum()))
             state = controller.after_lot(state, counts, STAGES)
         else:
-            items = tuple(statistical.Reviewed(float(sc), bool(lb) if rv else None)
-                          for sc, lb, rv in zip(sc_, label, reviewed))  # fmt: skip
+            items = tuple(statistical.Reviewed(float(sc), bool(lb) if known else None)
+                          for sc, lb, known in zip(lot_scores, labels, has_label))  # fmt: skip
             state = statistical.after_lot(state, n, items, STAGES)
     return out
 
