@@ -1,11 +1,14 @@
-"""``edge-inspect``: run the daemon, validate a config, run a local Triton server, calibrate thresholds."""
+"""``edge-inspect``: run the daemon, validate a config, run a local Triton server, calibrate thresholds,
+make CURVE keys."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import sys
+from pathlib import Path
 
 from calibration import cli as calib_cli
 from edge import tritonserver
@@ -41,12 +44,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from edge.daemon import preflight
+
     try:
         cfg = load_config(args.file)
+        preflight(cfg)
     except EdgeError as err:
         print(f"invalid: {err}", file=sys.stderr)
         return 2
     print(f"ok: {args.file}: station {cfg.station}, {len(cfg.tools)} tools, {len(cfg.recipes)} recipes")
+    return 0
+
+
+def _curve_keygen(args: argparse.Namespace) -> int:
+    from edge.zmq_sockets import write_key_pair  # zmq only for the commands that need it
+
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.name):
+        print(f"invalid name {args.name!r}: letters, digits, '_', '-', '.' (not first)", file=sys.stderr)
+        return 2
+    try:
+        public, secret = write_key_pair(Path(args.directory), args.name)
+    except FileExistsError as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"failed: {err}", file=sys.stderr)
+        return 1
+    print(f"public: {public}  (hand out: a tool's goes into curve_authorized_keys, the daemon's to every tool)")
+    print(f"secret: {secret}  (mode 0600; stays on this host)")
     return 0
 
 
@@ -66,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     calib = sub.add_parser("calib", help="show and steer the per recipe x tool x class thresholds")
     calib_cli.add_arguments(calib)
     calib.set_defaults(func=calib_cli.main)
+    keygen = sub.add_parser("curve-keygen", help="write a ZeroMQ CURVE key pair: NAME.key and NAME.key_secret")
+    keygen.add_argument("directory", help="where to write them (created owner-only if missing)")
+    keygen.add_argument("name", help="file name stem, e.g. the station or tool id")
+    keygen.set_defaults(func=_curve_keygen)
     return top
 
 

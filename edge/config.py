@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge.admission import per_tool_share
 from edge.errors import ConfigError
 from edge.process_params import DEFAULT_PARAMETERS
 from edge.taxonomy import DEFAULT_CLASSES
@@ -30,9 +31,32 @@ class IngestConfig(_Strict):
     image_width: int = Field(256, gt=0, description="width the models take")
     resize: bool = Field(False, description="resize frames of another size instead of rejecting them")
     max_inflight_frames: int = Field(256, gt=0, description="accepted frames not yet answered; beyond it: busy")
+    max_inflight_per_tool: int | None = Field(
+        None, gt=0, description="frames one tool may hold; default: an equal share of max_inflight_frames, at "
+        "least one batch",
+    )
     busy_retry_after_ms: int = Field(50, gt=0, description="retry hint sent with a busy reply")
     default_deadline_ms: int = Field(1500, gt=0, description="deadline of a frame whose header sets none")
     max_deadline_ms: int = Field(10_000, gt=0, description="upper bound on a header's deadline_ms")
+    curve_secret_key_file: Path | None = Field(
+        None, description="the daemon's ZeroMQ CURVE secret certificate (`edge-inspect curve-keygen`); "
+        "set with curve_authorized_keys to encrypt the intake and admit only known tools; null: no CURVE",
+    )
+    curve_authorized_keys: Path | None = Field(
+        None, description="directory of the tools' public certificates (*.key) allowed to connect; "
+        "re-read when its files change",
+    )
+
+    @model_validator(mode="after")
+    def _curve_files(self) -> IngestConfig:
+        secret, keys = self.curve_secret_key_file, self.curve_authorized_keys
+        if (secret is None) != (keys is None):
+            raise ValueError("curve_secret_key_file and curve_authorized_keys go together: set both or neither")
+        if secret is not None and not secret.is_file():
+            raise ValueError(f"curve_secret_key_file: no such file: {secret}")
+        if keys is not None and not keys.is_dir():
+            raise ValueError(f"curve_authorized_keys: no such directory: {keys}")
+        return self
 
 
 class JoinConfig(_Strict):
@@ -54,6 +78,9 @@ class TritonConfig(_Strict):
     timeout_ms: int = Field(2000, gt=0, description="per-request limit")
     ready_timeout_s: float = Field(120.0, gt=0, description="how long start-up waits for the models")
     health_interval_s: float = Field(2.0, gt=0, description="how often Triton's readiness is checked")
+    retries: int = Field(3, ge=0, description="retries of a batch Triton could not take, within the frames' "
+                         "deadlines")  # fmt: skip
+    retry_backoff_ms: int = Field(100, gt=0, description="wait before the first retry; doubles each time")
 
 
 class MqttConfig(_Strict):
@@ -71,14 +98,59 @@ class MqttConfig(_Strict):
     max_inflight: int = Field(64, gt=0, description="QoS 1 messages awaiting PUBACK")
     mes_process_topic: str = Field("fab/mes/process/#", description="where MES publishes wafer process logs")
     mes_lot_topic: str = Field("fab/mes/lot/#", description="where MES publishes lot_start / lot_end")
+    tls: bool = Field(
+        False, description="MQTT over TLS: the broker's certificate must chain to ca_file and name `host`",
+    )
+    ca_file: Path | None = Field(
+        None, description="PEM file of the authorities trusted to sign the broker's certificate; null: the "
+        "system's trust store",
+    )
+    cert_file: Path | None = Field(
+        None, description="PEM client certificate the daemon presents to the broker; set with key_file",
+    )
+    key_file: Path | None = Field(None, description="PEM private key of cert_file; keep it readable by the daemon only")
+    key_password_env: str | None = Field(None, description="environment variable holding key_file's passphrase")
+    key_password_credential: str | None = Field(
+        None, description="systemd credential (LoadCredential=) holding key_file's passphrase",
+    )
+    tls_insecure: bool = Field(
+        False, description="skip only the check that the broker's certificate names `host` (the chain is still "
+        "verified); for test benches, never on a station",
+    )
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttConfig:
+        if not self.tls:
+            stray = [name for name in ("ca_file", "cert_file", "key_file", "key_password_env",
+                                       "key_password_credential", "tls_insecure") if getattr(self, name)]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: take effect only with tls = true")
+            return self
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.key_file is None and (self.key_password_env or self.key_password_credential):
+            raise ValueError("key_password_env / key_password_credential: there is no key_file to unlock")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
 
     def password(self) -> str | None:
         """The secret, from the environment or a systemd credential; never stored in the config."""
-        if self.password_env and self.password_env in os.environ:
-            return os.environ[self.password_env]
+        return self._secret(self.password_env, self.password_credential)
+
+    def key_password(self) -> str | None:
+        """key_file's passphrase, found the same way as the password; None for an unencrypted key."""
+        return self._secret(self.key_password_env, self.key_password_credential)
+
+    @staticmethod
+    def _secret(env: str | None, credential: str | None) -> str | None:
+        if env and env in os.environ:
+            return os.environ[env]
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if self.password_credential and directory:
-            path = Path(directory) / self.password_credential
+        if credential and directory:
+            path = Path(directory) / credential
             if path.is_file():
                 return path.read_text().strip()
         return None
@@ -90,6 +162,12 @@ class LocalPubConfig(_Strict):
 
 class OutboxConfig(_Strict):
     path: Path = Field(Path("var/edge/outbox.sqlite"), description="SQLite file of results and events")
+    max_bytes: int = Field(2 * 1024**3, gt=0, description="disk quota; at it, new frames are answered busy")
+    retention_hours: float = Field(
+        72.0, gt=0, description="results (the de-duplication record) and acknowledged events older than this are "
+        "pruned; unacknowledged events never are",
+    )
+    prune_interval_s: float = Field(60.0, gt=0, description="how often old rows are pruned")
 
 
 class HttpConfig(_Strict):
@@ -215,6 +293,13 @@ class Config(_Strict):
     @property
     def tool_ids(self) -> frozenset[str]:
         return frozenset(t.id for t in self.tools)
+
+    @property
+    def per_tool_inflight(self) -> int:
+        """Frames one tool may hold at once (``ingest.max_inflight_per_tool`` or an equal share)."""
+        ing = self.ingest
+        return ing.max_inflight_per_tool or per_tool_share(ing.max_inflight_frames, len(self.tools),
+                                                           self.batching.max_batch)
 
 
 def _describe(err: ValidationError) -> str:

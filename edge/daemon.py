@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from calibration.table import Bands, BandTable
 from edge import decide as rule
+from edge.admission import Inflight, busy_reason
+from edge.admission import Limits as AdmissionLimits
 from edge.batcher import Batcher
 from edge.calibrate import Calibration
 from edge.config import Config
@@ -24,19 +26,28 @@ from edge.events import EventIds
 from edge.frames import Frame, batch_inputs, heatmap_peak
 from edge.http import Health, HttpServer
 from edge.imaging import decode
-from edge.infer import TritonClient
+from edge.infer import AnomalyOut, ClassifierOut, TritonClient
 from edge.join import Joiner
 from edge.logs import RateLimited, get
 from edge.metrics import Metrics
-from edge.mqtt import MqttLink, topic_matches
+from edge.mqtt import MqttLink, tls_context, topic_matches
 from edge.outbox import Outbox
 from edge.outcomes import Outcome, Stamp, records
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier
 from edge.wire import Limits, Rejected, encode_reply, error_reply, parse_frame
-from edge.zmq_sockets import EventFeed, FrameSocket, context
+from edge.zmq_sockets import EventFeed, FrameSocket, context, load_server_keys
 
 log = get("edge.daemon")
+
+
+def preflight(cfg: Config) -> None:
+    """Read the key material the config names (MQTT TLS, ZeroMQ CURVE), so an unusable certificate or key
+    stops the start at once with ``ConfigError`` naming it, not after the models have loaded."""
+    if cfg.mqtt.enabled and cfg.mqtt.tls:
+        tls_context(cfg.mqtt)
+    if cfg.ingest.curve_secret_key_file is not None:
+        load_server_keys(cfg.ingest.curve_secret_key_file)
 
 
 class Daemon:
@@ -54,7 +65,9 @@ class Daemon:
         self._ids = EventIds()
         self._audit_rng = random.Random()
         self._joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
-        self._inflight: dict[tuple[str, str], Frame] = {}
+        self._inflight: Inflight[Frame] = Inflight()
+        self._admission = AdmissionLimits(cfg.ingest.max_inflight_frames, cfg.per_tool_inflight)
+        self._outbox_full = False
         self._batcher: Batcher[Frame] = Batcher(cfg.batching.max_batch, cfg.batching.max_delay_ms / 1000)
         self._batch_ready = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)
@@ -68,6 +81,7 @@ class Daemon:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         notifier = Notifier()
+        preflight(cfg)
         self.outbox = await self._db(Outbox, cfg.outbox.path)
         self.calibration = await self._db(Calibration, cfg, self.metrics)
         self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
@@ -84,7 +98,9 @@ class Daemon:
         self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight)
         self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
         sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
-                           hwm=cfg.ingest.max_inflight_frames * 2)
+                           hwm=cfg.ingest.max_inflight_frames * 2,
+                           curve_secret_key_file=cfg.ingest.curve_secret_key_file,
+                           curve_authorized_keys=cfg.ingest.curve_authorized_keys)
         if link:
             link.start()
         self._spawn(self.publisher.run())
@@ -93,6 +109,8 @@ class Daemon:
         self._spawn(self._batch_loop())
         self._spawn(self._health_loop(notifier))
         self._spawn(self._calibration_loop())
+        self._spawn(self._prune_loop())
+        self.metrics.outbox_quota.set(cfg.outbox.max_bytes)
         intake = self._spawn(self._intake(sock))
         log.info("started", frames=sock.endpoint, http_port=http_port, models=self.models,
                  triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)
@@ -166,7 +184,35 @@ class Daemon:
             self.health.triton_ready = ready
             self.metrics.triton_up.set(int(ready))
             self.metrics.outbox_backlog.set(await self.publisher.backlog())
+            await self._check_quota()
             self.metrics.inflight.set(len(self._inflight))
+
+    async def _check_quota(self) -> None:
+        used = await self._db(self.outbox.used_bytes)
+        self.metrics.outbox_bytes.set(used)
+        full = used >= self.cfg.outbox.max_bytes
+        if full and not self._outbox_full:
+            log.error("outbox_full", used_bytes=used, quota_bytes=self.cfg.outbox.max_bytes)
+        elif self._outbox_full and not full:
+            log.info("outbox_below_quota", used_bytes=used, quota_bytes=self.cfg.outbox.max_bytes)
+        self._outbox_full = self.health.outbox_full = full
+
+    async def _prune_loop(self) -> None:
+        """Results are the de-duplication record and events the replay source: both are kept for the
+        retention period (events until acknowledged, however long that takes), then pruned."""
+        while True:
+            try:
+                before = time.time() - self.cfg.outbox.retention_hours * 3600
+                results, events = await self._db(self.outbox.prune, before)
+                self.metrics.outbox_pruned.labels("results").inc(results)
+                self.metrics.outbox_pruned.labels("events").inc(events)
+                if results or events:
+                    log.info("outbox_pruned", results=results, events=events)
+                await self._check_quota()
+            except OutboxError as err:
+                self.metrics.internal_errors.labels("outbox").inc()
+                log.error("outbox_prune_failed", error=str(err))
+            await asyncio.sleep(self.cfg.outbox.prune_interval_s)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -215,18 +261,20 @@ class Daemon:
         tool = header.tool_id
         self.metrics.frames_received.labels(tool).inc()
         key = (tool, header.frame_id)
-        if key in self._inflight:  # resent while still in work: answer the newest connection
-            self._inflight[key].identity = identity
+        held = self._inflight.get(key)
+        if held is not None:  # resent while still in work: answer the newest connection
+            held.identity = identity
             self.metrics.frames_duplicate.labels(tool).inc()
             return
         recorded = await self._db(self.outbox.recorded_reply, tool, header.frame_id)
         if recorded is not None:
             self.metrics.frames_duplicate.labels(tool).inc()
             return await self._sock.send(identity, recorded)
-        if not self._accepting or len(self._inflight) >= self.cfg.ingest.max_inflight_frames:
-            self.metrics.frames_busy.labels(tool).inc()
-            reason = "queue_full" if self._accepting else "shutting_down"
-            return await self._reply(identity, error_reply(header.frame_id, "busy", reason,
+        busy = busy_reason(len(self._inflight), self._inflight.held_by(tool), self._admission,
+                           accepting=self._accepting, outbox_full=self._outbox_full)
+        if busy is not None:
+            self.metrics.frames_busy.labels(tool, busy).inc()
+            return await self._reply(identity, error_reply(header.frame_id, "busy", busy,
                                                            self.cfg.ingest.busy_retry_after_ms))
         ing = self.cfg.ingest
         tensors = decode(header, payload, (ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
@@ -236,7 +284,7 @@ class Daemon:
         frame = Frame(identity, header, tensors, now, now + budget_ms / 1000, wall)
         frame.timings["ingest"] = time.monotonic() - now
         self.metrics.stage_latency.labels("ingest").observe(frame.timings["ingest"])
-        self._inflight[key] = frame
+        self._inflight.add(frame)
         if self._joiner.admit(frame, now, wait=self.cfg.join.window_ms > 0):
             self._enqueue(frame)
         else:
@@ -338,7 +386,7 @@ class Daemon:
             self.metrics.context_missing.labels(frame.header.tool_id).inc()
         if frame.note is None:
             self.metrics.notes_missing.labels(frame.header.tool_id).inc()
-        self._batcher.add(frame, time.monotonic())
+        self._batcher.add(frame, time.monotonic(), key=frame.header.tool_id)
         self.metrics.queue_depth.set(len(self._batcher))
         self._batch_ready.set()
 
@@ -380,20 +428,11 @@ class Daemon:
 
     async def _inspect(self, frames: list[Frame]) -> list[Outcome]:
         self.metrics.batch_size.observe(len(frames))
-        inputs = batch_inputs(frames, self._parameters)
         t0 = time.monotonic()
-        try:
-            anomaly, classes = await asyncio.gather(
-                self.triton.anomaly(inputs.grey),
-                self.triton.classify(inputs.rgb, inputs.process, inputs.present, inputs.notes),
-            )
-        except (TritonUnavailable, InferenceFailed) as err:
-            reason = "triton_unavailable" if isinstance(err, TritonUnavailable) else "inference_failed"
-            self.metrics.inference_errors.labels(reason).inc()
-            held = self._bad_input_log.allow(reason)
-            if held is not None:
-                log.warning("inference_failed", reason=reason, error=str(err), frames=len(frames))
-            return [self._not_inspected(f, reason) for f in frames]
+        result = await self._infer(frames)
+        if isinstance(result, str):
+            return [self._not_inspected(f, result) for f in frames]
+        anomaly, classes = result
         infer_s = time.monotonic() - t0
         self.metrics.stage_latency.labels("inference").observe(infer_s)
         outcomes = []
@@ -409,6 +448,35 @@ class Daemon:
             peak = heatmap_peak(anomaly.heatmaps[i], frame.tensors.grey.shape[1:])
             outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), peak))
         return outcomes
+
+    async def _infer(self, frames: list[Frame]) -> tuple[AnomalyOut, ClassifierOut] | str:
+        """Both models' outputs, or why they could not be had. A server that cannot take the batch
+        (down, restarting, models loading) gets bounded retries with a doubling back-off while the
+        frames' deadlines allow; an error answer from a running server is not retried."""
+        inputs = batch_inputs(frames, self._parameters)
+        backoff = self.cfg.triton.retry_backoff_ms / 1000
+        deadline = min(f.deadline for f in frames)
+        for attempt in range(self.cfg.triton.retries + 1):
+            try:
+                anomaly, classes = await asyncio.gather(
+                    self.triton.anomaly(inputs.grey),
+                    self.triton.classify(inputs.rgb, inputs.process, inputs.present, inputs.notes),
+                )
+                return anomaly, classes
+            except (TritonUnavailable, InferenceFailed) as err:
+                reason = "triton_unavailable" if isinstance(err, TritonUnavailable) else "inference_failed"
+                self.metrics.inference_errors.labels(reason).inc()
+                held = self._bad_input_log.allow(reason)
+                if held is not None:
+                    log.warning("inference_failed", reason=reason, error=str(err), frames=len(frames),
+                                attempt=attempt + 1, similar_since_last=held)
+            if reason != "triton_unavailable" or attempt == self.cfg.triton.retries \
+                    or time.monotonic() + backoff >= deadline:
+                return reason
+            self.metrics.inference_retries.inc()
+            await asyncio.sleep(backoff)
+            backoff *= 2
+        return reason
 
     def _not_inspected(self, frame: Frame, reason: str) -> Outcome:
         return Outcome(frame, None, reason=reason)
@@ -437,7 +505,7 @@ class Daemon:
         self.metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
         for outcome, result in zip(outcomes, results):
             frame = outcome.frame
-            self._inflight.pop(frame.key, None)
+            self._inflight.pop(frame.key)
             await self._sock.send(frame.identity, result.reply)
             self.metrics.e2e_latency.observe(time.monotonic() - frame.received)
         if events:
@@ -454,7 +522,7 @@ class Daemon:
     async def _answer_busy(self, frames: list[Frame], reason: str) -> None:
         """Nothing was recorded for these frames: the tool resends them after ``retry_after_ms``."""
         for frame in frames:
-            self._inflight.pop(frame.key, None)
+            self._inflight.pop(frame.key)
             await self._reply(frame.identity, error_reply(frame.header.frame_id, "busy", reason,
                                                           self.cfg.ingest.busy_retry_after_ms))
 

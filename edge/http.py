@@ -19,14 +19,17 @@ class Health:
     broker_connected: bool = False
     broker_required: bool = True
     draining: bool = False
+    outbox_full: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.triton_ready and (self.broker_connected or not self.broker_required) and not self.draining
+        return (self.triton_ready and (self.broker_connected or not self.broker_required) and not self.draining
+                and not self.outbox_full)
 
     def report(self) -> dict:
         return {"ready": self.ready, "triton_ready": self.triton_ready, "models": self.models,
-                "broker_connected": self.broker_connected, "draining": self.draining}
+                "broker_connected": self.broker_connected, "draining": self.draining,
+                "outbox_full": self.outbox_full}
 
 
 class HttpServer:

@@ -24,6 +24,22 @@ class ClassifierOut:
     attention: np.ndarray  # (B, 64)
 
 
+# tritonclient's defaults, plus a short reconnect back-off: gRPC's own grows to two minutes, which
+# would keep a restarted server idle long after it is ready again.
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
@@ -38,7 +54,7 @@ def _unavailable(err: InferenceServerException) -> bool:
 
 class TritonClient:
     def __init__(self, url: str, anomaly_model: str, classifier_model: str, timeout_s: float) -> None:
-        self._client = grpcclient.InferenceServerClient(url=url)
+        self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
         self.url = url
         self.anomaly_model = anomaly_model
         self.classifier_model = classifier_model

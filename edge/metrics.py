@@ -17,7 +17,9 @@ class Metrics:
         self.frames_rejected = Counter(
             "edge_frames_rejected_total", "Frames rejected as bad input", ["reason"], registry=r
         )
-        self.frames_busy = Counter("edge_frames_busy_total", "Frames answered busy", ["tool"], registry=r)
+        self.frames_busy = Counter(
+            "edge_frames_busy_total", "Frames answered busy, by reason", ["tool", "reason"], registry=r
+        )
         self.frames_duplicate = Counter(
             "edge_frames_duplicate_total", "Resent frames answered from the recorded result", ["tool"], registry=r
         )
@@ -47,6 +49,14 @@ class Metrics:
         self.triton_up = Gauge("edge_triton_ready", "1 when Triton and both models are ready", registry=r)
         self.broker_up = Gauge("edge_mqtt_connected", "1 when connected to the MQTT broker", registry=r)
         self.outbox_backlog = Gauge("edge_outbox_backlog_events", "Events not yet acknowledged", registry=r)
+        self.outbox_bytes = Gauge("edge_outbox_bytes", "Disk space the outbox holds", registry=r)
+        self.outbox_quota = Gauge("edge_outbox_quota_bytes", "The outbox's disk quota", registry=r)
+        self.outbox_pruned = Counter(
+            "edge_outbox_pruned_total", "Rows pruned after the retention period", ["table"], registry=r
+        )
+        self.inference_retries = Counter(
+            "edge_inference_retries_total", "Batches sent to Triton again after it could not take them", registry=r
+        )
         self.events_published = Counter(
             "edge_events_published_total", "Events acknowledged by the broker", ["decision"], registry=r
         )

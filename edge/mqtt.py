@@ -1,16 +1,29 @@
 """MQTT link (paho): the only module that imports paho. Status topic with last will, QoS 1
 publishing with PUBACK notification, subscriptions for MES messages. Paho runs its own network
-thread; every callback is handed to the asyncio loop."""
+thread; every callback is handed to the asyncio loop.
+
+With ``mqtt.tls`` the link speaks MQTT over TLS (1.2 or later), verifying the broker's chain and
+host name, and optionally presents a client certificate. The TLS files are loaded when the link
+is built, so a wrong file is a ``ConfigError`` naming its key at start-up, not a failure later
+in paho's thread. Neither the password nor anything read from the key file is ever logged or
+put into an exception.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from collections.abc import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttConfig
+from edge.errors import ConfigError
+from edge.logs import RateLimited, get
+
+log = get("edge.mqtt")
 
 
 def topic_matches(subscription: str, topic: str) -> bool:
@@ -19,6 +32,60 @@ def topic_matches(subscription: str, topic: str) -> bool:
 
 def status_topic(prefix: str, station: str) -> str:
     return f"{prefix}/{station}/status"
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """The client TLS context ``cfg`` asks for; ``ConfigError`` names the key of a file that will not load."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # chain and host name verified
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.tls_insecure:
+        context.check_hostname = False  # the chain is still verified: CERT_REQUIRED stays
+    try:
+        if cfg.ca_file is None:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            context.load_verify_locations(cafile=os.fspath(cfg.ca_file))
+    except OSError as err:  # ssl.SSLError included
+        raise ConfigError(f"mqtt.ca_file: cannot load {cfg.ca_file}: {_why(err)}") from None
+    if cfg.cert_file is not None and cfg.key_file is not None:
+        _load_client_certificate(context, cfg)
+    return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, cfg: MqttConfig) -> None:
+    cert, key = cfg.cert_file, cfg.key_file
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=os.fspath(cert))
+    except OSError as err:
+        raise ConfigError(f"mqtt.cert_file: {cert} holds no readable PEM certificate: {_why(err)}") from None
+    try:
+        pem = key.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"mqtt.key_file: cannot read {key}: {_why(err)}") from None
+    if b"PRIVATE KEY-----" not in pem:
+        raise ConfigError(f"mqtt.key_file: {key} holds no PEM private key")
+    encrypted = b"ENCRYPTED" in pem
+    passphrase = cfg.key_password()
+
+    def no_passphrase() -> str:
+        raise ConfigError(f"mqtt.key_file: {key} is encrypted; set key_password_env or key_password_credential")
+
+    try:
+        context.load_cert_chain(os.fspath(cert), os.fspath(key),
+                                password=passphrase if passphrase is not None else no_passphrase)
+    except OSError as err:
+        if isinstance(err, ssl.SSLError) and err.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"mqtt.key_file: {key} is not the private key of mqtt.cert_file {cert}") from None
+        if encrypted:
+            raise ConfigError(f"mqtt.key_file: cannot decrypt {key} with the passphrase given") from None
+        raise ConfigError(f"mqtt.key_file: cannot load {key} with {cert}: {_why(err)}") from None
+
+
+def _why(err: OSError) -> str:
+    """The reason of a file or TLS error, without anything read from the file."""
+    if isinstance(err, ssl.SSLError):
+        return err.reason or err.library or "TLS error"
+    return err.strerror or type(err).__name__
 
 
 class MqttLink:
@@ -46,14 +113,19 @@ class MqttLink:
                              clean_session=True)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password())
+        if cfg.tls:
+            client.tls_set_context(tls_context(cfg))
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.on_connect = self._connected
+        client.on_connect_fail = self._connect_failed
         client.on_disconnect = self._disconnected
         client.on_publish = self._published
         client.on_message = self._message
         self._client = client
+        self._failures = RateLimited(30.0)
+        self._refused = False
 
     def start(self) -> None:
         self._client.connect_async(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
@@ -79,7 +151,9 @@ class MqttLink:
 
     # paho thread -> event loop
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
+        if reason_code.is_failure:  # refused: bad credentials, not authorised, ...; paho retries
+            self._refused = True
+            self._warn("mqtt_refused", reason=str(reason_code))
             return
         client.publish(self.status_topic, "online", qos=1, retain=True)
         for topic in self._subscriptions:
@@ -87,9 +161,23 @@ class MqttLink:
         self.connected = True
         self._loop.call_soon_threadsafe(self._on_state, True)
 
+    def _connect_failed(self, client, userdata) -> None:
+        """No MQTT session: the broker cannot be reached, or the TLS handshake failed."""
+        self._warn("mqtt_connect_failed")
+
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = False
-        self._loop.call_soon_threadsafe(self._on_state, False)
+        was_connected, self.connected = self.connected, False
+        refused, self._refused = self._refused, False
+        if was_connected:
+            self._loop.call_soon_threadsafe(self._on_state, False)
+        elif not refused:  # never up, e.g. the broker ended the TLS session; a refusal was reported already
+            self._warn("mqtt_connect_failed", reason=str(reason_code))
+
+    def _warn(self, event: str, **fields: str) -> None:
+        held = self._failures.allow(event)
+        if held is not None:
+            log.warning(event, host=self._cfg.host, port=self._cfg.port, tls=self._cfg.tls,
+                        similar_since_last=held, **fields)
 
     def _published(self, client, userdata, mid, reason_code, properties) -> None:
         self._loop.call_soon_threadsafe(self._on_ack, mid)

@@ -67,6 +67,7 @@ class PendingEvent:
 class Outbox:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -121,6 +122,28 @@ class Outbox:
 
     def backlog(self) -> int:
         return self._db.execute("SELECT count(*) FROM events WHERE delivered_at IS NULL").fetchone()[0]
+
+    def used_bytes(self) -> int:
+        """Bytes held by live pages (free pages are reused before the file grows), plus the WAL."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        wal = Path(f"{self._path}-wal")
+        return (pages - free) * size + (wal.stat().st_size if wal.exists() else 0)
+
+    def prune(self, before: float) -> tuple[int, int]:
+        """Delete results recorded and acknowledged events created before ``before`` (epoch seconds).
+        Events the broker has not acknowledged are kept whatever their age. Returns (results, events)."""
+        try:
+            with self._transaction():
+                results = self._db.execute("DELETE FROM results WHERE recorded_at < ?", (before,)).rowcount
+                events = self._db.execute(
+                    "DELETE FROM events WHERE delivered_at IS NOT NULL AND created_at < ?", (before,)
+                ).rowcount
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot prune: {err}") from err
+        return results, events
 
     def _transaction(self):
         return _Transaction(self._db)

@@ -3,7 +3,8 @@
 Each tool keeps a window of frames in flight, resends a frame that got no reply in time or got
 ``busy`` (after ``retry_after_ms``), and mixes in malformed frames whose rejection reason it
 checks. At the end it prints a summary (and writes it as JSON with ``--report``): frames, replies
-by status, decisions against the injected defects, latency percentiles and frames/s.
+by status, decisions against the injected defects, latency percentiles and frames/s. With
+``--curve-server-key`` and ``--curve-client-key`` the tools connect as ZeroMQ CURVE clients.
 
     python -m tools.aoi_sim --endpoint tcp://127.0.0.1:5555 --seed 7 --lots 2 --rate 40
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import zmq
+import zmq.auth
 
 from edge.wire import decode_reply, encode_header
 from tools.malformed import ANONYMOUS, MALFORMED_KINDS, malformed_frame
@@ -90,16 +92,43 @@ def build_frames(args: argparse.Namespace) -> list[tuple[str, Pending]]:
     return frames
 
 
-class AoiTools:
-    """One DEALER per tool, sharing one poll loop."""
+@dataclass(frozen=True)
+class CurveClient:
+    """CURVE keys of the simulated tools: the daemon's public key and the tools' own pair (shared)."""
 
-    def __init__(self, endpoint: str, tools: list[str], window: int, reply_timeout_s: float, max_tries: int):
+    server_public: bytes
+    public: bytes
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def from_files(cls, server_key_file: str, client_key_file: str) -> CurveClient:
+        """From the daemon's public certificate (NAME.key) and a tool's secret one (NAME.key_secret)."""
+        server_public, _ = zmq.auth.load_certificate(server_key_file)
+        public, secret = zmq.auth.load_certificate(client_key_file)
+        if secret is None:
+            raise ValueError(f"{client_key_file} holds no secret key: give the tool's NAME.key_secret")
+        return cls(server_public, public, secret)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE client of the daemon; before connect."""
+        sock.curve_serverkey = self.server_public
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+
+
+class AoiTools:
+    """One DEALER per tool, sharing one poll loop; CURVE clients when ``curve`` is given."""
+
+    def __init__(self, endpoint: str, tools: list[str], window: int, reply_timeout_s: float, max_tries: int,
+                 curve: CurveClient | None = None):
         self.ctx = zmq.Context.instance()
         self.socks: dict[str, zmq.Socket] = {}
         for tool in tools:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt_string(zmq.IDENTITY, f"{tool}-{time.monotonic_ns()}")
+            if curve:
+                curve.apply(sock)
             sock.connect(endpoint)
             self.socks[tool] = sock
         self.window = window
@@ -184,7 +213,8 @@ class AoiTools:
         if reply.get("event_id"):
             tally.events[reply["event_id"]] = frame_id
         tally.outcomes.append({"frame_id": frame_id, "label": frame.label, "look": frame.look, "status": status,
-                               "decision": decision, "event_id": reply.get("event_id"), "latency_ms": latency})
+                               "decision": decision, "event_id": reply.get("event_id"), "latency_ms": latency,
+                               "reason": reply.get("reason"), "replied_at": time.monotonic()})
 
 
 def latency_percentiles(ms: list[float]) -> dict[str, float]:
@@ -245,9 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=600.0)
     parser.add_argument("--report", help="write the summary as JSON here")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary")
+    parser.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the daemon's public certificate (.key)")
+    parser.add_argument("--curve-client-key", metavar="FILE",
+                        help="CURVE: the tools' secret certificate (.key_secret), shared by all simulated tools")
     args = parser.parse_args(argv)
+    curve = None
+    if (args.curve_server_key is None) != (args.curve_client_key is None):
+        parser.error("--curve-server-key and --curve-client-key go together")
+    if args.curve_server_key:
+        try:
+            curve = CurveClient.from_files(args.curve_server_key, args.curve_client_key)
+        except (OSError, ValueError) as err:
+            parser.error(f"CURVE keys: {err}")
     frames = build_frames(args)
-    tools = AoiTools(args.endpoint, args.tools, args.window, args.reply_timeout_s, args.max_tries)
+    tools = AoiTools(args.endpoint, args.tools, args.window, args.reply_timeout_s, args.max_tries, curve=curve)
     try:
         tally = tools.run(frames, args.rate, args.deadline_s)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -12,18 +13,28 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 
 class Peer:
+    """``tls``: connect over TLS with that context (``tools.certs.client_context`` makes one);
+    ``username`` / ``password``: log in with them; ``clean_session=False``: a durable session (the
+    broker queues QoS 1 messages for it while it is away)."""
+
     def __init__(self, host: str, port: int, client_id: str, subscribe: tuple[str, ...] = (),
-                 on_message: Callable[[str, bytes], None] | None = None) -> None:
+                 on_message: Callable[[str, bytes], None] | None = None, *, tls: ssl.SSLContext | None = None,
+                 username: str | None = None, password: str | None = None, clean_session: bool = True) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribe = subscribe
         self._on_message = on_message
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=clean_session)
         self.client.on_connect = self._connected_cb
         self.client.on_disconnect = lambda *a: self._connected.clear()
         self.client.on_message = self._message_cb
         self.client.reconnect_delay_set(0.2, 2)
+        if tls is not None:
+            self.client.tls_set_context(tls)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
 
@@ -55,6 +66,8 @@ class Peer:
         self.client.loop_stop()
 
     def _connected_cb(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:  # refused (bad credentials, not authorised): not connected
+            return
         for topic in self._subscribe:
             client.subscribe(topic, qos=1)
         self._connected.set()

@@ -35,6 +35,7 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
             else "[mqtt]\nenabled = false\n")
     store = outbox.with_name("calibration.sqlite")
     calibration = "" if "[calibration]" in extra else f'[calibration]\npath = "{store}"\n'
+    outbox_section = "" if "[outbox]" in extra else f'[outbox]\npath = "{outbox}"\n'
 
     return (
         f'station = "{station}"\n{tool_lines}{recipe_lines}'
@@ -42,7 +43,7 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
         f'[triton]\nurl = "{grpc_url}"\n'
         f'{mqtt}'
         f'[local_pub]\nbind = "{feed}"\n'
-        f'[outbox]\npath = "{outbox}"\n'
+        f'{outbox_section}'
         f'[http]\nport = {http_port}\n'
         f"{calibration}{extra}"
     )
@@ -50,13 +51,14 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
 
 class Station:
     def __init__(self, workdir: Path, repository: Path, *, with_broker: bool = True, station: str = "ST-01",
-                 config_extra: str = "") -> None:
+                 config_extra: str = "", persistent_broker: bool = False) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository = repository
         self.station = station
         self.with_broker = with_broker and mosquitto_binary() is not None
         self.config_extra = config_extra
+        self.persistent_broker = persistent_broker
         self.triton: TritonServer | None = None
         self.broker: Mosquitto | None = None
         self.daemon: subprocess.Popen | None = None
@@ -89,7 +91,7 @@ class Station:
 
     def start_broker(self) -> None:
         if self.with_broker:
-            self.broker = Mosquitto(self.workdir / "mosquitto").start()
+            self.broker = Mosquitto(self.workdir / "mosquitto", persistent=self.persistent_broker).start()
 
     def write_config(self) -> Path:
         assert self.triton is not None
@@ -100,7 +102,9 @@ class Station:
         ))
         return self.config_path
 
-    def start_daemon(self, timeout_s: float = 60.0) -> None:
+    def start_daemon(self, timeout_s: float = 60.0, ready: bool = True) -> None:
+        """Start the daemon and wait until /readyz says ready (``ready=False``: until its models are
+        loaded, for a daemon that is up but turns frames away)."""
         self.write_config()
         log = open(self.daemon_log, "ab")  # noqa: SIM115 - the child keeps it open
         self.daemon = subprocess.Popen(
@@ -112,7 +116,7 @@ class Station:
         while time.monotonic() < deadline:
             if self.daemon.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.daemon.returncode}:\n{self.daemon_log.read_text()}")
-            if self.readyz().get("ready"):
+            if self.readyz().get("ready" if ready else "triton_ready"):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"daemon not ready within {timeout_s} s:\n{self.daemon_log.read_text()}")

@@ -45,3 +45,26 @@ def test_zero_delay_sends_every_item_at_once():
 def test_invalid_policy_is_refused(size, delay):
     with pytest.raises(ValueError):
         Batcher(size, delay)
+
+
+def test_a_flooding_tool_fills_only_its_share_of_each_batch():
+    b = Batcher(max_batch=4, max_delay_s=1.0)
+    for i in range(40):
+        b.add(f"A{i}", now=i * 0.001, key="A")
+    b.add("B0", now=0.5, key="B")
+    b.add("B1", now=0.6, key="B")
+    assert b.poll(1.0) == ["A0", "B0", "A1", "B1"]  # B's frames go in the first batch, not after 40 of A's
+    assert b.poll(1.0) == ["A2", "A3", "A4", "A5"]
+    assert len(b) == 34
+
+
+def test_keys_take_turns_oldest_first_and_one_key_keeps_arrival_order():
+    b = Batcher(max_batch=3, max_delay_s=0.0)
+    b.add("b1", now=2.0, key="B")
+    b.add("a1", now=1.0, key="A")
+    b.add("a2", now=3.0, key="A")
+    b.add("c1", now=4.0, key="C")
+    assert b.poll(5.0) == ["a1", "b1", "c1"]
+    assert b.next_deadline() == pytest.approx(3.0)
+    assert b.poll(5.0) == ["a2"]
+    assert len(b) == 0 and b.next_deadline() is None

@@ -1,5 +1,7 @@
 """Outbox: one transaction per batch, de-duplication by (tool, frame), replay after reopening."""
 
+import time
+
 from edge.outbox import EventRow, Outbox, ResultRow
 
 
@@ -32,3 +34,27 @@ def test_a_resent_frame_keeps_its_first_result(tmp_path):
     assert box.recorded_reply("T1", "f1") == b"first"
     assert box.recorded_reply("T2", "f1") is None
     box.close()
+
+
+def test_prune_drops_old_results_and_acknowledged_events_but_never_unacknowledged_ones(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    box.record([ResultRow("T1", "old", "DEFECT", "e1", b"r")],
+               [EventRow("e1", "t", "DEFECT", "{}"), EventRow("e2", "t", "DEFECT", "{}")])
+    box.mark_delivered([box.pending(0, 10)[0].seq])  # e1 acknowledged, e2 not
+    cutoff = time.time() + 1  # everything so far is "old"
+    box.record([ResultRow("T1", "new", "PASS", None, b"n")], [])
+    box._db.execute("UPDATE results SET recorded_at = ? WHERE frame_id = 'new'", (cutoff + 10,))
+    assert box.prune(cutoff) == (1, 1)
+    assert [p.event_id for p in box.pending(0, 10)] == ["e2"]
+    assert box.recorded_reply("T1", "old") is None and box.recorded_reply("T1", "new") == b"n"
+
+
+def test_used_bytes_grows_with_the_rows_and_space_is_reused_after_pruning(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    empty = box.used_bytes()
+    rows = [ResultRow("T1", f"f{i}", "PASS", None, b"x" * 2000) for i in range(500)]
+    box.record(rows, [])
+    full = box.used_bytes()
+    assert full > empty + 500 * 2000
+    box.prune(time.time() + 1)
+    assert box.used_bytes() < empty + 100_000

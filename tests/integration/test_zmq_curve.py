@@ -1,0 +1,208 @@
+"""CURVE on the frame intake: real ROUTER and DEALER sockets over TCP loopback.
+
+Only a tool whose public certificate is in the authorized directory and that knows the daemon's
+public key gets a frame through; a stranger's key or a plain socket gets nothing. Without CURVE the
+intake takes plain DEALERs as before. The keys come from `edge-inspect curve-keygen`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+import zmq.auth
+
+from edge.cli import main as edge_inspect
+from edge.errors import ConfigError
+from edge.zmq_sockets import FrameSocket
+from tools.aoi_sim import AoiTools, CurveClient
+
+NOTHING_WITHIN_S = 1.0
+FRAME = [b"header", b"payload"]
+
+
+@dataclass
+class Keys:
+    server_secret: Path  # the daemon's NAME.key_secret
+    server_public: Path  # the daemon's NAME.key, handed to the tools
+    authorized: Path  # the daemon's curve_authorized_keys directory
+    tool_secret: Path  # an authorized tool's key pair
+    rogue_secret: Path  # a well-formed pair the daemon does not know
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    for directory, name in (("station", "ST-01"), ("tool", "AOI-01"), ("rogue", "AOI-66")):
+        assert edge_inspect(["curve-keygen", str(tmp_path / directory), name]) == 0
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    shutil.copy(tmp_path / "tool" / "AOI-01.key", authorized)
+    return Keys(tmp_path / "station" / "ST-01.key_secret", tmp_path / "station" / "ST-01.key", authorized,
+                tmp_path / "tool" / "AOI-01.key_secret", tmp_path / "rogue" / "AOI-66.key_secret")
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.asyncio.Context]:
+    """A private context per test: the intake's ZAP handler is one per context."""
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def intake(ctx: zmq.asyncio.Context, keys: Keys | None) -> FrameSocket:
+    curve = {"curve_secret_key_file": keys.server_secret, "curve_authorized_keys": keys.authorized} if keys else {}
+    return FrameSocket(ctx, "tcp://127.0.0.1:0", 1 << 20, hwm=100, **curve)
+
+
+def tool(ctx: zmq.asyncio.Context, endpoint: str, server_public: Path | None, secret: Path | None) -> zmq.Socket:
+    """A DEALER like an AOI tool's; a CURVE client when given the daemon's public key and its own pair."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    if server_public and secret:
+        sock.curve_serverkey = zmq.auth.load_certificate(server_public)[0]
+        sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(secret)
+    sock.connect(endpoint)
+    return sock
+
+
+async def exchange(frames: FrameSocket, client: zmq.asyncio.Socket) -> bytes | None:
+    """One frame from ``client`` and the intake's reply to it; None when nothing got through."""
+    await client.send_multipart(FRAME)
+    try:
+        identity, parts = await asyncio.wait_for(frames.recv(), NOTHING_WITHIN_S)
+    except TimeoutError:
+        return None
+    assert parts == FRAME
+    await frames.send(identity, b"reply")
+    return await asyncio.wait_for(client.recv(), NOTHING_WITHIN_S)
+
+
+def test_an_authorized_tool_exchanges_frames_and_no_secret_is_logged(ctx, keys, capsys):
+    async def scenario() -> None:
+        frames = intake(ctx, keys)
+        client = tool(ctx, frames.endpoint, keys.server_public, keys.tool_secret)
+        assert await exchange(frames, client) == b"reply"
+        assert await exchange(frames, client) == b"reply"  # and keeps doing so on the same connection
+        frames.close()
+
+    asyncio.run(scenario())
+    out = capsys.readouterr()
+    assert "frame_intake_curve" in out.out
+    for secret_file in (keys.server_secret, keys.tool_secret):
+        secret = zmq.auth.load_certificate(secret_file)[1].decode()
+        assert secret not in out.out + out.err
+
+
+@pytest.mark.parametrize("who", ["unknown key", "plain socket", "wrong server key"])
+def test_a_stranger_gets_nothing_through(ctx, keys, who):
+    async def scenario() -> None:
+        frames = intake(ctx, keys)
+        server_public, secret = {
+            "unknown key": (keys.server_public, keys.rogue_secret),
+            "plain socket": (None, None),
+            "wrong server key": (keys.rogue_secret, keys.tool_secret),  # an authorized tool, a fake daemon key
+        }[who]
+        assert await exchange(frames, tool(ctx, frames.endpoint, server_public, secret)) is None
+        # the intake itself is unharmed: the authorized tool still gets through
+        assert await exchange(frames, tool(ctx, frames.endpoint, keys.server_public, keys.tool_secret)) == b"reply"
+        frames.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_curve_the_intake_takes_plain_dealers(ctx):
+    async def scenario() -> None:
+        frames = intake(ctx, None)
+        assert await exchange(frames, tool(ctx, frames.endpoint, None, None)) == b"reply"
+        frames.close()
+
+    asyncio.run(scenario())
+
+
+def test_tool_keys_added_or_withdrawn_while_running_take_effect_on_the_next_connection(ctx, keys):
+    async def scenario() -> None:
+        (keys.authorized / "AOI-01.key").unlink()
+        frames = intake(ctx, keys)
+        connect = lambda: tool(ctx, frames.endpoint, keys.server_public, keys.tool_secret)  # noqa: E731
+        assert await exchange(frames, connect()) is None
+        shutil.copy(keys.tool_secret.with_suffix(".key"), keys.authorized)
+        assert await exchange(frames, connect()) == b"reply"
+        (keys.authorized / "AOI-01.key").unlink()
+        assert await exchange(frames, connect()) is None
+        frames.close()
+
+    asyncio.run(scenario())
+
+
+def test_bad_key_files_are_config_errors_naming_the_file_and_never_the_secret(ctx, keys, tmp_path):
+    secret_text = zmq.auth.load_certificate(keys.server_secret)[1].decode()
+    mangled = tmp_path / "mangled.key_secret"
+    mangled.write_text(keys.server_secret.read_text().replace(secret_text, secret_text[::-1]))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "AOI-02.key").write_text("not a certificate\n")
+    cases = [
+        (tmp_path / "missing.key_secret", keys.authorized, "missing.key_secret"),
+        (keys.server_public, keys.authorized, "no secret key"),
+        (mangled, keys.authorized, "malformed or does not belong"),
+        (keys.server_secret, broken, "AOI-02.key"),
+        (keys.server_secret, tmp_path / "nowhere", "nowhere"),
+    ]
+
+    async def scenario() -> None:
+        for secret_file, authorized, message in cases:
+            with pytest.raises(ConfigError, match=message) as caught:
+                FrameSocket(ctx, "tcp://127.0.0.1:0", 1 << 20, hwm=100,
+                            curve_secret_key_file=secret_file, curve_authorized_keys=authorized)
+            assert secret_text not in str(caught.value) and secret_text[::-1] not in str(caught.value)
+        with pytest.raises(ConfigError, match="both or neither"):
+            FrameSocket(ctx, "tcp://127.0.0.1:0", 1 << 20, hwm=100, curve_secret_key_file=keys.server_secret)
+        intake(ctx, keys).close()  # nothing half-made was left bound: a good intake still starts
+
+    asyncio.run(scenario())
+
+
+def test_curve_keygen_writes_a_usable_pair_owner_only_and_never_overwrites(tmp_path, capsys):
+    directory = tmp_path / "keys"
+    assert edge_inspect(["curve-keygen", str(directory), "ST-01"]) == 0
+    public, secret = directory / "ST-01.key", directory / "ST-01.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    public_key, secret_key = zmq.auth.load_certificate(secret)
+    assert zmq.auth.load_certificate(public) == (public_key, None)
+    assert zmq.curve_public(secret_key) == public_key
+    assert secret_key.decode() not in capsys.readouterr().out
+    before = secret.read_bytes()
+    assert edge_inspect(["curve-keygen", str(directory), "ST-01"]) == 2
+    assert "exists" in capsys.readouterr().err and secret.read_bytes() == before
+    assert edge_inspect(["curve-keygen", str(directory), "../ST-02"]) == 2
+
+
+def test_the_aoi_simulator_connects_as_a_curve_client(ctx, keys):
+    async def scenario() -> None:
+        frames = intake(ctx, keys)
+        sim = AoiTools(frames.endpoint, ["AOI-01"], window=1, reply_timeout_s=1.0, max_tries=1,
+                       curve=CurveClient.from_files(str(keys.server_public), str(keys.tool_secret)))
+
+        def send_and_wait() -> bytes | None:  # the simulator's blocking socket, off the loop serving ZAP
+            sock = sim.socks["AOI-01"]
+            sock.send_multipart(FRAME)
+            return sock.recv() if sock.poll(2000) else None
+
+        try:
+            reply = asyncio.create_task(asyncio.to_thread(send_and_wait))
+            identity, parts = await asyncio.wait_for(frames.recv(), 2.0)
+            assert parts == FRAME
+            await frames.send(identity, b"reply")
+            assert await reply == b"reply"
+        finally:
+            sim.close()
+            frames.close()
+
+    asyncio.run(scenario())
