@@ -12,7 +12,7 @@ REPOSITORY := build/model_repository
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-deps: $(VENV)/.installed broker ## Python packages in .venv, Mosquitto from Debian
+deps: $(VENV)/.installed broker promtool ## Python packages in .venv, Mosquitto and promtool from Debian
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ broker:
 	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; \
+	fi
+
+# promtool (checks and unit-tests systemd/monitoring/) ships in Debian's prometheus package; its recommends
+# (node exporter, smartmontools, ipmitool ...) are not needed, nor the Prometheus server it would enable.
+.PHONY: promtool
+promtool:
+	@if ! command -v promtool >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
+	  $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
 	fi
 
 models: $(REPOSITORY)/.built ## train the reference models and assemble the CPU Triton repository

@@ -98,6 +98,7 @@ class Calibration:
                 self.metrics.calib_threshold.labels(*labels).set(state.threshold)
                 self.metrics.calib_fpr.labels(*labels).set(getattr(state, "fpr_window", 0.0))
                 self.metrics.calib_status.labels(*labels).set(STATUS_CODES.get(state.status, -1))
+                self.metrics.calib_budget.labels(*labels).set(state.settings.fpr_budget)
         return True
 
     def threshold(self, recipe: str, tool: str, defect_class: str) -> float:

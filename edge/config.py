@@ -164,7 +164,7 @@ class OutboxConfig(_Strict):
     path: Path = Field(Path("var/edge/outbox.sqlite"), description="SQLite file of results and events")
     max_bytes: int = Field(2 * 1024**3, gt=0, description="disk quota; at it, new frames are answered busy")
     retention_hours: float = Field(
-        72.0, gt=0, description="results (the de-duplication record) and acknowledged events older than this are "
+        24.0, gt=0, description="results (the de-duplication record) and acknowledged events older than this are "
         "pruned; unacknowledged events never are",
     )
     prune_interval_s: float = Field(60.0, gt=0, description="how often old rows are pruned")
@@ -242,6 +242,39 @@ class CalibrationConfig(_Strict):
         return self
 
 
+class ProcessConfig(_Strict):
+    """MES context checks: parameters far from their running per recipe x tool statistics."""
+
+    anomaly_sigma: float = Field(3.0, gt=0, description="|z| at or over this lists a parameter as anomalous")
+    min_wafers: int = Field(30, ge=2, description="wafers of a recipe x tool seen before z-scores are given")
+    zmq_connect: list[str] = Field(
+        default_factory=list, description="ZeroMQ PUB endpoints of an MES gateway sending [topic, json] the MQTT "
+        "topics name (optional, beside MQTT)",
+    )
+
+
+class DriftConfig(_Strict):
+    """Drift per recipe x tool: PASS anomaly scores (KS against a reference window) and process parameters."""
+
+    reference_frames: int = Field(500, ge=20, description="first PASS scores after start: the reference")
+    window_frames: int = Field(500, ge=20, description="recent PASS scores compared with the reference")
+    ks_threshold: float = Field(0.2, gt=0, lt=1, description="KS statistic that raises score drift")
+    reference_wafers: int = Field(50, ge=5, description="first process logs after start: the parameter reference")
+    window_wafers: int = Field(50, ge=5, description="recent process logs compared with the reference")
+    shift_sigma: float = Field(1.5, gt=0, description="mean shift (reference sigmas) that raises process drift")
+    clear_ratio: float = Field(0.5, gt=0, lt=1, description="drift clears below this share of its raise level")
+
+
+class WafersConfig(_Strict):
+    """Wafer summaries on {prefix}/{station}/wafers/{tool}, alerts on .../alerts/{tool}."""
+
+    idle_close_s: float = Field(120.0, gt=0, description="an open wafer with no new die for this long is closed")
+    end_grace_s: float = Field(
+        2.0, ge=0, description="an ended wafer is summarised once no die of it came for this long"
+    )
+    alert_severity: float = Field(80.0, ge=0, le=100, description="severity at or over this raises an alert")
+
+
 class ToolConfig(_Strict):
     id: str = Field(min_length=1, max_length=64)
     description: str = ""
@@ -271,6 +304,9 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     decision: DecisionConfig = DecisionConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    process: ProcessConfig = ProcessConfig()
+    drift: DriftConfig = DriftConfig()
+    wafers: WafersConfig = WafersConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -24,18 +24,23 @@ class ProcessLog:
     ts: float
     params: dict[str, float]
     notes: str | None = None
+    anomalous: tuple[dict, ...] = ()  # parameters far from their running statistics: {name, value, z}
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.tool_id, self.lot_id, self.wafer_id)
 
 
+LOT_EVENTS = ("lot_start", "lot_end", "wafer_end")
+
+
 @dataclass(frozen=True, slots=True)
 class LotEvent:
-    kind: str  # lot_start | lot_end
+    kind: str  # lot_start | lot_end | wafer_end
     lot_id: str
     recipe_id: str
     tool_id: str
+    wafer_id: str | None = None  # wafer_end only
 
 
 def _load(payload: bytes) -> dict[str, Any] | Rejected:
@@ -88,12 +93,13 @@ def parse_lot_event(payload: bytes) -> LotEvent | Rejected:
     if isinstance(data, Rejected):
         return data
     kind = data.get("event")
-    if kind not in ("lot_start", "lot_end"):
-        return Rejected("bad_value", "event must be lot_start or lot_end")
-    ids = _ids(data, ("lot_id", "recipe_id", "tool_id"))
+    if kind not in LOT_EVENTS:
+        return Rejected("bad_value", f"event must be one of {', '.join(LOT_EVENTS)}")
+    keys = ("lot_id", "recipe_id", "tool_id", "wafer_id") if kind == "wafer_end" else ("lot_id", "recipe_id", "tool_id")
+    ids = _ids(data, keys)
     if isinstance(ids, Rejected):
         return ids
-    return LotEvent(kind, ids["lot_id"], ids["recipe_id"], ids["tool_id"])
+    return LotEvent(kind, ids["lot_id"], ids["recipe_id"], ids["tool_id"], ids.get("wafer_id"))
 
 
 class ContextCache:

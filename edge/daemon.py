@@ -23,20 +23,21 @@ from edge.config import Config
 from edge.context import ContextCache, LotEvent, parse_lot_event, parse_process_log
 from edge.errors import ConfigError, EdgeError, InferenceFailed, OutboxError, TritonUnavailable
 from edge.events import EventIds
-from edge.frames import Frame, batch_inputs, heatmap_peak
+from edge.frames import Frame, batch_inputs, hot_region
 from edge.http import Health, HttpServer
 from edge.imaging import decode
 from edge.infer import AnomalyOut, ClassifierOut, TritonClient
 from edge.join import Joiner
+from edge.line_watch import LineWatch
 from edge.logs import RateLimited, get
 from edge.metrics import Metrics
 from edge.mqtt import MqttLink, tls_context, topic_matches
-from edge.outbox import Outbox
+from edge.outbox import EventRow, Outbox
 from edge.outcomes import Outcome, Stamp, records
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier
 from edge.wire import Limits, Rejected, encode_reply, error_reply, parse_frame
-from edge.zmq_sockets import EventFeed, FrameSocket, context, load_server_keys
+from edge.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
 
 log = get("edge.daemon")
 
@@ -65,6 +66,7 @@ class Daemon:
         self._ids = EventIds()
         self._audit_rng = random.Random()
         self._joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
+        self._watch = LineWatch(cfg, self.metrics, self._ids)
         self._inflight: Inflight[Frame] = Inflight()
         self._admission = AdmissionLimits(cfg.ingest.max_inflight_frames, cfg.per_tool_inflight)
         self._outbox_full = False
@@ -110,6 +112,9 @@ class Daemon:
         self._spawn(self._health_loop(notifier))
         self._spawn(self._calibration_loop())
         self._spawn(self._prune_loop())
+        if cfg.process.zmq_connect:
+            self._spawn(self._mes_zmq(MesFeed(context(), cfg.process.zmq_connect,
+                                              (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))))
         self.metrics.outbox_quota.set(cfg.outbox.max_bytes)
         intake = self._spawn(self._intake(sock))
         log.info("started", frames=sock.endpoint, http_port=http_port, models=self.models,
@@ -124,6 +129,7 @@ class Daemon:
         intake.cancel()
         await self._finish_inflight(timeout_s=10.0)
         sock.close()
+        await self._record_rows(self._watching(self._watch.close_all) or [])  # wafers in progress, as they are
         delivered = await self.publisher.drain(timeout_s=5.0) if link else True
         for task in list(self._tasks):
             task.cancel()
@@ -185,6 +191,7 @@ class Daemon:
             self.metrics.triton_up.set(int(ready))
             self.metrics.outbox_backlog.set(await self.publisher.backlog())
             await self._check_quota()
+            await self._flush_wafers()
             self.metrics.inflight.set(len(self._inflight))
 
     async def _check_quota(self) -> None:
@@ -307,6 +314,18 @@ class Daemon:
     def _reviews_topic(self) -> str:
         return f"{self.cfg.mqtt.prefix}/{self.cfg.station}/{self.cfg.calibration.reviews_topic}"
 
+    async def _mes_zmq(self, feed: MesFeed) -> None:
+        """MES messages from a ZeroMQ gateway, handled as the same topics on MQTT."""
+        try:
+            while True:
+                message = await feed.recv()
+                if message is None:
+                    self._mes_rejected(Rejected("bad_multipart", "MES gateway message is not [topic, payload]"))
+                else:
+                    self._on_mqtt_message(*message)
+        finally:
+            feed.close()
+
     def _on_mqtt_message(self, topic: str, payload: bytes) -> None:
         if topic_matches(self.cfg.mqtt.mes_process_topic, topic):
             self.on_process_log(payload)
@@ -320,6 +339,9 @@ class Daemon:
         if isinstance(parsed, Rejected):
             return self._mes_rejected(parsed)
         self.metrics.mes_messages.labels("process_log").inc()
+        parsed, rows = self._watching(self._watch.process_log, parsed) or (parsed, [])
+        if rows:
+            self._spawn(self._record_rows(rows))
         for frame in self._joiner.on_log(parsed, time.monotonic()):
             self._joined(frame)
 
@@ -331,6 +353,9 @@ class Daemon:
         self._lot_event(parsed)
 
     def _lot_event(self, event: LotEvent) -> None:
+        self._watching(self._watch.lot_event, event)
+        if event.kind == "wafer_end":
+            return
         log.info("lot_event", kind=event.kind, lot_id=event.lot_id, tool_id=event.tool_id,
                  recipe_id=event.recipe_id)
         if event.kind == "lot_end":
@@ -437,6 +462,7 @@ class Daemon:
         self.metrics.stage_latency.labels("inference").observe(infer_s)
         outcomes = []
         assert self._bands is not None
+        t0 = time.monotonic()
         for i, frame in enumerate(frames):
             h = frame.header
             frame.timings["infer"] = infer_s
@@ -445,8 +471,10 @@ class Daemon:
                 self.cfg.decision.classes, lambda c, h=h: self.calibration.threshold(h.recipe_id, h.tool_id, c),
                 self._audit_rng.random(), self.cfg.decision.audit_fraction,
             )
-            peak = heatmap_peak(anomaly.heatmaps[i], frame.tensors.grey.shape[1:])
-            outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), peak))
+            bands = self._bands.get(h.recipe_id, h.tool_id)
+            hot = hot_region(anomaly.heatmaps[i], frame.tensors.grey.shape[1:], bands.pass_band)
+            outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), hot))
+        self.metrics.stage_latency.labels("decide").observe(time.monotonic() - t0)
         return outcomes
 
     async def _infer(self, frames: list[Frame]) -> tuple[AnomalyOut, ClassifierOut] | str:
@@ -495,6 +523,7 @@ class Daemon:
             if event:
                 events.append(event)
             self._count(outcome.frame, outcome.decision, outcome.verdict)
+        events += self._watching(self._watch.results, outcomes, time.monotonic()) or []
         t0 = time.monotonic()
         try:
             await self._db(self.outbox.record, results, events)
@@ -508,16 +537,49 @@ class Daemon:
             self._inflight.pop(frame.key)
             await self._sock.send(frame.identity, result.reply)
             self.metrics.e2e_latency.observe(time.monotonic() - frame.received)
-        if events:
-            if self._feed:
-                for event in events:
-                    self._feed.publish(event.topic, event.payload)
-            self.publisher.wake()
+        self._announce(events)
+        await self._flush_wafers()
         try:  # calibration bookkeeping, after the replies: it never holds one back
             await self._db(self.calibration.record, outcomes, event_ids)
         except sqlite3.Error as err:
             self.metrics.internal_errors.labels("calibration").inc()
             log.error("calibration_record_failed", error=str(err), frames=len(outcomes))
+
+    def _announce(self, rows: list[EventRow]) -> None:
+        """Recorded rows go to the local feed at once, and to MQTT by the publisher."""
+        if rows:
+            if self._feed:
+                for row in rows:
+                    self._feed.publish(row.topic, row.payload)
+            self.publisher.wake()
+
+    async def _record_rows(self, rows: list[EventRow]) -> None:
+        """Station messages outside a batch (wafer summaries, alerts, drift events): recorded, then out."""
+        if not rows:
+            return
+        try:
+            await self._db(self.outbox.record, [], rows)
+        except OutboxError as err:
+            self.metrics.internal_errors.labels("outbox").inc()
+            log.error("outbox_write_failed", error=str(err), messages=len(rows))
+            return
+        self._announce(rows)
+
+    async def _flush_wafers(self) -> None:
+        """Summarise the wafers that ended and have no frame in work any more."""
+        in_work = {frame.wafer_key for frame in self._inflight}
+        await self._record_rows(self._watching(self._watch.due, time.monotonic(), in_work.__contains__) or [])
+
+    def _watching(self, fn, *args):
+        """Run a piece of line watching (wafers, drift, process statistics); a defect in it costs that
+        piece (None, counted and logged), never a frame's verdict or reply."""
+        try:
+            return fn(*args)
+        except Exception:
+            self.metrics.internal_errors.labels("line_watch").inc()
+            if self._bad_input_log.allow("line_watch") is not None:
+                log.exception("line_watch_failed", step=fn.__name__)
+            return None
 
     async def _answer_busy(self, frames: list[Frame], reason: str) -> None:
         """Nothing was recorded for these frames: the tool resends them after ``retry_after_ms``."""

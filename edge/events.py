@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.decide import Verdict
+from edge.frames import HotRegion
 
 SCHEMA = "edge.defect_event/1"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -51,7 +52,7 @@ class FrameFacts:
     die: tuple[int, int]
     frame_id: str
     score: float
-    peak_xy: tuple[int, int] | None
+    hot: HotRegion | None  # the anomaly's peak and hot region
     process_present: bool
     anomalous_parameters: tuple[dict[str, Any], ...]
     models: dict[str, str]
@@ -80,7 +81,8 @@ def event_body(event_id: str, ts: float, decision: str, verdict: Verdict | None,
         "anomaly": {
             "score": round(facts.score, 8) if verdict else None,
             "band": verdict.band if verdict else None,
-            "peak_xy": list(facts.peak_xy) if facts.peak_xy else None,
+            "peak_xy": list(facts.hot.peak_xy) if facts.hot else None,
+            "bbox": list(facts.hot.bbox) if facts.hot else None,
         },
         "top_k": [{"class": c, "p": p} for c, p in verdict.top_k] if verdict else [],
         "process": {"present": facts.process_present, "anomalous_parameters": list(facts.anomalous_parameters)},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from edge.context import ProcessLog
@@ -66,8 +67,26 @@ def batch_inputs(frames: Sequence[Frame], parameters: Mapping[str, Sequence[str]
     )
 
 
-def heatmap_peak(heatmap: np.ndarray, image_hw: tuple[int, int]) -> tuple[int, int]:
-    """Image (x, y) of the centre of the hottest heatmap cell."""
+@dataclass(frozen=True, slots=True)
+class HotRegion:
+    """Where the anomaly is, in image pixels: the hottest heatmap cell's centre, and the bounding box
+    (x0, y0, x1, y1, inclusive) of the hot cells 8-connected to it."""
+
+    peak_xy: tuple[int, int]
+    bbox: tuple[int, int, int, int]
+
+
+def hot_region(heatmap: np.ndarray, image_hw: tuple[int, int], floor: float) -> HotRegion:
+    """The peak cell, and the region of cells around it at or over half the peak and at or over ``floor``
+    (the PASS band: the score is the largest cell, so the band reads on cells too). A peak under
+    ``floor`` is a normal frame: its region is the peak cell alone."""
     gy, gx = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     cell_h, cell_w = image_hw[0] / heatmap.shape[0], image_hw[1] / heatmap.shape[1]
-    return int((gx + 0.5) * cell_w), int((gy + 0.5) * cell_h)
+    peak = float(heatmap[gy, gx])
+    hot = heatmap >= max(0.5 * peak, floor)
+    hot[gy, gx] = True
+    _, labels = cv2.connectedComponents(hot.astype(np.uint8), connectivity=8)
+    ys, xs = np.nonzero(labels == labels[gy, gx])
+    bbox = (int(xs.min() * cell_w), int(ys.min() * cell_h),
+            int((xs.max() + 1) * cell_w) - 1, int((ys.max() + 1) * cell_h) - 1)
+    return HotRegion((int((gx + 0.5) * cell_w), int((gy + 0.5) * cell_h)), bbox)

@@ -87,3 +87,45 @@ class Metrics:
         self.notes_missing = Counter(
             "edge_notes_missing_total", "Frames without an operator note", ["tool"], registry=r
         )
+        self.calib_budget = Gauge(
+            "edge_calibration_fpr_budget_ratio", "FPR budget of the class (engineer setting)",
+            ["recipe", "tool", "class"], registry=r,
+        )
+        # MES context
+        self.process_excursions = Counter(
+            "edge_process_excursions_total", "Process logs with a parameter past the anomaly sigma", ["tool"],
+            registry=r,
+        )
+        # drift, per recipe x tool
+        self.drift_ks = Gauge(
+            "edge_drift_score_ks", "KS statistic of PASS anomaly scores, recent window against the reference",
+            ["recipe", "tool"], registry=r,
+        )
+        self.drift_param_shift = Gauge(
+            "edge_drift_param_shift_sigma", "Largest process-parameter mean shift, in reference standard deviations",
+            ["recipe", "tool"], registry=r,
+        )
+        self.drift_active = Gauge(
+            "edge_drift_active", "1 while drift of this kind (score | process) is raised", ["recipe", "tool", "kind"],
+            registry=r,
+        )
+        self.drift_events = Counter("edge_drift_events_total", "Drift events raised", ["tool", "kind"], registry=r)
+        self.drift_threshold = Gauge(
+            "edge_drift_threshold", "Level that raises drift: KS statistic (score) or sigmas (process)", ["kind"],
+            registry=r,
+        )
+        # wafers
+        self.wafers_summarised = Counter(
+            "edge_wafers_summarised_total", "Wafer summaries published", ["tool"], registry=r
+        )
+        self.wafer_severity = Histogram(
+            "edge_wafer_severity", "Severity (0-100) of summarised wafers", ["tool"],
+            buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100), registry=r,
+        )
+        self.wafer_late_dies = Counter(
+            "edge_wafer_late_dies_total", "Dies that came after their wafer was summarised (left out of it)",
+            ["tool"], registry=r,
+        )
+        self.wafer_alerts = Counter(
+            "edge_wafer_alerts_total", "Wafers whose severity raised an alert", ["tool", "pattern"], registry=r
+        )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from edge import decide as rule
 from edge.events import FrameFacts, event_body, event_topic
-from edge.frames import Frame
+from edge.frames import Frame, HotRegion
 from edge.outbox import EventRow, ResultRow
 from edge.wire import encode_reply, error_reply, ok_reply
 
@@ -21,7 +21,7 @@ class Outcome:
     frame: Frame
     verdict: rule.Verdict | None
     score: float = 0.0
-    peak: tuple[int, int] | None = None
+    hot: HotRegion | None = None
     reason: str | None = None
 
     @property
@@ -59,7 +59,8 @@ def records(outcome: Outcome, event_id: str | None, stamp: Stamp,
     if outcome.event_decision:
         assert event_id is not None
         facts = FrameFacts(stamp.station, h.tool_id, h.recipe_id, h.lot_id, h.wafer_id, h.die, h.frame_id,
-                           outcome.score, outcome.peak, frame.context is not None, (), stamp.models, latency)
+                           outcome.score, outcome.hot, frame.context is not None,
+                           frame.context.anomalous if frame.context else (), stamp.models, latency)
         body = event_body(event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, calibration,
                           outcome.reason)
         event = EventRow(event_id, event_topic(stamp.prefix, stamp.station, h.tool_id), outcome.event_decision,

@@ -8,6 +8,7 @@ reconnect; the outbox still holds them until their PUBACK arrives.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from edge.logs import get
@@ -33,7 +34,7 @@ class Publisher:
         self._db = run_db
         self._max_inflight = max_inflight
         self._cursor = 0
-        self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (seq, decision)
+        self._inflight: dict[int, tuple[int, str, float]] = {}  # mid -> (seq, decision, handed to paho at)
         self._acked: list[int] = []
         self._wake = asyncio.Event()
 
@@ -45,6 +46,7 @@ class Publisher:
         if item is not None:
             self._acked.append(item[0])
             self._metrics.events_published.labels(item[1]).inc()
+            self._metrics.stage_latency.labels("publish").observe(time.monotonic() - item[2])
             self._wake.set()
 
     @property
@@ -80,7 +82,7 @@ class Publisher:
                 mid = self._link.publish(event.topic, event.payload, qos=1)
                 if mid is None:
                     return  # disconnected: resume from the cursor once connected again
-                self._inflight[mid] = (event.seq, event.decision)
+                self._inflight[mid] = (event.seq, event.decision, time.monotonic())
                 self._cursor = event.seq
 
     async def drain(self, timeout_s: float) -> bool:

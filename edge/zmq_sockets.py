@@ -164,6 +164,35 @@ class FrameSocket:
             self._auth.stop()
 
 
+class MesFeed:
+    """SUB socket connected to MES gateways' PUB endpoints: ``[topic, json]`` per message, the topics
+    named as on MQTT. Subscribes to each MQTT filter's literal part (up to its first wildcard); the
+    daemon matches the full filter."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoints: list[str], filters: tuple[str, ...]) -> None:
+        self._sock = ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 10_000)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
+        for literal in {f.split("#")[0].split("+")[0] for f in filters}:
+            self._sock.setsockopt(zmq.SUBSCRIBE, literal.encode())
+        for endpoint in endpoints:
+            self._sock.connect(endpoint)
+
+    async def recv(self) -> tuple[str, bytes] | None:
+        """The next message, or None for one that is not ``[utf-8 topic, payload]``."""
+        parts = await self._sock.recv_multipart(copy=True)
+        if len(parts) != 2:
+            return None
+        try:
+            return parts[0].decode(), parts[1]
+        except UnicodeDecodeError:
+            return None
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class EventFeed:
     """PUB socket for local consumers: ``[topic, json]`` per event, best effort (no replay)."""
 

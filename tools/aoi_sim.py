@@ -23,9 +23,11 @@ import numpy as np
 import zmq
 import zmq.auth
 
+from edge.taxonomy import DEFECT_CLASSES
 from edge.wire import decode_reply, encode_header
 from tools.malformed import ANONYMOUS, MALFORMED_KINDS, malformed_frame
 from tools.synth import Fab
+from tools.wafer_patterns import paint_plan
 
 
 @dataclass
@@ -69,6 +71,8 @@ def build_frames(args: argparse.Namespace) -> list[tuple[str, Pending]]:
     """Every frame to send, in order, as (tool_id, pending) with its wire parts ready."""
     fab = Fab(args.seed, recipe_id=args.recipe, tool_ids=tuple(args.tools))
     plan = fab.plan(args.lots, args.wafers_per_lot, args.dies_per_wafer, args.defect_rate)
+    if args.wafer_patterns:
+        plan = paint_plan(plan, args.defect_rate, args.seed, DEFECT_CLASSES)
     frames: list[tuple[str, Pending]] = []
     n = 0
     for wafer in plan:
@@ -251,6 +255,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wafers-per-lot", type=int, default=3)
     parser.add_argument("--dies-per-wafer", type=int, default=40)
     parser.add_argument("--defect-rate", type=float, default=0.3)
+    parser.add_argument("--wafer-patterns", action="store_true",
+                        help="draw each wafer's defects in a spatial pattern (random, edge ring, centre, scratch, "
+                        "cluster in turn) instead of uniformly")
 
 
 def plan_frames(plan_argv: list[str], encoding: str = "png", malformed_every: int = 0) -> list[tuple[str, Pending]]:

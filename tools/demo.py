@@ -1,8 +1,9 @@
 """``make demo``: a station on this machine for about a minute.
 
 Starts Triton (CPU repository), a private Mosquitto when one is installed, and the daemon; the
-simulated MES publishes process logs and lot events, the simulated AOI tools stream frames; every
-event is printed as the MES subscriber receives it, then a closing summary.
+simulated MES publishes process logs and lot events, the simulated AOI tools stream frames (each
+wafer's defects drawn in a spatial pattern); every event, wafer summary, alert and drift event is
+printed as the MES subscriber receives it, then a closing summary.
 """
 
 from __future__ import annotations
@@ -25,10 +26,21 @@ from tools.station import RECIPE, TOOLS, Station
 
 
 def print_event(topic: str, payload: bytes) -> None:
-    if "/events/" not in topic:
+    kind = topic.split("/")[-2] if topic.count("/") >= 3 else ""
+    if kind not in ("events", "wafers", "alerts", "drift"):
         print(f"  [{topic}] {payload.decode(errors='replace')}", flush=True)
         return
     e = json.loads(payload)
+    if kind == "wafers":
+        print(f"  WAFER {e['tool_id']} {e['lot_id']}/{e['wafer_id']} dies={e['dies_inspected']} "
+              f"defective={len(e['defect_map'])} clusters={len(e['clusters'])} "
+              f"pattern={e['signature']['pattern']} severity={e['severity']} ({e['ended_by']})", flush=True)
+        return
+    if kind in ("alerts", "drift"):
+        detail = (f"severity={e['severity']} pattern={e['pattern']}" if kind == "alerts"
+                  else f"{e['kind']} {e['state']} statistic={e['statistic']}")
+        print(f"  {kind.upper().rstrip('S')} {e['tool_id']} {detail}", flush=True)
+        return
     score = e["anomaly"]["score"]
     print(f"  EVENT {e['decision']:<13} {e['defect_class']!s:<12} p={e['confidence'] or 0:.2f} "
           f"score={score if score is None else round(score, 5)} {e['tool_id']} {e['lot_id']}/{e['wafer_id']} "
@@ -81,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
 
-    dies_per_wafer = 25
+    dies_per_wafer = 49  # a 7 x 7 grid: enough for the wafer summaries' spatial patterns
     wafers = max(1, round(args.duration_s * args.rate / dies_per_wafer))
     lots = max(1, wafers // 4)
     plan = ["--seed", str(args.seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots),
-            "--wafers-per-lot", str(max(1, wafers // lots)), "--dies-per-wafer", str(dies_per_wafer)]
+            "--wafers-per-lot", str(max(1, wafers // lots)), "--dies-per-wafer", str(dies_per_wafer),
+            "--wafer-patterns"]
     print(f"demo: starting Triton, the daemon in {args.workdir} ...", flush=True)
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: the same seed reuses frame ids
     t0 = time.monotonic()

@@ -3,7 +3,8 @@ plan the AOI simulator inspects (same seed and plan arguments).
 
 Without ``--start-at`` everything is published at once (lot_start, the wafers' logs, lot_end per
 lot). With ``--start-at EPOCH --rate FPS`` each wafer's log is published ``--lead-s`` before the
-AOI simulator, pacing at FPS from EPOCH, reaches that wafer, and lot_end after its last die.
+AOI simulator, pacing at FPS from EPOCH, reaches that wafer, its wafer_end and the lot's lot_end
+``--lead-s`` after their last die.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def schedule(plan, rate: float, start_at: float | None, lead_s: float) -> list[t
         for wafer in wafers:
             out.append((pace(dies_before) - lead_s, "process", wafer))
             dies_before += len(wafer.dies)
+            if start_at is not None:  # paced: the wafer's end after its last die
+                out.append((pace(dies_before) + lead_s, "wafer_end", wafer))
         out.append((pace(dies_before) + lead_s, "lot_end", wafers[-1]))
     return sorted(out, key=lambda item: item[0])  # stable: ties keep the plan's order
 
@@ -58,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "process":
                 peer.publish(f"{args.topic_prefix}/process/{wafer.tool_id}", fab.process_log(wafer, time.time()))
             else:
-                peer.publish(f"{args.topic_prefix}/lot/{wafer.tool_id}",
-                             {"event": kind, "lot_id": wafer.lot_id, "recipe_id": args.recipe,
-                              "tool_id": wafer.tool_id, "ts": time.time()})
+                body = {"event": kind, "lot_id": wafer.lot_id, "recipe_id": args.recipe, "tool_id": wafer.tool_id,
+                        "ts": time.time()}
+                if kind == "wafer_end":
+                    body["wafer_id"] = wafer.wafer_id
+                peer.publish(f"{args.topic_prefix}/lot/{wafer.tool_id}", body)
             sent += 1
     finally:
         peer.close()

@@ -110,9 +110,11 @@ class Feed:
             n = 0
             while not self.stop.is_set():
                 cycle = self.pool.cycle(n)
-                for message in cycle.mes:
+                for message in cycle.before:
                     mes.publish(message.topic, message.body)
                 tally = tools.run(cycle.frames, rate=self.rate, deadline_s=600)
+                for message in cycle.after:
+                    mes.publish(message.topic, message.body)
                 self.frames += len(cycle.frames)
                 self.replies.update(tally.replies)
                 self.latencies_ms.extend(tally.latencies_ms)

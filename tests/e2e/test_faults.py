@@ -50,7 +50,7 @@ def stream(st: Station, pool: Pool, cycles: range, *, rate: float, fault: Callab
     cycles_ = [pool.cycle(n) for n in cycles]
     mes = Peer("127.0.0.1", st.mqtt_port, f"mes-{cycles.start}").wait_connected()
     for cycle in cycles_:
-        for message in cycle.mes:
+        for message in cycle.before:
             if "/process/" in message.topic:
                 mes.publish(message.topic, message.body)
     mes.close()
@@ -178,7 +178,8 @@ def test_daemon_sigkilled_mid_stream_keeps_every_acknowledged_result_and_process
     ok = {o["frame_id"]: o for o in report["outcomes"] if o["status"] == "ok"}
     with sqlite3.connect(f"file:{station.workdir / 'outbox.sqlite'}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT frame_id, decision, event_id FROM results WHERE frame_id LIKE '%-c30_'").fetchall()
-        events = [json.loads(p)["frame_id"] for (p,) in db.execute("SELECT payload FROM events")]
+        defect_events = db.execute("SELECT payload FROM events WHERE topic LIKE '%/events/%'")  # not wafers, drift
+        events = [json.loads(p)["frame_id"] for (p,) in defect_events]
     recorded = {frame_id: (decision, event_id) for frame_id, decision, event_id in rows}
     assert set(recorded) == set(ok)  # one result per frame, whatever was resent
     for frame_id, outcome in ok.items():  # what each tool was told is what is on record

@@ -1,0 +1,128 @@
+"""Watching the line beside the per-frame verdicts: process excursions of each wafer's MES log, drift of
+each recipe x tool (PASS anomaly scores and process parameters), and wafer summaries with alerts.
+
+Bookkeeping only: it keeps bounded state per recipe x tool and per open wafer, updates the metrics,
+and returns the outbox rows (wafer summaries, alerts, drift events) for the daemon to record. The
+reference windows of drift and the parameter statistics live in memory: they start again at each
+start of the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from edge import decide as rule
+from edge import reports
+from edge.config import Config
+from edge.context import LotEvent, ProcessLog
+from edge.drift import Change, ParamDrift, ScoreDrift
+from edge.events import EventIds
+from edge.metrics import Metrics
+from edge.outbox import EventRow
+from edge.outcomes import Outcome
+from edge.process_stats import ProcessStats
+from edge.wafer_map import DieResult, summarise
+from edge.wafers import OpenWafer, WaferKey, WaferTracker
+
+
+class LineWatch:
+    def __init__(self, cfg: Config, metrics: Metrics, ids: EventIds, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self._ids = ids
+        self._clock = clock
+        d = cfg.drift
+        self._stats = ProcessStats(cfg.process.anomaly_sigma, cfg.process.min_wafers)
+        self._scores = ScoreDrift(d.reference_frames, d.window_frames, d.ks_threshold, d.clear_ratio)
+        self._params = ParamDrift(d.reference_wafers, d.window_wafers, d.shift_sigma, d.clear_ratio)
+        self._wafers = WaferTracker()
+        metrics.drift_threshold.labels("score").set(d.ks_threshold)
+        metrics.drift_threshold.labels("process").set(d.shift_sigma)
+
+    def _known(self, recipe_id: str, tool_id: str) -> bool:
+        return recipe_id in self.cfg.recipes and tool_id in self.cfg.tool_ids
+
+    # ---- MES ----------------------------------------------------------------------------------
+    def process_log(self, log: ProcessLog) -> tuple[ProcessLog, list[EventRow]]:
+        """The log with its anomalous parameters, and a drift row when process drift flips."""
+        if not self._known(log.recipe_id, log.tool_id):
+            return log, []
+        key = (log.recipe_id, log.tool_id)
+        names = self.cfg.recipes[log.recipe_id].parameters
+        anomalous = self._stats.observe(key, names, log.params)
+        if anomalous:
+            self.metrics.process_excursions.labels(log.tool_id).inc()
+        change = self._params.add(key, names, log.params)
+        largest = self._params.largest(key)
+        if largest is not None:
+            self.metrics.drift_param_shift.labels(*key).set(largest[1])
+        rows = [self._drift_row(change, self.cfg.drift.shift_sigma)] if change else []
+        return replace(log, anomalous=tuple(anomalous)), rows
+
+    def lot_event(self, event: LotEvent) -> None:
+        if event.kind == "wafer_end" and event.wafer_id is not None:
+            self._wafers.end_wafer((event.tool_id, event.lot_id, event.wafer_id))
+        elif event.kind == "lot_end":
+            self._wafers.end_lot(event.tool_id, event.lot_id)
+
+    # ---- frames -------------------------------------------------------------------------------
+    def results(self, outcomes: Iterable[Outcome], now: float) -> list[EventRow]:
+        """Feed a batch's outcomes to the wafers and to score drift; drift rows when it flips."""
+        rows = []
+        for outcome in outcomes:
+            h, verdict = outcome.frame.header, outcome.verdict
+            die = DieResult(h.die[0], h.die[1], outcome.decision, verdict.defect_class if verdict else None)
+            if not self._wafers.add(outcome.frame.wafer_key, h.recipe_id, die, now):
+                self.metrics.wafer_late_dies.labels(h.tool_id).inc()
+            if outcome.decision != rule.PASS:
+                continue
+            key = (h.recipe_id, h.tool_id)
+            change = self._scores.add(key, outcome.score)
+            statistic = self._scores.statistic(key)
+            if statistic is not None:
+                self.metrics.drift_ks.labels(*key).set(statistic)
+            if change:
+                rows.append(self._drift_row(change, self.cfg.drift.ks_threshold))
+        return rows
+
+    def due(self, now: float, in_work: Callable[[WaferKey], bool]) -> list[EventRow]:
+        """Summaries (and alerts) of the wafers that ended and have no frame in work."""
+        w = self.cfg.wafers
+        return [row for wafer in self._wafers.due(now, w.idle_close_s, w.end_grace_s, in_work)
+                for row in self._summary_rows(wafer)]
+
+    def close_all(self) -> list[EventRow]:
+        return [row for wafer in self._wafers.close_all() for row in self._summary_rows(wafer)]
+
+    # ---- rows ---------------------------------------------------------------------------------
+    def _summary_rows(self, wafer: OpenWafer) -> list[EventRow]:
+        tool, lot, wafer_id = wafer.key
+        prefix, station = self.cfg.mqtt.prefix, self.cfg.station
+        body = reports.wafer_summary(self._ids.new(), self._clock(), station, tool, wafer.recipe_id, lot, wafer_id,
+                                     wafer.ended_by or "shutdown", summarise(list(wafer.dies.values())))
+        self.metrics.wafers_summarised.labels(tool).inc()
+        self.metrics.wafer_severity.labels(tool).observe(body["severity"])
+        rows = [_row(body["summary_id"], reports.topic(prefix, station, "wafers", tool), "WAFER", body)]
+        level = self.cfg.wafers.alert_severity
+        if body["severity"] >= level:
+            alert = reports.wafer_alert(self._ids.new(), body, level)
+            self.metrics.wafer_alerts.labels(tool, alert["pattern"]).inc()
+            rows.append(_row(alert["alert_id"], reports.topic(prefix, station, "alerts", tool), "ALERT", alert))
+        return rows
+
+    def _drift_row(self, change: Change, threshold: float) -> EventRow:
+        recipe, tool = change.key
+        self.metrics.drift_active.labels(recipe, tool, change.kind).set(int(change.raised))
+        if change.raised:
+            self.metrics.drift_events.labels(tool, change.kind).inc()
+        body = reports.drift_event(self._ids.new(), self._clock(), self.cfg.station, tool, recipe, change.kind,
+                                   change.raised, change.statistic, threshold, change.detail)
+        return _row(body["event_id"], reports.topic(self.cfg.mqtt.prefix, self.cfg.station, "drift", tool), "DRIFT",
+                    body)
+
+
+def _row(row_id: str, topic: str, kind: str, body: dict) -> EventRow:
+    return EventRow(row_id, topic, kind, json.dumps(body, separators=(",", ":")))

@@ -1,0 +1,96 @@
+"""Open wafers per tool, and when each one ends (pure; the clock is passed in).
+
+A wafer ends when the MES says so (``wafer_end``), when its lot ends, when its tool starts another
+wafer, or when no die of it came for ``idle_s``. It is summarised once it ended, none of its frames
+is in work and no die of it came for ``grace_s`` (an MES message may overtake the tool's last
+frames), so a summary covers the whole wafer. A die that still comes after its wafer was summarised
+is reported by ``add`` (returns False) and left out: a wafer gets one summary.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edge.wafer_map import DieResult
+
+WaferKey = tuple[str, str, str]  # (tool_id, lot_id, wafer_id), as Frame.wafer_key
+
+
+@dataclass
+class OpenWafer:
+    key: WaferKey
+    recipe_id: str
+    last_die: float  # monotonic seconds
+    dies: dict[tuple[int, int], DieResult] = field(default_factory=dict)
+    ended_by: str | None = None  # why it ends: wafer_end | lot_end | next_wafer | idle | shutdown
+
+    @property
+    def tool_id(self) -> str:
+        return self.key[0]
+
+
+class WaferTracker:
+    def __init__(self, remember: int = 4096) -> None:
+        self._open: dict[WaferKey, OpenWafer] = {}
+        self._current: dict[str, WaferKey] = {}  # tool -> the wafer it sent last
+        self._closed: OrderedDict[WaferKey, None] = OrderedDict()  # the last ``remember`` summarised wafers
+        self._remember = remember
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, key: WaferKey, recipe_id: str, die: DieResult, now: float) -> bool:
+        """Record a die's result; a die of another wafer than the tool's last one ends that one. False for a
+        die of a wafer already summarised (left out)."""
+        if key in self._closed:
+            return False
+        wafer = self._open.get(key)
+        if wafer is None:
+            wafer = self._open[key] = OpenWafer(key, recipe_id, now)
+        previous = self._current.get(key[0])
+        if previous is not None and previous != key:
+            self._end(previous, "next_wafer")
+        self._current[key[0]] = key
+        wafer.dies[(die.x, die.y)] = die  # a die inspected again: its last result counts
+        wafer.last_die = now
+        return True
+
+    def end_wafer(self, key: WaferKey) -> None:
+        self._end(key, "wafer_end")
+
+    def end_lot(self, tool_id: str, lot_id: str) -> None:
+        for key in [k for k in self._open if k[0] == tool_id and k[1] == lot_id]:
+            self._end(key, "lot_end")
+
+    def due(self, now: float, idle_s: float, grace_s: float, in_work: Callable[[WaferKey], bool]) -> list[OpenWafer]:
+        """Wafers that ended (or sat idle ``idle_s``), quiet for ``grace_s`` with no frame in work: removed
+        and returned."""
+        out = []
+        for key, wafer in list(self._open.items()):
+            quiet = now - wafer.last_die
+            if wafer.ended_by is None and quiet >= idle_s:
+                wafer.ended_by = "idle"
+            if wafer.ended_by is not None and quiet >= grace_s and not in_work(key):
+                out.append(self._pop(key))
+        return out
+
+    def close_all(self) -> list[OpenWafer]:
+        """Every open wafer (the daemon is stopping)."""
+        for wafer in self._open.values():
+            wafer.ended_by = wafer.ended_by or "shutdown"
+        return [self._pop(key) for key in list(self._open)]
+
+    def _end(self, key: WaferKey, why: str) -> None:
+        wafer = self._open.get(key)
+        if wafer is not None and wafer.ended_by is None:
+            wafer.ended_by = why
+
+    def _pop(self, key: WaferKey) -> OpenWafer:
+        if self._current.get(key[0]) == key:
+            del self._current[key[0]]
+        self._closed[key] = None
+        if len(self._closed) > self._remember:
+            self._closed.popitem(last=False)
+        return self._open.pop(key)

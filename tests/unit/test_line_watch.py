@@ -1,0 +1,95 @@
+"""Line watching: excursions named in the process log, drift rows when a state flips, wafer summaries
+with alerts at the configured severity, and metrics that follow."""
+
+import json
+
+import numpy as np
+
+from edge.config import parse_config
+from edge.context import LotEvent, ProcessLog
+from edge.decide import Verdict
+from edge.events import EventIds
+from edge.frames import Frame
+from edge.line_watch import LineWatch
+from edge.metrics import Metrics
+from edge.outcomes import Outcome
+from edge.process_params import DEFAULT_PARAMETERS
+from edge.wire import FrameHeader
+
+CFG = parse_config({
+    "tools": [{"id": "T1"}, {"id": "T2"}], "recipes": {"R": {}},
+    "process": {"min_wafers": 5, "anomaly_sigma": 3.0},
+    "drift": {"reference_frames": 20, "window_frames": 20, "ks_threshold": 0.5, "reference_wafers": 5,
+              "window_wafers": 5, "shift_sigma": 3.0},
+    "wafers": {"alert_severity": 50.0, "end_grace_s": 0.5},
+})
+
+
+def outcome(tool, wafer, die, decision="PASS", cls="GOOD", score=0.01):
+    header = FrameHeader(f"{wafer}-{die}", tool, "R", "L1", wafer, die, 0.0, "raw", None, None, None)
+    frame = Frame(b"id", header, None, 0.0, 1.0, 0.0)
+    verdict = Verdict(decision, cls, 0.9, None, "PASS", False, False, ((cls, 0.9),))
+    return Outcome(frame, verdict, score)
+
+
+def log(tool, rng, shift=0.0):
+    params = {name: float(rng.normal()) for name in DEFAULT_PARAMETERS}
+    params[DEFAULT_PARAMETERS[3]] += shift
+    return ProcessLog("L1", f"W{rng.integers(1e6)}", "R", tool, 0.0, params)
+
+
+def watch():
+    metrics = Metrics()
+    return LineWatch(CFG, metrics, EventIds(), clock=lambda: 1000.0), metrics
+
+
+def test_an_excursion_is_named_on_its_log_once_the_statistics_are_warm():
+    w, metrics = watch()
+    rng = np.random.default_rng(1)
+    for _ in range(5):  # min_wafers: nothing is judged before
+        checked, rows = w.process_log(log("T1", rng))
+        assert checked.anomalous == () and rows == []
+    checked, _ = w.process_log(log("T1", rng, shift=12.0))
+    assert checked.anomalous[0]["name"] == DEFAULT_PARAMETERS[3]
+    assert metrics.registry.get_sample_value("edge_process_excursions_total", {"tool": "T1"}) == 1
+    unknown = ProcessLog("L1", "W", "R", "T9", 0.0, {})
+    assert w.process_log(unknown) == (unknown, [])  # a tool not configured: passed through untouched
+
+
+def test_score_drift_raises_once_for_the_moved_tool_and_sets_its_metrics():
+    w, metrics = watch()
+    rows = []
+    for i in range(20):
+        rows += w.results([outcome("T1", "W1", (i, 0), score=0.01 + 0.001 * (i % 5)),
+                           outcome("T2", "W1", (i, 0), score=0.01 + 0.001 * (i % 5))], now=float(i))
+    for i in range(30):
+        rows += w.results([outcome("T1", "W1", (i, 1), score=0.05 + 0.001 * (i % 5)),
+                           outcome("T2", "W1", (i, 1), score=0.01 + 0.001 * (i % 5))], now=20.0 + i)
+    [row] = rows
+    body = json.loads(row.payload)
+    assert row.topic == "fab/edge/ST-01/drift/T1" and row.decision == "DRIFT"
+    assert body["kind"] == "score" and body["state"] == "raised" and body["statistic"] >= 0.5
+    labels = {"recipe": "R", "tool": "T1", "kind": "score"}
+    assert metrics.registry.get_sample_value("edge_drift_active", labels) == 1
+    assert metrics.registry.get_sample_value("edge_drift_score_ks", {"recipe": "R", "tool": "T2"}) < 0.5
+
+
+def test_a_wafer_ends_into_a_summary_and_an_alert_at_the_severity_level():
+    w, metrics = watch()
+    dies = [(x, y) for x in range(8) for y in range(8)]
+    for x, y in dies:  # a dense blob of defects: high severity
+        bad = 2 <= x <= 5 and 2 <= y <= 5
+        w.results([outcome("T1", "W1", (x, y), "DEFECT" if bad else "PASS", "CRACK" if bad else "GOOD")], 0.0)
+    w.results([outcome("T1", "W2", (0, 0))], 1.0)  # the next wafer ends W1 ...
+    assert w.due(1.0, in_work=lambda key: key == ("T1", "L1", "W1")) == []  # ... once none of it is in work
+    summary_row, alert_row = w.due(2.0, in_work=lambda key: False)
+    summary, alert = json.loads(summary_row.payload), json.loads(alert_row.payload)
+    assert summary_row.topic == "fab/edge/ST-01/wafers/T1" and alert_row.topic == "fab/edge/ST-01/alerts/T1"
+    assert summary["ended_by"] == "next_wafer" and summary["dies_inspected"] == 64
+    assert summary["classes"] == {"CRACK": 16} and summary["severity"] >= 50
+    assert alert["summary_id"] == summary["summary_id"] and alert["severity"] == summary["severity"]
+    w.lot_event(LotEvent("wafer_end", "L1", "R", "T1", "W2"))
+    [quiet] = w.due(3.0, in_work=lambda key: False)  # one clean die: no alert
+    assert json.loads(quiet.payload)["ended_by"] == "wafer_end" and json.loads(quiet.payload)["severity"] < 50
+    assert metrics.registry.get_sample_value("edge_wafers_summarised_total", {"tool": "T1"}) == 2
+    assert w.close_all() == []
