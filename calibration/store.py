@@ -288,6 +288,17 @@ class CalibrationStore:
         missed = suppressed * audited_real / audited
         return missed / (flagged_real + missed) if flagged_real + missed else 0.0
 
+    def prune(self, before: float) -> int:
+        """Forget the candidates and inspected counts of lots closed before ``before`` (epoch seconds): their
+        lot ends have used them, and the escape estimate then covers the lots closed since. Lots not closed
+        keep theirs; the audit trail and the class states are never pruned. Returns the candidates deleted."""
+        closed_before = ("EXISTS (SELECT 1 FROM lots_closed c WHERE c.recipe = {t}.recipe AND c.tool = {t}.tool "
+                         "AND c.lot_id = {t}.lot_id AND c.closed_at < ?)")
+        with self._tx() as db:
+            n = db.execute(f"DELETE FROM candidates WHERE {closed_before.format(t='candidates')}", (before,)).rowcount
+            db.execute(f"DELETE FROM inspected WHERE {closed_before.format(t='inspected')}", (before,))
+        return n
+
     def mode(self, recipe: str, tool: str) -> str:
         """The profile's stage: ``calibrating`` while any class is, ``production`` once every class is stable or
         locked, else ``convergence``."""

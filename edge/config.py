@@ -61,7 +61,9 @@ class IngestConfig(_Strict):
 
 class JoinConfig(_Strict):
     window_ms: int = Field(50, ge=0, description="how long a frame waits for its wafer's MES context")
-    cache_max_wafers: int = Field(20_000, gt=0, description="context cache entries kept")
+    cache_max_wafers: int = Field(
+        5_000, gt=0, description="context cache entries kept (about 3.5 kB each with 48 parameters)"
+    )
     cache_max_age_s: float = Field(24 * 3600.0, gt=0, description="context older than this is dropped")
 
 
@@ -234,6 +236,10 @@ class CalibrationConfig(_Strict):
     upper: Annotated[float, Field(ge=0.5, le=0.95)] = 0.95
     refresh_s: float = Field(2.0, gt=0, description="how often the store is checked for engineers' changes")
     reviews_topic: str = Field("reviews", description="dispositions arrive on {mqtt.prefix}/{station}/{this}")
+    retention_days: float = Field(
+        30.0, gt=0, description="candidates and counts of lots closed longer ago are pruned (states and the audit "
+        "trail never are); the escape estimate covers this period",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> CalibrationConfig:

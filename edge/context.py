@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +74,8 @@ def parse_process_log(payload: bytes) -> ProcessLog | Rejected:
     params = data.get("params")
     if not isinstance(params, dict) or len(params) > _MAX_PARAMS:
         return Rejected("bad_value", f"params must be an object of at most {_MAX_PARAMS} entries")
-    clean = {
-        str(k): float(v)
+    clean = {  # names interned: thousands of cached logs share one copy of each
+        sys.intern(str(k)): float(v)
         for k, v in params.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }

@@ -216,9 +216,13 @@ class Daemon:
                 if results or events:
                     log.info("outbox_pruned", results=results, events=events)
                 await self._check_quota()
-            except OutboxError as err:
+                forgotten = await self._db(self.calibration.store.prune,
+                                           time.time() - self.cfg.calibration.retention_days * 86400)
+                if forgotten:
+                    log.info("calibration_pruned", candidates=forgotten)
+            except (OutboxError, sqlite3.Error) as err:
                 self.metrics.internal_errors.labels("outbox").inc()
-                log.error("outbox_prune_failed", error=str(err))
+                log.error("prune_failed", error=str(err))
             await asyncio.sleep(self.cfg.outbox.prune_interval_s)
 
     def _spawn(self, coro) -> asyncio.Task:

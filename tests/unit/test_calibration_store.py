@@ -148,3 +148,21 @@ def test_escape_estimate_from_audited_candidates_and_profile_mode(store: Calibra
     for lot in ("L2", "L3"):
         _lot(store, lot, 5000, 0)
     assert store.mode(R, T) == "production"
+
+
+def test_prune_forgets_the_candidates_of_lots_closed_long_ago_and_keeps_the_rest(tmp_path: Path) -> None:
+    now = [1000.0]
+    s = CalibrationStore(tmp_path / "c.sqlite", stages=Stages(initial_lots=1, window_lots=3), clock=lambda: now[0])
+    s.ensure_profile(R, T, CLASSES)
+    _lot(s, "OLD", 100, 2)  # closed at t=1000
+    s.add_candidate("open-e0", R, T, "OPEN", "PART-SM", 0.6)  # a lot still running
+    now[0] = 5000.0
+    _lot(s, "NEW", 100, 1)  # closed at t=5000
+    states = s.states(R, T)
+    assert s.prune(before=3000.0) == 2
+    left = {row[0] for row in s._db.execute("SELECT lot_id FROM candidates")}
+    assert left == {"OPEN", "NEW"}
+    assert s.states(R, T) == states and len(s.history(R, T)) > 0  # thresholds and audit untouched
+    with pytest.raises(CalibrationError):  # a disposition for a pruned candidate names it as unknown
+        s.review("OLD-e0", real=True, who="eng1")
+    s.close()
