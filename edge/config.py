@@ -251,7 +251,10 @@ class CalibrationConfig(_Strict):
 class ProcessConfig(_Strict):
     """MES context checks: parameters far from their running per recipe x tool statistics."""
 
-    anomaly_sigma: float = Field(3.0, gt=0, description="|z| at or over this lists a parameter as anomalous")
+    anomaly_sigma: float = Field(
+        4.0, gt=0, description="|z| at or over this lists a parameter as anomalous (48 parameters at 3 sigma would "
+        "flag one on about 12% of normal wafers)",
+    )
     min_wafers: int = Field(30, ge=2, description="wafers of a recipe x tool seen before z-scores are given")
     zmq_connect: list[str] = Field(
         default_factory=list, description="ZeroMQ PUB endpoints of an MES gateway sending [topic, json] the MQTT "

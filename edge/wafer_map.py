@@ -86,6 +86,7 @@ LINE_MIN_EIGEN_SHARE = 0.9
 LINE_MAX_WIDTH = 0.6  # RMS distance of the dies from the fitted line, in dies: a scratch is one or two dies wide
 LINE_MIN_SHARE = 0.2
 LINE_BRIDGE = 2  # Chebyshev reach that bridges a one-die gap along a scratch
+LINE_MAX_CHANCE = 0.05  # expected chance runs of the line's length and dies at the wafer's density
 CLUSTER_MIN_DIES = 4
 CLUSTER_MIN_SHARE = 0.5
 CLUSTER_MIN_COMPACTNESS = 0.35
@@ -304,19 +305,26 @@ def _zone_evidence(zone: dict, met: bool) -> dict:
     }
 
 
-def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Position]]) -> dict:
-    """The most line-like qualifying group among clusters, gap-bridged groups and all defective dies."""
+def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Position]], inspected: int) -> dict:
+    """The most line-like qualifying group among clusters, gap-bridged groups and all defective dies.
+
+    Dense scatter lines up by itself: a run must also be unlikely by chance, i.e. the expected number
+    of segments of its length, over every start die and four directions, holding that many defective
+    dies at the wafer's density stays at or under ``LINE_MAX_CHANCE``."""
+    density = len(defective) / inspected if inspected else 1.0
     groups = [("cluster", c) for c in clusters]
     groups += [("bridged", g) for g in components(defective, LINE_BRIDGE)]
     groups.append(("all", list(defective)))
     best: tuple = (False, 0.0, 0)
-    out: dict = {"met": False, "source": None, "dies": 0, "eigen_share": 0.0, "width": 0.0, "length": 0, "share": 0.0}
+    out: dict = {"met": False, "source": None, "dies": 0, "eigen_share": 0.0, "width": 0.0, "length": 0, "share": 0.0,
+                 "chance": 1.0}
     for source, cells in groups:
         if len(cells) < (LINE_MIN_DIES if source == "cluster" else LINE_MIN_GAPPED_DIES):
             continue
         fit = line_fit(cells)
         share = len(cells) / len(defective)
-        met = fit.is_line and share >= LINE_MIN_SHARE
+        chance = min(1.0, 4 * inspected * binomial_tail(len(cells), max(fit.length, len(cells)), density))
+        met = fit.is_line and share >= LINE_MIN_SHARE and chance <= LINE_MAX_CHANCE
         if (met, fit.eigen_share, len(cells)) > best:
             best = (met, fit.eigen_share, len(cells))
             out = {
@@ -327,6 +335,7 @@ def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Positio
                 "width": _r(fit.width),
                 "length": fit.length,
                 "share": _r(share),
+                "chance": _p(chance),
             }
     return out
 
@@ -355,7 +364,7 @@ def signature(defective: Sequence[Position], inspected: Sequence[Position], geo:
     centre = _zone(defective, inspected, True, CENTER_ZONE, geo)
     evidence = {
         "edge_ring": _edge_evidence(edge, geo),
-        "scratch_line": _scratch_evidence(defective, cells),
+        "scratch_line": _scratch_evidence(defective, cells, len(inspected)),
         "center": _center_evidence(centre),
         "cluster": _cluster_evidence(largest, len(defective), geo),
     }

@@ -3,7 +3,7 @@ that stand out, every wafer gets a summary on the wafers topic, and a tool whose
 drift event while the other tool stays quiet.
 
 The station runs with small windows (drift reference and window of 100 PASS scores, parameter
-statistics from 8 wafers) so a few hundred frames show it all.
+statistics from 30 wafers a tool) so a few hundred frames show it all.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from tools.synth_render import Drift
 pytestmark = pytest.mark.e2e
 
 CONFIG = """[process]
-anomaly_sigma = 3.0
+anomaly_sigma = 4.0
 zmq_connect = ["{gateway}"]
-min_wafers = 8
+min_wafers = 20
 [drift]
 reference_frames = 100
 window_frames = 100
@@ -76,12 +76,12 @@ def run(tmp_path_factory):
         consumer = Peer("127.0.0.1", st.mqtt_port, "mes-consumer", ("fab/edge/ST-01/#",)).wait_connected()
         mes = Peer("127.0.0.1", st.mqtt_port, "mes-line").wait_connected()
         warm = Fab(99, recipe_id=RECIPE, tool_ids=TOOLS, excursion_rate=0.0)
-        for wafer in warm.plan(20, 1, 1, 0.0):  # the parameter statistics: 10 normal wafers a tool, over ZeroMQ
+        for wafer in warm.plan(60, 1, 1, 0.0):  # the parameter statistics: 30 normal wafers a tool, over ZeroMQ
             gateway.send_multipart([f"fab/mes/process/{wafer.tool_id}".encode(),
                                     json.dumps(warm.process_log(wafer, time.time())).encode()])
         gateway.send_multipart([b"fab/mes/process/AOI-01", b"{not json"])
         deadline = time.monotonic() + 10
-        while 'edge_mes_messages_total{kind="process_log"} 20.0' not in st.metrics_text():
+        while 'edge_mes_messages_total{kind="process_log"} 60.0' not in st.metrics_text():
             assert time.monotonic() < deadline, "the gateway's process logs did not arrive"
             time.sleep(0.1)
         zmq_metrics = st.metrics_text()
@@ -115,10 +115,13 @@ def test_events_carry_the_joined_process_context_and_the_parameters_that_stand_o
     assert flagged, "no event named an anomalous parameter"
     for event in flagged:
         params = event["process"]["anomalous_parameters"]
-        assert all(set(p) == {"name", "value", "z"} and abs(p["z"]) >= 3.0 for p in params)
+        assert all(set(p) == {"name", "value", "z"} and abs(p["z"]) >= 4.0 for p in params)
         assert [abs(p["z"]) for p in params] == sorted((abs(p["z"]) for p in params), reverse=True)
     excursion = {(w.tool_id, w.wafer_id) for w in run["pools"][0].wafers if w.excursion}
-    assert {(e["tool_id"], e["wafer_id"]) for e in flagged} & excursion
+    on_excursion = [e for e in events if (e["tool_id"], e["wafer_id"]) in excursion]
+    flagged_on_excursion = [e for e in flagged if (e["tool_id"], e["wafer_id"]) in excursion]
+    assert len(flagged_on_excursion) >= 0.9 * len(on_excursion)  # its 4-6 sigma parameters are named
+    assert len(flagged_on_excursion) >= 0.8 * len(flagged)  # and few normal wafers are flagged
     for event in events:
         anomaly = event["anomaly"]
         x0, y0, x1, y1 = anomaly["bbox"]
@@ -163,3 +166,10 @@ def test_the_aged_tool_raises_score_drift_and_the_steady_one_does_not(run):
     event = raised[0]
     assert event["schema"] == "edge.drift_event/1" and event["statistic"] >= 0.3 and event["recipe_id"] == RECIPE
     assert f'edge_drift_active{{kind="score",recipe="{RECIPE}",tool="{AGED}"}} 1.0' in run["metrics"]
+    events = bodies(run, "events")
+    summaries = bodies(run, "wafers")
+    print(f"\nline watch: events={len(events)} with_anomalous_parameters="
+          f"{sum(bool(e['process']['anomalous_parameters']) for e in events)} wafers={len(summaries)} "
+          f"patterns={dict(Counter(s['signature']['pattern'] for s in summaries))} "
+          f"alerts={len(bodies(run, 'alerts'))} score_drift_ks={event['statistic']} "
+          f"drift_events={[(d['tool_id'], d['kind'], d['state']) for d in bodies(run, 'drift')]}")
