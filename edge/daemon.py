@@ -470,12 +470,12 @@ class Daemon:
         for i, frame in enumerate(frames):
             h = frame.header
             frame.timings["infer"] = infer_s
+            bands = self._bands.get(h.recipe_id, h.tool_id)
             verdict = rule.decide(
-                float(anomaly.scores[i]), self._bands.get(h.recipe_id, h.tool_id), classes.probs[i],
+                float(anomaly.scores[i]), bands, classes.probs[i],
                 self.cfg.decision.classes, lambda c, h=h: self.calibration.threshold(h.recipe_id, h.tool_id, c),
                 self._audit_rng.random(), self.cfg.decision.audit_fraction,
             )
-            bands = self._bands.get(h.recipe_id, h.tool_id)
             hot = hot_region(anomaly.heatmaps[i], frame.tensors.grey.shape[1:], bands.pass_band)
             outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), hot))
         self.metrics.stage_latency.labels("decide").observe(time.monotonic() - t0)
