@@ -135,13 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-min", type=float, default=5.0, help="left out of the growth fit")
     parser.add_argument("--workdir", type=Path, help="default: a fresh temporary directory")
     parser.add_argument("--report", type=Path, help="write the summary and every sample as JSON here")
+    parser.add_argument("--config-extra", default="", help="TOML appended to the station's daemon config, e.g. "
+                        "'[join]\\ncache_max_wafers = 500' to reach the context cache's bound within the run")
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edge-soak-"))
     pool = Pool(11, TOOLS, lots=2, wafers_per_lot=3, dies_per_wafer=25, defect_rate=0.3, recipe=RECIPE,
                 encoding="png")
     samples: list[Sample] = []
-    with Station(workdir, args.repository.resolve()) as st:
+    extra = args.config_extra.replace("\\n", "\n")
+    with Station(workdir, args.repository.resolve(), config_extra=extra) as st:
         assert st.daemon is not None and st.triton is not None and st.triton.pid is not None
         consumer = Peer("127.0.0.1", st.mqtt_port, "soak-consumer", ("fab/edge/+/events/#",)).wait_connected()
         feed = Feed(pool, st.daemon_frames, st.mqtt_port, args.rate)
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "host": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "minutes": round(elapsed / 60, 1),
+        "config_extra": extra,
         "frames": feed.frames,
         "frames_per_s": round(feed.frames / elapsed, 2),
         "replies": dict(feed.replies),
