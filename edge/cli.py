@@ -1,20 +1,24 @@
 """``edge-inspect``: run the daemon, validate a config, run a local Triton server, calibrate thresholds,
-make CURVE keys."""
+re-baseline a tool's drift after a service, make CURVE keys."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import json
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 from calibration import cli as calib_cli
-from edge import tritonserver
+from edge import rebaseline, tritonserver
 from edge.config import load_config
 from edge.errors import EdgeError
 from edge.logs import configure, get
+from edge.wire import Rejected
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -75,6 +79,49 @@ def _curve_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry: --by is then required by the daemon
+        return ""
+
+
+def _rebaseline(args: argparse.Namespace) -> int:
+    """Send ``edge.rebaseline/1`` to the station's daemon over its own broker, with its MQTT settings."""
+    from edge.mqtt import publish_once  # paho only for the commands that need it
+
+    try:
+        cfg = load_config(args.config)
+    except EdgeError as err:
+        print(f"invalid: {err}", file=sys.stderr)
+        return 2
+    if not cfg.mqtt.enabled:
+        print(f"refused: mqtt is disabled in {args.config}: the daemon hears re-baselines over MQTT", file=sys.stderr)
+        return 2
+    by = args.by or _login()
+    body = rebaseline.message(args.tool, args.recipe, by, args.reason, time.time())
+    payload = json.dumps(body, separators=(",", ":"))
+    checked = rebaseline.parse(payload.encode(), cfg.tool_ids, cfg.recipes)  # the daemon's own checks, here first
+    if isinstance(checked, Rejected):
+        print(f"refused: {checked.reason}: {checked.detail}", file=sys.stderr)
+        return 2
+    topic = f"{cfg.mqtt.prefix}/{cfg.station}/{cfg.drift.rebaseline_topic}"
+    if cfg.mqtt.username and cfg.mqtt.password() is None:
+        print(f"note: mqtt.username is set but no password was found: export ${cfg.mqtt.password_env or '...'} "
+              f"(mqtt.password_env), or set CREDENTIALS_DIRECTORY to where the credential "
+              f"{cfg.mqtt.password_credential or '...'} (mqtt.password_credential) lies", file=sys.stderr)
+    try:
+        publish_once(cfg.mqtt, f"edge-rebaseline-{cfg.station}-{int(time.time() * 1000)}", topic, payload,
+                     args.timeout)
+    except EdgeError as err:
+        print(f"failed: {err}", file=sys.stderr)
+        return 1
+    print(f"sent to {topic}: {args.tool} x {', '.join(checked.recipes)} re-baselined by {by}"
+          f"{f' ({checked.reason})' if checked.reason else ''}; raised drift clears on {cfg.mqtt.prefix}/"
+          f"{cfg.station}/drift/{args.tool}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="edge-inspect", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -91,6 +138,14 @@ def parser() -> argparse.ArgumentParser:
     calib = sub.add_parser("calib", help="show and steer the per recipe x tool x class thresholds")
     calib_cli.add_arguments(calib)
     calib.set_defaults(func=calib_cli.main)
+    base = sub.add_parser("rebaseline", help="after a tool service: drift and parameter statistics start again")
+    base.add_argument("--config", required=True, help="the station's TOML config (broker, station, tools, recipes)")
+    base.add_argument("--tool", required=True, help="tool id")
+    base.add_argument("--recipe", help="one recipe (default: every configured recipe)")
+    base.add_argument("--by", help="who asks, for the audit trail (default: the login name)")
+    base.add_argument("--reason", default="", help="e.g. 'PM 2026-11-23, lamp replaced'")
+    base.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker's PUBACK")
+    base.set_defaults(func=_rebaseline)
     keygen = sub.add_parser("curve-keygen", help="write a ZeroMQ CURVE key pair: NAME.key and NAME.key_secret")
     keygen.add_argument("directory", help="where to write them (created owner-only if missing)")
     keygen.add_argument("name", help="file name stem, e.g. the station or tool id")

@@ -44,7 +44,7 @@ class LotEvent:
     wafer_id: str | None = None  # wafer_end only
 
 
-def _load(payload: bytes) -> dict[str, Any] | Rejected:
+def json_object(payload: bytes) -> dict[str, Any] | Rejected:
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as err:
@@ -54,7 +54,7 @@ def _load(payload: bytes) -> dict[str, Any] | Rejected:
     return data
 
 
-def _ids(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str] | Rejected:
+def string_fields(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str] | Rejected:
     missing = [k for k in keys if k not in data]
     if missing:
         return Rejected("missing_key", f"missing {', '.join(missing)}")
@@ -65,10 +65,10 @@ def _ids(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str] | Reject
 
 
 def parse_process_log(payload: bytes) -> ProcessLog | Rejected:
-    data = _load(payload)
+    data = json_object(payload)
     if isinstance(data, Rejected):
         return data
-    ids = _ids(data, _IDS)
+    ids = string_fields(data, _IDS)
     if isinstance(ids, Rejected):
         return ids
     params = data.get("params")
@@ -90,14 +90,14 @@ def parse_process_log(payload: bytes) -> ProcessLog | Rejected:
 
 
 def parse_lot_event(payload: bytes) -> LotEvent | Rejected:
-    data = _load(payload)
+    data = json_object(payload)
     if isinstance(data, Rejected):
         return data
     kind = data.get("event")
     if kind not in LOT_EVENTS:
         return Rejected("bad_value", f"event must be one of {', '.join(LOT_EVENTS)}")
     keys = ("lot_id", "recipe_id", "tool_id", "wafer_id") if kind == "wafer_end" else ("lot_id", "recipe_id", "tool_id")
-    ids = _ids(data, keys)
+    ids = string_fields(data, keys)
     if isinstance(ids, Rejected):
         return ids
     return LotEvent(kind, ids["lot_id"], ids["recipe_id"], ids["tool_id"], ids.get("wafer_id"))

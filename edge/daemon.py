@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from calibration.table import Bands, BandTable
 from edge import decide as rule
+from edge import rebaseline
 from edge.admission import Inflight, busy_reason
 from edge.admission import Limits as AdmissionLimits
 from edge.batcher import Batcher
@@ -96,7 +97,8 @@ class Daemon:
         link = None
         if cfg.mqtt.enabled:
             link = MqttLink(cfg.mqtt, cfg.station, loop, self._on_mqtt_message, self._on_ack, self._on_broker,
-                            (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic, self._reviews_topic))
+                            (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic, self._reviews_topic,
+                             self._rebaseline_topic))
         self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight)
         self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
         sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
@@ -318,6 +320,10 @@ class Daemon:
     def _reviews_topic(self) -> str:
         return f"{self.cfg.mqtt.prefix}/{self.cfg.station}/{self.cfg.calibration.reviews_topic}"
 
+    @property
+    def _rebaseline_topic(self) -> str:
+        return f"{self.cfg.mqtt.prefix}/{self.cfg.station}/{self.cfg.drift.rebaseline_topic}"
+
     async def _mes_zmq(self, feed: MesFeed) -> None:
         """MES messages from a ZeroMQ gateway, handled as the same topics on MQTT."""
         try:
@@ -337,6 +343,8 @@ class Daemon:
             self.on_lot_event(payload)
         elif topic == self._reviews_topic:
             self._spawn(self._review(payload))
+        elif topic == self._rebaseline_topic:
+            self.on_rebaseline(payload)
 
     def on_process_log(self, payload: bytes) -> None:
         parsed = parse_process_log(payload)
@@ -355,6 +363,24 @@ class Daemon:
             return self._mes_rejected(parsed)
         self.metrics.mes_messages.labels(parsed.kind).inc()
         self._lot_event(parsed)
+
+    def on_rebaseline(self, payload: bytes) -> None:
+        """An engineer re-baselines a tool after a service: drift and parameter statistics start again."""
+        command = rebaseline.parse(payload, self.cfg.tool_ids, self.cfg.recipes)
+        if isinstance(command, Rejected):
+            self.metrics.rebaselines.labels(command.reason).inc()
+            held = self._bad_input_log.allow("rebaseline:" + command.reason)
+            if held is not None:
+                log.warning("rebaseline_rejected", reason=command.reason, detail=command.detail,
+                            similar_since_last=held)
+            return
+        rows = self._watching(self._watch.rebaseline, command)
+        if rows is None:
+            return
+        self.metrics.rebaselines.labels("accepted").inc()
+        log.info("rebaselined", tool_id=command.tool_id, recipes=list(command.recipes), by=command.by,
+                 reason=command.reason, drift_cleared=len(rows))
+        self._spawn(self._record_rows(rows))
 
     def _lot_event(self, event: LotEvent) -> None:
         self._watching(self._watch.lot_event, event)

@@ -4,7 +4,7 @@ each recipe x tool (PASS anomaly scores and process parameters), and wafer summa
 Bookkeeping only: it keeps bounded state per recipe x tool and per open wafer, updates the metrics,
 and returns the outbox rows (wafer summaries, alerts, drift events) for the daemon to record. The
 reference windows of drift and the parameter statistics live in memory: they start again at each
-start of the daemon.
+start of the daemon, and for one tool when an engineer re-baselines it (``edge.rebaseline``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from edge.metrics import Metrics
 from edge.outbox import EventRow
 from edge.outcomes import Outcome
 from edge.process_stats import ProcessStats
+from edge.rebaseline import Rebaseline
 from edge.wafer_map import DieResult, summarise
 from edge.wafers import OpenWafer, WaferKey, WaferTracker
 
@@ -67,6 +68,26 @@ class LineWatch:
             self._wafers.end_wafer((event.tool_id, event.lot_id, event.wafer_id))
         elif event.kind == "lot_end":
             self._wafers.end_lot(event.tool_id, event.lot_id)
+
+    def rebaseline(self, command: Rebaseline) -> list[EventRow]:
+        """Forget the tool's drift references and parameter statistics for the recipes named.
+
+        What comes next forms the new reference. A drift that was raised is cleared with an event
+        saying who re-baselined and why; the statistic gauges go until the new reference is full.
+        """
+        rows = []
+        for recipe in command.recipes:
+            key = (recipe, command.tool_id)
+            self._stats.reset(key)
+            self.metrics.drift_ks.remove(*key)
+            self.metrics.drift_param_shift.remove(*key)
+            for detector, threshold in ((self._scores, self.cfg.drift.ks_threshold),
+                                        (self._params, self.cfg.drift.shift_sigma)):
+                change = detector.reset(key)
+                if change:
+                    detail = {**change.detail, "by": command.by, "reason": command.reason}
+                    rows.append(self._drift_row(replace(change, detail=detail), threshold))
+        return rows
 
     # ---- frames -------------------------------------------------------------------------------
     def results(self, outcomes: Iterable[Outcome], now: float) -> list[EventRow]:

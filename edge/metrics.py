@@ -83,6 +83,9 @@ class Metrics:
             ["recipe", "tool", "class"], registry=r,
         )
         self.reviews = Counter("edge_reviews_total", "Review dispositions received", ["result"], registry=r)
+        self.rebaselines = Counter(
+            "edge_rebaselines_total", "Re-baseline commands received (accepted, or why not)", ["result"], registry=r,
+        )
         self.lots_closed = Counter("edge_lots_closed_total", "Lot ends that ran the calibration", ["tool"], registry=r)
         self.notes_missing = Counter(
             "edge_notes_missing_total", "Frames without an operator note", ["tool"], registry=r

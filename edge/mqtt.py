@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import threading
 from collections.abc import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttConfig
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeError
 from edge.logs import RateLimited, get
 
 log = get("edge.mqtt")
@@ -88,6 +89,56 @@ def _why(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
+def new_client(cfg: MqttConfig, client_id: str) -> paho.Client:
+    """A paho client with the config's credentials and TLS, clean session, not yet connected."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password())
+    if cfg.tls:
+        client.tls_set_context(tls_context(cfg))
+    return client
+
+
+def publish_once(cfg: MqttConfig, client_id: str, topic: str, payload: str, timeout_s: float = 10.0) -> None:
+    """Connect, publish one QoS 1 message, wait for the broker's PUBACK, disconnect.
+
+    Raises ``EdgeError`` saying why when the broker cannot be reached, refuses the session, or does
+    not acknowledge within ``timeout_s``.
+    """
+    client = new_client(cfg, client_id)
+    answered = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+        answered.set()
+
+    client.on_connect = on_connect
+    where = f"{cfg.host}:{cfg.port}"
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s)))
+    except (OSError, ValueError) as err:  # refused, unreachable, TLS handshake (ssl.SSLError is an OSError)
+        raise EdgeError(f"cannot reach the broker at {where}: {_why(err) if isinstance(err, OSError) else err}") \
+            from None
+    client.loop_start()
+    try:
+        if not answered.wait(timeout_s):
+            raise EdgeError(f"the broker at {where} did not answer within {timeout_s:g} s")
+        if refused:
+            raise EdgeError(f"the broker at {where} refused the session: {refused[0]}")
+        info = client.publish(topic, payload, qos=1)
+        try:
+            info.wait_for_publish(timeout=timeout_s)
+        except (RuntimeError, ValueError) as err:
+            raise EdgeError(f"publishing to {where} failed: {err}") from None
+        if not info.is_published():
+            raise EdgeError(f"the broker at {where} did not acknowledge within {timeout_s:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class MqttLink:
     """``on_message(topic, payload)``, ``on_ack(mid)`` and ``on_state(connected)`` run on ``loop``."""
 
@@ -109,12 +160,7 @@ class MqttLink:
         self._subscriptions = subscriptions
         self.status_topic = status_topic(cfg.prefix, station)
         self.connected = False
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"edge-{station}",
-                             clean_session=True)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password())
-        if cfg.tls:
-            client.tls_set_context(tls_context(cfg))
+        client = new_client(cfg, cfg.client_id or f"edge-{station}")
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.reconnect_delay_set(min_delay=1, max_delay=5)

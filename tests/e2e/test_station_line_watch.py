@@ -9,6 +9,8 @@ statistics from 30 wafers a tool) so a few hundred frames show it all.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 
@@ -91,12 +93,21 @@ def run(tmp_path_factory):
         time.sleep(4.0)  # the last wafers close when idle (3 s)
         consumer.wait_for(lambda msgs: sum("/wafers/" in t for t, _ in msgs) >= 40, 20)
         metrics = st.metrics_text()
+        # the aged tool is serviced: an engineer re-baselines it, and its raised drift clears
+        mes.publish("fab/edge/ST-01/rebaseline", {"tool_id": "AOI-99", "by": "ops"})  # refused: unknown tool
+        rebaselined = subprocess.run(
+            [sys.executable, "-m", "edge", "rebaseline", "--config", str(st.config_path), "--tool", AGED,
+             "--by", "j.doe", "--reason", "optics serviced"], capture_output=True, text=True, timeout=60)
+        assert rebaselined.returncode == 0, rebaselined.stderr
+        consumer.wait_for(lambda msgs: any(json.loads(p).get("detail", {}).get("reset") for t, p in msgs
+                                           if "/drift/" in t), 20)
+        after_rebaseline = st.metrics_text()
         mes.close()
         messages = list(consumer.messages)
         consumer.close()
     gateway.close()
     return {"outcomes": first["outcomes"] + second["outcomes"], "messages": messages, "metrics": metrics,
-            "zmq_metrics": zmq_metrics,
+            "zmq_metrics": zmq_metrics, "after_rebaseline": after_rebaseline,
             "drift_before": drift_before, "pools": (steady, aged)}
 
 
@@ -173,3 +184,14 @@ def test_the_aged_tool_raises_score_drift_and_the_steady_one_does_not(run):
           f"patterns={dict(Counter(s['signature']['pattern'] for s in summaries))} "
           f"alerts={len(bodies(run, 'alerts'))} score_drift_ks={event['statistic']} "
           f"drift_events={[(d['tool_id'], d['kind'], d['state']) for d in bodies(run, 'drift')]}")
+
+
+def test_a_rebaseline_after_the_service_clears_the_raised_drift_and_says_who(run):
+    cleared = [d for d in bodies(run, "drift") if d["state"] == "cleared" and d["detail"].get("reset")]
+    assert [(d["tool_id"], d["kind"]) for d in cleared if d["kind"] == "score"] == [(AGED, "score")]
+    assert all(d["detail"]["by"] == "j.doe" and d["detail"]["reason"] == "optics serviced" for d in cleared)
+    after = run["after_rebaseline"]
+    assert f'edge_drift_active{{kind="score",recipe="{RECIPE}",tool="{AGED}"}} 0.0' in after
+    assert f'edge_drift_score_ks{{recipe="{RECIPE}",tool="{AGED}"}}' not in after  # until a new reference is full
+    assert 'edge_rebaselines_total{result="accepted"} 1.0' in after
+    assert 'edge_rebaselines_total{result="unknown_tool"} 1.0' in after

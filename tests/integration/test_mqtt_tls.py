@@ -15,9 +15,9 @@ import pytest
 import structlog
 
 from edge.config import MqttConfig, parse_config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeError
 from edge.metrics import Metrics
-from edge.mqtt import MqttLink, tls_context
+from edge.mqtt import MqttLink, publish_once, tls_context
 from edge.outbox import EventRow, Outbox, ResultRow
 from edge.publisher import Publisher
 from tools.certs import Pki, client_context, issue, make_pki, openssl_binary
@@ -251,3 +251,19 @@ def test_tls_insecure_skips_only_the_host_name_check(pki):
     assert strict.check_hostname and strict.verify_mode == relaxed.verify_mode
     assert not relaxed.check_hostname
     assert relaxed.verify_mode.name == "CERT_REQUIRED"
+
+
+def test_a_one_shot_publish_logs_in_over_tls_and_a_refusal_says_why_without_the_password(pki, password_broker,
+                                                                                          monkeypatch):
+    cfg = link_config(password_broker.port, ca_file=pki.ca.cert, username="edge-st",
+                      password_env="EDGE_TEST_MQTT_PASSWORD")
+    mes = Peer("127.0.0.1", password_broker.port, "mes", ("fab/edge/ST/#",), tls=client_context(pki.ca.cert),
+               username="mes", password="mes-password").wait_connected()
+    monkeypatch.setenv("EDGE_TEST_MQTT_PASSWORD", PASSWORD)
+    publish_once(cfg, "engineer-cli", "fab/edge/ST/rebaseline", '{"tool_id":"AOI-01"}', timeout_s=5)
+    assert mes.wait_for(lambda messages: len(messages) == 1, 10)
+    mes.close()
+    monkeypatch.setenv("EDGE_TEST_MQTT_PASSWORD", WRONG_PASSWORD)
+    with pytest.raises(EdgeError, match="refused the session") as refused:
+        publish_once(cfg, "engineer-cli", "fab/edge/ST/rebaseline", "{}", timeout_s=5)
+    assert PASSWORD not in str(refused.value) and WRONG_PASSWORD not in str(refused.value)

@@ -1,5 +1,6 @@
-"""Hostile input, generated: frame headers and payloads, MES JSON and review messages never raise, and every
-rejection carries a known reason. Four properties x 2,500 examples = 10,000 generated inputs per run."""
+"""Hostile input, generated: frame headers and payloads, MES JSON, re-baseline commands and review messages
+never raise, and every rejection carries a known reason. Four properties x 2,500 examples = 10,000 generated
+inputs per run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge import rebaseline
 from edge.calibrate import Review, parse_review
 from edge.context import LotEvent, ProcessLog, parse_lot_event, parse_process_log
 from edge.imaging import Tensors, decode
@@ -81,12 +83,16 @@ def test_image_payloads_are_decoded_or_refused_before_decoding(encoding, payload
 
 
 @FUZZ
-@given(doc=values, raw=st.binary(max_size=64), as_json=st.booleans())
-def test_mes_messages_never_raise(doc, raw, as_json) -> None:
+@given(doc=values | st.fixed_dictionaries({"tool_id": values | st.just("AOI-01"), "by": values},
+                                          optional={"recipe_id": values, "reason": values, "schema": values}),
+       raw=st.binary(max_size=64), as_json=st.booleans())  # fmt: skip
+def test_mes_and_rebaseline_messages_never_raise(doc, raw, as_json) -> None:
     payload = json.dumps(doc, default=repr).encode() if as_json else raw
     for parse, ok in ((parse_process_log, ProcessLog), (parse_lot_event, LotEvent)):
         out = parse(payload)
         assert isinstance(out, (ok, Rejected))
+    command = rebaseline.parse(payload, ("AOI-01",), ("R-1",))
+    assert isinstance(command, rebaseline.Rebaseline) or command.reason in rebaseline.RESULTS
 
 
 @FUZZ

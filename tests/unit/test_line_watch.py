@@ -14,6 +14,7 @@ from edge.line_watch import LineWatch
 from edge.metrics import Metrics
 from edge.outcomes import Outcome
 from edge.process_params import DEFAULT_PARAMETERS
+from edge.rebaseline import Rebaseline
 from edge.wire import FrameHeader
 
 CFG = parse_config({
@@ -93,3 +94,38 @@ def test_a_wafer_ends_into_a_summary_and_an_alert_at_the_severity_level():
     assert json.loads(quiet.payload)["ended_by"] == "wafer_end" and json.loads(quiet.payload)["severity"] < 50
     assert metrics.registry.get_sample_value("edge_wafers_summarised_total", {"tool": "T1"}) == 2
     assert w.close_all() == []
+
+
+def test_a_rebaseline_clears_raised_drift_and_the_moved_level_becomes_the_reference():
+    w, metrics = watch()
+    for i in range(20):
+        w.results([outcome("T1", "W1", (i, 0), score=0.01 + 0.001 * (i % 5))], now=float(i))
+    raised = []
+    for i in range(30):
+        raised += w.results([outcome("T1", "W1", (i, 1), score=0.05 + 0.001 * (i % 5))], now=20.0 + i)
+    assert [json.loads(r.payload)["state"] for r in raised] == ["raised"]
+    [row] = w.rebaseline(Rebaseline("T1", ("R",), "j.doe", "PM: lamp replaced"))
+    body = json.loads(row.payload)
+    assert row.topic == "fab/edge/ST-01/drift/T1" and body["kind"] == "score" and body["state"] == "cleared"
+    assert body["detail"] == {"reset": True, "by": "j.doe", "reason": "PM: lamp replaced"}
+    assert metrics.registry.get_sample_value("edge_drift_active", {"recipe": "R", "tool": "T1", "kind": "score"}) == 0
+    assert metrics.registry.get_sample_value("edge_drift_score_ks", {"recipe": "R", "tool": "T1"}) is None
+    after = []
+    for i in range(60):  # the serviced tool stays at its new level: that is now the reference, no drift
+        after += w.results([outcome("T1", "W2", (i, 0), score=0.05 + 0.001 * (i % 5))], now=50.0 + i)
+    assert after == [] and metrics.registry.get_sample_value("edge_drift_score_ks", {"recipe": "R", "tool": "T1"}) == 0
+    assert w.rebaseline(Rebaseline("T1", ("R",), "j.doe", "")) == []  # nothing raised: nothing to clear
+
+
+def test_a_rebaseline_relearns_the_parameters_so_a_lasting_step_is_no_longer_an_excursion():
+    w, _ = watch()
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        w.process_log(log("T1", rng))
+    stepped = [w.process_log(log("T1", rng, shift=12.0))[0].anomalous for _ in range(3)]
+    assert all(a and a[0]["name"] == DEFAULT_PARAMETERS[3] for a in stepped)  # flagged wafer after wafer
+    w.rebaseline(Rebaseline("T1", ("R",), "ops", "recipe change"))
+    stepped_name = DEFAULT_PARAMETERS[3]
+    checked = [w.process_log(log("T1", rng, shift=12.0))[0].anomalous for _ in range(8)]
+    assert checked[:5] == [()] * 5  # relearning: nothing judged before min_wafers
+    assert all(stepped_name not in {p["name"] for p in a} for a in checked[5:])  # the new level is normal now
