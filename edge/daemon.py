@@ -252,9 +252,9 @@ class Daemon:
     # ---- intake -----------------------------------------------------------------------------
     async def _intake(self, sock: FrameSocket) -> None:
         while True:
-            identity, parts = await sock.recv()
+            identity, parts, tools = await sock.recv()
             try:
-                await self._accept(identity, parts)
+                await self._accept(identity, parts, tools)
             except OutboxError as err:
                 log.error("outbox_read_failed", error=str(err))
                 await self._reply(identity, error_reply(None, "busy", "outbox_unavailable",
@@ -265,12 +265,17 @@ class Daemon:
                 await self._reply(identity, error_reply(None, "busy", "internal_error",
                                                         self.cfg.ingest.busy_retry_after_ms))
 
-    async def _accept(self, identity: bytes, parts: list[bytes]) -> None:
+    async def _accept(self, identity: bytes, parts: list[bytes], tools: frozenset[str] | None) -> None:
+        """One frame from the intake; ``tools``: those the sender's CURVE key speaks for (None: no CURVE)."""
         now, wall = time.monotonic(), time.time()
         parsed = parse_frame(parts, self._limits)
         if isinstance(parsed, Rejected):
             return await self._reject(identity, parsed)
         header, payload = parsed
+        if tools is not None and header.tool_id not in tools:
+            return await self._reject(identity, Rejected(
+                "tool_key_mismatch", f"the connection's CURVE key speaks for {', '.join(sorted(tools)) or 'no tool'}, "
+                f"not {header.tool_id}", header.frame_id))
         tool = header.tool_id
         self.metrics.frames_received.labels(tool).inc()
         key = (tool, header.frame_id)

@@ -23,6 +23,7 @@ REJECT_REASONS = (
     "bad_value",
     "bad_version",
     "unknown_tool",
+    "tool_key_mismatch",  # CURVE: the sender's key does not speak for the header's tool_id
     "unknown_recipe",
     "bad_encoding",
     "bad_shape",

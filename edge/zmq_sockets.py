@@ -2,9 +2,12 @@
 The only daemon module that imports zmq.
 
 The intake can require ZeroMQ CURVE: frames travel encrypted, and only tools whose public
-certificate lies in the authorized-keys directory complete the handshake. The directory is re-read
-when its ``*.key`` files change, so adding or withdrawing a tool key needs no restart; a withdrawn
-key keeps a connection it already made until that tool reconnects or the daemon restarts."""
+certificate lies in the authorized-keys directory complete the handshake. A certificate's file name
+says which tool it speaks for (``AOI-01.key``: frames of tool AOI-01; a controller serving several
+tools has a copy of its certificate under each tool's name), and the intake hands that set on with
+every frame, so a key cannot send frames as another tool. The directory is re-read when its
+``*.key`` files change, so adding or withdrawing a tool key needs no restart; a withdrawn key keeps
+a connection it already made until that tool reconnects or the daemon restarts."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import zmq
 import zmq.asyncio
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils import z85
 
 from edge.errors import ConfigError
 from edge.logs import get
@@ -88,10 +92,18 @@ class ToolKeys(AsyncioAuthenticator):
                                 for e in entries if e.name.endswith(".key")))
 
     def _load(self) -> int:
-        # configure_curve only logs a failure and keeps the old set; reading first makes one visible.
-        count = len(zmq.auth.load_certificates(self.directory))
-        self.configure_curve(domain="*", location=self.directory)
-        return count
+        """Read every ``*.key`` certificate; raises (keeping the last good set) on one that will not load."""
+        tools: dict[bytes, set[str]] = {}
+        for path in sorted(self.directory.glob("*.key")):
+            public, _ = zmq.auth.load_certificate(path)
+            tools.setdefault(public, set()).add(path.name[: -len(".key")])
+        self._tools = {public: ",".join(sorted(names)) for public, names in tools.items()}
+        self.certs = {"*": dict.fromkeys(self._tools, True)}  # what pyzmq's CURVE check looks up
+        return len(self._tools)
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """The ZAP User-Id of an admitted key: the tools it speaks for, comma-separated."""
+        return self._tools.get(z85.encode(client_public_key), "")
 
     def refresh(self) -> None:
         """Reload the keys if the directory changed since the last look; logs once per change."""
@@ -151,9 +163,17 @@ class FrameSocket:
             log.info("frame_intake_curve", server_public_key=keys[0].decode(), authorized=self._auth.count,
                      directory=str(self._auth.directory))
 
-    async def recv(self) -> tuple[bytes, list[bytes]]:
-        identity, *parts = await self._sock.recv_multipart(copy=True)
-        return identity, parts
+    async def recv(self) -> tuple[bytes, list[bytes], frozenset[str] | None]:
+        """``(identity, parts, tools)``: ``tools`` are those the sender's CURVE key speaks for, None without CURVE."""
+        if self._auth is None:
+            identity, *parts = await self._sock.recv_multipart(copy=True)
+            return identity, parts, None
+        identity, *frames = await self._sock.recv_multipart(copy=False)
+        try:
+            user = frames[0].get("User-Id") if frames else ""
+        except zmq.ZMQError:  # no ZAP identity on the message: it speaks for no tool
+            user = ""
+        return identity.bytes, [f.bytes for f in frames], frozenset(filter(None, user.split(",")))
 
     async def send(self, identity: bytes, reply: bytes) -> None:
         await self._sock.send_multipart([identity, reply])

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="do not print the summary")
     parser.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the daemon's public certificate (.key)")
     parser.add_argument("--curve-client-key", metavar="FILE",
-                        help="CURVE: the tools' secret certificate (.key_secret), shared by all simulated tools")
+                        help="CURVE: the tools' secret certificate (.key_secret), shared by all simulated tools "
+                        "(the daemon needs its .key filed under each tool id)")
     args = parser.parse_args(argv)
     curve = None
     if (args.curve_server_key is None) != (args.curve_client_key is None):

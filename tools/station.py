@@ -27,8 +27,9 @@ TOOLS = ("AOI-01", "AOI-02")
 
 def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_url: str, mqtt_port: int | None,
                  outbox: Path, tools: tuple[str, ...] = TOOLS, recipes: tuple[str, ...] = (RECIPE,),
-                 extra: str = "") -> str:
-    """A daemon config for this machine's loopback services."""
+                 extra: str = "", ingest: str = "") -> str:
+    """A daemon config for this machine's loopback services; ``extra`` is appended, ``ingest`` goes into
+    ``[ingest]`` (e.g. CURVE keys)."""
     tool_lines = "".join(f'[[tools]]\nid = "{t}"\n' for t in tools)
     recipe_lines = "".join(f'[recipes."{r}"]\n' for r in recipes)
     mqtt = (f'[mqtt]\nenabled = true\nport = {mqtt_port}\nprefix = "fab/edge"\n' if mqtt_port
@@ -39,7 +40,7 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
 
     return (
         f'station = "{station}"\n{tool_lines}{recipe_lines}'
-        f'[ingest]\nbind = "{frames}"\n'
+        f'[ingest]\nbind = "{frames}"\n{ingest}'
         f'[triton]\nurl = "{grpc_url}"\n'
         f'{mqtt}'
         f'[local_pub]\nbind = "{feed}"\n'
@@ -51,13 +52,14 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
 
 class Station:
     def __init__(self, workdir: Path, repository: Path, *, with_broker: bool = True, station: str = "ST-01",
-                 config_extra: str = "", persistent_broker: bool = False) -> None:
+                 config_extra: str = "", ingest_extra: str = "", persistent_broker: bool = False) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository = repository
         self.station = station
         self.with_broker = with_broker and mosquitto_binary() is not None
         self.config_extra = config_extra
+        self.ingest_extra = ingest_extra
         self.persistent_broker = persistent_broker
         self.triton: TritonServer | None = None
         self.broker: Mosquitto | None = None
@@ -98,7 +100,7 @@ class Station:
         self.config_path.write_text(station_toml(
             station=self.station, frames=self.daemon_frames, feed=self.event_feed, http_port=self.http_port,
             grpc_url=self.triton.grpc_url, mqtt_port=self.mqtt_port, outbox=self.workdir / "outbox.sqlite",
-            extra=self.config_extra,
+            extra=self.config_extra, ingest=self.ingest_extra,
         ))
         return self.config_path
 

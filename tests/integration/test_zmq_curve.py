@@ -1,8 +1,9 @@
 """CURVE on the frame intake: real ROUTER and DEALER sockets over TCP loopback.
 
 Only a tool whose public certificate is in the authorized directory and that knows the daemon's
-public key gets a frame through; a stranger's key or a plain socket gets nothing. Without CURVE the
-intake takes plain DEALERs as before. The keys come from `edge-inspect curve-keygen`."""
+public key gets a frame through, tagged with the tools its certificate is named for; a stranger's key
+or a plain socket gets nothing. Without CURVE the intake takes plain DEALERs as before. The keys come
+from `edge-inspect curve-keygen`."""
 
 from __future__ import annotations
 
@@ -71,14 +72,16 @@ def tool(ctx: zmq.asyncio.Context, endpoint: str, server_public: Path | None, se
     return sock
 
 
-async def exchange(frames: FrameSocket, client: zmq.asyncio.Socket) -> bytes | None:
-    """One frame from ``client`` and the intake's reply to it; None when nothing got through."""
+async def exchange(frames: FrameSocket, client: zmq.asyncio.Socket,
+                   tools: frozenset[str] | None = frozenset({"AOI-01"})) -> bytes | None:
+    """One frame from ``client`` and the intake's reply to it; None when nothing got through. The
+    intake must say the sender speaks for ``tools`` (None: no CURVE)."""
     await client.send_multipart(FRAME)
     try:
-        identity, parts = await asyncio.wait_for(frames.recv(), NOTHING_WITHIN_S)
+        identity, parts, speaks_for = await asyncio.wait_for(frames.recv(), NOTHING_WITHIN_S)
     except TimeoutError:
         return None
-    assert parts == FRAME
+    assert parts == FRAME and speaks_for == tools
     await frames.send(identity, b"reply")
     return await asyncio.wait_for(client.recv(), NOTHING_WITHIN_S)
 
@@ -119,7 +122,7 @@ def test_a_stranger_gets_nothing_through(ctx, keys, who):
 def test_without_curve_the_intake_takes_plain_dealers(ctx):
     async def scenario() -> None:
         frames = intake(ctx, None)
-        assert await exchange(frames, tool(ctx, frames.endpoint, None, None)) == b"reply"
+        assert await exchange(frames, tool(ctx, frames.endpoint, None, None), tools=None) == b"reply"
         frames.close()
 
     asyncio.run(scenario())
@@ -135,6 +138,19 @@ def test_tool_keys_added_or_withdrawn_while_running_take_effect_on_the_next_conn
         assert await exchange(frames, connect()) == b"reply"
         (keys.authorized / "AOI-01.key").unlink()
         assert await exchange(frames, connect()) is None
+        frames.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_key_speaks_for_the_tools_its_certificate_is_named_for(ctx, keys):
+    async def scenario() -> None:
+        shutil.copy(keys.authorized / "AOI-01.key", keys.authorized / "AOI-02.key")  # one controller, two tools
+        frames = intake(ctx, keys)
+        connect = lambda: tool(ctx, frames.endpoint, keys.server_public, keys.tool_secret)  # noqa: E731
+        assert await exchange(frames, connect(), tools=frozenset({"AOI-01", "AOI-02"})) == b"reply"
+        (keys.authorized / "AOI-01.key").unlink()  # withdrawn for AOI-01: the next connection speaks for AOI-02
+        assert await exchange(frames, connect(), tools=frozenset({"AOI-02"})) == b"reply"
         frames.close()
 
     asyncio.run(scenario())
@@ -197,8 +213,8 @@ def test_the_aoi_simulator_connects_as_a_curve_client(ctx, keys):
 
         try:
             reply = asyncio.create_task(asyncio.to_thread(send_and_wait))
-            identity, parts = await asyncio.wait_for(frames.recv(), 2.0)
-            assert parts == FRAME
+            identity, parts, speaks_for = await asyncio.wait_for(frames.recv(), 2.0)
+            assert parts == FRAME and speaks_for == {"AOI-01"}
             await frames.send(identity, b"reply")
             assert await reply == b"reply"
         finally:
