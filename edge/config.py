@@ -35,7 +35,11 @@ class IngestConfig(_Strict):
         None, gt=0, description="frames one tool may hold; default: an equal share of max_inflight_frames, at "
         "least one batch",
     )
-    busy_retry_after_ms: int = Field(50, gt=0, description="retry hint sent with a busy reply")
+    busy_retry_after_ms: int = Field(50, gt=0, description="retry hint sent with a busy reply (its floor)")
+    busy_retry_max_ms: int = Field(
+        2000, gt=0, description="ceiling of the retry hint, which follows the frames' turnaround when a tool or "
+        "the station is at its limit",
+    )
     default_deadline_ms: int = Field(1500, gt=0, description="deadline of a frame whose header sets none")
     max_deadline_ms: int = Field(10_000, gt=0, description="upper bound on a header's deadline_ms")
     curve_secret_key_file: Path | None = Field(
@@ -56,6 +60,12 @@ class IngestConfig(_Strict):
             raise ValueError(f"curve_secret_key_file: no such file: {secret}")
         if keys is not None and not keys.is_dir():
             raise ValueError(f"curve_authorized_keys: no such directory: {keys}")
+        return self
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> IngestConfig:
+        if self.busy_retry_max_ms < self.busy_retry_after_ms:
+            raise ValueError("busy_retry_max_ms must be at least busy_retry_after_ms")
         return self
 
 

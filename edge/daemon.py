@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from calibration.table import Bands, BandTable
 from edge import decide as rule
 from edge import rebaseline
-from edge.admission import Inflight, busy_reason
+from edge.admission import Inflight, Turnaround, busy_reason, retry_after_ms
 from edge.admission import Limits as AdmissionLimits
 from edge.batcher import Batcher
 from edge.calibrate import Calibration
@@ -66,6 +66,8 @@ class Daemon:
         self._bands: BandTable | None = None
         self._ids = EventIds()
         self._audit_rng = random.Random()
+        self._jitter = random.Random()  # spreads the retry hints of busy replies
+        self._turnaround = Turnaround()
         self._joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
         self._watch = LineWatch(cfg, self.metrics, self._ids)
         self._inflight: Inflight[Frame] = Inflight()
@@ -292,8 +294,11 @@ class Daemon:
                            accepting=self._accepting, outbox_full=self._outbox_full)
         if busy is not None:
             self.metrics.frames_busy.labels(tool, busy).inc()
-            return await self._reply(identity, error_reply(header.frame_id, "busy", busy,
-                                                           self.cfg.ingest.busy_retry_after_ms))
+            ing = self.cfg.ingest
+            turnaround = self._turnaround.seconds(tool if busy == "tool_share_full" else Turnaround.STATION)
+            hint = retry_after_ms(busy, turnaround, ing.busy_retry_after_ms, ing.busy_retry_max_ms,
+                                  self._jitter.uniform(0.5, 1.5))
+            return await self._reply(identity, error_reply(header.frame_id, "busy", busy, hint))
         ing = self.cfg.ingest
         tensors = decode(header, payload, (ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
         if isinstance(tensors, Rejected):
@@ -571,7 +576,9 @@ class Daemon:
             frame = outcome.frame
             self._inflight.pop(frame.key)
             await self._sock.send(frame.identity, result.reply)
-            self.metrics.e2e_latency.observe(time.monotonic() - frame.received)
+            turnaround = time.monotonic() - frame.received
+            self.metrics.e2e_latency.observe(turnaround)
+            self._turnaround.observe(frame.header.tool_id, turnaround)
         self._announce(events)
         await self._flush_wafers()
         try:  # calibration bookkeeping, after the replies: it never holds one back

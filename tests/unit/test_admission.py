@@ -1,10 +1,11 @@
-"""Admission: bounded intake with a share per tool, and the order in which busy reasons apply."""
+"""Admission: bounded intake with a share per tool, the order in which busy reasons apply, and retry hints that
+follow the turnaround."""
 
 from dataclasses import dataclass
 
 import pytest
 
-from edge.admission import Inflight, Limits, busy_reason, per_tool_share
+from edge.admission import Inflight, Limits, Turnaround, busy_reason, per_tool_share, retry_after_ms
 
 
 @dataclass
@@ -57,3 +58,29 @@ def test_a_flooding_tool_leaves_room_for_the_others():
                                                                   (8, 1, 16, 8)])
 def test_default_share(station, tools, batch, share):
     assert per_tool_share(station, tools, batch) == share
+
+
+def test_turnaround_follows_each_tool_and_the_station():
+    t = Turnaround(weight=0.5)
+    assert t.seconds("T1") is None and t.seconds() is None
+    t.observe("T1", 2.0)
+    t.observe("T2", 0.2)
+    t.observe("T1", 1.0)
+    assert t.seconds("T1") == 1.5 and t.seconds("T2") == 0.2
+    assert t.seconds() == pytest.approx(2.0 + 0.5 * (0.2 - 2.0) + 0.5 * (1.0 - 1.1))  # all tools, in order
+
+
+@pytest.mark.parametrize(
+    ("reason", "turnaround", "jitter", "hint"),
+    [
+        ("tool_share_full", 0.8, 1.0, 800),  # about one turnaround of the tool's frames
+        ("tool_share_full", 0.8, 0.5, 400),  # jittered
+        ("queue_full", 0.01, 1.0, 50),  # never under the floor
+        ("tool_share_full", 9.0, 1.4, 2000),  # nor over the ceiling
+        ("tool_share_full", None, 1.0, 50),  # nothing answered yet: the floor
+        ("outbox_full", 0.8, 1.0, 50),  # not a matter of turnaround
+        ("shutting_down", 0.8, 1.0, 50),
+    ],
+)
+def test_the_retry_hint_follows_the_turnaround_within_its_bounds(reason, turnaround, jitter, hint):
+    assert retry_after_ms(reason, turnaround, 50, 2000, jitter) == hint

@@ -177,3 +177,8 @@ def test_check_config_reads_the_key_material_it_names(tmp_path, capsys):
     assert main(["check-config", str(curve)]) == 2
     err = capsys.readouterr().err
     assert "station.key_secret" in err and "secret-key-material" not in err
+
+
+def test_the_retry_hint_ceiling_is_not_under_its_floor():
+    with pytest.raises(ConfigError, match="busy_retry_max_ms must be at least busy_retry_after_ms"):
+        parse_config({**MINIMAL, "ingest": {"busy_retry_after_ms": 500, "busy_retry_max_ms": 100}})
