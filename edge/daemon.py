@@ -29,7 +29,7 @@ from edge.http import Health, HttpServer
 from edge.imaging import decode
 from edge.infer import AnomalyOut, ClassifierOut, TritonClient
 from edge.join import Joiner
-from edge.line_watch import LineWatch
+from edge.line_watch import LineWatch, Summaries, die_row
 from edge.logs import RateLimited, get
 from edge.metrics import Metrics
 from edge.mqtt import MqttLink, tls_context, topic_matches
@@ -37,6 +37,7 @@ from edge.outbox import EventRow, Outbox
 from edge.outcomes import Outcome, Stamp, records
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier
+from edge.wafers import WaferKey
 from edge.wire import Limits, Rejected, encode_reply, error_reply, parse_frame
 from edge.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
 
@@ -88,6 +89,9 @@ class Daemon:
         notifier = Notifier()
         preflight(cfg)
         self.outbox = await self._db(Outbox, cfg.outbox.path)
+        reopened = self._watching(self._watch.restore, await self._db(self.outbox.open_dies), time.monotonic())
+        if reopened:
+            log.info("wafers_reopened", wafers=reopened)
         self.calibration = await self._db(Calibration, cfg, self.metrics)
         self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
                                    cfg.triton.timeout_ms / 1000)
@@ -133,7 +137,7 @@ class Daemon:
         intake.cancel()
         await self._finish_inflight(timeout_s=10.0)
         sock.close()
-        await self._record_rows(self._watching(self._watch.close_all) or [])  # wafers in progress, as they are
+        await self._record_summaries(self._watching(self._watch.close_ended))  # open ones go on after a restart
         delivered = await self.publisher.drain(timeout_s=5.0) if link else True
         for task in list(self._tasks):
             task.cancel()
@@ -210,15 +214,16 @@ class Daemon:
 
     async def _prune_loop(self) -> None:
         """Results are the de-duplication record and events the replay source: both are kept for the
-        retention period (events until acknowledged, however long that takes), then pruned."""
+        retention period (events until acknowledged, however long that takes), then pruned, as are the
+        dies of a wafer that saw no die for as long."""
         while True:
             try:
                 before = time.time() - self.cfg.outbox.retention_hours * 3600
-                results, events = await self._db(self.outbox.prune, before)
-                self.metrics.outbox_pruned.labels("results").inc(results)
-                self.metrics.outbox_pruned.labels("events").inc(events)
-                if results or events:
-                    log.info("outbox_pruned", results=results, events=events)
+                pruned = await self._db(self.outbox.prune, before)
+                for table, rows in pruned.items():
+                    self.metrics.outbox_pruned.labels(table).inc(rows)
+                if any(pruned.values()):
+                    log.info("outbox_pruned", **pruned)
                 await self._check_quota()
                 forgotten = await self._db(self.calibration.store.prune,
                                            time.time() - self.cfg.calibration.retention_days * 86400)
@@ -564,9 +569,10 @@ class Daemon:
                 events.append(event)
             self._count(outcome.frame, outcome.decision, outcome.verdict)
         events += self._watching(self._watch.results, outcomes, time.monotonic()) or []
+        dies = [die_row(o) for o in outcomes]
         t0 = time.monotonic()
         try:
-            await self._db(self.outbox.record, results, events)
+            await self._db(self.outbox.record, results, events, dies)
         except OutboxError as err:
             log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
             await self._answer_busy([o.frame for o in outcomes], "outbox_unavailable")
@@ -595,22 +601,27 @@ class Daemon:
                     self._feed.publish(row.topic, row.payload)
             self.publisher.wake()
 
-    async def _record_rows(self, rows: list[EventRow]) -> None:
-        """Station messages outside a batch (wafer summaries, alerts, drift events): recorded, then out."""
-        if not rows:
+    async def _record_rows(self, rows: list[EventRow], summarised: list[WaferKey] | None = None) -> None:
+        """Station messages outside a batch (wafer summaries, alerts, drift events): recorded, then out.
+        The open-wafer dies of the ``summarised`` wafers leave the outbox in the same transaction."""
+        if not rows and not summarised:
             return
         try:
-            await self._db(self.outbox.record, [], rows)
+            await self._db(self.outbox.record, [], rows, (), summarised or [])
         except OutboxError as err:
             self.metrics.internal_errors.labels("outbox").inc()
             log.error("outbox_write_failed", error=str(err), messages=len(rows))
             return
         self._announce(rows)
 
+    async def _record_summaries(self, summaries: Summaries | None) -> None:
+        if summaries is not None:
+            await self._record_rows(summaries.rows, summaries.wafers)
+
     async def _flush_wafers(self) -> None:
         """Summarise the wafers that ended and have no frame in work any more."""
         in_work = {frame.wafer_key for frame in self._inflight}
-        await self._record_rows(self._watching(self._watch.due, time.monotonic(), in_work.__contains__) or [])
+        await self._record_summaries(self._watching(self._watch.due, time.monotonic(), in_work.__contains__))
 
     def _watching(self, fn, *args):
         """Run a piece of line watching (wafers, drift, process statistics); a defect in it costs that

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from edge import decide as rule
 from edge import reports
@@ -21,7 +21,7 @@ from edge.context import LotEvent, ProcessLog
 from edge.drift import Change, ParamDrift, ScoreDrift
 from edge.events import EventIds
 from edge.metrics import Metrics
-from edge.outbox import EventRow
+from edge.outbox import DieRow, EventRow
 from edge.outcomes import Outcome
 from edge.process_stats import ProcessStats
 from edge.rebaseline import Rebaseline
@@ -94,8 +94,9 @@ class LineWatch:
         """Feed a batch's outcomes to the wafers and to score drift; drift rows when it flips."""
         rows = []
         for outcome in outcomes:
-            h, verdict = outcome.frame.header, outcome.verdict
-            die = DieResult(h.die[0], h.die[1], outcome.decision, verdict.defect_class if verdict else None)
+            h = outcome.frame.header
+            d = die_row(outcome)
+            die = DieResult(d.x, d.y, d.decision, d.defect_class)
             if not self._wafers.add(outcome.frame.wafer_key, h.recipe_id, die, now):
                 self.metrics.wafer_late_dies.labels(h.tool_id).inc()
             if outcome.decision != rule.PASS:
@@ -109,21 +110,33 @@ class LineWatch:
                 rows.append(self._drift_row(change, self.cfg.drift.ks_threshold))
         return rows
 
-    def due(self, now: float, in_work: Callable[[WaferKey], bool]) -> list[EventRow]:
+    def due(self, now: float, in_work: Callable[[WaferKey], bool]) -> Summaries:
         """Summaries (and alerts) of the wafers that ended and have no frame in work."""
         w = self.cfg.wafers
-        return [row for wafer in self._wafers.due(now, w.idle_close_s, w.end_grace_s, in_work)
-                for row in self._summary_rows(wafer)]
+        return self._summaries(self._wafers.due(now, w.idle_close_s, w.end_grace_s, in_work))
 
-    def close_all(self) -> list[EventRow]:
-        return [row for wafer in self._wafers.close_all() for row in self._summary_rows(wafer)]
+    def close_ended(self) -> Summaries:
+        """At a stop: summaries of the wafers that ended; the open ones go on after the restart."""
+        return self._summaries(self._wafers.close_ended())
+
+    def restore(self, dies: Iterable[DieRow], now: float) -> int:
+        """Reopen the wafers a previous run left open, from their recorded dies (oldest first, so each
+        tool's last wafer is its current one); the number of wafers reopened."""
+        wafers = set()
+        for d in dies:
+            self._wafers.add(d.wafer_key, d.recipe_id, DieResult(d.x, d.y, d.decision, d.defect_class), now)
+            wafers.add(d.wafer_key)
+        return len(wafers)
+
+    def _summaries(self, wafers: list[OpenWafer]) -> Summaries:
+        return Summaries([row for wafer in wafers for row in self._summary_rows(wafer)], [w.key for w in wafers])
 
     # ---- rows ---------------------------------------------------------------------------------
     def _summary_rows(self, wafer: OpenWafer) -> list[EventRow]:
         tool, lot, wafer_id = wafer.key
         prefix, station = self.cfg.mqtt.prefix, self.cfg.station
         body = reports.wafer_summary(self._ids.new(), self._clock(), station, tool, wafer.recipe_id, lot, wafer_id,
-                                     wafer.ended_by or "shutdown", summarise(list(wafer.dies.values())))
+                                     wafer.ended_by or "idle", summarise(list(wafer.dies.values())))
         self.metrics.wafers_summarised.labels(tool).inc()
         self.metrics.wafer_severity.labels(tool).observe(body["severity"])
         rows = [_row(body["summary_id"], reports.topic(prefix, station, "wafers", tool), "WAFER", body)]
@@ -143,6 +156,21 @@ class LineWatch:
                                    change.raised, change.statistic, threshold, change.detail)
         return _row(body["event_id"], reports.topic(self.cfg.mqtt.prefix, self.cfg.station, "drift", tool), "DRIFT",
                     body)
+
+
+@dataclass(frozen=True)
+class Summaries:
+    """Outbox rows of wafer summaries (and alerts), and the wafers they summarise."""
+
+    rows: list[EventRow]
+    wafers: list[WaferKey]
+
+
+def die_row(outcome: Outcome) -> DieRow:
+    """What the outbox keeps of a die until its wafer is summarised."""
+    h, verdict = outcome.frame.header, outcome.verdict
+    return DieRow(h.tool_id, h.lot_id, h.wafer_id, h.die[0], h.die[1], h.recipe_id, outcome.decision,
+                  verdict.defect_class if verdict else None)
 
 
 def _row(row_id: str, topic: str, kind: str, body: dict) -> EventRow:

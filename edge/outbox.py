@@ -2,7 +2,10 @@
 
 One transaction per batch. Results are keyed by (tool_id, frame_id), which de-duplicates frames a
 tool resends, across restarts too. Events keep their insertion order (``seq``) and stay until the
-broker acknowledged them. Blocking calls: the daemon runs them on one dedicated thread.
+broker acknowledged them. The dies of wafers not yet summarised are kept beside the results, in the
+same transaction, and leave in the transaction that records their wafer's summary: a restart picks
+the open wafers up where they were, so each wafer still gets one summary. Blocking calls: the daemon
+runs them on one dedicated thread.
 """
 
 from __future__ import annotations
@@ -35,6 +38,19 @@ CREATE TABLE IF NOT EXISTS events (
     delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS wafer_dies (
+    seq         INTEGER PRIMARY KEY,
+    tool_id     TEXT NOT NULL,
+    lot_id      TEXT NOT NULL,
+    wafer_id    TEXT NOT NULL,
+    x           INTEGER NOT NULL,
+    y           INTEGER NOT NULL,
+    recipe_id   TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    defect_class TEXT,
+    recorded_at REAL NOT NULL,
+    UNIQUE (tool_id, lot_id, wafer_id, x, y)
+);
 """
 
 
@@ -53,6 +69,24 @@ class EventRow:
     topic: str
     decision: str
     payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class DieRow:
+    """One inspected die of a wafer not yet summarised."""
+
+    tool_id: str
+    lot_id: str
+    wafer_id: str
+    x: int
+    y: int
+    recipe_id: str
+    decision: str
+    defect_class: str | None
+
+    @property
+    def wafer_key(self) -> tuple[str, str, str]:
+        return (self.tool_id, self.lot_id, self.wafer_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +114,12 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    def record(self, results: Sequence[ResultRow], events: Sequence[EventRow]) -> None:
-        """Write a batch's results and events in one transaction. A result already recorded for the
-        same (tool_id, frame_id) is kept as it was (a resent frame is answered from it)."""
+    def record(self, results: Sequence[ResultRow], events: Sequence[EventRow], dies: Sequence[DieRow] = (),
+               summarised: Sequence[tuple[str, str, str]] = ()) -> None:
+        """Write a batch's results, events and open-wafer dies in one transaction, and forget the dies of
+        the ``summarised`` wafers (tool_id, lot_id, wafer_id) whose summaries are among ``events``. A result
+        already recorded for the same (tool_id, frame_id) is kept as it was (a resent frame is answered
+        from it); a die inspected again keeps its latest result."""
         now = time.time()
         try:
             with self._transaction():
@@ -95,8 +132,25 @@ class Outbox:
                     "VALUES (?, ?, ?, ?, ?)",
                     [(e.event_id, e.topic, e.decision, e.payload, now) for e in events],
                 )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
+                    "defect_class, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
+                     for d in dies],
+                )
+                self._db.executemany(
+                    "DELETE FROM wafer_dies WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
+                )
         except sqlite3.Error as err:
             raise OutboxError(f"cannot record batch: {err}") from err
+
+    def open_dies(self) -> list[DieRow]:
+        """The dies of the wafers not yet summarised, in the order they were recorded (a die inspected
+        again, at its latest place)."""
+        rows = self._db.execute(
+            "SELECT tool_id, lot_id, wafer_id, x, y, recipe_id, decision, defect_class FROM wafer_dies ORDER BY seq"
+        ).fetchall()
+        return [DieRow(*row) for row in rows]
 
     def recorded_reply(self, tool_id: str, frame_id: str) -> bytes | None:
         row = self._db.execute(
@@ -131,19 +185,27 @@ class Outbox:
         wal = Path(f"{self._path}-wal")
         return (pages - free) * size + (wal.stat().st_size if wal.exists() else 0)
 
-    def prune(self, before: float) -> tuple[int, int]:
-        """Delete results recorded and acknowledged events created before ``before`` (epoch seconds).
-        Events the broker has not acknowledged are kept whatever their age. Returns (results, events)."""
+    def prune(self, before: float) -> dict[str, int]:
+        """Delete results recorded, acknowledged events created and open-wafer dies last seen before
+        ``before`` (epoch seconds). Events the broker has not acknowledged are kept whatever their age.
+        Returns the rows deleted by table."""
         try:
             with self._transaction():
-                results = self._db.execute("DELETE FROM results WHERE recorded_at < ?", (before,)).rowcount
-                events = self._db.execute(
-                    "DELETE FROM events WHERE delivered_at IS NOT NULL AND created_at < ?", (before,)
-                ).rowcount
+                pruned = {
+                    "results": self._db.execute("DELETE FROM results WHERE recorded_at < ?", (before,)).rowcount,
+                    "events": self._db.execute(
+                        "DELETE FROM events WHERE delivered_at IS NOT NULL AND created_at < ?", (before,)
+                    ).rowcount,
+                    "wafer_dies": self._db.execute(  # a wafer whose newest die is that old will not be summarised
+                        "DELETE FROM wafer_dies WHERE (tool_id, lot_id, wafer_id) IN (SELECT tool_id, lot_id, "
+                        "wafer_id FROM wafer_dies GROUP BY tool_id, lot_id, wafer_id HAVING MAX(recorded_at) < ?)",
+                        (before,),
+                    ).rowcount,
+                }
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as err:
             raise OutboxError(f"cannot prune: {err}") from err
-        return results, events
+        return pruned
 
     def _transaction(self):
         return _Transaction(self._db)

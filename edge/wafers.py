@@ -24,7 +24,7 @@ class OpenWafer:
     recipe_id: str
     last_die: float  # monotonic seconds
     dies: dict[tuple[int, int], DieResult] = field(default_factory=dict)
-    ended_by: str | None = None  # why it ends: wafer_end | lot_end | next_wafer | idle | shutdown
+    ended_by: str | None = None  # why it ends: wafer_end | lot_end | next_wafer | idle
 
     @property
     def tool_id(self) -> str:
@@ -76,11 +76,10 @@ class WaferTracker:
                 out.append(self._pop(key))
         return out
 
-    def close_all(self) -> list[OpenWafer]:
-        """Every open wafer (the daemon is stopping)."""
-        for wafer in self._open.values():
-            wafer.ended_by = wafer.ended_by or "shutdown"
-        return [self._pop(key) for key in list(self._open)]
+    def close_ended(self) -> list[OpenWafer]:
+        """The wafers that ended, without waiting for their grace (the daemon is stopping, no frame is in
+        work); the others stay open, to go on after the restart."""
+        return [self._pop(key) for key, wafer in list(self._open.items()) if wafer.ended_by is not None]
 
     def _end(self, key: WaferKey, why: str) -> None:
         wafer = self._open.get(key)

@@ -29,11 +29,14 @@ from tools.stream import Pool
 pytestmark = pytest.mark.e2e
 
 EVENTS = "fab/edge/ST-01/events/#"
+WAFERS = "fab/edge/ST-01/wafers/#"
 
 
 @pytest.fixture(scope="module")
 def station(tmp_path_factory):
-    with Station(tmp_path_factory.mktemp("faults"), served_repository(), persistent_broker=True) as st:
+    # wafers close 3 s after their last die, so a stream's last wafers are summarised within the test
+    with Station(tmp_path_factory.mktemp("faults"), served_repository(), persistent_broker=True,
+                 config_extra="[wafers]\nidle_close_s = 3.0\n") as st:
         yield st
 
 
@@ -164,6 +167,7 @@ def test_triton_killed_and_restarted_mid_stream_answers_every_frame_and_recovers
 
 def test_daemon_sigkilled_mid_stream_keeps_every_acknowledged_result_and_processes_resends_once(station, pool):
     consumer = Peer("127.0.0.1", station.mqtt_port, "mes-after-crash", (EVENTS,)).wait_connected()
+    wafer_watch = Peer("127.0.0.1", station.mqtt_port, "wafers-after-crash", (WAFERS,)).wait_connected()
     restarted: list[float] = []
 
     def kill_daemon(start: float) -> None:
@@ -191,8 +195,24 @@ def test_daemon_sigkilled_mid_stream_keeps_every_acknowledged_result_and_process
     received = wait_delivered(station, consumer, set(replied))
     consumer.close()
     assert set(replied) <= received  # the restarted daemon published what the killed one had not
+    lots = {f"-c{n}" for n in range(300, 306)}
+
+    def summaries() -> dict[tuple, set[str]]:
+        out: dict[tuple, set[str]] = defaultdict(set)
+        for body in wafer_watch.json_messages():
+            if body["lot_id"][-5:] in lots:
+                out[(body["tool_id"], body["lot_id"], body["wafer_id"])].add(json.dumps(body, sort_keys=True))
+        return out
+
+    wafer_watch.wait_for(lambda _: len(summaries()) == 24, 30)  # 6 cycles x 4 wafers
+    wafer_watch.close()
+    per_wafer = summaries()
+    assert len(per_wafer) == 24 and all(len(bodies) == 1 for bodies in per_wafer.values())  # resent: same body
+    dies = [json.loads(next(iter(bodies)))["dies_inspected"] for bodies in per_wafer.values()]
+    assert dies == [30] * 24  # the wafer in progress at the kill is whole: its dies before the kill were kept
     print(f"\ndaemon kill: restart_at_s={restarted[0]:.1f} frames={len(ok)} resent={report['resent']} "
-          f"events={len(replied)} elapsed_s={report['elapsed_s']}")
+          f"events={len(replied)} wafers={len(per_wafer)} dies_per_summary={sorted(set(dies))} "
+          f"elapsed_s={report['elapsed_s']}")
 
 
 def test_a_flooding_tool_does_not_starve_a_quiet_one(station, pool):

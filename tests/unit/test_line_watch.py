@@ -10,7 +10,7 @@ from edge.context import LotEvent, ProcessLog
 from edge.decide import Verdict
 from edge.events import EventIds
 from edge.frames import Frame
-from edge.line_watch import LineWatch
+from edge.line_watch import LineWatch, Summaries, die_row
 from edge.metrics import Metrics
 from edge.outcomes import Outcome
 from edge.process_params import DEFAULT_PARAMETERS
@@ -82,18 +82,36 @@ def test_a_wafer_ends_into_a_summary_and_an_alert_at_the_severity_level():
         bad = 2 <= x <= 5 and 2 <= y <= 5
         w.results([outcome("T1", "W1", (x, y), "DEFECT" if bad else "PASS", "CRACK" if bad else "GOOD")], 0.0)
     w.results([outcome("T1", "W2", (0, 0))], 1.0)  # the next wafer ends W1 ...
-    assert w.due(1.0, in_work=lambda key: key == ("T1", "L1", "W1")) == []  # ... once none of it is in work
-    summary_row, alert_row = w.due(2.0, in_work=lambda key: False)
+    assert w.due(1.0, in_work=lambda key: key == ("T1", "L1", "W1")).rows == []  # ... once none of it is in work
+    due = w.due(2.0, in_work=lambda key: False)
+    summary_row, alert_row = due.rows
+    assert due.wafers == [("T1", "L1", "W1")]  # whose open dies leave the outbox with these rows
     summary, alert = json.loads(summary_row.payload), json.loads(alert_row.payload)
     assert summary_row.topic == "fab/edge/ST-01/wafers/T1" and alert_row.topic == "fab/edge/ST-01/alerts/T1"
     assert summary["ended_by"] == "next_wafer" and summary["dies_inspected"] == 64
     assert summary["classes"] == {"CRACK": 16} and summary["severity"] >= 50
     assert alert["summary_id"] == summary["summary_id"] and alert["severity"] == summary["severity"]
     w.lot_event(LotEvent("wafer_end", "L1", "R", "T1", "W2"))
-    [quiet] = w.due(3.0, in_work=lambda key: False)  # one clean die: no alert
+    [quiet] = w.due(3.0, in_work=lambda key: False).rows  # one clean die: no alert
     assert json.loads(quiet.payload)["ended_by"] == "wafer_end" and json.loads(quiet.payload)["severity"] < 50
     assert metrics.registry.get_sample_value("edge_wafers_summarised_total", {"tool": "T1"}) == 2
-    assert w.close_all() == []
+    assert w.close_ended() == Summaries([], [])
+
+
+def test_open_wafers_are_reopened_from_their_recorded_dies_and_summarised_once_whole():
+    before, _ = watch()
+    outcomes = [outcome("T1", "W1", (x, 0), "DEFECT" if x < 3 else "PASS", "CRACK" if x < 3 else "GOOD")
+                for x in range(6)] + [outcome("T1", "W2", (0, 0)), outcome("T2", "W9", (1, 1))]
+    before.results(outcomes[:5], 0.0)  # the daemon dies with W1 (ended by W2), W2 and W9 unsummarised
+    dies = [die_row(o) for o in outcomes]
+    after, _ = watch()
+    assert after.restore(dies, now=100.0) == 3
+    due = after.due(100.0 + CFG.wafers.end_grace_s, in_work=lambda key: False)
+    assert due.wafers == [("T1", "L1", "W1")]  # ended by the tool's next wafer, as before the restart
+    summary = json.loads(due.rows[0].payload)
+    assert summary["dies_inspected"] == 6 and summary["classes"] == {"CRACK": 3}
+    after.lot_event(LotEvent("wafer_end", "L1", "R", "T1", "W2"))
+    assert after.close_ended().wafers == [("T1", "L1", "W2")]  # at a stop: W9 is still open and stays so
 
 
 def test_a_rebaseline_clears_raised_drift_and_the_moved_level_becomes_the_reference():

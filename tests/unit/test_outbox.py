@@ -2,7 +2,7 @@
 
 import time
 
-from edge.outbox import EventRow, Outbox, ResultRow
+from edge.outbox import DieRow, EventRow, Outbox, ResultRow
 
 
 def rows(n, start=0):
@@ -44,7 +44,7 @@ def test_prune_drops_old_results_and_acknowledged_events_but_never_unacknowledge
     cutoff = time.time() + 1  # everything so far is "old"
     box.record([ResultRow("T1", "new", "PASS", None, b"n")], [])
     box._db.execute("UPDATE results SET recorded_at = ? WHERE frame_id = 'new'", (cutoff + 10,))
-    assert box.prune(cutoff) == (1, 1)
+    assert box.prune(cutoff) == {"results": 1, "events": 1, "wafer_dies": 0}
     assert [p.event_id for p in box.pending(0, 10)] == ["e2"]
     assert box.recorded_reply("T1", "old") is None and box.recorded_reply("T1", "new") == b"n"
 
@@ -58,3 +58,22 @@ def test_used_bytes_grows_with_the_rows_and_space_is_reused_after_pruning(tmp_pa
     assert full > empty + 500 * 2000
     box.prune(time.time() + 1)
     assert box.used_bytes() < empty + 100_000
+
+
+def test_open_wafer_dies_survive_reopening_and_leave_with_their_summary(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    w1 = [DieRow("T1", "L1", "W1", x, 0, "R", "PASS", "GOOD") for x in range(3)]
+    w2 = [DieRow("T1", "L1", "W2", 0, 0, "R", "DEFECT", "CRACK")]
+    box.record(*rows(1), dies=w1)
+    box.record(*rows(1, start=1), dies=[*w2, DieRow("T1", "L1", "W1", 2, 0, "R", "DEFECT", "CRACK")])  # re-inspected
+    box.close()
+    box = Outbox(path)
+    assert box.open_dies() == w1[:2] + w2 + [DieRow("T1", "L1", "W1", 2, 0, "R", "DEFECT", "CRACK")]  # oldest first
+    summary = EventRow("s1", "p/s/wafers/T1", "WAFER", "{}")
+    box.record([], [summary], summarised=[("T1", "L1", "W1")])
+    assert box.open_dies() == w2 and [e.event_id for e in box.pending(0, 10)] == ["e0", "e1", "s1"]
+    assert box.prune(time.time() - 3600)["wafer_dies"] == 0  # W2 saw a die just now
+    assert box.prune(time.time() + 1)["wafer_dies"] == 1  # a wafer silent past the retention is dropped
+    assert box.open_dies() == []
+    box.close()

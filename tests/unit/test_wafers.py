@@ -37,7 +37,7 @@ def test_an_ended_wafer_waits_for_its_frames_in_work():
     assert ended.ended_by == "wafer_end" and len(ended.dies) == 2
 
 
-def test_lot_end_idle_and_shutdown_end_wafers_and_a_die_seen_twice_counts_once():
+def test_lot_end_idle_and_a_stop_end_wafers_and_a_die_seen_twice_counts_once():
     t = WaferTracker()
     t.add(A1, "R", die(0, 0, "DEFECT", "CRACK"), now=0.0)
     t.add(A1, "R", die(0, 0, "PASS"), now=0.5)  # re-inspected: the last result counts
@@ -50,8 +50,10 @@ def test_lot_end_idle_and_shutdown_end_wafers_and_a_die_seen_twice_counts_once()
     [idle_one] = t.due(60.0, idle_s=60, grace_s=0.0, in_work=idle)
     assert idle_one.key == B1 and idle_one.ended_by == "idle"
     t.add(A2, "R", die(0, 0), now=61.0)
-    [last] = t.close_all()
-    assert last.key == A2 and last.ended_by == "shutdown" and len(t) == 0
+    t.add((*B1[:2], "W02"), "R", die(0, 0), now=61.0)
+    t.end_wafer(A2)
+    [last] = t.close_ended()  # stopping: the ended wafer is summarised at once, grace or not ...
+    assert last.key == A2 and last.ended_by == "wafer_end" and len(t) == 1  # ... the open one goes on
 
 
 def test_an_end_for_a_wafer_never_seen_is_ignored():
@@ -70,4 +72,4 @@ def test_an_ended_wafer_waits_out_the_grace_and_late_dies_never_make_a_second_su
     [ended] = t.due(3.0, idle_s=60, grace_s=2.0, in_work=idle)
     assert len(ended.dies) == 2
     assert t.add(A1, "R", die(2, 0), now=4.0) is False  # summarised already: left out, reported
-    assert len(t) == 0 and t.close_all() == []
+    assert len(t) == 0 and t.close_ended() == []
