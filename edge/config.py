@@ -282,6 +282,10 @@ class DriftConfig(_Strict):
     window_wafers: int = Field(50, ge=5, description="recent process logs compared with the reference")
     shift_sigma: float = Field(1.5, gt=0, description="mean shift (reference sigmas) that raises process drift")
     clear_ratio: float = Field(0.5, gt=0, lt=1, description="drift clears below this share of its raise level")
+    save_interval_s: float = Field(
+        60.0, gt=0, description="how often drift and parameter statistics are saved to the outbox (and at a stop), "
+        "so a restart goes on from them",
+    )
     rebaseline_topic: str = Field(
         "rebaseline", description="re-baseline commands (edge.rebaseline/1) arrive on {mqtt.prefix}/{station}/{this}"
     )

@@ -89,9 +89,7 @@ class Daemon:
         notifier = Notifier()
         preflight(cfg)
         self.outbox = await self._db(Outbox, cfg.outbox.path)
-        reopened = self._watching(self._watch.restore, await self._db(self.outbox.open_dies), time.monotonic())
-        if reopened:
-            log.info("wafers_reopened", wafers=reopened)
+        await self._restore_line_watch()
         self.calibration = await self._db(Calibration, cfg, self.metrics)
         self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
                                    cfg.triton.timeout_ms / 1000)
@@ -120,6 +118,7 @@ class Daemon:
         self._spawn(self._health_loop(notifier))
         self._spawn(self._calibration_loop())
         self._spawn(self._prune_loop())
+        self._spawn(self._save_loop())
         if cfg.process.zmq_connect:
             self._spawn(self._mes_zmq(MesFeed(context(), cfg.process.zmq_connect,
                                               (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))))
@@ -138,6 +137,7 @@ class Daemon:
         await self._finish_inflight(timeout_s=10.0)
         sock.close()
         await self._record_summaries(self._watching(self._watch.close_ended))  # open ones go on after a restart
+        await self._save_line_watch()
         delivered = await self.publisher.drain(timeout_s=5.0) if link else True
         for task in list(self._tasks):
             task.cancel()
@@ -233,6 +233,37 @@ class Daemon:
                 self.metrics.internal_errors.labels("outbox").inc()
                 log.error("prune_failed", error=str(err))
             await asyncio.sleep(self.cfg.outbox.prune_interval_s)
+
+    async def _restore_line_watch(self) -> None:
+        """What the previous run left: its open wafers, drift references and windows, parameter statistics."""
+        try:
+            dies, states = await self._db(self.outbox.open_dies), await self._db(self.outbox.load_state)
+        except sqlite3.Error as err:
+            self.metrics.internal_errors.labels("line_watch").inc()
+            log.error("line_watch_restore_failed", error=str(err))
+            return
+        reopened = self._watching(self._watch.restore, dies, time.monotonic())
+        refused = self._watching(self._watch.restore_state, states) or {}
+        kept = {name: len(keyed) - len(refused.get(name, [])) for name, keyed in states.items()}
+        if reopened or states:
+            log.info("line_watch_restored", wafers_reopened=reopened, kept=kept,
+                     started_afresh={name: [list(k) for k in keys] for name, keys in refused.items() if keys})
+
+    async def _save_line_watch(self) -> None:
+        states = self._watching(self._watch.export_state)
+        if states is None:
+            return
+        try:
+            await self._db(self.outbox.save_state, states)
+        except OutboxError as err:
+            self.metrics.internal_errors.labels("outbox").inc()
+            log.error("line_watch_save_failed", error=str(err))
+
+    async def _save_loop(self) -> None:
+        """Drift and parameter statistics, saved now and then: a restart goes on from them."""
+        while True:
+            await asyncio.sleep(self.cfg.drift.save_interval_s)
+            await self._save_line_watch()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -396,6 +427,7 @@ class Daemon:
         log.info("rebaselined", tool_id=command.tool_id, recipes=list(command.recipes), by=command.by,
                  reason=command.reason, drift_cleared=len(rows))
         self._spawn(self._record_rows(rows))
+        self._spawn(self._save_line_watch())  # a restart must not bring the old reference back
 
     def _lot_event(self, event: LotEvent) -> None:
         self._watching(self._watch.lot_event, event)

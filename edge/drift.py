@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge.state_codec import Exportable
+
 Key = tuple[str, str]
 
 SCORE = "score"
@@ -113,6 +115,11 @@ class _Ring:
         return self.data if self.full else self.data[: self.filled]
 
 
+def _ring_fits(ring: _Ring, shape: tuple[int, ...]) -> bool:
+    return (isinstance(ring, _Ring) and ring.data.shape == shape and 0 <= ring.filled <= shape[0]
+            and 0 <= ring.next < shape[0])
+
+
 # --- anomaly scores ---------------------------------------------------------------------------------
 
 
@@ -128,8 +135,10 @@ class _ScoreState:
         self.raised = False
 
 
-class _Detector:
-    """What both detectors share: per-key state with a ``raised`` flag, and re-baselining."""
+class _Detector(Exportable):
+    """What both detectors share: per-key state with a ``raised`` flag, re-baselining, and states that
+    outlive a restart (``export`` / ``restore``), so a restart does not quietly take a drifted tool
+    as its new reference."""
 
     kind = ""
     _keys: dict
@@ -171,6 +180,11 @@ class ScoreDrift(_Detector):
         self.reference, self.window, self.every = int(reference), int(window), int(every)
         self.threshold, self.clear_ratio = float(threshold), float(clear_ratio)
         self._keys: dict[Key, _ScoreState] = {}
+        self._classes = {"_ScoreState": _ScoreState, "_Ring": _Ring}
+
+    def _fits(self, state: _ScoreState) -> bool:
+        return (isinstance(state, _ScoreState) and state.reference.shape == (self.reference,)
+                and 0 <= state.seen <= self.reference and _ring_fits(state.window, (self.window,)))
 
     def add(self, key: Key, score: float) -> Change | None:
         """Take one PASS score; a ``Change`` when the key's drift state flips, else None.
@@ -287,6 +301,15 @@ class ParamDrift(_Detector):
         self.reference, self.window = int(reference), int(window)
         self.shift_sigma, self.clear_ratio = float(shift_sigma), float(clear_ratio)
         self._keys: dict[Key, _ParamState] = {}
+        self._classes = {"_ParamState": _ParamState, "_Ring": _Ring}
+
+    def _fits(self, state: _ParamState) -> bool:
+        if not isinstance(state, _ParamState) or not all(isinstance(n, str) for n in state.names):
+            return False
+        width = len(state.names)
+        return (_ring_fits(state.window, (self.window, width)) and state.ref_mean.shape == (width,)
+                and (state.ref_rows is None or state.ref_rows.shape == (self.reference, width))
+                and 0 <= state.seen <= self.reference)
 
     def add(self, key: Key, names: Sequence[str], values: Mapping[str, object]) -> Change | None:
         """Take one wafer's process parameters; a ``Change`` when the key's drift state flips, else None.

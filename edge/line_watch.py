@@ -3,8 +3,9 @@ each recipe x tool (PASS anomaly scores and process parameters), and wafer summa
 
 Bookkeeping only: it keeps bounded state per recipe x tool and per open wafer, updates the metrics,
 and returns the outbox rows (wafer summaries, alerts, drift events) for the daemon to record. The
-reference windows of drift and the parameter statistics live in memory: they start again at each
-start of the daemon, and for one tool when an engineer re-baselines it (``edge.rebaseline``).
+drift references and windows and the parameter statistics live in memory; the daemon saves them
+(``export_state``) and a restart picks them up (``restore_state``), so a restart is not a silent
+re-baseline. They start again for one tool when an engineer re-baselines it (``edge.rebaseline``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from edge import decide as rule
 from edge import reports
 from edge.config import Config
 from edge.context import LotEvent, ProcessLog
-from edge.drift import Change, ParamDrift, ScoreDrift
+from edge.drift import PROCESS, SCORE, Change, ParamDrift, ScoreDrift
 from edge.events import EventIds
 from edge.metrics import Metrics
 from edge.outbox import DieRow, EventRow
@@ -40,6 +41,7 @@ class LineWatch:
         self._scores = ScoreDrift(d.reference_frames, d.window_frames, d.ks_threshold, d.clear_ratio)
         self._params = ParamDrift(d.reference_wafers, d.window_wafers, d.shift_sigma, d.clear_ratio)
         self._wafers = WaferTracker()
+        self._detectors = {"score": self._scores, "process": self._params, "parameters": self._stats}
         metrics.drift_threshold.labels("score").set(d.ks_threshold)
         metrics.drift_threshold.labels("process").set(d.shift_sigma)
 
@@ -68,6 +70,29 @@ class LineWatch:
             self._wafers.end_wafer((event.tool_id, event.lot_id, event.wafer_id))
         elif event.kind == "lot_end":
             self._wafers.end_lot(event.tool_id, event.lot_id)
+
+    def export_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
+        """Drift and parameter statistics by detector and recipe x tool, as bytes to keep."""
+        return {name: detector.export() for name, detector in self._detectors.items()}
+
+    def restore_state(self, states: dict[str, dict[tuple[str, str], bytes]]) -> dict[str, list[tuple[str, str]]]:
+        """Take what ``export_state`` gave in a previous run, for configured recipes and tools; per
+        detector, the keys that start afresh instead (unreadable, or their windows were resized)."""
+        refused = {}
+        for name, detector in self._detectors.items():
+            known = {key: blob for key, blob in states.get(name, {}).items() if self._known(*key)}
+            refused[name] = detector.restore(known)
+        for key in self._scores.tracked_keys():
+            statistic = self._scores.statistic(key)
+            if statistic is not None:
+                self.metrics.drift_ks.labels(*key).set(statistic)
+            self.metrics.drift_active.labels(*key, SCORE).set(int(self._scores.raised(key)))
+        for key in self._params.tracked_keys():
+            largest = self._params.largest(key)
+            if largest is not None:
+                self.metrics.drift_param_shift.labels(*key).set(largest[1])
+            self.metrics.drift_active.labels(*key, PROCESS).set(int(self._params.raised(key)))
+        return refused
 
     def rebaseline(self, command: Rebaseline) -> list[EventRow]:
         """Forget the tool's drift references and parameter statistics for the recipes named.

@@ -4,8 +4,9 @@ One transaction per batch. Results are keyed by (tool_id, frame_id), which de-du
 tool resends, across restarts too. Events keep their insertion order (``seq``) and stay until the
 broker acknowledged them. The dies of wafers not yet summarised are kept beside the results, in the
 same transaction, and leave in the transaction that records their wafer's summary: a restart picks
-the open wafers up where they were, so each wafer still gets one summary. Blocking calls: the daemon
-runs them on one dedicated thread.
+the open wafers up where they were, so each wafer still gets one summary. The line watch's drift
+and parameter state is saved here too, now and then. Blocking calls: the daemon runs them on one
+dedicated thread.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ CREATE TABLE IF NOT EXISTS wafer_dies (
     recorded_at REAL NOT NULL,
     UNIQUE (tool_id, lot_id, wafer_id, x, y)
 );
+CREATE TABLE IF NOT EXISTS watch_state (
+    detector    TEXT NOT NULL,
+    recipe_id   TEXT NOT NULL,
+    tool_id     TEXT NOT NULL,
+    state       BLOB NOT NULL,
+    saved_at    REAL NOT NULL,
+    PRIMARY KEY (detector, recipe_id, tool_id)
+) WITHOUT ROWID;
 """
 
 
@@ -184,6 +193,26 @@ class Outbox:
         size = self._db.execute("PRAGMA page_size").fetchone()[0]
         wal = Path(f"{self._path}-wal")
         return (pages - free) * size + (wal.stat().st_size if wal.exists() else 0)
+
+    def save_state(self, states: dict[str, dict[tuple[str, str], bytes]]) -> None:
+        """Replace the kept line-watch state (detector -> (recipe_id, tool_id) -> bytes) in one transaction."""
+        now = time.time()
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM watch_state")
+                self._db.executemany(
+                    "INSERT INTO watch_state VALUES (?, ?, ?, ?, ?)",
+                    [(name, recipe, tool, blob, now) for name, keyed in states.items()
+                     for (recipe, tool), blob in keyed.items()],
+                )
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot save the line-watch state: {err}") from err
+
+    def load_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
+        states: dict[str, dict[tuple[str, str], bytes]] = {}
+        for name, recipe, tool, blob in self._db.execute("SELECT detector, recipe_id, tool_id, state FROM watch_state"):
+            states.setdefault(name, {})[(recipe, tool)] = blob
+        return states
 
     def prune(self, before: float) -> dict[str, int]:
         """Delete results recorded, acknowledged events created and open-wafer dies last seen before

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from edge.state_codec import Exportable
+
 Key = tuple[str, str]
 
 Z_CAP = 99.0  # |z| reported for a value off a parameter that has shown no spread so far
@@ -91,7 +93,7 @@ def _z_scores(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.clip(z, -Z_CAP, Z_CAP)
 
 
-class ProcessStats:
+class ProcessStats(Exportable):
     """Per recipe x tool running statistics of process parameters; flags values at or over ``sigma``.
 
     A parameter is judged once ``min_wafers`` of its values have been folded in (so never before
@@ -107,6 +109,12 @@ class ProcessStats:
         self.sigma = float(sigma)
         self.min_wafers = int(min_wafers)
         self._keys: dict[Key, _KeyStats] = {}
+        self._classes = {"_KeyStats": _KeyStats}
+
+    def _fits(self, state: _KeyStats) -> bool:
+        n = len(state.names) if isinstance(state, _KeyStats) else -1
+        return (n >= 0 and state.index == {name: i for i, name in enumerate(state.names)}
+                and state.count.shape == state.mean.shape == state.m2.shape == (n,))
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -9,6 +9,7 @@ statistics from 30 wafers a tool) so a few hundred frames show it all.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -93,6 +94,9 @@ def run(tmp_path_factory):
         time.sleep(4.0)  # the last wafers close when idle (3 s)
         consumer.wait_for(lambda msgs: sum("/wafers/" in t for t, _ in msgs) >= 40, 20)
         metrics = st.metrics_text()
+        stopped = st.stop_daemon(signal.SIGTERM)  # a restart goes on from the saved drift state
+        st.start_daemon()
+        after_restart = st.metrics_text()
         # the aged tool is serviced: an engineer re-baselines it, and its raised drift clears
         mes.publish("fab/edge/ST-01/rebaseline", {"tool_id": "AOI-99", "by": "ops"})  # refused: unknown tool
         rebaselined = subprocess.run(
@@ -107,7 +111,8 @@ def run(tmp_path_factory):
         consumer.close()
     gateway.close()
     return {"outcomes": first["outcomes"] + second["outcomes"], "messages": messages, "metrics": metrics,
-            "zmq_metrics": zmq_metrics, "after_rebaseline": after_rebaseline,
+            "zmq_metrics": zmq_metrics, "after_rebaseline": after_rebaseline, "after_restart": after_restart,
+            "stopped": stopped,
             "drift_before": drift_before, "pools": (steady, aged)}
 
 
@@ -184,6 +189,13 @@ def test_the_aged_tool_raises_score_drift_and_the_steady_one_does_not(run):
           f"patterns={dict(Counter(s['signature']['pattern'] for s in summaries))} "
           f"alerts={len(bodies(run, 'alerts'))} score_drift_ks={event['statistic']} "
           f"drift_events={[(d['tool_id'], d['kind'], d['state']) for d in bodies(run, 'drift')]}")
+
+
+def test_a_restart_keeps_the_raised_drift_instead_of_taking_the_drifted_tool_as_its_reference(run):
+    assert run["stopped"] == 0
+    active = f'edge_drift_active{{kind="score",recipe="{RECIPE}",tool="{AGED}"}} 1.0'
+    assert active in run["metrics"] and active in run["after_restart"]
+    assert f'edge_drift_score_ks{{recipe="{RECIPE}",tool="{AGED}"}}' in run["after_restart"]
 
 
 def test_a_rebaseline_after_the_service_clears_the_raised_drift_and_says_who(run):

@@ -295,3 +295,33 @@ def test_settings_are_checked(cls):
         cls(50, 50, 0.0, 0.5)
     with pytest.raises(ValueError):
         cls(50, 50, 0.2, 1.5)
+
+
+def test_a_restored_score_detector_goes_on_exactly_where_the_saved_one_was():
+    rng = np.random.default_rng(31)
+    scores = np.concatenate([rng.normal(0.1, 0.02, 150), rng.normal(0.16, 0.02, 150)])
+    live = ScoreDrift(reference=100, window=50, threshold=0.3, clear_ratio=0.5)
+    _feed_scores(live, KEY, scores[:170])  # mid-window, with the drift raised
+    assert live.raised(KEY)
+    restarted = ScoreDrift(reference=100, window=50, threshold=0.3, clear_ratio=0.5)
+    assert restarted.restore(live.export()) == []
+    assert restarted.raised(KEY) and restarted.statistic(KEY) == live.statistic(KEY)
+    rest = rng.normal(0.1, 0.02, 300)  # back to normal after the restart: both clear at the same score
+    cleared = _feed_scores(live, KEY, rest)
+    assert _feed_scores(restarted, KEY, rest) == cleared and [c.raised for _, c in cleared] == [False]
+    assert restarted.statistic(KEY) == live.statistic(KEY)
+
+
+def test_a_saved_state_that_does_not_fit_the_settings_starts_afresh():
+    rng, means, sds = _process(27)
+    live = ParamDrift(reference=20, window=20, shift_sigma=1.0, clear_ratio=0.5)
+    for _ in range(30):
+        live.add(KEY, NAMES, _wafer(rng.normal(means, sds)))
+    saved = live.export()
+    same = ParamDrift(reference=20, window=20, shift_sigma=2.0, clear_ratio=0.5)  # a threshold may change
+    assert same.restore(saved) == [] and same.largest(KEY) == live.largest(KEY)
+    resized = ParamDrift(reference=20, window=30, shift_sigma=1.0, clear_ratio=0.5)  # a window may not
+    assert resized.restore(saved) == [KEY] and resized.tracked_keys() == []
+    damaged = ScoreDrift(reference=20, window=20, threshold=0.3, clear_ratio=0.5)
+    assert damaged.restore({KEY: b"\x00"}) == [KEY]
+    assert damaged.restore(saved) == [KEY]  # another detector's state

@@ -147,3 +147,25 @@ def test_a_rebaseline_relearns_the_parameters_so_a_lasting_step_is_no_longer_an_
     checked = [w.process_log(log("T1", rng, shift=12.0))[0].anomalous for _ in range(8)]
     assert checked[:5] == [()] * 5  # relearning: nothing judged before min_wafers
     assert all(stepped_name not in {p["name"] for p in a} for a in checked[5:])  # the new level is normal now
+
+
+def test_a_restart_goes_on_from_the_saved_drift_and_statistics_instead_of_rebaselining():
+    w, _ = watch()
+    for i in range(20):
+        w.results([outcome("T1", "W1", (i, 0), score=0.01 + 0.001 * (i % 5))], now=float(i))
+    for i in range(30):
+        w.results([outcome("T1", "W1", (i, 1), score=0.05 + 0.001 * (i % 5))], now=20.0 + i)
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        w.process_log(log("T1", rng))
+    saved = w.export_state()
+    saved["score"][("R", "T9")] = saved["score"][("R", "T1")]  # a tool no longer configured: dropped
+    restarted, metrics = watch()
+    assert restarted.restore_state(saved) == {"score": [], "process": [], "parameters": []}
+    assert metrics.registry.get_sample_value("edge_drift_active", {"recipe": "R", "tool": "T1", "kind": "score"}) == 1
+    assert metrics.registry.get_sample_value("edge_drift_score_ks", {"recipe": "R", "tool": "T1"}) >= 0.5
+    assert restarted.export_state()["score"].keys() == {("R", "T1")}
+    checked, _ = restarted.process_log(log("T1", rng, shift=12.0))  # statistics kept: judged at once
+    assert checked.anomalous[0]["name"] == DEFAULT_PARAMETERS[3]
+    [row] = restarted.rebaseline(Rebaseline("T1", ("R",), "ops", "PM"))  # the restored raise clears on request
+    assert json.loads(row.payload)["state"] == "cleared"

@@ -77,3 +77,14 @@ def test_open_wafer_dies_survive_reopening_and_leave_with_their_summary(tmp_path
     assert box.prune(time.time() + 1)["wafer_dies"] == 1  # a wafer silent past the retention is dropped
     assert box.open_dies() == []
     box.close()
+
+
+def test_the_line_watch_state_is_replaced_as_a_whole_and_survives_reopening(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    box.save_state({"score": {("R", "T1"): b"a", ("R", "T2"): b"b"}, "process": {("R", "T1"): b"c"}})
+    box.save_state({"score": {("R", "T1"): b"a2"}})  # T2 re-baselined since: gone
+    box.close()
+    box = Outbox(path)
+    assert box.load_state() == {"score": {("R", "T1"): b"a2"}}
+    box.close()

@@ -149,3 +149,15 @@ def test_false_alarm_rate_on_a_stationary_process_is_near_nominal():
 def test_settings_are_checked(sigma, min_wafers):
     with pytest.raises(ValueError):
         ProcessStats(sigma=sigma, min_wafers=min_wafers)
+
+
+def test_restored_statistics_judge_the_next_wafer_as_the_saved_ones_would():
+    live = _learned(seed=5)
+    restarted = ProcessStats(sigma=3.0, min_wafers=30)
+    assert restarted.restore(live.export()) == []
+    assert restarted.snapshot(KEY) == live.snapshot(KEY)
+    wafer = {name: value * 1.3 for name, value in live.snapshot(KEY)["mean"].items()}  # far off on every parameter
+    assert restarted.observe(KEY, NAMES, wafer) == live.observe(KEY, NAMES, wafer) != []
+    state = live.export()[KEY]
+    broken = ProcessStats(sigma=3.0, min_wafers=30)
+    assert broken.restore({KEY: state[:-3]}) == [KEY] and broken.snapshot(KEY)["wafers"] == 0
