@@ -3,7 +3,8 @@ rate for a long time, with the daemon's and Triton's memory and file descriptors
 
 It prints growth per hour (least-squares slope over the samples after the warm-up), the replies by
 status, latency percentiles, and whether every event the tools were told about reached an MQTT
-subscriber. A benchmark tool, not a test: run it for an hour or more.
+subscriber. A benchmark tool, not a test: run it for an hour or more. Ctrl-C or SIGTERM ends it early,
+with the report of what was measured.
 
     python -m tools.soak --repository build/model_repository --minutes 60 --rate 10
 """
@@ -14,6 +15,8 @@ import argparse
 import json
 import os
 import platform
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -126,6 +129,10 @@ class Feed:
             mes.close()
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
@@ -152,11 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         feeder.start()
         end = start + args.minutes * 60
-        while time.monotonic() < end and feeder.is_alive():
-            samples.append(sample(time.monotonic() - start, st.daemon.pid, st.triton.pid,
-                                  st.workdir / "outbox.sqlite"))
-            print(json.dumps(samples[-1].__dict__), flush=True)
-            time.sleep(min(args.sample_s, max(0.0, end - time.monotonic())))
+        signal.signal(signal.SIGTERM, _interrupted)
+        try:
+            while time.monotonic() < end and feeder.is_alive():
+                samples.append(sample(time.monotonic() - start, st.daemon.pid, st.triton.pid,
+                                      st.workdir / "outbox.sqlite"))
+                print(json.dumps(samples[-1].__dict__), flush=True)
+                time.sleep(min(args.sample_s, max(0.0, end - time.monotonic())))
+        except KeyboardInterrupt:
+            print("interrupted: the stream stops and the report covers what was measured", file=sys.stderr)
         feed.stop.set()
         feeder.join()
         samples.append(sample(time.monotonic() - start, st.daemon.pid, st.triton.pid, st.workdir / "outbox.sqlite"))
