@@ -21,7 +21,7 @@ class Peer:
                  on_message: Callable[[str, bytes], None] | None = None, *, tls: ssl.SSLContext | None = None,
                  username: str | None = None, password: str | None = None, clean_session: bool = True) -> None:
         self.messages: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a wait_for predicate may read json_messages()
         self._connected = threading.Event()
         self._subscribe = subscribe
         self._on_message = on_message
