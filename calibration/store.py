@@ -172,6 +172,8 @@ class CalibrationStore:
             recipe, tool, name, old, used = row
             if used:
                 raise CalibrationError(f"event_id: {event_id!r} was already used by a closed lot")
+            if old is not None and bool(old) == real:
+                return  # the same disposition again (a redelivered message): nothing changes, nothing to audit
             db.execute("UPDATE candidates SET real=?, reviewed_by=?, reviewed_at=? WHERE event_id=?",
                        (int(real), who, self._clock(), event_id))  # fmt: skip
             self._audit(db, recipe, tool, name, who, "disposition", None if old is None else str(bool(old)),

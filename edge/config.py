@@ -101,6 +101,11 @@ class MqttConfig(_Strict):
     port: Port = 1883
     prefix: str = Field("fab/edge", description="topic prefix of everything the daemon publishes")
     client_id: str | None = Field(None, description="defaults to edge-{station}")
+    persistent_session: bool = Field(
+        True, description="the broker keeps the daemon's subscriptions and queues what arrives on them at QoS 1 "
+        "(process logs, lot events, reviews, re-baselines) while the daemon is stopped or cut off, and hands it "
+        "over when it connects again; needs a client_id no other client uses",
+    )
     username: str | None = None
     password_env: str | None = Field(None, description="environment variable holding the password")
     password_credential: str | None = Field(

@@ -89,9 +89,10 @@ def _why(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
-def new_client(cfg: MqttConfig, client_id: str) -> paho.Client:
-    """A paho client with the config's credentials and TLS, clean session, not yet connected."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+def new_client(cfg: MqttConfig, client_id: str, persistent: bool = False) -> paho.Client:
+    """A paho client with the config's credentials and TLS, not yet connected; ``persistent``: the broker
+    keeps its session (subscriptions, queued QoS 1 messages) across disconnects."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password())
     if cfg.tls:
@@ -160,7 +161,7 @@ class MqttLink:
         self._subscriptions = subscriptions
         self.status_topic = status_topic(cfg.prefix, station)
         self.connected = False
-        client = new_client(cfg, cfg.client_id or f"edge-{station}")
+        client = new_client(cfg, cfg.client_id or f"edge-{station}", persistent=cfg.persistent_session)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.reconnect_delay_set(min_delay=1, max_delay=5)

@@ -121,3 +121,40 @@ def test_undelivered_events_are_replayed_by_the_next_run(mosquitto, tmp_path):
         mes.close()
 
     asyncio.run(scenario())
+
+
+def test_what_arrives_while_the_daemon_is_away_is_handed_over_when_it_connects_again(mosquitto):
+    """With a persistent session the broker queues the MES and engineering messages of a stopped daemon;
+    with a clean one they are gone."""
+    topic = "fab/mes/process/AOI-01"
+
+    async def away_then_back(client_id: str, persistent: bool) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        cfg = MqttConfig(port=mosquitto.port, client_id=client_id, persistent_session=persistent)
+        received: list[bytes] = []
+        up: list[bool] = []
+
+        def link() -> MqttLink:
+            return MqttLink(cfg, "ST", loop, lambda t, p: received.append(p), lambda mid: None, up.append,
+                            ("fab/mes/process/#",))
+
+        first = link()
+        first.start()
+        assert await wait_until(lambda: up.count(True) == 1, 10)
+        first.stop()
+        mes = Peer("127.0.0.1", mosquitto.port, f"mes-{client_id}").wait_connected()
+        for n in range(3):
+            mes.publish(topic, json.dumps({"n": n}))  # PUBACKed by the broker while the daemon is away
+        mes.close()
+        again = link()
+        again.start()
+        assert await wait_until(lambda: up.count(True) == 2, 10)
+        await wait_until(lambda: len(received) >= 3, 2)
+        again.stop()
+        return received
+
+    async def scenario():
+        assert await away_then_back("edge-durable", True) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+        assert await away_then_back("edge-clean", False) == []
+
+    asyncio.run(scenario())

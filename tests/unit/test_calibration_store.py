@@ -47,6 +47,16 @@ def test_false_positives_over_budget_raise_only_that_class(store: CalibrationSto
     assert store.close_lot(R, T, "L2") == {}  # a lot closes once
 
 
+def test_the_same_disposition_again_changes_nothing_and_a_new_one_is_audited(store: CalibrationStore) -> None:
+    store.add_candidate("E1", R, T, "L1", "PART-SM", 0.6)
+    reviews = lambda: [(r.who, r.old, r.new) for r in store.history(R, T, "PART-SM") if r.field == "disposition"]  # noqa: E731
+    store.review("E1", real=False, who="eng1")
+    store.review("E1", real=False, who="eng1")  # the broker handed the message over twice
+    assert reviews() == [("eng1", None, "False")]
+    store.review("E1", real=True, who="eng2")
+    assert reviews() == [("eng2", "False", "True"), ("eng1", None, "False")]
+
+
 def test_a_late_disposition_counts_in_the_next_lot(store: CalibrationStore) -> None:
     _lot(store, "L1", 1000, 0)
     store.add_candidate("late", R, T, "L2", "PART-SM", 0.7)
