@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from calibration import cli as calib_cli
@@ -99,7 +100,7 @@ def _rebaseline(args: argparse.Namespace) -> int:
         print(f"refused: mqtt is disabled in {args.config}: the daemon hears re-baselines over MQTT", file=sys.stderr)
         return 2
     by = args.by or _login()
-    body = rebaseline.message(args.tool, args.recipe, by, args.reason, time.time())
+    body = rebaseline.message(args.tool, args.recipe, by, args.reason, time.time(), uuid.uuid4().hex)
     payload = json.dumps(body, separators=(",", ":"))
     checked = rebaseline.parse(payload.encode(), cfg.tool_ids, cfg.recipes)  # the daemon's own checks, here first
     if isinstance(checked, Rejected):

@@ -420,6 +420,10 @@ class Daemon:
                 log.warning("rebaseline_rejected", reason=command.reason, detail=command.detail,
                             similar_since_last=held)
             return
+        if self._watching(self._watch.repeated, command):  # the broker handed the command over again
+            self.metrics.rebaselines.labels("repeated").inc()
+            log.info("rebaseline_repeated", tool_id=command.tool_id, command_id=command.command_id)
+            return
         rows = self._watching(self._watch.rebaseline, command)
         if rows is None:
             return

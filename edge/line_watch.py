@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from edge import decide as rule
-from edge import reports
+from edge import reports, state_codec
 from edge.config import Config
 from edge.context import LotEvent, ProcessLog
 from edge.drift import PROCESS, SCORE, Change, ParamDrift, ScoreDrift
@@ -28,6 +29,9 @@ from edge.process_stats import ProcessStats
 from edge.rebaseline import Rebaseline
 from edge.wafer_map import DieResult, summarise
 from edge.wafers import OpenWafer, WaferKey, WaferTracker
+
+REBASELINED = "rebaselined"  # the state name of the command ids applied per recipe x tool
+REMEMBERED_COMMANDS = 32  # per recipe x tool: far more than a broker redelivers
 
 
 class LineWatch:
@@ -42,6 +46,7 @@ class LineWatch:
         self._params = ParamDrift(d.reference_wafers, d.window_wafers, d.shift_sigma, d.clear_ratio)
         self._wafers = WaferTracker()
         self._detectors = {"score": self._scores, "process": self._params, "parameters": self._stats}
+        self._applied: dict[tuple[str, str], deque[str]] = {}  # re-baseline command ids, newest last
         metrics.drift_threshold.labels("score").set(d.ks_threshold)
         metrics.drift_threshold.labels("process").set(d.shift_sigma)
 
@@ -73,7 +78,9 @@ class LineWatch:
 
     def export_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
         """Drift and parameter statistics by detector and recipe x tool, as bytes to keep."""
-        return {name: detector.export() for name, detector in self._detectors.items()}
+        states = {name: detector.export() for name, detector in self._detectors.items()}
+        states[REBASELINED] = {key: state_codec.dump(list(ids)) for key, ids in self._applied.items()}
+        return states
 
     def restore_state(self, states: dict[str, dict[tuple[str, str], bytes]]) -> dict[str, list[tuple[str, str]]]:
         """Take what ``export_state`` gave in a previous run, for configured recipes and tools; per
@@ -82,6 +89,18 @@ class LineWatch:
         for name, detector in self._detectors.items():
             known = {key: blob for key, blob in states.get(name, {}).items() if self._known(*key)}
             refused[name] = detector.restore(known)
+        refused[REBASELINED] = []
+        for key, blob in states.get(REBASELINED, {}).items():
+            if not self._known(*key):
+                continue
+            try:
+                ids = state_codec.load(blob, {})
+            except ValueError:
+                ids = None
+            if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+                self._applied[key] = deque(ids, REMEMBERED_COMMANDS)
+            else:
+                refused[REBASELINED].append(key)
         for key in self._scores.tracked_keys():
             statistic = self._scores.statistic(key)
             if statistic is not None:
@@ -94,6 +113,11 @@ class LineWatch:
             self.metrics.drift_active.labels(*key, PROCESS).set(int(self._params.raised(key)))
         return refused
 
+    def repeated(self, command: Rebaseline) -> bool:
+        """Whether this command (by its ``command_id``) was applied already to every recipe it names."""
+        return command.command_id is not None and all(
+            command.command_id in self._applied.get((recipe, command.tool_id), ()) for recipe in command.recipes)
+
     def rebaseline(self, command: Rebaseline) -> list[EventRow]:
         """Forget the tool's drift references and parameter statistics for the recipes named.
 
@@ -103,6 +127,8 @@ class LineWatch:
         rows = []
         for recipe in command.recipes:
             key = (recipe, command.tool_id)
+            if command.command_id is not None:
+                self._applied.setdefault(key, deque(maxlen=REMEMBERED_COMMANDS)).append(command.command_id)
             self._stats.reset(key)
             self.metrics.drift_ks.remove(*key)
             self.metrics.drift_param_shift.remove(*key)

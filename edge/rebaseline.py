@@ -9,11 +9,13 @@ comes next forms the new reference.
 
 The message, as ``edge-inspect rebaseline`` sends it::
 
-    {"schema": "edge.rebaseline/1", "tool_id": "AOI-01", "recipe_id": "M1-LITHO",
+    {"schema": "edge.rebaseline/1", "command_id": "5f0c...", "tool_id": "AOI-01", "recipe_id": "M1-LITHO",
      "by": "j.doe", "reason": "PM 2026-11-23, lamp replaced", "ts": 1795000000.0}
 
 ``recipe_id`` may be left out (every configured recipe); ``by`` is required, for the audit trail;
-``reason`` is optional free text, cut to ``MAX_REASON`` characters.
+``reason`` is optional free text, cut to ``MAX_REASON`` characters. ``command_id`` (optional, up to
+``MAX_COMMAND_ID`` characters) makes the command idempotent: the broker may hand a QoS 1 message
+over twice, and a command the daemon has applied already is not applied again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from edge.wire import Rejected
 
 SCHEMA = "edge.rebaseline/1"
 MAX_REASON = 200
-RESULTS = ("accepted", "bad_json", "not_an_object", "missing_key", "bad_value", "unknown_tool", "unknown_recipe")
+MAX_COMMAND_ID = 64
+RESULTS = ("accepted", "repeated", "bad_json", "not_an_object", "missing_key", "bad_value", "unknown_tool",
+           "unknown_recipe")
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,14 @@ class Rebaseline:
     recipes: tuple[str, ...]  # the recipe asked for, or every configured recipe
     by: str
     reason: str
+    command_id: str | None = None  # None: not de-duplicated
 
 
-def message(tool_id: str, recipe_id: str | None, by: str, reason: str, ts: float) -> dict[str, Any]:
+def message(tool_id: str, recipe_id: str | None, by: str, reason: str, ts: float,
+            command_id: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"schema": SCHEMA, "tool_id": tool_id, "by": by, "reason": reason, "ts": ts}
+    if command_id is not None:
+        body["command_id"] = command_id
     if recipe_id is not None:
         body["recipe_id"] = recipe_id
     return body
@@ -58,6 +66,9 @@ def parse(payload: bytes, tool_ids: Collection[str], recipes: Collection[str]) -
     reason = data.get("reason", "")
     if not isinstance(reason, str):
         return Rejected("bad_value", "reason must be a string")
+    command_id = data.get("command_id")
+    if command_id is not None and not (isinstance(command_id, str) and 0 < len(command_id) <= MAX_COMMAND_ID):
+        return Rejected("bad_value", f"command_id must be a string of 1 to {MAX_COMMAND_ID} characters")
     if ids["tool_id"] not in tool_ids:
         return Rejected("unknown_tool", f"tool {ids['tool_id']!r} is not configured")
     if "recipe_id" in data:
@@ -69,4 +80,4 @@ def parse(payload: bytes, tool_ids: Collection[str], recipes: Collection[str]) -
         chosen = (recipe["recipe_id"],)
     else:
         chosen = tuple(recipes)
-    return Rebaseline(ids["tool_id"], chosen, ids["by"], reason[:MAX_REASON])
+    return Rebaseline(ids["tool_id"], chosen, ids["by"], reason[:MAX_REASON], command_id)

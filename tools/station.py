@@ -51,13 +51,16 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
 
 
 class Station:
-    def __init__(self, workdir: Path, repository: Path, *, with_broker: bool = True, station: str = "ST-01",
+    def __init__(self, workdir: Path, repository: Path, *, with_broker: bool | None = None, station: str = "ST-01",
                  config_extra: str = "", ingest_extra: str = "", persistent_broker: bool = False) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository = repository
         self.station = station
-        self.with_broker = with_broker and mosquitto_binary() is not None
+        # None: a broker when Mosquitto is installed (the demo falls back to the local event feed); True: required
+        if with_broker and mosquitto_binary() is None:
+            raise FileNotFoundError("mosquitto is not installed: run `make deps` (Debian package mosquitto)")
+        self.with_broker = with_broker is not False and mosquitto_binary() is not None
         self.config_extra = config_extra
         self.ingest_extra = ingest_extra
         self.persistent_broker = persistent_broker

@@ -53,7 +53,7 @@ def test_reviews_and_lot_end_move_the_thresholds(tmp_path, capsys):
     frames = aoi_sim.plan_frames(PLAN, encoding="png")
     lots = sorted({f.frame_id.rsplit("-", 2)[0] for _, f in frames})
     assert len(lots) == 2
-    with Station(tmp_path / "station", served_repository(), config_extra=extra) as st:
+    with Station(tmp_path / "station", served_repository(), with_broker=True, config_extra=extra) as st:
         peer = Peer("127.0.0.1", st.mqtt_port, "engineer", ("fab/edge/#",)).wait_connected()
         first, second = ([fr for fr in frames if fr[1].frame_id.startswith(lot)] for lot in lots)
 

@@ -35,7 +35,7 @@ WAFERS = "fab/edge/ST-01/wafers/#"
 @pytest.fixture(scope="module")
 def station(tmp_path_factory):
     # wafers close 3 s after their last die, so a stream's last wafers are summarised within the test
-    with Station(tmp_path_factory.mktemp("faults"), served_repository(), persistent_broker=True,
+    with Station(tmp_path_factory.mktemp("faults"), served_repository(), with_broker=True, persistent_broker=True,
                  config_extra="[wafers]\nidle_close_s = 3.0\n") as st:
         yield st
 

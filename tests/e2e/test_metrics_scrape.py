@@ -50,7 +50,7 @@ def promtool() -> str:
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory, promtool) -> str:
     """The /metrics text of a station that took MES logs and a few dozen frames (a few malformed)."""
-    with Station(tmp_path_factory.mktemp("station"), served_repository()) as st:
+    with Station(tmp_path_factory.mktemp("station"), served_repository(), with_broker=True) as st:
         assert st.mqtt_port, "the station needs Mosquitto: run `make deps`"
         assert mes_sim.main([*PLAN, "--port", str(st.mqtt_port)]) == 0
         frames = aoi_sim.plan_frames(PLAN, encoding="png", malformed_every=10)

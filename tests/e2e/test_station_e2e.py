@@ -30,7 +30,7 @@ EVENT_FIELDS = {"schema", "event_id", "ts", "station", "tool_id", "recipe_id", "
 def run(tmp_path_factory):
     """One station run: MES logs first, then 320 frames (+ malformed ones) from two tools."""
     workdir = tmp_path_factory.mktemp("station")
-    with Station(workdir, served_repository()) as st:
+    with Station(workdir, served_repository(), with_broker=True) as st:
         mes_consumer = Peer("127.0.0.1", st.mqtt_port, "mes-consumer", ("fab/edge/#",)).wait_connected()
         assert mes_sim.main([*PLAN, "--port", str(st.mqtt_port)]) == 0
         frames = aoi_sim.plan_frames(PLAN, encoding="png", malformed_every=20)

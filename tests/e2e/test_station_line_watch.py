@@ -75,7 +75,7 @@ def run(tmp_path_factory):
     gateway.setsockopt(zmq.LINGER, 0)
     port = gateway.bind_to_random_port("tcp://127.0.0.1")
     config = CONFIG.replace("{gateway}", f"tcp://127.0.0.1:{port}")
-    with Station(tmp_path_factory.mktemp("line"), served_repository(), config_extra=config) as st:
+    with Station(tmp_path_factory.mktemp("line"), served_repository(), with_broker=True, config_extra=config) as st:
         consumer = Peer("127.0.0.1", st.mqtt_port, "mes-consumer", ("fab/edge/ST-01/#",)).wait_connected()
         mes = Peer("127.0.0.1", st.mqtt_port, "mes-line").wait_connected()
         warm = Fab(99, recipe_id=RECIPE, tool_ids=TOOLS, excursion_rate=0.0)
@@ -105,7 +105,12 @@ def run(tmp_path_factory):
         assert rebaselined.returncode == 0, rebaselined.stderr
         consumer.wait_for(lambda msgs: any(json.loads(p).get("detail", {}).get("reset") for t, p in msgs
                                            if "/drift/" in t), 20)
-        after_rebaseline = st.metrics_text()
+        for _ in range(2):  # MES's own command, handed over twice: applied once
+            mes.publish("fab/edge/ST-01/rebaseline", {"tool_id": AGED, "by": "mes", "command_id": "PM-42"})
+        deadline = time.monotonic() + 10
+        while 'edge_rebaselines_total{result="repeated"}' not in (after_rebaseline := st.metrics_text()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
         mes.close()
         messages = list(consumer.messages)
         consumer.close()
@@ -205,5 +210,6 @@ def test_a_rebaseline_after_the_service_clears_the_raised_drift_and_says_who(run
     after = run["after_rebaseline"]
     assert f'edge_drift_active{{kind="score",recipe="{RECIPE}",tool="{AGED}"}} 0.0' in after
     assert f'edge_drift_score_ks{{recipe="{RECIPE}",tool="{AGED}"}}' not in after  # until a new reference is full
-    assert 'edge_rebaselines_total{result="accepted"} 1.0' in after
+    assert 'edge_rebaselines_total{result="accepted"} 2.0' in after  # the CLI's and MES's first
+    assert 'edge_rebaselines_total{result="repeated"} 1.0' in after
     assert 'edge_rebaselines_total{result="unknown_tool"} 1.0' in after

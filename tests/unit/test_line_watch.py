@@ -161,7 +161,7 @@ def test_a_restart_goes_on_from_the_saved_drift_and_statistics_instead_of_rebase
     saved = w.export_state()
     saved["score"][("R", "T9")] = saved["score"][("R", "T1")]  # a tool no longer configured: dropped
     restarted, metrics = watch()
-    assert restarted.restore_state(saved) == {"score": [], "process": [], "parameters": []}
+    assert restarted.restore_state(saved) == {"score": [], "process": [], "parameters": [], "rebaselined": []}
     assert metrics.registry.get_sample_value("edge_drift_active", {"recipe": "R", "tool": "T1", "kind": "score"}) == 1
     assert metrics.registry.get_sample_value("edge_drift_score_ks", {"recipe": "R", "tool": "T1"}) >= 0.5
     assert restarted.export_state()["score"].keys() == {("R", "T1")}
@@ -169,3 +169,22 @@ def test_a_restart_goes_on_from_the_saved_drift_and_statistics_instead_of_rebase
     assert checked.anomalous[0]["name"] == DEFAULT_PARAMETERS[3]
     [row] = restarted.rebaseline(Rebaseline("T1", ("R",), "ops", "PM"))  # the restored raise clears on request
     assert json.loads(row.payload)["state"] == "cleared"
+
+
+def test_a_command_handed_over_again_is_known_as_repeated_also_after_a_restart():
+    w, _ = watch()
+    first = Rebaseline("T1", ("R",), "ops", "PM", "cmd-1")
+    assert not w.repeated(first)
+    w.rebaseline(first)
+    assert w.repeated(first)
+    assert not w.repeated(Rebaseline("T1", ("R",), "ops", "PM", "cmd-2"))  # another command
+    assert not w.repeated(Rebaseline("T2", ("R",), "ops", "PM", "cmd-1"))  # another tool
+    assert not w.repeated(Rebaseline("T1", ("R",), "ops", "PM"))  # no id: never taken for a repeat
+    saved = w.export_state()
+    saved["rebaselined"][("R", "T2")] = b"not msgpack"
+    restarted, _ = watch()
+    assert restarted.restore_state(saved)["rebaselined"] == [("R", "T2")]  # unreadable: forgotten, named
+    assert restarted.repeated(first)
+    for n in range(40):  # only the newest are remembered
+        restarted.rebaseline(Rebaseline("T1", ("R",), "ops", "", f"later-{n}"))
+    assert not restarted.repeated(first) and restarted.repeated(Rebaseline("T1", ("R",), "ops", "", "later-39"))

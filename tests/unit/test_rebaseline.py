@@ -17,8 +17,9 @@ def parse(body) -> rebaseline.Rebaseline | Rejected:
 
 
 def test_the_message_the_cli_sends_parses_back():
-    body = rebaseline.message("AOI-01", "M2", "j.doe", "PM, lamp replaced", 1.0)
-    assert parse(body) == rebaseline.Rebaseline("AOI-01", ("M2",), "j.doe", "PM, lamp replaced")
+    body = rebaseline.message("AOI-01", "M2", "j.doe", "PM, lamp replaced", 1.0, "c0ffee")
+    assert parse(body) == rebaseline.Rebaseline("AOI-01", ("M2",), "j.doe", "PM, lamp replaced", "c0ffee")
+    assert parse({"tool_id": "AOI-01", "by": "mes"}).command_id is None  # optional: MES may leave it out
 
 
 def test_without_a_recipe_every_configured_recipe_is_rebaselined_and_the_reason_is_cut():
@@ -36,6 +37,9 @@ def test_without_a_recipe_every_configured_recipe_is_rebaselined_and_the_reason_
         ({"tool_id": "AOI-01", "by": "ops", "reason": 7}, "bad_value"),
         ({"tool_id": "AOI-01", "by": "ops", "schema": "edge.rebaseline/2"}, "bad_value"),
         ({"tool_id": "AOI-01", "by": "ops", "recipe_id": ["M1"]}, "bad_value"),
+        ({"tool_id": "AOI-01", "by": "ops", "command_id": 5}, "bad_value"),
+        ({"tool_id": "AOI-01", "by": "ops", "command_id": ""}, "bad_value"),
+        ({"tool_id": "AOI-01", "by": "ops", "command_id": "x" * 65}, "bad_value"),
         ({"tool_id": "AOI-09", "by": "ops"}, "unknown_tool"),
         ({"tool_id": "AOI-01", "by": "ops", "recipe_id": "M9"}, "unknown_recipe"),
     ],
