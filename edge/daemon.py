@@ -237,12 +237,13 @@ class Daemon:
     async def _restore_line_watch(self) -> None:
         """What the previous run left: its open wafers, drift references and windows, parameter statistics."""
         try:
-            dies, states = await self._db(self.outbox.open_dies), await self._db(self.outbox.load_state)
+            dies, ends = await self._db(self.outbox.open_dies), await self._db(self.outbox.wafer_ends)
+            states = await self._db(self.outbox.load_state)
         except sqlite3.Error as err:
             self.metrics.internal_errors.labels("line_watch").inc()
             log.error("line_watch_restore_failed", error=str(err))
             return
-        reopened = self._watching(self._watch.restore, dies, time.monotonic())
+        reopened = self._watching(self._watch.restore, dies, time.monotonic(), ends)
         refused = self._watching(self._watch.restore_state, states) or {}
         kept = {name: len(keyed) - len(refused.get(name, [])) for name, keyed in states.items()}
         if reopened or states:
@@ -434,13 +435,22 @@ class Daemon:
         self._spawn(self._save_line_watch())  # a restart must not bring the old reference back
 
     def _lot_event(self, event: LotEvent) -> None:
-        self._watching(self._watch.lot_event, event)
+        ended = self._watching(self._watch.lot_event, event)
+        if ended:  # kept, so that a restart before their summaries still knows they ended
+            self._spawn(self._end_wafers(ended))
         if event.kind == "wafer_end":
             return
         log.info("lot_event", kind=event.kind, lot_id=event.lot_id, tool_id=event.tool_id,
                  recipe_id=event.recipe_id)
         if event.kind == "lot_end":
             self._spawn(self._close_lot(event))
+
+    async def _end_wafers(self, ended: list[tuple[WaferKey, str]]) -> None:
+        try:
+            await self._db(self.outbox.end_wafers, ended)
+        except OutboxError as err:  # the wafers still end in this run; only a restart would not know
+            self.metrics.internal_errors.labels("outbox").inc()
+            log.error("wafer_ends_not_kept", error=str(err))
 
     # ---- calibration ------------------------------------------------------------------------
     async def _close_lot(self, event: LotEvent) -> None:

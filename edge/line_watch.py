@@ -70,11 +70,13 @@ class LineWatch:
         rows = [self._drift_row(change, self.cfg.drift.shift_sigma)] if change else []
         return replace(log, anomalous=tuple(anomalous)), rows
 
-    def lot_event(self, event: LotEvent) -> None:
+    def lot_event(self, event: LotEvent) -> list[tuple[WaferKey, str]]:
+        """The open wafers the event ends, with why, for the daemon to keep until they are summarised."""
         if event.kind == "wafer_end" and event.wafer_id is not None:
-            self._wafers.end_wafer((event.tool_id, event.lot_id, event.wafer_id))
-        elif event.kind == "lot_end":
-            self._wafers.end_lot(event.tool_id, event.lot_id)
+            return [(key, event.kind) for key in self._wafers.end_wafer((event.tool_id, event.lot_id, event.wafer_id))]
+        if event.kind == "lot_end":
+            return [(key, event.kind) for key in self._wafers.end_lot(event.tool_id, event.lot_id)]
+        return []
 
     def export_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
         """Drift and parameter statistics by detector and recipe x tool, as bytes to keep."""
@@ -170,13 +172,16 @@ class LineWatch:
         """At a stop: summaries of the wafers that ended; the open ones go on after the restart."""
         return self._summaries(self._wafers.close_ended())
 
-    def restore(self, dies: Iterable[DieRow], now: float) -> int:
+    def restore(self, dies: Iterable[DieRow], now: float, ends: Iterable[tuple[WaferKey, str]] = ()) -> int:
         """Reopen the wafers a previous run left open, from their recorded dies (oldest first, so each
-        tool's last wafer is its current one); the number of wafers reopened."""
+        tool's last wafer is its current one) and the ends the MES had announced; the number of wafers
+        reopened."""
         wafers = set()
         for d in dies:
             self._wafers.add(d.wafer_key, d.recipe_id, DieResult(d.x, d.y, d.decision, d.defect_class), now)
             wafers.add(d.wafer_key)
+        for key, why in ends:
+            self._wafers.end_wafer(key, why)
         return len(wafers)
 
     def _summaries(self, wafers: list[OpenWafer]) -> Summaries:

@@ -4,7 +4,8 @@ One transaction per batch. Results are keyed by (tool_id, frame_id), which de-du
 tool resends, across restarts too. Events keep their insertion order (``seq``) and stay until the
 broker acknowledged them. The dies of wafers not yet summarised are kept beside the results, in the
 same transaction, and leave in the transaction that records their wafer's summary: a restart picks
-the open wafers up where they were, so each wafer still gets one summary. The line watch's drift
+the open wafers up where they were, so each wafer still gets one summary; an open wafer's end (the
+MES said so) is kept with them until its summary is recorded. The line watch's drift
 and parameter state is saved here too, now and then. Blocking calls: the daemon runs them on one
 dedicated thread.
 """
@@ -52,6 +53,14 @@ CREATE TABLE IF NOT EXISTS wafer_dies (
     recorded_at REAL NOT NULL,
     UNIQUE (tool_id, lot_id, wafer_id, x, y)
 );
+CREATE TABLE IF NOT EXISTS wafer_ends (
+    tool_id     TEXT NOT NULL,
+    lot_id      TEXT NOT NULL,
+    wafer_id    TEXT NOT NULL,
+    ended_by    TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (tool_id, lot_id, wafer_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watch_state (
     detector    TEXT NOT NULL,
     recipe_id   TEXT NOT NULL,
@@ -147,11 +156,28 @@ class Outbox:
                     [(d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
                      for d in dies],
                 )
-                self._db.executemany(
-                    "DELETE FROM wafer_dies WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
-                )
+                for table in ("wafer_dies", "wafer_ends"):
+                    self._db.executemany(
+                        f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
+                    )
         except sqlite3.Error as err:
             raise OutboxError(f"cannot record batch: {err}") from err
+
+    def end_wafers(self, ended: Sequence[tuple[tuple[str, str, str], str]]) -> None:
+        """Keep why open wafers ended ((tool_id, lot_id, wafer_id), ended_by) until they are summarised; the
+        first reason given stays."""
+        now = time.time()
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT OR IGNORE INTO wafer_ends VALUES (?, ?, ?, ?, ?)",
+                                     [(*key, why, now) for key, why in ended])
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot record wafer ends: {err}") from err
+
+    def wafer_ends(self) -> list[tuple[tuple[str, str, str], str]]:
+        """The ends ``end_wafers`` kept of wafers not yet summarised."""
+        rows = self._db.execute("SELECT tool_id, lot_id, wafer_id, ended_by FROM wafer_ends ORDER BY recorded_at")
+        return [((tool, lot, wafer), why) for tool, lot, wafer, why in rows]
 
     def open_dies(self) -> list[DieRow]:
         """The dies of the wafers not yet summarised, in the order they were recorded (a die inspected
@@ -215,8 +241,9 @@ class Outbox:
         return states
 
     def prune(self, before: float) -> dict[str, int]:
-        """Delete results recorded, acknowledged events created and open-wafer dies last seen before
-        ``before`` (epoch seconds). Events the broker has not acknowledged are kept whatever their age.
+        """Delete results recorded, acknowledged events created, open-wafer dies last seen and wafer ends
+        with no die left recorded before ``before`` (epoch seconds). Events the broker has not acknowledged
+        are kept whatever their age.
         Returns the rows deleted by table."""
         try:
             with self._transaction():
@@ -229,6 +256,10 @@ class Outbox:
                         "DELETE FROM wafer_dies WHERE (tool_id, lot_id, wafer_id) IN (SELECT tool_id, lot_id, "
                         "wafer_id FROM wafer_dies GROUP BY tool_id, lot_id, wafer_id HAVING MAX(recorded_at) < ?)",
                         (before,),
+                    ).rowcount,
+                    "wafer_ends": self._db.execute(
+                        "DELETE FROM wafer_ends WHERE recorded_at < ? AND (tool_id, lot_id, wafer_id) NOT IN "
+                        "(SELECT tool_id, lot_id, wafer_id FROM wafer_dies)", (before,)
                     ).rowcount,
                 }
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -42,27 +42,29 @@ class WaferTracker:
         return len(self._open)
 
     def add(self, key: WaferKey, recipe_id: str, die: DieResult, now: float) -> bool:
-        """Record a die's result; a die of another wafer than the tool's last one ends that one. False for a
-        die of a wafer already summarised (left out)."""
+        """Record a die's result; the first die of a new wafer ends the tool's previous one (a straggler of an
+        open wafer, say a resend after ``busy``, ends nothing). False for a die of a wafer already summarised
+        (left out)."""
         if key in self._closed:
             return False
         wafer = self._open.get(key)
         if wafer is None:
             wafer = self._open[key] = OpenWafer(key, recipe_id, now)
-        previous = self._current.get(key[0])
-        if previous is not None and previous != key:
-            self._end(previous, "next_wafer")
-        self._current[key[0]] = key
+            previous = self._current.get(key[0])
+            if previous is not None:
+                self._end(previous, "next_wafer")
+            self._current[key[0]] = key
         wafer.dies[(die.x, die.y)] = die  # a die inspected again: its last result counts
         wafer.last_die = now
         return True
 
-    def end_wafer(self, key: WaferKey) -> None:
-        self._end(key, "wafer_end")
+    def end_wafer(self, key: WaferKey, why: str = "wafer_end") -> list[WaferKey]:
+        """The wafer ends, if it is open and did not end yet; the keys that ended now."""
+        return [key] if self._end(key, why) else []
 
-    def end_lot(self, tool_id: str, lot_id: str) -> None:
-        for key in [k for k in self._open if k[0] == tool_id and k[1] == lot_id]:
-            self._end(key, "lot_end")
+    def end_lot(self, tool_id: str, lot_id: str) -> list[WaferKey]:
+        return [key for key in [k for k in self._open if k[0] == tool_id and k[1] == lot_id]
+                if self._end(key, "lot_end")]
 
     def due(self, now: float, idle_s: float, grace_s: float, in_work: Callable[[WaferKey], bool]) -> list[OpenWafer]:
         """Wafers that ended (or sat idle ``idle_s``), quiet for ``grace_s`` with no frame in work: removed
@@ -81,10 +83,12 @@ class WaferTracker:
         work); the others stay open, to go on after the restart."""
         return [self._pop(key) for key, wafer in list(self._open.items()) if wafer.ended_by is not None]
 
-    def _end(self, key: WaferKey, why: str) -> None:
+    def _end(self, key: WaferKey, why: str) -> bool:
         wafer = self._open.get(key)
-        if wafer is not None and wafer.ended_by is None:
-            wafer.ended_by = why
+        if wafer is None or wafer.ended_by is not None:
+            return False
+        wafer.ended_by = why
+        return True
 
     def _pop(self, key: WaferKey) -> OpenWafer:
         if self._current.get(key[0]) == key:

@@ -234,6 +234,48 @@ def test_a_flooding_tool_does_not_starve_a_quiet_one(station, pool):
           f"quiet_all={latency_percentiles([o['latency_ms'] for o in quiet['outcomes']])}")
 
 
+def test_wafer_ends_the_mes_announced_before_a_kill_still_end_the_wafers_after_the_restart(station, pool):
+    """Wafers end by the MES only (a tool's next wafer ends its previous one; idle would take 10 minutes);
+    the daemon is SIGKILLed after the ends arrived and before the wafers' grace ran out."""
+    default = station.config_extra
+    station.config_extra = "[wafers]\nidle_close_s = 600.0\nend_grace_s = 10.0\n"
+    station.stop_daemon()
+    station.start_daemon()
+    wafer_watch = Peer("127.0.0.1", station.mqtt_port, "wafers-ended", (WAFERS,)).wait_connected()
+    try:
+        report = stream(station, pool, range(600, 601), rate=0)
+        assert report["replies"] == {"ok": 120}
+        mes = Peer("127.0.0.1", station.mqtt_port, "mes-ends").wait_connected()
+        for message in pool.cycle(600).after:  # wafer_end per wafer, lot_end
+            mes.publish(message.topic, message.body)
+        mes.close()
+        outbox = f"file:{station.workdir / 'outbox.sqlite'}?mode=ro"
+        deadline = time.monotonic() + 10
+        ends = 0
+        while ends < len(TOOLS) and time.monotonic() < deadline:  # each tool's last wafer ended by the MES
+            time.sleep(0.1)
+            with sqlite3.connect(outbox, uri=True) as db:
+                ends = db.execute("SELECT COUNT(*) FROM wafer_ends WHERE lot_id LIKE '%-c600'").fetchone()[0]
+        assert ends == len(TOOLS)
+        station.stop_daemon(signal.SIGKILL)
+        station.start_daemon()
+
+        def summaries() -> dict[tuple[str, str], dict]:  # at least once: one replayed is the same summary
+            return {(b["tool_id"], b["wafer_id"]): b for b in wafer_watch.json_messages()
+                    if b["lot_id"].endswith("-c600")}
+
+        assert wafer_watch.wait_for(lambda _: len(summaries()) == 4, 30), summaries()
+        bodies = summaries().values()
+        assert sorted(b["ended_by"] for b in bodies) == ["next_wafer", "next_wafer", "wafer_end", "wafer_end"]
+        assert [b["dies_inspected"] for b in bodies] == [30] * 4
+    finally:
+        wafer_watch.close()
+        station.config_extra = default
+        station.stop_daemon()
+        station.start_daemon()
+    print(f"\nwafer ends across a kill: ends_kept={ends} summaries=4 elapsed_s={report['elapsed_s']}")
+
+
 def ask(st: Station, parts: list[bytes], timeout_s: float = 10.0) -> dict:
     """One frame from a fresh DEALER; its reply."""
     sock = zmq.Context.instance().socket(zmq.DEALER)

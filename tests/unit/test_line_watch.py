@@ -110,8 +110,21 @@ def test_open_wafers_are_reopened_from_their_recorded_dies_and_summarised_once_w
     assert due.wafers == [("T1", "L1", "W1")]  # ended by the tool's next wafer, as before the restart
     summary = json.loads(due.rows[0].payload)
     assert summary["dies_inspected"] == 6 and summary["classes"] == {"CRACK": 3}
-    after.lot_event(LotEvent("wafer_end", "L1", "R", "T1", "W2"))
+    assert after.lot_event(LotEvent("wafer_end", "L1", "R", "T1", "W2")) == [(("T1", "L1", "W2"), "wafer_end")]
     assert after.close_ended().wafers == [("T1", "L1", "W2")]  # at a stop: W9 is still open and stays so
+
+
+def test_an_end_the_mes_announced_before_a_restart_still_ends_the_reopened_wafer():
+    before, _ = watch()
+    outcomes = [outcome("T1", "W1", (x, 0)) for x in range(4)] + [outcome("T2", "W9", (1, 1))]
+    before.results(outcomes, 0.0)
+    ended = before.lot_event(LotEvent("lot_end", "L1", "R", "T1", None))
+    assert ended == [(("T1", "L1", "W1"), "lot_end")]  # what the daemon keeps beside the dies
+    assert before.lot_event(LotEvent("lot_start", "L2", "R", "T1", None)) == []
+    after, _ = watch()  # the daemon was killed before the wafer's grace ran out
+    assert after.restore([die_row(o) for o in outcomes], now=100.0, ends=ended) == 2
+    due = after.due(100.0 + CFG.wafers.end_grace_s, in_work=lambda key: False)  # no idle wait, no next wafer
+    assert due.wafers == [("T1", "L1", "W1")] and json.loads(due.rows[0].payload)["ended_by"] == "lot_end"
 
 
 def test_a_rebaseline_clears_raised_drift_and_the_moved_level_becomes_the_reference():

@@ -44,7 +44,7 @@ def test_prune_drops_old_results_and_acknowledged_events_but_never_unacknowledge
     cutoff = time.time() + 1  # everything so far is "old"
     box.record([ResultRow("T1", "new", "PASS", None, b"n")], [])
     box._db.execute("UPDATE results SET recorded_at = ? WHERE frame_id = 'new'", (cutoff + 10,))
-    assert box.prune(cutoff) == {"results": 1, "events": 1, "wafer_dies": 0}
+    assert box.prune(cutoff) == {"results": 1, "events": 1, "wafer_dies": 0, "wafer_ends": 0}
     assert [p.event_id for p in box.pending(0, 10)] == ["e2"]
     assert box.recorded_reply("T1", "old") is None and box.recorded_reply("T1", "new") == b"n"
 
@@ -76,6 +76,25 @@ def test_open_wafer_dies_survive_reopening_and_leave_with_their_summary(tmp_path
     assert box.prune(time.time() - 3600)["wafer_dies"] == 0  # W2 saw a die just now
     assert box.prune(time.time() + 1)["wafer_dies"] == 1  # a wafer silent past the retention is dropped
     assert box.open_dies() == []
+    box.close()
+
+
+def test_a_wafer_end_is_kept_until_its_summary_or_the_retention(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    box.record(*rows(1), dies=[DieRow("T1", "L1", w, 0, 0, "R", "PASS", "GOOD") for w in ("W1", "W2")])
+    box.end_wafers([(("T1", "L1", "W1"), "wafer_end"), (("T1", "L1", "W2"), "lot_end")])
+    box.end_wafers([(("T1", "L1", "W1"), "lot_end")])  # the first reason stays
+    box.end_wafers([(("T9", "L1", "W7"), "wafer_end")])  # its dies are gone (say, pruned)
+    box.close()
+    box = Outbox(path)
+    assert box.wafer_ends() == [(("T1", "L1", "W1"), "wafer_end"), (("T1", "L1", "W2"), "lot_end"),
+                                (("T9", "L1", "W7"), "wafer_end")]
+    box.record([], [EventRow("s1", "p/s/wafers/T1", "WAFER", "{}")], summarised=[("T1", "L1", "W1")])
+    assert [key for key, _ in box.wafer_ends()] == [("T1", "L1", "W2"), ("T9", "L1", "W7")]
+    assert box.prune(time.time() - 3600)["wafer_ends"] == 0  # recent: kept
+    assert box.prune(time.time() + 1) == {"results": 1, "events": 0, "wafer_dies": 1, "wafer_ends": 2}
+    assert box.wafer_ends() == []  # W7 had no die left; W2's went with its dies, silent past the retention
     box.close()
 
 

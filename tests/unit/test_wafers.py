@@ -42,8 +42,9 @@ def test_lot_end_idle_and_a_stop_end_wafers_and_a_die_seen_twice_counts_once():
     t.add(A1, "R", die(0, 0, "DEFECT", "CRACK"), now=0.0)
     t.add(A1, "R", die(0, 0, "PASS"), now=0.5)  # re-inspected: the last result counts
     t.add(B1, "R", die(3, 3), now=0.0)
-    t.end_lot("AOI-01", "L1")
-    t.end_lot("AOI-02", "L1")  # another tool's lot of the same name: nothing of B1
+    assert t.end_lot("AOI-01", "L1") == [A1]  # the wafers that ended now
+    assert t.end_lot("AOI-02", "L1") == []  # another tool's lot of the same name: nothing of B1
+    assert t.end_wafer(A1) == []  # ended already: the first reason stays
     [ended] = t.due(1.0, idle_s=60, grace_s=0.0, in_work=idle)
     assert ended.key == A1 and ended.ended_by == "lot_end" and list(ended.dies.values()) == [die(0, 0, "PASS")]
     assert t.due(59.0, idle_s=60, grace_s=0.0, in_work=idle) == []
@@ -56,9 +57,20 @@ def test_lot_end_idle_and_a_stop_end_wafers_and_a_die_seen_twice_counts_once():
     assert last.key == A2 and last.ended_by == "wafer_end" and len(t) == 1  # ... the open one goes on
 
 
+def test_a_straggler_of_the_previous_wafer_does_not_end_the_one_in_progress():
+    t = WaferTracker()
+    t.add(A1, "R", die(0, 0), now=0.0)
+    t.add(A2, "R", die(0, 0), now=1.0)  # A2 starts: A1 ends
+    t.add(A1, "R", die(1, 0), now=1.5)  # A1's die resent after busy lands in A1 ...
+    t.add(A2, "R", die(1, 0), now=2.0)
+    [ended] = t.due(2.0 + 5, idle_s=60, grace_s=5.0, in_work=idle)
+    assert ended.key == A1 and len(ended.dies) == 2  # ... and A2 goes on, not ended by it
+    assert t.end_wafer(A2) == [A2]
+
+
 def test_an_end_for_a_wafer_never_seen_is_ignored():
     t = WaferTracker()
-    t.end_wafer(A1)
+    assert t.end_wafer(A1) == []
     t.add(A1, "R", die(0, 0), now=0.0)  # its dies come after the MES message: still summarised later
     assert t.due(1.0, idle_s=60, grace_s=0.0, in_work=idle) == []
 
