@@ -63,8 +63,7 @@ class WaferTracker:
         return [key] if self._end(key, why) else []
 
     def end_lot(self, tool_id: str, lot_id: str) -> list[WaferKey]:
-        return [key for key in [k for k in self._open if k[0] == tool_id and k[1] == lot_id]
-                if self._end(key, "lot_end")]
+        return [key for key in self._open if key[:2] == (tool_id, lot_id) and self._end(key, "lot_end")]
 
     def due(self, now: float, idle_s: float, grace_s: float, in_work: Callable[[WaferKey], bool]) -> list[OpenWafer]:
         """Wafers that ended (or sat idle ``idle_s``), quiet for ``grace_s`` with no frame in work: removed
