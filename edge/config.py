@@ -113,6 +113,11 @@ class MqttConfig(_Strict):
     )
     keepalive_s: int = Field(30, gt=0)
     max_inflight: int = Field(64, gt=0, description="QoS 1 messages awaiting PUBACK")
+    replay_acked_s: float = Field(
+        5.0, ge=0, description="when the link to the broker drops, the events it acknowledged in this many seconds "
+        "before its last acknowledgement are published again: a broker that dies loses what it had accepted but "
+        "neither handed on nor saved (Mosquitto saves every autosave_interval seconds); 0 turns this off",
+    )
     mes_process_topic: str = Field("fab/mes/process/#", description="where MES publishes wafer process logs")
     mes_lot_topic: str = Field("fab/mes/lot/#", description="where MES publishes lot_start / lot_end")
     tls: bool = Field(

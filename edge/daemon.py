@@ -103,7 +103,8 @@ class Daemon:
             link = MqttLink(cfg.mqtt, cfg.station, loop, self._on_mqtt_message, self._on_ack, self._on_broker,
                             (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic, self._reviews_topic,
                              self._rebaseline_topic))
-        self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight)
+        self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight,
+                                   cfg.mqtt.replay_acked_s)
         self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
         sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
                            hwm=cfg.ingest.max_inflight_frames * 2,
@@ -703,5 +704,4 @@ class Daemon:
         self.metrics.broker_up.set(int(connected))
         log.info("mqtt_connected" if connected else "mqtt_disconnected", host=self.cfg.mqtt.host,
                  port=self.cfg.mqtt.port)
-        if connected:
-            self.publisher.wake()
+        self.publisher.on_link(connected)

@@ -60,6 +60,10 @@ class Metrics:
         self.events_published = Counter(
             "edge_events_published_total", "Events acknowledged by the broker", ["decision"], registry=r
         )
+        self.events_republished = Counter(
+            "edge_events_republished_total",
+            "Events the broker had acknowledged just before the link to it dropped, published again", registry=r,
+        )
         self.mes_messages = Counter("edge_mes_messages_total", "MES messages accepted", ["kind"], registry=r)
         self.mes_rejected = Counter(
             "edge_mes_messages_rejected_total", "MES messages rejected", ["reason"], registry=r

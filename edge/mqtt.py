@@ -141,7 +141,11 @@ def publish_once(cfg: MqttConfig, client_id: str, topic: str, payload: str, time
 
 
 class MqttLink:
-    """``on_message(topic, payload)``, ``on_ack(mid)`` and ``on_state(connected)`` run on ``loop``."""
+    """``on_message(topic, payload)``, ``on_ack(mid)`` and ``on_state(connected)`` run on ``loop``.
+
+    Messages published on a session that ends without their PUBACK are dropped when the next session
+    starts: the caller republishes them (it heard ``on_state(False)`` in between).
+    """
 
     def __init__(
         self,
@@ -202,6 +206,10 @@ class MqttLink:
             self._refused = True
             self._warn("mqtt_refused", reason=str(reason_code))
             return
+        # What the last session left unacknowledged is resent by the publisher from the outbox, in order
+        # and together with what the broker acknowledged just before it went away; paho must not resend it
+        # ahead of them.
+        client.drop_out_messages()
         client.publish(self.status_topic, "online", qos=1, retain=True)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)

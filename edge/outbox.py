@@ -209,6 +209,14 @@ class Outbox:
         except sqlite3.Error as err:
             raise OutboxError(f"cannot mark events delivered: {err}") from err
 
+    def mark_undelivered(self, seqs: Iterable[int]) -> None:
+        """Take delivery marks back: the publisher hands these events to the broker again."""
+        try:
+            with self._transaction():
+                self._db.executemany("UPDATE events SET delivered_at = NULL WHERE seq = ?", [(s,) for s in seqs])
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot mark events undelivered: {err}") from err
+
     def backlog(self) -> int:
         return self._db.execute("SELECT count(*) FROM events WHERE delivered_at IS NULL").fetchone()[0]
 

@@ -1,14 +1,21 @@
 """Drains the outbox to MQTT with QoS 1: rows are marked delivered on PUBACK, never before.
 
-At start the cursor is 0, so whatever a previous run left undelivered is replayed first.
-Messages handed to paho stay in its session while the broker is away and are resent on
-reconnect; the outbox still holds them until their PUBACK arrives.
+At start the cursor is 0, so whatever a previous run left undelivered is replayed first. The
+outbox, not paho, is what gets resent: when the link to the broker drops, paho's unacknowledged
+messages are dropped (``MqttLink``) and the publisher starts again from the oldest undelivered row,
+so a reconnect hands the broker everything in insertion order.
+
+A broker's PUBACK is only as durable as the broker: one that dies loses the messages it had
+accepted but neither handed to its subscribers nor saved. So when the link drops, the events the
+broker acknowledged in the last ``replay_acked_s`` seconds before its last acknowledgement are
+marked undelivered again and published once more (consumers de-duplicate on ``event_id``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from edge.logs import get
@@ -27,16 +34,22 @@ class Publisher:
         metrics: Metrics,
         run_db: Callable[..., Awaitable],
         max_inflight: int,
+        replay_acked_s: float = 0.0,
     ) -> None:
         self._outbox = outbox
         self._link = link
         self._metrics = metrics
         self._db = run_db
         self._max_inflight = max_inflight
+        self._replay_acked_s = replay_acked_s
         self._cursor = 0
+        self._session = 0  # counts link losses: a step that awaited across one publishes nothing stale
         self._inflight: dict[int, tuple[int, str, float]] = {}  # mid -> (seq, decision, handed to paho at)
         self._acked: list[int] = []
+        self._recent: deque[tuple[float, int]] = deque()  # (acknowledged at, seq) within replay_acked_s
+        self._replay: list[int] = []
         self._wake = asyncio.Event()
+        self._stepping = asyncio.Lock()
 
     def wake(self) -> None:
         self._wake.set()
@@ -44,10 +57,27 @@ class Publisher:
     def on_ack(self, mid: int) -> None:
         item = self._inflight.pop(mid, None)
         if item is not None:
+            now = time.monotonic()
             self._acked.append(item[0])
+            if self._replay_acked_s > 0:
+                self._recent.append((now, item[0]))
+                while self._recent[0][0] < now - self._replay_acked_s:
+                    self._recent.popleft()
             self._metrics.events_published.labels(item[1]).inc()
-            self._metrics.stage_latency.labels("publish").observe(time.monotonic() - item[2])
+            self._metrics.stage_latency.labels("publish").observe(now - item[2])
             self._wake.set()
+
+    def on_link(self, connected: bool) -> None:
+        """The link came up (publish what is pending) or went down (start again from the outbox)."""
+        if not connected:
+            self._session += 1
+            self._inflight.clear()  # paho drops them too; their rows are still undelivered
+            self._cursor = 0
+            if self._recent:
+                last = self._recent[-1][0]
+                self._replay += [seq for at, seq in self._recent if at >= last - self._replay_acked_s]
+                self._recent.clear()
+        self._wake.set()
 
     @property
     def inflight(self) -> int:
@@ -63,21 +93,34 @@ class Publisher:
             await self.step()
 
     async def step(self) -> None:
-        """Record acknowledgements, then hand paho as many pending events as the window allows."""
-        if self._acked:
-            acked, self._acked = self._acked, []
+        """Record acknowledgements (and take back those to replay), then hand paho as many pending
+        events as the window allows. One step at a time (the shutdown drain runs beside ``run``)."""
+        async with self._stepping:
+            await self._step()
+
+    async def _step(self) -> None:
+        # Both lists are taken at once: every acknowledgement heard before the link dropped is marked
+        # before the replay takes marks back, so none of them is marked delivered after its replay.
+        acked, self._acked = self._acked, []
+        replay, self._replay = self._replay, []
+        if acked:
             await self._db(self._outbox.mark_delivered, acked)
+        if replay:
+            await self._db(self._outbox.mark_undelivered, replay)
+            self._metrics.events_republished.inc(len(replay))
+            log.info("events_replayed", count=len(replay), window_s=self._replay_acked_s)
         if self._link is None:  # MQTT off: the local feed is the only consumer, nothing to wait for
             pending = await self._db(self._outbox.pending, self._cursor, 1000)
             if pending:
                 await self._db(self._outbox.mark_delivered, [p.seq for p in pending])
                 self._cursor = pending[-1].seq
             return
+        session = self._session
         while self._link.connected and len(self._inflight) < self._max_inflight:
             room = self._max_inflight - len(self._inflight)
             pending = await self._db(self._outbox.pending, self._cursor, room)
-            if not pending:
-                break
+            if not pending or session != self._session:
+                break  # nothing to send, or the link dropped meanwhile: the next step starts over
             for event in pending:
                 mid = self._link.publish(event.topic, event.payload, qos=1)
                 if mid is None:
@@ -91,8 +134,7 @@ class Publisher:
         end = loop.time() + timeout_s
         while loop.time() < end:
             await self.step()
-            if not self._inflight and not self._acked and await self.backlog() == 0:
+            if not self._inflight and not self._acked and not self._replay and await self.backlog() == 0:
                 return True
             await asyncio.sleep(0.05)
         return False
-

@@ -8,8 +8,10 @@ By default the listener is plain MQTT and anonymous clients are welcome. ``tls=T
 makes it MQTT over TLS (and, unless told otherwise, demands a client certificate from the
 listener's authority, the certificate's common name becoming the username); ``users={name:
 password}`` turns anonymous access off and checks passwords from a hashed password file.
-``persistent=True`` keeps sessions and queued messages on disk (saved every second) across a
-restart, as a station's broker would: a durable subscriber then misses nothing while it is away.
+``persistent=True`` keeps sessions and queued messages on disk (saved every ``autosave_s`` seconds,
+1 by default; 0: only when the broker exits cleanly) across a restart, as a station's broker would: a
+durable subscriber then misses nothing while it is away. What arrived since the last save is lost
+when the broker is killed.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class TlsFiles:
 
 class Mosquitto:
     def __init__(self, workdir: Path, port: int | None = None, *, tls: TlsFiles | None = None,
-                 users: Mapping[str, str] | None = None, persistent: bool = False) -> None:
+                 users: Mapping[str, str] | None = None, persistent: bool = False, autosave_s: int = 1) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -56,7 +58,7 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
-        persistence = (["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]
+        persistence = (["persistence true", f"persistence_location {workdir}/", f"autosave_interval {autosave_s}"]
                        if persistent else ["persistence false"])
         lines = [f"listener {self.port} 127.0.0.1", *persistence, "max_inflight_messages 0",
                  "max_queued_messages 100000", f"log_dest file {self.log_path}"]

@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
 
 from edge.config import MqttConfig
 from edge.metrics import Metrics
 from edge.mqtt import MqttLink
 from edge.outbox import EventRow, Outbox, ResultRow
 from edge.publisher import Publisher
+from tools.mosquitto import Mosquitto, mosquitto_binary
 from tools.mqtt_peer import Peer
+
+EVENTS = "fab/edge/ST/events/#"
 
 
 def events(start: int, n: int) -> tuple[list[ResultRow], list[EventRow]]:
@@ -34,19 +41,21 @@ async def wait_until(predicate, timeout_s: float) -> bool:
 class Harness:
     """Outbox + MqttLink + Publisher wired as the daemon wires them."""
 
-    def __init__(self, outbox: Outbox, port: int, client_id: str = "edge-test") -> None:
+    def __init__(self, outbox: Outbox, port: int, client_id: str = "edge-test", replay_acked_s: float = 5.0) -> None:
         self.outbox = outbox
         self.db = ThreadPoolExecutor(1)
         loop = asyncio.get_running_loop()
         self.connected = False
-        cfg = MqttConfig(port=port, client_id=client_id, max_inflight=20)
+        cfg = MqttConfig(port=port, client_id=client_id, max_inflight=20, replay_acked_s=replay_acked_s)
 
         def on_state(up: bool) -> None:
             self.connected = up
-            self.publisher.wake()
+            self.publisher.on_link(up)
 
+        self.metrics = Metrics()
         self.link = MqttLink(cfg, "ST", loop, lambda t, p: None, lambda mid: self.publisher.on_ack(mid), on_state)
-        self.publisher = Publisher(outbox, self.link, Metrics(), self._run_db, cfg.max_inflight)
+        self.publisher = Publisher(outbox, self.link, self.metrics, self._run_db, cfg.max_inflight,
+                                   cfg.replay_acked_s)
         self.task = asyncio.create_task(self.publisher.run())
         self.link.start()
 
@@ -75,34 +84,102 @@ def test_status_is_retained_online_and_last_will_says_offline(mosquitto, tmp_pat
     asyncio.run(scenario())
 
 
-def test_every_event_is_delivered_across_a_broker_outage_and_marked_on_puback(mosquitto, tmp_path):
+@pytest.fixture
+def durable_broker(tmp_path) -> Iterator[Mosquitto]:
+    """A broker that keeps sessions on disk but saves them only when it exits cleanly: killed, it loses
+    whatever it accepted since, as a station's broker loses what came after its last autosave."""
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed: run `make deps` (Debian package mosquitto)", pytrace=False)
+    broker = Mosquitto(tmp_path / "broker", persistent=True, autosave_s=0).start()
+    yield broker
+    broker.stop()
+
+
+def durable_subscriber(broker: Mosquitto, client_id: str = "mes") -> Peer:
+    """A subscriber to the events with a persistent session the broker has saved."""
+    Peer("127.0.0.1", broker.port, client_id, (EVENTS,), clean_session=False).wait_connected().close()
+    broker.stop()  # a clean stop saves the session
+    broker.start()
+    return Peer("127.0.0.1", broker.port, client_id, (EVENTS,), clean_session=False).wait_connected()
+
+
+def test_every_event_reaches_a_durable_subscriber_across_a_broker_crash_and_is_marked_on_puback(
+        durable_broker, tmp_path):
     async def scenario():
         outbox = Outbox(tmp_path / "o.sqlite")
-        mes = Peer("127.0.0.1", mosquitto.port, "mes", ("fab/edge/ST/events/#",)).wait_connected()
-        h = Harness(outbox, mosquitto.port)
+        mes = durable_subscriber(durable_broker)
+        h = Harness(outbox, durable_broker.port)
         assert await wait_until(lambda: h.connected, 10)
         outbox.record(*events(0, 300))
         h.publisher.wake()
         await asyncio.sleep(0.05)
-        mosquitto.kill()  # abrupt outage mid-stream
+        durable_broker.kill()  # abrupt outage mid-stream: what it had not handed on is gone with it
         assert await wait_until(lambda: not h.connected, 10)
         outbox.record(*events(300, 300))  # results keep arriving while the broker is away
         h.publisher.wake()
         await asyncio.sleep(0.5)
-        mosquitto.start()
+        durable_broker.start()
         assert await wait_until(lambda: h.connected, 15)
         assert await wait_until(lambda: outbox.backlog() == 0, 20), f"backlog {outbox.backlog()}"
-        got = {m["event_id"] for m in mes.json_messages()}
-        # the MES subscriber may miss what was in flight while it was disconnected too; the outbox
-        # says every event was acknowledged by the broker, and no event is left pending
-        assert outbox.pending(0, 10) == []
-        # the subscriber reconnects sooner than the daemon (0.2 s vs 1 s back-off), so at least what
-        # was recorded during the outage reaches it after the restart
-        assert {f"e{i:05d}" for i in range(300, 600)} <= got
+        assert outbox.pending(0, 10) == []  # every event acknowledged by the broker
+        wanted = {f"e{i:05d}" for i in range(600)}
+        await wait_until(lambda: wanted <= {m["event_id"] for m in mes.json_messages()}, 10)
+        received = [m["event_id"] for m in mes.json_messages()]
+        assert wanted == set(received)
+        first = list(dict.fromkeys(received))
+        assert first == sorted(first)  # first arrivals in the order recorded
         await h.close()
         mes.close()
 
     asyncio.run(scenario())
+
+
+async def crash_after_acknowledgements(broker: Mosquitto, outbox_path: Path, batches: list[range],
+                                      replay_acked_s: float, pause_s: float = 0.0) -> tuple[float, list[str]]:
+    """A durable subscriber that is away; each batch of events acknowledged by the broker (``pause_s`` after
+    each); the broker killed before it saves them and started again; the daemon's link back. The events
+    republished, and what the subscriber then receives."""
+    durable_subscriber(broker).close()
+    outbox = Outbox(outbox_path)
+    h = Harness(outbox, broker.port, replay_acked_s=replay_acked_s)
+    assert await wait_until(lambda: h.connected, 10)
+    for batch in batches:
+        outbox.record(*events(batch.start, len(batch)))
+        h.publisher.wake()
+        assert await wait_until(lambda: outbox.backlog() == 0, 10)  # every one acknowledged by the broker
+        await asyncio.sleep(pause_s)
+    broker.kill()  # held in memory for the subscriber, never saved
+    assert await wait_until(lambda: not h.connected, 10)
+    broker.start()
+    assert await wait_until(lambda: h.connected, 15)
+    await asyncio.sleep(0.5)
+    assert await wait_until(lambda: outbox.backlog() == 0, 10)
+    republished = h.metrics.events_republished._value.get()
+    await h.close()
+    mes = Peer("127.0.0.1", broker.port, "mes", (EVENTS,), clean_session=False).wait_connected()
+    await wait_until(lambda: len(mes.json_messages()) >= len(batches[-1]), 5)
+    mes.close()
+    return republished, [m["event_id"] for m in mes.json_messages()]
+
+
+@pytest.mark.parametrize("replay_acked_s", [30.0, 0.0])
+def test_what_a_dying_broker_acknowledged_but_lost_is_published_again(durable_broker, tmp_path, replay_acked_s):
+    """The broker PUBACKs 40 events and queues them for a durable subscriber that is away, then dies before
+    saving them. With a replay window the daemon publishes them again after the restart and the subscriber
+    gets every one, in order; without one they are gone."""
+    republished, received = asyncio.run(
+        crash_after_acknowledgements(durable_broker, tmp_path / "o.sqlite", [range(40)], replay_acked_s))
+    assert republished == (40 if replay_acked_s else 0)
+    assert received == ([f"e{i:05d}" for i in range(40)] if replay_acked_s else [])
+
+
+def test_the_replay_window_counts_back_from_the_last_acknowledgement(durable_broker, tmp_path):
+    """Window 1 s: 20 events acknowledged 1.5 s before the last 20 are not published again after the crash;
+    the last 20 are."""
+    republished, received = asyncio.run(crash_after_acknowledgements(
+        durable_broker, tmp_path / "o.sqlite", [range(20), range(20, 40)], replay_acked_s=1.0, pause_s=1.5))
+    assert republished == 20
+    assert received == [f"e{i:05d}" for i in range(20, 40)]
 
 
 def test_undelivered_events_are_replayed_by_the_next_run(mosquitto, tmp_path):
@@ -111,7 +188,7 @@ def test_undelivered_events_are_replayed_by_the_next_run(mosquitto, tmp_path):
         first = Outbox(path)
         first.record(*events(0, 50))  # recorded, never published: the daemon died here
         first.close()
-        mes = Peer("127.0.0.1", mosquitto.port, "mes", ("fab/edge/ST/events/#",)).wait_connected()
+        mes = Peer("127.0.0.1", mosquitto.port, "mes", (EVENTS,)).wait_connected()
         h = Harness(Outbox(path), mosquitto.port)
         h.publisher.wake()
         assert await wait_until(lambda: len(mes.json_messages()) >= 50, 15)

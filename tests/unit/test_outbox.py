@@ -27,6 +27,17 @@ def test_pending_events_survive_reopening_until_marked_delivered(tmp_path):
     box.close()
 
 
+def test_marks_taken_back_put_events_in_the_pending_order_again(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    box.record(*rows(4))
+    box.mark_delivered([e.seq for e in box.pending(0, 10)])
+    assert box.pending(0, 10) == [] and box.backlog() == 0
+    seqs = box._db.execute("SELECT seq FROM events ORDER BY seq").fetchall()
+    box.mark_undelivered([seqs[3][0], seqs[1][0]])
+    assert [e.event_id for e in box.pending(0, 10)] == ["e1", "e3"] and box.backlog() == 2
+    box.close()
+
+
 def test_a_resent_frame_keeps_its_first_result(tmp_path):
     box = Outbox(tmp_path / "o.sqlite")
     box.record([ResultRow("T1", "f1", "PASS", None, b"first")], [])
