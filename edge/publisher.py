@@ -46,7 +46,7 @@ class Publisher:
         self._session = 0  # counts link losses: a step that awaited across one publishes nothing stale
         self._inflight: dict[int, tuple[int, str, float]] = {}  # mid -> (seq, decision, handed to paho at)
         self._acked: list[int] = []
-        self._recent: deque[tuple[float, int]] = deque()  # (acknowledged at, seq) within replay_acked_s
+        self._recent: deque[tuple[float, int]] = deque()  # (acknowledged at, seq), replay_acked_s back from the last
         self._replay: list[int] = []
         self._wake = asyncio.Event()
         self._stepping = asyncio.Lock()
@@ -73,10 +73,8 @@ class Publisher:
             self._session += 1
             self._inflight.clear()  # paho drops them too; their rows are still undelivered
             self._cursor = 0
-            if self._recent:
-                last = self._recent[-1][0]
-                self._replay += [seq for at, seq in self._recent if at >= last - self._replay_acked_s]
-                self._recent.clear()
+            self._replay += [seq for _, seq in self._recent]  # on_ack keeps only the window's
+            self._recent.clear()
         self._wake.set()
 
     @property
