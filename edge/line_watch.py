@@ -72,11 +72,12 @@ class LineWatch:
 
     def lot_event(self, event: LotEvent) -> list[tuple[WaferKey, str]]:
         """The open wafers the event ends, with why, for the daemon to keep until they are summarised."""
+        keys: list[WaferKey] = []
         if event.kind == "wafer_end" and event.wafer_id is not None:
-            return [(key, event.kind) for key in self._wafers.end_wafer((event.tool_id, event.lot_id, event.wafer_id))]
-        if event.kind == "lot_end":
-            return [(key, event.kind) for key in self._wafers.end_lot(event.tool_id, event.lot_id)]
-        return []
+            keys = self._wafers.end_wafer((event.tool_id, event.lot_id, event.wafer_id))
+        elif event.kind == "lot_end":
+            keys = self._wafers.end_lot(event.tool_id, event.lot_id)
+        return [(key, event.kind) for key in keys]
 
     def export_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
         """Drift and parameter statistics by detector and recipe x tool, as bytes to keep."""
