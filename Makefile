@@ -7,12 +7,12 @@ MODELS := build/models
 REPOSITORY := build/model_repository
 
 .DEFAULT_GOAL := help
-.PHONY: help deps models cards engines test test-unit demo bench lint clean
+.PHONY: help deps models seeds cards engines test test-unit demo bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-deps: $(VENV)/.installed broker promtool ## Python packages in .venv, Mosquitto and promtool from Debian
+deps: $(VENV)/.installed broker promtool qemu ## Python packages in .venv; Mosquitto, promtool and qemu-user from Debian
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,14 +39,25 @@ promtool:
 	  $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
 	fi
 
+# qemu-user runs one test under an emulated CPU without VNNI (tests/unit/test_quantize.py): INT8 must score the same.
+.PHONY: qemu
+qemu:
+	@if ! command -v qemu-x86_64 >/dev/null && [ "$$(uname -m)" = x86_64 ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends qemu-user; \
+	fi
+
 models: $(REPOSITORY)/.built ## train the reference models and assemble the CPU Triton repository
 
-$(MODELS)/.trained: $(VENV)/.installed $(wildcard tools/synth*.py tools/models*.py tools/train*.py) edge/taxonomy.py edge/process_params.py edge/notes.py
+# Every first-party file that training and measuring read, followed import by import (tools/provenance.py).
+TRAINING_SOURCES := $(shell $(PYTHON) -m tools.provenance sources)
+
+$(MODELS)/.trained: $(VENV)/.installed $(TRAINING_SOURCES)
 	$(PY) -m tools.train --model all --out $(MODELS)
 	touch $@
 
-# FP16 and INT8 (Q/DQ) ONNX forms beside the FP32 ones, with their accuracy change on held-out dies
-$(MODELS)/.quantized: $(MODELS)/.trained tools/quantize.py tools/metrics.py
+# FP16 and INT8 (Q/DQ) ONNX forms beside the FP32 ones, measured against FP32 on held-out dies and gated
+$(MODELS)/.quantized: $(MODELS)/.trained
 	$(PY) -m tools.quantize --models $(MODELS)
 	touch $@
 
@@ -54,8 +65,12 @@ $(REPOSITORY)/.built: $(MODELS)/.trained $(MODELS)/.quantized tools/build_reposi
 	$(PY) -m tools.build_repository --models $(MODELS) --out $(REPOSITORY)
 	touch $@
 
-cards: models ## regenerate model_repository/cards/ (metrics, precision forms, CPU latency per batch size)
-	$(PY) -m tools.model_card --models $(MODELS) --out model_repository/cards
+SEEDS ?= 1 2 3 4 5
+seeds: models ## train the recipe over SEEDS (hours on 2 cores; reuses current seeds) for each figure's spread
+	$(PY) -m tools.seed_spread --seeds $(SEEDS) --reference $(MODELS) --out build/seeds
+
+cards: seeds ## regenerate model_repository/cards/ (metrics, seed spread, precision gate, provenance, latency)
+	$(PY) -m tools.model_card --models $(MODELS) --spread build/seeds/seed_spread.json --out model_repository/cards
 
 # On the GPU host (TensorRT and pycuda installed: pip install -e '.[gpu]'): strongly typed engines from the FP16 /
 # INT8 ONNX forms, checked against ONNX Runtime, into the GPU variant of the repository; stale plans only.

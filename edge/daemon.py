@@ -32,6 +32,7 @@ from edge.join import Joiner
 from edge.line_watch import LineWatch, Summaries, die_row
 from edge.logs import RateLimited, get
 from edge.metrics import Metrics
+from edge.model_facts import bands_from, precision_from
 from edge.mqtt import MqttLink, tls_context, topic_matches
 from edge.outbox import EventRow, Outbox
 from edge.outcomes import Outcome, Stamp, records
@@ -169,10 +170,18 @@ class Daemon:
 
     async def _learn_models(self) -> None:
         self.models = await self.triton.model_versions()
+        params = {name: await self.triton.config_parameters(name)
+                  for name in (self.triton.anomaly_model, self.triton.classifier_model)}
         self.health.triton_ready = True
         self.health.models = self.models
+        precision = {name: precision_from(facts) for name, facts in params.items()}
+        self.health.precision = {name: facts.report() for name, facts in precision.items() if facts}
+        for name, facts in precision.items():
+            if facts and facts.fallback:  # the form asked for missed the precision gate at build time
+                log.warning("model_precision_fallback", model=name, served=facts.served, requested=facts.requested,
+                            reason=facts.fallback)
         self.metrics.triton_up.set(1)
-        declared = await self.triton.anomaly_bands()
+        declared = bands_from(params[self.triton.anomaly_model])
         entries = {(b.recipe, b.tool): Bands(b.pass_band, b.reject_band) for b in self.cfg.decision.bands}
         default = entries.get(("*", "*"), declared)
         if default is None:

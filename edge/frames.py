@@ -78,8 +78,9 @@ class HotRegion:
 
 def hot_region(heatmap: np.ndarray, image_hw: tuple[int, int], floor: float) -> HotRegion:
     """The peak cell, and the region of cells around it at or over half the peak and at or over ``floor``
-    (the PASS band: the score is the largest cell, so the band reads on cells too). A peak under
-    ``floor`` is a normal frame: its region is the peak cell alone."""
+    (the PASS band: the score is in the cells' units, at least the largest cell, so the band reads on cells
+    too). A peak under ``floor`` (a normal frame, or a broad faint anomaly that only its larger windows
+    carry over the band) gives the peak cell alone."""
     gy, gx = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     cell_h, cell_w = image_hw[0] / heatmap.shape[0], image_hw[1] / heatmap.shape[1]
     peak = float(heatmap[gy, gx])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 class Health:
     triton_ready: bool = False
     models: dict[str, str] = field(default_factory=dict)
+    precision: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> served, requested, fallback
     broker_connected: bool = False
     broker_required: bool = True
     draining: bool = False
@@ -28,7 +30,7 @@ class Health:
 
     def report(self) -> dict:
         return {"ready": self.ready, "triton_ready": self.triton_ready, "models": self.models,
-                "broker_connected": self.broker_connected, "draining": self.draining,
+                "precision": self.precision, "broker_connected": self.broker_connected, "draining": self.draining,
                 "outbox_full": self.outbox_full}
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from calibration.table import Bands
 from edge.errors import InferenceFailed, TritonUnavailable
 
 
@@ -86,18 +85,14 @@ class TritonClient:
                 versions[model["name"]] = max(versions.get(model["name"], "0"), model.get("version", "0"), key=int)
         return versions
 
-    async def anomaly_bands(self) -> Bands | None:
-        """The anomaly model's default bands from its config parameters, if it declares them."""
+    async def config_parameters(self, model: str) -> dict[str, str]:
+        """The string parameters of ``model``'s config: what it says about itself (``edge.model_facts``)."""
         try:
-            cfg = await self._client.get_model_config(self.anomaly_model, as_json=True,
-                                                      client_timeout=self.timeout_s)
+            cfg = await self._client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)
         except InferenceServerException as err:
-            raise TritonUnavailable(f"cannot read the config of {self.anomaly_model}: {err}") from err
+            raise TritonUnavailable(f"cannot read the config of {model}: {err}") from err
         params = cfg.get("config", {}).get("parameters", {})
-        try:
-            return Bands(float(params["pass_band"]["string_value"]), float(params["reject_band"]["string_value"]))
-        except (KeyError, ValueError):
-            return None
+        return {key: str(value.get("string_value", "")) for key, value in params.items() if isinstance(value, dict)}
 
     async def anomaly(self, grey: np.ndarray) -> AnomalyOut:
         result = await self._infer(self.anomaly_model, [_input("IMAGE", grey, "UINT8")], ("SCORE", "HEATMAP"))

@@ -4,7 +4,9 @@
         [--precision anomaly=fp16 classifier=int8] [--max-batch 32] [--force] [--check] [--device 0]
 
 Per model: the ONNX form of the chosen precision (``<name>.onnx``, ``<name>.fp16.onnx`` or the Q/DQ
-``<name>.int8.onnx``) is parsed into a strongly typed network (no FP16/INT8 builder flags: the types in the file
+``<name>.int8.onnx``), if it passed the precision gate on held-out dies (``tools.precision_gate``; else the form it
+falls back to, said in the log and in the config's ``precision_fallback`` parameter), is parsed into a strongly
+typed network (no FP16/INT8 builder flags: the types in the file
 decide), with one optimisation profile (batch 1 / 16 / max) for every input. Before a plan is installed it runs on
 deterministic synthetic dies at the profile's batch sizes and every output is compared with ONNX Runtime on the FP32
 ONNX under the precision's tolerance; a plan that does not match is not installed (exit 1). Then
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ModelRepositoryError
-from tools.build_repository import MODELS, VERSION, config_text, model_parameters
+from tools.build_repository import MODELS, VERSION, config_text, model_parameters, served_precision
 from tools.engine_fingerprint import (
     Fingerprint,
     fingerprint_path,
@@ -41,6 +43,8 @@ from tools.engine_fingerprint import (
     stale_reasons,
     write_fingerprint,
 )
+from tools.precision_gate import Choice, onnx_path
+from tools.precision_gate import parse_precisions as _parse_precisions
 from tools.synth import grey, make_dataset
 from tools.tensorrt_engine import (
     EngineBuildError,
@@ -55,7 +59,6 @@ from tools.tensorrt_engine import (
 
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository" / "gpu"
 PLAN = "model.plan"
-PRECISIONS = ("fp32", "fp16", "int8")
 # The anomaly score is compared with absolute bands, and its INT8 form moves scores by amounts comparable to the bands
 # (precision_metrics.json), FP16 by orders of magnitude less. The INT8 classifier keeps FP32's top-1 class on ~99%.
 DEFAULT_PRECISION = {"anomaly": "fp16", "classifier": "int8"}
@@ -110,13 +113,7 @@ class Parity:
 
 def parse_precisions(items: Sequence[str]) -> dict[str, str]:
     """``DEFAULT_PRECISION`` overridden by ``MODEL=PRECISION`` items; ValueError naming a bad item."""
-    precisions = dict(DEFAULT_PRECISION)
-    for item in items:
-        name, sep, precision = item.partition("=")
-        if not sep or name not in MODELS or precision not in PRECISIONS:
-            raise ValueError(f"--precision takes MODEL=PRECISION, MODEL in {MODELS}, PRECISION in {PRECISIONS}: {item}")
-        precisions[name] = precision
-    return precisions
+    return _parse_precisions(items, DEFAULT_PRECISION)
 
 
 def profile_for(max_batch: int) -> tuple[int, int, int]:
@@ -124,11 +121,6 @@ def profile_for(max_batch: int) -> tuple[int, int, int]:
     if max_batch < 1:
         raise ValueError(f"--max-batch must be at least 1, got {max_batch}")
     return 1, min(OPT_BATCH, max_batch), max_batch
-
-
-def onnx_path(models: Path, name: str, precision: str) -> Path:
-    """The ONNX form of ``name`` in ``precision`` written by tools.export and tools.quantize."""
-    return models / (f"{name}.onnx" if precision == "fp32" else f"{name}.{precision}.onnx")
 
 
 def plan_path(out: Path, name: str) -> Path:
@@ -156,17 +148,22 @@ def with_max_batch(config: str, max_batch: int) -> str:
     return re.sub(r"\bbatch_size:\s*(\d+)", lambda m: f"batch_size: {min(int(m.group(1)), max_batch)}", text)
 
 
-def gpu_config(name: str, source: Path, models: Path, max_batch: int = MAX_BATCH) -> str:
-    """The served config.pbtxt of ``name``: ``<source>/<name>/config.pbtxt`` for ``max_batch``, anomaly bands added."""
+def gpu_config(
+    name: str, source: Path, models: Path, max_batch: int = MAX_BATCH, choice: Choice | None = None
+) -> str:
+    """The served config.pbtxt of ``name``: ``<source>/<name>/config.pbtxt`` for ``max_batch``, anomaly bands and
+    the precision ``choice`` added as parameters."""
     text = with_max_batch((source / name / "config.pbtxt").read_text(), max_batch)
-    return config_text(text, model_parameters(name, models))
+    return config_text(text, model_parameters(name, models, choice))
 
 
-def write_config(name: str, source: Path, models: Path, out: Path, max_batch: int = MAX_BATCH) -> Path:
+def write_config(
+    name: str, source: Path, models: Path, out: Path, max_batch: int = MAX_BATCH, choice: Choice | None = None
+) -> Path:
     """Write ``<out>/<name>/config.pbtxt`` (see ``gpu_config``) atomically; returns its path."""
     target = out / name / "config.pbtxt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _replace(target, gpu_config(name, source, models, max_batch).encode())
+    _replace(target, gpu_config(name, source, models, max_batch, choice).encode())
     return target
 
 
@@ -276,29 +273,34 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class ModelState:
-    """One model's engine as this run sees it: its input, plan, served config and why the plan is stale."""
+    """One model's engine as this run sees it: its precision, input, plan, served config and why the plan is stale."""
 
     name: str
-    precision: str
+    choice: Choice
     onnx: Path
     plan: Path
     config: str
     current: Fingerprint
     reasons: list[str]
 
+    @property
+    def precision(self) -> str:
+        return self.choice.served
+
 
 def model_state(name: str, args: argparse.Namespace, gpu: Gpu) -> ModelState:
-    """Where ``name`` stands: the ONNX form to build from, the fingerprint it would get, the stale reasons."""
-    precision = args.precisions[name]
-    onnx = onnx_path(args.models, name, precision)
-    if not onnx.is_file() or not onnx_path(args.models, name, "fp32").is_file():
-        raise ModelRepositoryError(f"{onnx} or the FP32 {name}.onnx is missing: run `make models` first")
+    """Where ``name`` stands: the ONNX form to build from (the precision asked for, or its fallback when that form
+    did not pass the precision gate), the fingerprint it would get, the stale reasons."""
+    choice = served_precision(name, args.models, args.precisions[name])
+    if choice.fallback:
+        print(f"{choice.log_line(name)}", file=sys.stderr, flush=True)
+    onnx = onnx_path(args.models, name, choice.served)
     plan = plan_path(args.out, name)
     current = Fingerprint(
-        gpu.tensorrt_version, gpu.name, gpu.compute_capability, onnx_sha256(onnx), precision, args.profile
+        gpu.tensorrt_version, gpu.name, gpu.compute_capability, onnx_sha256(onnx), choice.served, args.profile
     )
-    config = gpu_config(name, args.source, args.models, args.max_batch)
-    return ModelState(name, precision, onnx, plan, config, current, stale_reasons(recorded_state(plan), current))
+    config = gpu_config(name, args.source, args.models, args.max_batch, choice)
+    return ModelState(name, choice, onnx, plan, config, current, stale_reasons(recorded_state(plan), current))
 
 
 def check_model(state: ModelState, out: Path) -> list[str]:
@@ -327,7 +329,7 @@ def update_model(state: ModelState, args: argparse.Namespace) -> None:
         print(f"{state.name}: installed {state.plan} ({parity.summary()})", flush=True)
     else:
         print(f"{state.name}: {state.plan} up to date")
-    write_config(state.name, args.source, args.models, args.out, args.max_batch)
+    write_config(state.name, args.source, args.models, args.out, args.max_batch, state.choice)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ here imports TensorRT or touches a GPU.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
+from tools.precision_gate import sha256 as onnx_sha256  # noqa: F401 - re-exported: the gate records the same digest
 
 # Bump when tools.tensorrt_engine or tools.build_engines changes how a plan is made (network flags, profiles, builder
 # settings): every plan recorded under an older schema is then rebuilt, even if nothing else changed.
@@ -100,15 +100,6 @@ class Recorded:
     plan_exists: bool
     fingerprint: Fingerprint | None
     problem: str | None = None  # set when fingerprint is None: "missing" or "unreadable: ..."
-
-
-def onnx_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fingerprint_path(plan: Path) -> Path:

@@ -36,9 +36,11 @@ def _export(wrapper: nn.Module, inputs: dict[str, np.ndarray], outputs: list[str
     return {"file": path.name, "opset": OPSET, "bytes": path.stat().st_size, "max_abs_diff": errors}
 
 
-def export_anomaly(vae: ConvVAE, grey_images: np.ndarray, path: Path) -> dict:
-    """``grey_images``: a few (B, 1, 256, 256) uint8 dies for the parity check."""
-    return _export(AnomalyExport(vae), {"IMAGE": grey_images}, ["SCORE", "HEATMAP"], path, atol=1e-4)
+def export_anomaly(vae: ConvVAE, grey_images: np.ndarray, path: Path, weights: np.ndarray | None = None) -> dict:
+    """``grey_images``: a few (B, 1, 256, 256) uint8 dies for the parity check; ``weights``: SCORE's window weights
+    (``tools.models.multiscale_score``; None: all 1)."""
+    wrapper = AnomalyExport(vae, None if weights is None else torch.from_numpy(np.asarray(weights, np.float32)))
+    return _export(wrapper, {"IMAGE": grey_images}, ["SCORE", "HEATMAP"], path, atol=1e-4)
 
 
 def export_classifier(

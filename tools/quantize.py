@@ -1,6 +1,7 @@
-"""INT8 (QDQ) and FP16 forms of the two ONNX models, with their accuracy change against FP32 on held-out dies.
+"""INT8 (QDQ) and FP16 forms of the two ONNX models, measured against FP32 on held-out dies and gated.
 
-    python -m tools.quantize --models build/models [--calibration-size N] [--heldout N] [--calibration-method M]
+    python -m tools.quantize --models build/models [--budget full|quick] [--heldout N] [--calibration-size N]
+                             [--calibration-method M]
 
 Reads ``<name>.onnx`` for ``anomaly`` and ``classifier`` and writes, next to them:
 
@@ -15,19 +16,27 @@ Reads ``<name>.onnx`` for ``anomaly`` and ``classifier`` and writes, next to the
 
 Both keep the serving interface exactly (UINT8/INT64 inputs, FP32 inputs and outputs, same names and shapes), pass
 ``onnx.checker``, and must load in ONNX Runtime on the CPU. ``precision_metrics.json`` records, per model and
-precision: file size, the held-out headline metrics and their change against FP32, the largest output difference
-against FP32, and CPU latency at batch 1 and 8.
+precision: the file's SHA-256 and size, the held-out headline metrics (the split ``tools.train`` reports on) and
+their change against FP32, the paired changes (top class, anomaly band), the largest output difference, the
+verdict of ``tools.precision_gate`` and CPU latency at batch 1 and 8.
+
+INT8 runs in ONNX Runtime with ``session.x64quantprecision`` on (``session``): without it, an x86 CPU with AVX2 or
+AVX-512 but no VNNI multiplies INT8 through VPMADDUBSW, whose 16-bit pair sums saturate, and the same INT8 file
+loses FP32's top class on about a fifth of the dies there while it keeps it on a CPU with VNNI
+(``python -m tools.kernel_check``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +54,23 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 from edge.taxonomy import DEFAULT_CLASSES, GOOD
-from tools.metrics import auroc, classification_report, fnr_at_fpr
+from tools.metrics import auroc, classification_report, decision_bands, fnr_at_fpr
+from tools.precision_gate import PRECISIONS, TOLERANCES, onnx_path, sha256, verdict
 from tools.synth import Dataset, grey, make_dataset
-from tools.training import HELDOUT_SEED, HELDOUT_SHIFT, THREADS, class_weights
+from tools.training import (
+    BANDS_SEED,
+    FULL,
+    HELDOUT_SEED,
+    HELDOUT_SHIFT,
+    QUICK,
+    THREADS,
+    Budget,
+    HeldOut,
+    class_weights,
+)
 
 CALIBRATION_SEED = 3001  # neither TRAIN_SEED (1) nor the held-out seeds (1001, 2001)
 MODELS = ("anomaly", "classifier")
-PRECISIONS = ("fp32", "fp16", "int8")
 QUANT_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 FP16_BLOCK = ["Sub", "Div", "Abs", "Clip", "Pow", "Sigmoid", "ReduceMean", "ReduceSum", "Softmax", "LayerNormalization"]
 OUTPUTS = {"anomaly": ["SCORE", "HEATMAP"], "classifier": ["PROBS", "ATTENTION"]}
@@ -73,7 +92,7 @@ def feeds(name: str, ds: Dataset, idx: np.ndarray | slice = slice(None)) -> dict
     }
 
 
-def _batches(inputs: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+def input_batches(inputs: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
     n = len(next(iter(inputs.values())))
     for start in range(0, n, size):
         yield {k: v[start : start + size] for k, v in inputs.items()}
@@ -83,7 +102,7 @@ class _Reader(CalibrationDataReader):
     """Hands ORT's calibrator the calibration inputs a batch at a time."""
 
     def __init__(self, inputs: dict[str, np.ndarray], batch: int = 16) -> None:
-        self._batches = list(_batches(inputs, batch))
+        self._batches = list(input_batches(inputs, batch))
         self._it = iter(self._batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -94,9 +113,12 @@ class _Reader(CalibrationDataReader):
 
 
 def session(path: Path, threads: int = THREADS) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session as the CPU repository serves it (``model_repository/cpu/ort_model.py``): INT8
+    through the non-saturating kernels, so the figures do not depend on whether this CPU has VNNI."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -178,7 +200,7 @@ def run_all(
 ) -> dict[str, np.ndarray]:
     sess = session(path, threads)
     names = [o.name for o in sess.get_outputs()]
-    parts = [sess.run(names, b) for b in _batches(inputs, batch)]
+    parts = [sess.run(names, b) for b in input_batches(inputs, batch)]
     return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
 
 
@@ -195,82 +217,113 @@ def latency_ms(path: Path, inputs: dict[str, np.ndarray], batch: int, runs: int 
     return round(1e3 * statistics.median(times), 2)
 
 
-def headline(
-    name: str, outputs: dict[str, np.ndarray], ds: Dataset, bands: dict | None = None
-) -> dict[str, float | None]:
-    """anomaly: AUROC and FNR at FPR 5% of defect looks vs clean dies by SCORE, the discolouration look left out as
-    in ``tools.train_anomaly`` (and, given the FP32 model's ``bands``, the rates at them, since the served config
-    carries those bands whatever the precision); classifier: accuracy, macro-F1, escape rate, FPR.
-    """
-    good = DEFAULT_CLASSES.index(GOOD)
-    if name == "anomaly":
-        visible = ds.looks != DEFAULT_CLASSES.index("DISCOLOR")
-        scores, defect = outputs["SCORE"][visible, 0], ds.looks[visible] != good
-        metrics = {"auroc": round(auroc(scores, defect), 4), "fnr_at_fpr_5pct": round(fnr_at_fpr(scores, defect)[0], 4)}
-        for band in ("pass_band", "reject_band") if bands else ():
-            above = scores >= bands[band]
-            metrics[f"good_at_or_above_{band}"] = round(float(above[~defect].mean()), 4)
-            metrics[f"defect_at_or_above_{band}"] = round(float(above[defect].mean()), 4)
-        return metrics
-    labels = ds.labels
-    report = classification_report(outputs["PROBS"].argmax(1), labels, DEFAULT_CLASSES, good)
-    return {k: report[k] for k in ("accuracy", "macro_f1", "escape_rate", "false_positive_rate")}
+def heldout_inputs(name: str, held: HeldOut) -> dict[str, np.ndarray]:
+    """The held-out dies ``name`` is judged on, as in ``tools.train``: the mixed set (every class) and, for the
+    anomaly model's negatives, the GOOD-only set after it."""
+    if name == "classifier":
+        return feeds(name, held.mixed)
+    return {"IMAGE": np.concatenate([grey(held.mixed.images), grey(held.good.images)])}
 
 
-def _fp32_bands(models: Path) -> dict | None:
-    """The anomaly bands ``tools.train`` derived from the FP32 model (they travel to Triton with every form)."""
+def bands_index(scores: np.ndarray, bands: dict) -> np.ndarray:
+    """0 under the PASS band, 1 between the bands, 2 at or over the REJECT band."""
+    return (scores >= bands["pass_band"]).astype(np.int8) + (scores >= bands["reject_band"])
+
+
+def anomaly_headline(scores: np.ndarray, held: HeldOut, bands: dict, reference: np.ndarray) -> dict:
+    """AUROC and FNR at FPR 5% on ``tools.train_anomaly``'s population (defect looks against clean dies of both
+    sets, the discolouration look left out), the rates at the FP32 ``bands``, and the share of dies whose band
+    differs from the one of the FP32 ``reference`` scores."""
+    good, discolour = DEFAULT_CLASSES.index(GOOD), DEFAULT_CLASSES.index("DISCOLOR")
+    looks = np.concatenate([held.mixed.looks, held.good.looks])
+    from_good_set = np.arange(len(looks)) >= len(held.mixed.looks)
+    judged = (looks != discolour) & (~from_good_set | (looks == good))
+    s, defect = scores[judged], looks[judged] != good
+    metrics = {"auroc": round(auroc(s, defect), 4), "fnr_at_fpr_5pct": round(fnr_at_fpr(s, defect)[0], 4)}
+    for band in ("pass_band", "reject_band"):
+        above = s >= bands[band]
+        metrics[f"good_at_or_above_{band}"] = round(float(above[~defect].mean()), 4)
+        metrics[f"defect_at_or_above_{band}"] = round(float(above[defect].mean()), 4)
+    changed = bands_index(scores, bands) != bands_index(reference, bands)
+    metrics["band_changes"] = round(float(changed.mean()), 4)
+    return metrics
+
+
+def classifier_headline(probs: np.ndarray, held: HeldOut, reference: np.ndarray) -> dict:
+    """Accuracy, macro-F1, escape rate and FPR on the mixed set, and the share of dies whose top class differs from
+    that of the FP32 ``reference`` PROBS."""
+    report = classification_report(probs.argmax(1), held.mixed.labels, DEFAULT_CLASSES, DEFAULT_CLASSES.index(GOOD))
+    metrics = {k: report[k] for k in ("accuracy", "macro_f1", "escape_rate", "false_positive_rate")}
+    metrics["top1_changes"] = round(float((probs.argmax(1) != reference.argmax(1)).mean()), 4)
+    return metrics
+
+
+def fp32_bands(models: Path, good_scores: np.ndarray) -> dict:
+    """The anomaly bands ``tools.train`` derived from the FP32 model (they travel to Triton with every form), or,
+    without its metrics, the same rule applied to the FP32 scores of the held-out GOOD set."""
     path = models / "anomaly_metrics.json"
-    if not path.exists():
-        return None
-    metrics = json.loads(path.read_text())
-    return {k: metrics[k] for k in ("pass_band", "reject_band")}
+    if path.exists():
+        metrics = json.loads(path.read_text())
+        return {k: metrics[k] for k in ("pass_band", "reject_band")}
+    return decision_bands(good_scores)
 
 
-def evaluate(name: str, paths: dict[str, Path], heldout: Dataset, threads: int, bands: dict | None = None) -> dict:
-    inputs = feeds(name, heldout)
-    results, reference = {}, None
+def evaluate(name: str, paths: dict[str, Path], held: HeldOut, models: Path, threads: int) -> dict:
+    """Every form of ``name`` on the held-out dies: metrics, change against FP32, the gate's verdict."""
+    inputs = heldout_inputs(name, held)
+    results: dict[str, dict] = {}
+    reference: dict[str, np.ndarray] = {}
+    bands: dict = {}
     for precision, path in paths.items():
         outputs = run_all(path, inputs, threads=threads)
-        metrics = headline(name, outputs, heldout, bands)
-        entry = {"file": path.name, "bytes": path.stat().st_size, "metrics": metrics}
-        if reference is None:
-            reference = (outputs, metrics)
+        if precision == "fp32":
+            reference = outputs
+        if name == "anomaly":
+            scores = outputs["SCORE"][:, 0]
+            bands = bands or fp32_bands(models, scores[len(held.mixed.labels) :])
+            metrics = anomaly_headline(scores, held, bands, reference["SCORE"][:, 0])
         else:
-            ref_out, ref_metrics = reference
+            metrics = classifier_headline(outputs["PROBS"], held, reference["PROBS"])
+        entry: dict = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size, "metrics": metrics}
+        if precision != "fp32":
+            ref_metrics = results["fp32"]["metrics"]
             entry["change_vs_fp32"] = {
-                k: None if v is None or ref_metrics[k] is None else round(v - ref_metrics[k], 4)
+                k: None if v is None or ref_metrics.get(k) is None else round(v - ref_metrics[k], 4)
                 for k, v in metrics.items()
             }
             entry["max_abs_diff_vs_fp32"] = {
-                k: float(f"{np.max(np.abs(outputs[k] - ref_out[k])):.4g}") for k in OUTPUTS[name]
+                k: float(f"{np.max(np.abs(outputs[k] - reference[k])):.4g}") for k in OUTPUTS[name]
             }
-            if name == "classifier":
-                agree = outputs["PROBS"].argmax(1) == ref_out["PROBS"].argmax(1)
-                entry["top1_agreement_with_fp32"] = round(float(agree.mean()), 4)
+        entry["gate"] = verdict(name, precision, results["fp32"]["metrics"] if "fp32" in results else metrics, metrics)
         entry["latency_ms"] = {f"batch{b}": latency_ms(path, inputs, b, threads=threads) for b in (1, 8)}
         results[precision] = entry
+    if name == "anomaly":
+        results["fp32"]["bands"] = bands
     return results
 
 
 def quantize_models(
-    models: Path, calibration_size: int = 160, heldout_size: int = 320, threads: int = THREADS,
+    models: Path, calibration_size: int = 160, budget: Budget = FULL, threads: int = THREADS,
     names: tuple[str, ...] = MODELS, method: str = "MinMax", log: Callable[[str], None] = _log,
 ) -> dict:  # fmt: skip
     started = time.monotonic()
-    calib = make_dataset(CALIBRATION_SEED, calibration_size, class_weights=class_weights(), workers=threads)
-    weights = class_weights()
-    heldout = make_dataset(HELDOUT_SEED, heldout_size, shift=HELDOUT_SHIFT, class_weights=weights, workers=threads)
-    log(f"{calibration_size} calibration and {heldout_size} held-out dies in {time.monotonic() - started:.1f}s")
+    mix = class_weights(training=True)
+    calib = make_dataset(CALIBRATION_SEED, calibration_size, class_weights=mix, workers=threads)
+    held = HeldOut(budget)
+    log(f"{calibration_size} calibration and {len(held.mixed.labels)} + {len(held.good.labels)} held-out dies "
+        f"in {time.monotonic() - started:.1f}s")  # fmt: skip
     report: dict = {
         "data": {
             "calibration_seed": CALIBRATION_SEED, "calibration": calibration_size, "calibration_shift": 0.0,
-            "heldout_seed": HELDOUT_SEED, "heldout_shift": HELDOUT_SHIFT, "heldout": heldout_size,
-            "note": "held-out metrics are on this subset (the QUICK held-out set), so fp32 values differ slightly "
-            "from <model>_metrics.json, which uses the full held-out set",
+            "heldout_seed": HELDOUT_SEED, "heldout_shift": HELDOUT_SHIFT, "heldout": len(held.mixed.labels),
+            "bands_seed": BANDS_SEED, "heldout_good": len(held.good.labels),
+            "note": "the held-out split of tools.train: the same dies as <model>_metrics.json, run in ONNX Runtime",
         },
         "int8": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric per-channel",
-                 "op_types": QUANT_OPS, "calibration": f"{method} (ONNX Runtime, CPU)"},
+                 "op_types": QUANT_OPS, "calibration": f"{method} (ONNX Runtime, CPU)",
+                 "runtime": "ONNX Runtime with session.x64quantprecision=1 (no 16-bit saturation without VNNI)"},
         "fp16": {"io": "unchanged (fp32/uint8/int64)"},
+        "gate": {name: [asdict(limit) for limit in TOLERANCES[name]] for name in names},
         "latency": {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider", "intra_op_threads": threads,
                     "stat": "median of 5 runs after 1 warm-up"},
         "models": {},
@@ -278,14 +331,14 @@ def quantize_models(
     for name in names:
         t0 = time.monotonic()
         src = models / f"{name}.onnx"
-        paths = {"fp32": src, "fp16": models / f"{name}.fp16.onnx", "int8": models / f"{name}.int8.onnx"}
+        paths = {p: onnx_path(models, name, p) for p in PRECISIONS}
         report["fp16"].setdefault("fp32_op_types", {})[name] = convert_fp16(src, paths["fp16"])
         quantize_int8(src, paths["int8"], feeds(name, calib), CalibrationMethod[method])
         log(f"{name}: fp16 and int8 written in {time.monotonic() - t0:.1f}s")
-        bands = _fp32_bands(models) if name == "anomaly" else None
-        report["models"][name] = evaluate(name, paths, heldout, threads, bands)
-        log(f"{name}: " + "; ".join(f"{p} {r['metrics']} {r['bytes'] / 1e6:.1f}MB b1={r['latency_ms']['batch1']}ms"
-                                    for p, r in report["models"][name].items()))  # fmt: skip
+        report["models"][name] = evaluate(name, paths, held, models, threads)
+        for p, r in report["models"][name].items():
+            gate = "pass" if r["gate"]["passed"] else "FAIL " + "; ".join(r["gate"]["failures"])
+            log(f"{name} {p}: {r['metrics']} {r['bytes'] / 1e6:.1f}MB b1={r['latency_ms']['batch1']}ms gate {gate}")
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
 
@@ -294,13 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.quantize", description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=Path, default=Path("build/models"))
     parser.add_argument("--calibration-size", type=int, default=160)
-    parser.add_argument("--heldout", type=int, default=320, help="held-out dies for the accuracy comparison")
+    parser.add_argument("--budget", choices=("full", "quick"), default="full",
+                        help="judge on this training budget's held-out split (the one its metrics report)")
+    parser.add_argument("--heldout", type=int, help="mixed held-out dies instead of the budget's (GOOD-only: half)")
     parser.add_argument("--threads", type=int, default=THREADS, help="ONNX Runtime intra-op threads")
     parser.add_argument("--calibration-method", choices=[m.name for m in CalibrationMethod], default="MinMax")
     args = parser.parse_args(argv)
-    report = quantize_models(
-        args.models, args.calibration_size, args.heldout, args.threads, method=args.calibration_method
-    )
+    budget = FULL if args.budget == "full" else QUICK
+    if args.heldout:
+        budget = dataclasses.replace(budget, heldout=args.heldout, heldout_good=max(args.heldout // 2, 1))
+    report = quantize_models(args.models, args.calibration_size, budget, args.threads, method=args.calibration_method)
     (args.models / "precision_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     _log(f"done in {report['seconds']}s, {args.models / 'precision_metrics.json'}")
     return 0

@@ -29,9 +29,9 @@ from tools.training import (
     HELDOUT_SEED,
     HELDOUT_SHIFT,
     THREADS,
-    TRAIN_SEED,
     Budget,
     HeldOut,
+    Run,
     batches,
     class_weights,
     log,
@@ -77,6 +77,14 @@ def inverse_frequency(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(alpha / alpha[counts > 0].mean(), dtype=torch.float32)
 
 
+def robust_scale(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column: the median and 1.4826 x the median absolute deviation (the standard deviation, for a normal
+    sample). A fifth or more of the training logs carry an excursion of 4-6 sigma on a few thermal parameters; the
+    mean and standard deviation would stretch with them and shrink every excursion's z-score, these do not."""
+    center = values.median(0).values
+    return center, 1.4826 * (values - center).abs().median(0).values
+
+
 def _inputs(ds: Dataset, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
     image = torch.from_numpy(ds.images[idx]).permute(0, 3, 1, 2)
     return image, torch.from_numpy(ds.process[idx]), torch.from_numpy(ds.present[idx]), torch.from_numpy(ds.notes[idx])
@@ -98,7 +106,9 @@ def _augment(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 Step = Callable[[tuple[torch.Tensor, ...], torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _fit(model: torch.nn.Module, ds: Dataset, epochs: int, step: Step, name: str, batch: int = 32) -> None:
+def _fit(
+    model: torch.nn.Module, ds: Dataset, epochs: int, step: Step, name: str, seed: int, batch: int = 32
+) -> None:
     """AdamW + one-cycle learning rate over ``epochs``; ``step(inputs, labels)`` returns (loss, logits).
 
     The cross-attention gates (scalars that start at zero) learn ``GATE_LR_SCALE`` times faster and without weight
@@ -114,7 +124,7 @@ def _fit(model: torch.nn.Module, ds: Dataset, epochs: int, step: Step, name: str
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.15
     )
-    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     labels = torch.from_numpy(ds.labels)
     for epoch in range(epochs):
         model.train()
@@ -135,7 +145,7 @@ def _fit(model: torch.nn.Module, ds: Dataset, epochs: int, step: Step, name: str
     model.eval()
 
 
-def train_classifier(ds: Dataset, epochs: int) -> DefectClassifier:
+def train_classifier(ds: Dataset, epochs: int, seed: int = 0) -> DefectClassifier:
     """The multimodal model: focal + alignment + attention-entropy loss, a process probe, modality dropout.
 
     The probe is a linear head on the process embedding, trained with cross-entropy on the dies whose log is
@@ -144,8 +154,7 @@ def train_classifier(ds: Dataset, epochs: int) -> DefectClassifier:
     passed half the real DISCOLOR dies with the log present; see the issue notes for the runs).
     """
     model = DefectClassifier()
-    logged = torch.from_numpy(ds.process[ds.present[:, 0] > 0])
-    model.process.set_normalisation(logged.mean(0), logged.std(0))
+    model.process.set_normalisation(*robust_scale(torch.from_numpy(ds.process[ds.present[:, 0] > 0])))
     alpha = inverse_frequency(ds.labels)
     probe = torch.nn.Linear(ALIGN_DIM, len(DEFAULT_CLASSES))
 
@@ -157,11 +166,11 @@ def train_classifier(ds: Dataset, epochs: int) -> DefectClassifier:
         loss = loss + ENTROPY_WEIGHT * attention_entropy(attention)
         return loss + PROBE_WEIGHT * F.cross_entropy(probe(p[logged]), y[logged]), logits
 
-    _fit(torch.nn.ModuleDict({"model": model, "probe": probe}), ds, epochs, step, "classifier")
+    _fit(torch.nn.ModuleDict({"model": model, "probe": probe}), ds, epochs, step, "classifier", seed)
     return model
 
 
-def train_baseline(ds: Dataset, epochs: int) -> VisionCNN:
+def train_baseline(ds: Dataset, epochs: int, seed: int = 0) -> VisionCNN:
     """The vision-only CNN baseline: images only, plain cross-entropy, same data, augmentation and schedule."""
     model = VisionCNN()
 
@@ -169,7 +178,7 @@ def train_baseline(ds: Dataset, epochs: int) -> VisionCNN:
         logits = model(normalise_image(inputs[0]))
         return F.cross_entropy(logits, y), logits
 
-    _fit(model, ds, epochs, step, "cnn baseline")
+    _fit(model, ds, epochs, step, "cnn baseline", seed)
     return model
 
 
@@ -204,7 +213,7 @@ def discolour_report(pred: np.ndarray, ds: Dataset) -> dict:
 HEADLINE = ("accuracy", "macro_f1", "escape_rate", "false_positive_rate")
 
 
-def evaluate_classifier(model: DefectClassifier, baseline: VisionCNN, held: HeldOut) -> dict:
+def evaluate_classifier(model: DefectClassifier, baseline: VisionCNN | None, held: HeldOut) -> dict:
     ds = held.mixed
     report, modalities = {}, {}
     for name, mask in MASKS.items():
@@ -213,29 +222,33 @@ def evaluate_classifier(model: DefectClassifier, baseline: VisionCNN, held: Held
         modalities[name] = {**{k: full[k] for k in HEADLINE}, "discolour": discolour_report(pred, ds)}
         if name == "all":
             report = full
-    pred = predict(baseline, ds)
-    cnn = classification_report(pred, ds.labels, DEFAULT_CLASSES)
     report["modalities"] = modalities
-    report["baseline_cnn"] = {**{k: cnn[k] for k in HEADLINE}, "discolour": discolour_report(pred, ds),
-                              "per_class_recall": cnn["per_class_recall"]}  # fmt: skip
+    if baseline is not None:
+        pred = predict(baseline, ds)
+        cnn = classification_report(pred, ds.labels, DEFAULT_CLASSES)
+        report["baseline_cnn"] = {**{k: cnn[k] for k in HEADLINE}, "discolour": discolour_report(pred, ds),
+                                  "per_class_recall": cnn["per_class_recall"]}  # fmt: skip
     report["modality_share"] = {"process": round(float(ds.present[:, 0].mean()), 3),
                                 "notes": round(float(ds.present[:, 1].mean()), 3)}  # fmt: skip
     return report
 
 
-def run(budget: Budget, held: HeldOut, out: Path) -> dict:
+def run(budget: Budget, held: HeldOut, out: Path, spec: Run) -> dict:
     started = time.monotonic()
-    train = make_dataset(TRAIN_SEED, budget.cls_train, class_weights=class_weights(), workers=THREADS)
+    train = make_dataset(spec.seed, budget.cls_train, class_weights=class_weights(training=True), workers=THREADS)
     log(f"classifier: {len(train.labels)} training dies in {time.monotonic() - started:.1f}s")
-    torch.manual_seed(0)
-    model = train_classifier(train, budget.cls_epochs)
+    torch.manual_seed(spec.seed)
+    model = train_classifier(train, budget.cls_epochs, spec.seed)
     trained = time.monotonic()
-    torch.manual_seed(0)
-    baseline = train_baseline(train, budget.cls_epochs)
+    baseline = None
+    if spec.baselines:
+        torch.manual_seed(spec.seed)
+        baseline = train_baseline(train, budget.cls_epochs, spec.seed)
     baseline_trained = time.monotonic()
     metrics = evaluate_classifier(model, baseline, held)
-    metrics["parameters"] = {"classifier": sum(p.numel() for p in model.parameters()),
-                             "baseline_cnn": sum(p.numel() for p in baseline.parameters())}  # fmt: skip
+    metrics["parameters"] = {"classifier": sum(p.numel() for p in model.parameters())}
+    if baseline is not None:
+        metrics["parameters"]["baseline_cnn"] = sum(p.numel() for p in baseline.parameters())
     metrics["gates"] = {name: round(math.tanh(gate.gate.item()), 4)
                         for name, gate in (("process", model.fuse_process), ("notes", model.fuse_notes))}  # fmt: skip
     ds, sample = held.mixed, np.arange(4)
@@ -243,7 +256,7 @@ def run(budget: Budget, held: HeldOut, out: Path) -> dict:
         model, ds.images[sample].transpose(0, 3, 1, 2).copy(), ds.process[sample], ds.present[sample],
         ds.notes[sample], out / "classifier.onnx",
     )  # fmt: skip
-    metrics["data"] = {"train_seed": TRAIN_SEED, "train": len(train.labels), "heldout_seed": HELDOUT_SEED,
+    metrics["data"] = {"train_seed": spec.seed, "train": len(train.labels), "heldout_seed": HELDOUT_SEED,
                        "heldout_shift": HELDOUT_SHIFT, "heldout": len(ds.labels)}  # fmt: skip
     metrics["seconds"] = {"train": round(trained - started, 1), "baseline": round(baseline_trained - trained, 1),
                           "total": round(time.monotonic() - started, 1)}  # fmt: skip
@@ -252,9 +265,11 @@ def run(budget: Budget, held: HeldOut, out: Path) -> dict:
 
 def summary(m: dict) -> str:
     masked = {k: v["macro_f1"] for k, v in m["modalities"].items()}
-    cnn = m["baseline_cnn"]
-    return (f"classifier: accuracy={m['accuracy']} macro_f1={m['macro_f1']} escape={m['escape_rate']} "
+    line = (f"classifier: accuracy={m['accuracy']} macro_f1={m['macro_f1']} escape={m['escape_rate']} "
             f"fpr={m['false_positive_rate']} macro_f1 by modalities={masked} "
-            f"discolour={m['modalities']['all']['discolour']}"
-            f" | cnn baseline: macro_f1={cnn['macro_f1']} escape={cnn['escape_rate']} fpr={cnn['false_positive_rate']}"
-            f" discolour={cnn['discolour']}")  # fmt: skip
+            f"discolour={m['modalities']['all']['discolour']}")  # fmt: skip
+    cnn = m.get("baseline_cnn")
+    if cnn:
+        line += (f" | cnn baseline: macro_f1={cnn['macro_f1']} escape={cnn['escape_rate']} "
+                 f"fpr={cnn['false_positive_rate']} discolour={cnn['discolour']}")  # fmt: skip
+    return line

@@ -43,13 +43,20 @@ def run(tmp_path_factory):
         event_ids = {o["event_id"] for o in report["outcomes"] if o["event_id"]}
         mes_consumer.wait_for(
             lambda msgs: event_ids <= {json.loads(p).get("event_id") for t, p in msgs if "/events/" in t}, 30)
-        metrics = st.metrics_text()
+        metrics, readyz = st.metrics_text(), st.readyz()
         exit_code = st.stop_daemon(signal.SIGTERM)
         time.sleep(0.5)
         messages = list(mes_consumer.messages)
         mes_consumer.close()
-    return {"report": report, "messages": messages, "metrics": metrics, "exit_code": exit_code,
+    return {"report": report, "messages": messages, "metrics": metrics, "readyz": readyz, "exit_code": exit_code,
             "n_frames": len(frames), "log": (workdir / "daemon.log").read_text()}
+
+
+def test_readyz_names_the_precision_each_model_serves(run):
+    """The CPU repository serves FP32 by default; the precision facts travel in the model configs through Triton."""
+    fp32 = {"served": "fp32", "requested": "fp32", "fallback": None}
+    assert run["readyz"]["precision"] == {"anomaly": fp32, "classifier": fp32}
+    assert "model_precision_fallback" not in run["log"]
 
 
 def test_every_frame_gets_exactly_one_final_reply(run):

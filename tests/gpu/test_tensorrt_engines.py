@@ -18,7 +18,6 @@ cuda = pytest.importorskip("pycuda.driver", reason="pycuda (or the CUDA driver l
 from tools.build_engines import (  # noqa: E402 - after the skips: nothing below runs without TensorRT
     DEFAULT_PRECISION,
     MODELS,
-    PRECISIONS,
     SOURCE,
     TOLERANCES,
     compare_outputs,
@@ -31,7 +30,9 @@ from tools.build_engines import (  # noqa: E402 - after the skips: nothing below
     sample_inputs,
     verify_plan,
 )
+from tools.build_repository import served_precision  # noqa: E402
 from tools.engine_fingerprint import fingerprint_path, onnx_sha256, read_fingerprint  # noqa: E402
+from tools.precision_gate import PRECISIONS  # noqa: E402
 from tools.tensorrt_engine import EngineBuildError, build_plan, cuda_context, probe_gpu, run_plan  # noqa: E402
 
 
@@ -62,18 +63,11 @@ def _complete(folder: Path) -> bool:
 
 def _tiny_models(out: Path) -> Path:
     """Untrained models with the serving interface, exported and quantized like the real ones."""
-    torch = pytest.importorskip("torch", reason="build/models is incomplete (`make models`) and torch is missing")
-    from tools.export import export_anomaly, export_classifier
-    from tools.models import ConvVAE, DefectClassifier
-    from tools.quantize import main as quantize
+    pytest.importorskip("torch", reason="build/models is incomplete (`make models`) and torch is missing")
+    from tools.tiny_models import tiny_models
 
-    torch.manual_seed(0)
-    grey, rgb = sample_inputs("anomaly", n=4, seed=7), sample_inputs("classifier", n=4, seed=7)
-    export_anomaly(ConvVAE(latent=8, width=4).eval(), grey["IMAGE"], out / "anomaly.onnx")
-    export_classifier(DefectClassifier(dim=32).eval(), *rgb.values(), out / "classifier.onnx")
-    assert quantize(["--models", str(out), "--calibration-size", "24", "--heldout", "40", "--threads", "1"]) == 0
     (out / "anomaly_metrics.json").write_text(json.dumps({"pass_band": 0.001, "reject_band": 0.002}))
-    return out
+    return tiny_models(out)
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +86,16 @@ def repository(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_build_installs_plans_with_fingerprints_of_this_gpu_and_configs(repository: Path, models: Path) -> None:
     gpu = probe_gpu()
     for name in MODELS:
-        precision = DEFAULT_PRECISION[name]
+        precision = served_precision(name, models, DEFAULT_PRECISION[name]).served  # the default, unless it failed
         recorded = read_fingerprint(plan_path(repository, name))
         assert plan_path(repository, name).stat().st_size > 0
         assert (recorded.tensorrt_version, recorded.gpu_name) == (trt.__version__, gpu.name)
         assert recorded.compute_capability == gpu.compute_capability
         assert recorded.onnx_sha256 == onnx_sha256(onnx_path(models, name, precision))
         assert (recorded.precision, recorded.profile_batch_sizes) == (precision, (1, 16, 32))
-        assert 'platform: "tensorrt_plan"' in (repository / name / "config.pbtxt").read_text()
+        config = (repository / name / "config.pbtxt").read_text()
+        assert 'platform: "tensorrt_plan"' in config
+        assert f'key: "precision", value: {{ string_value: "{precision}" }}' in config
     bands = json.loads((models / "anomaly_metrics.json").read_text())
     config = (repository / "anomaly" / "config.pbtxt").read_text()
     assert f'string_value: "{float(bands["pass_band"])!r}"' in config

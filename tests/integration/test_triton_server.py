@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import queue
 import subprocess
 import sys
@@ -14,7 +16,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
+from edge.infer import TritonClient
+from edge.model_facts import Precision, precision_from
 from tests.triton_fixture import RunningTriton, make_server, served_repository
+from tools.build_repository import SOURCE, build_model
+from tools.precision_gate import REPORT, onnx_path
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +201,33 @@ def test_server_dies_with_its_killed_parent(tmp_path: Path) -> None:
         parent.kill()
         parent.wait()
     assert wait_until_gone(pgid) == []
+
+
+def test_a_precision_fallback_travels_through_triton_to_the_daemon_client(tmp_path: Path) -> None:
+    """A classifier asked for in INT8 whose INT8 form missed the gate is served in FP16, and the daemon's client reads
+    the served precision, what was asked and why from Triton (quotes and backslashes in the reason included)."""
+    source = ROOT / "build" / "models"
+    if not (source / REPORT).is_file():
+        pytest.fail(f"{source / REPORT} is missing: run `make models`", pytrace=False)
+    models = tmp_path / "models"
+    models.mkdir()
+    for form in ("fp32", "fp16", "int8"):
+        (models / onnx_path(source, "classifier", form).name).symlink_to(onnx_path(source, "classifier", form))
+    report = json.loads((source / REPORT).read_text())
+    report["models"]["classifier"]["int8"]["gate"] = {
+        "passed": False, "failures": ['escape_rate 0.01 -> 0.03 (allowed +0.005) on "held-out" dies \\ seed 1']}
+    (models / REPORT).write_text(json.dumps(report))
+    _, choice = build_model("classifier", SOURCE, models, tmp_path / "repo", "int8")
+    assert choice.served == "fp16"
+
+    async def read(url: str) -> dict[str, str]:
+        client = TritonClient(url, "anomaly", "classifier", timeout_s=10)
+        try:
+            return await client.config_parameters("classifier")
+        finally:
+            await client.close()
+
+    with make_server(tmp_path / "repo", tmp_path) as server:
+        parameters = asyncio.run(read(server.grpc_url))
+    assert precision_from(parameters) == Precision("fp16", "int8", choice.fallback)
+    assert '"held-out" dies \\ seed 1' in parameters["precision_fallback"]

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from tools.export import export_anomaly, export_classifier
-from tools.models import AnomalyExport, ConvVAE, DefectClassifier, VisionCNN, cell_errors, normalise_image
+from tools.models import (
+    AnomalyExport,
+    ConvVAE,
+    DefectClassifier,
+    VisionCNN,
+    cell_errors,
+    multiscale_score,
+    normalise_image,
+    window_peaks,
+)
 from tools.train_anomaly import pca_error_map, pixel_auroc
 from tools.train_classifier import alignment_loss, attention_entropy, focal_loss, inverse_frequency
 
@@ -33,12 +42,23 @@ def test_vae_matches_the_case_study_shape_and_size() -> None:
     assert sum(p.numel() for p in vae.parameters()) < 15_000_000
 
 
-def test_anomaly_score_is_the_heatmap_peak() -> None:
+def test_anomaly_score_is_at_least_the_heatmap_peak() -> None:
     wrapper = AnomalyExport(ConvVAE().eval()).eval()
     with torch.no_grad():
         score, heatmap = wrapper(torch.randint(0, 256, (2, 1, 256, 256), dtype=torch.uint8))
     assert heatmap.shape == (2, 32, 32) and score.shape == (2, 1)
-    assert torch.equal(score[:, 0], heatmap.flatten(1).amax(1))
+    assert torch.all(score[:, 0] >= heatmap.flatten(1).amax(1))
+
+
+def test_a_broad_faint_anomaly_scores_through_the_large_windows() -> None:
+    """Small and hot: the one-cell window decides. Broad and faint: a 64-pixel window, weighted up, decides."""
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    small, broad = torch.zeros(1, 32, 32), torch.full((1, 32, 32), 0.01)
+    small[0, 5, 5] = 1.0
+    broad[0, 8:16, 8:16] = 0.1
+    assert window_peaks(small)[0].tolist() == pytest.approx([1.0, 1 / 16, 1 / 64])
+    assert multiscale_score(small, weights).item() == pytest.approx(1.0)
+    assert multiscale_score(broad, weights).item() == pytest.approx(0.3)  # 3 x the 8x8-cell window's mean 0.1
 
 
 def test_cell_errors_localise_a_defect() -> None:

@@ -1,20 +1,24 @@
-"""INT8 (QDQ) and FP16 forms from tools.quantize on tiny untrained models with the serving interface."""
+"""INT8 (QDQ) and FP16 forms from tools.quantize on tiny untrained models with the serving interface: their graphs,
+their outputs, the report, and INT8 results that do not depend on the CPU's instruction set."""
 
 from __future__ import annotations
 
 import json
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto
 
-from tools.export import export_anomaly, export_classifier
-from tools.models import ConvVAE, DefectClassifier
-from tools.quantize import MODELS, OUTPUTS, feeds, main, run_all
+from tools.quantize import MODELS, OUTPUTS, feeds, run_all
 from tools.synth import make_dataset
+from tools.tiny_models import tiny_models
 
 # name and elem type of every serving input and output (model_repository/README.md)
 INTERFACE = {
@@ -47,16 +51,7 @@ def _interface(model: onnx.ModelProto) -> dict:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, object]:
     """Tiny models exported like the real ones, then ``python -m tools.quantize`` on them."""
-    out = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    sample = make_dataset(seed=7, n=4)
-    vae = ConvVAE(latent=8, width=4).eval()
-    export_anomaly(vae, feeds("anomaly", sample)["IMAGE"], out / "anomaly.onnx")
-    classifier = DefectClassifier(dim=32).eval()
-    x = feeds("classifier", sample)
-    export_classifier(classifier, x["IMAGE"], x["PROCESS"], x["PRESENT"], x["NOTES"], out / "classifier.onnx")
-    assert main(["--models", str(out), "--calibration-size", "24", "--heldout", "40", "--threads", "1"]) == 0
-    return out, make_dataset(seed=8, n=12)
+    return tiny_models(tmp_path_factory.mktemp("models")), make_dataset(seed=8, n=12)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -98,10 +93,11 @@ def test_serving_interface_unchanged(built, name, precision):
     onnx.checker.check_model(model, full_check=True)
 
 
-@pytest.mark.parametrize(("precision", "rtol"), [("fp16", 0.02), ("int8", 0.25)])
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
 @pytest.mark.parametrize("name", MODELS)
-def test_outputs_close_to_fp32(built, name, precision, rtol):
-    """Loose: each output's largest difference stays within ``rtol`` of that output's largest FP32 magnitude."""
+def test_outputs_keep_their_shapes_types_and_meaning(built, name, precision):
+    """Finite FP32 outputs of the FP32 shapes; distributions still sum to one. How close each form comes to FP32 is
+    the precision gate's question, on held-out dies (tests/unit/test_precision_gate.py)."""
     out, ds = built
     inputs = feeds(name, ds)
     want = run_all(out / f"{name}.onnx", inputs, threads=1)
@@ -109,22 +105,73 @@ def test_outputs_close_to_fp32(built, name, precision, rtol):
     for key in OUTPUTS[name]:
         assert got[key].dtype == np.float32 and got[key].shape == want[key].shape
         assert np.all(np.isfinite(got[key]))
-        scale = float(np.max(np.abs(want[key])))
-        assert float(np.max(np.abs(got[key] - want[key]))) <= rtol * scale, (key, scale)
     if name == "classifier":
         np.testing.assert_allclose(got["PROBS"].sum(1), 1.0, atol=1e-3)
         np.testing.assert_allclose(got["ATTENTION"].sum(1), 1.0, atol=1e-3)
 
 
+def test_fp16_outputs_stay_within_two_percent_of_fp32(built):
+    out, ds = built
+    for name in MODELS:
+        inputs = feeds(name, ds)
+        want = run_all(out / f"{name}.onnx", inputs, threads=1)
+        got = run_all(out / f"{name}.fp16.onnx", inputs, threads=1)
+        for key in OUTPUTS[name]:
+            scale = float(np.max(np.abs(want[key])))
+            assert float(np.max(np.abs(got[key] - want[key]))) <= 0.02 * scale, (name, key, scale)
+
+
+# Runs in the child, natively or under QEMU's user-mode emulation of a CPU with AVX2 and no VNNI (an EPYC Milan):
+# the INT8 classifier's PROBS with the serving session (tools.quantize.session), and with ONNX Runtime's default
+# INT8 kernels. Prints the largest difference of each from the FP32 model.
+_KERNEL_PROBE = textwrap.dedent("""
+    import sys
+    import numpy as np, onnxruntime as ort
+    from tools.quantize import feeds, run_all, session
+    from tools.synth import make_dataset
+    models = sys.argv[1]
+    x = feeds("classifier", make_dataset(seed=8, n=12))
+    fp32 = run_all(f"{models}/classifier.onnx", x, threads=1)["PROBS"]
+    served = run_all(f"{models}/classifier.int8.onnx", x, threads=1)["PROBS"]
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = 1
+    default = ort.InferenceSession(f"{models}/classifier.int8.onnx", opts, providers=["CPUExecutionProvider"])
+    plain = default.run(["PROBS"], x)[0]
+    print(float(np.abs(served - fp32).max()), float(np.abs(plain - fp32).max()))
+""")
+
+
+def _probe(models: Path, emulate: str | None) -> tuple[float, float]:
+    command = [sys.executable, "-c", _KERNEL_PROBE, str(models)]
+    if emulate:
+        command = ["qemu-x86_64", "-cpu", emulate, *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    served, plain = done.stdout.split()
+    return float(served), float(plain)
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-user is not installed (make deps installs it)")
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the VNNI question is an x86-64 one")
+def test_int8_results_do_not_depend_on_vnni(built):
+    """The INT8 form scores the same on a CPU without VNNI as on this one. Under emulation of such a CPU, ONNX
+    Runtime's default INT8 kernels saturate (the collapse this guards against); the serving session does not."""
+    native_served, _ = _probe(built[0], None)
+    emulated_served, emulated_plain = _probe(built[0], "EPYC-Milan")
+    assert emulated_served == pytest.approx(native_served, abs=1e-3)  # float rounding, not saturation
+    assert emulated_plain > 5 * emulated_served + 0.01, "the emulated CPU did not reproduce the saturating kernel"
+
+
 def test_precision_metrics_json(built):
     report = json.loads((built[0] / "precision_metrics.json").read_text())
-    assert report["data"]["heldout"] == 40 and report["data"]["calibration"] == 24
+    assert report["data"]["heldout"] == 40 and report["data"]["heldout_good"] == 20
+    assert report["data"]["calibration"] == 24
     assert report["data"]["calibration_seed"] not in (report["data"]["heldout_seed"], 1)
     for name, headline in {"anomaly": "auroc", "classifier": "accuracy"}.items():
         entry = report["models"][name]
         assert set(entry) == {"fp32", "fp16", "int8"}
         for precision, row in entry.items():
             assert row["bytes"] == (built[0] / row["file"]).stat().st_size
+            assert row["gate"]["passed"] in (True, False) and len(row["sha256"]) == 64
             assert 0.0 <= row["metrics"][headline] <= 1.0
             assert row["latency_ms"]["batch1"] > 0 and row["latency_ms"]["batch8"] > 0
             if precision != "fp32":

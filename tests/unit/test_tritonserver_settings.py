@@ -165,12 +165,14 @@ def test_build_model_lays_out_the_served_anomaly_model(tmp_path: Path) -> None:
     (models / "anomaly.onnx").write_bytes(b"onnx")
     (models / "anomaly_metrics.json").write_text(json.dumps({"pass_band": 0.01, "reject_band": 0.02}))
 
-    target = build_model("anomaly", SOURCE, models, tmp_path / "repo")
+    target, choice = build_model("anomaly", SOURCE, models, tmp_path / "repo")
 
     assert sorted(p.name for p in (target / "1").iterdir()) == ["model.onnx", "model.py", "ort_model.py"]
     config = (target / "config.pbtxt").read_text()
     assert 'key: "pass_band", value: { string_value: "0.01" }' in config
     assert 'key: "reject_band", value: { string_value: "0.02" }' in config
+    assert (choice.served, choice.fallback) == ("fp32", None)
+    assert 'key: "precision", value: { string_value: "fp32" }' in config
 
 
 def test_build_model_without_the_onnx_file_names_it(tmp_path: Path) -> None:
