@@ -7,20 +7,35 @@ MODELS := build/models
 REPOSITORY := build/model_repository
 
 .DEFAULT_GOAL := help
-.PHONY: help deps models seeds cards engines test test-unit demo bench lint clean
+.PHONY: help deps lock models seeds cards engines test test-unit demo bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 deps: $(VENV)/.installed broker promtool qemu ## Python packages in .venv; Mosquitto, promtool and qemu-user from Debian
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the version the suite passed with (tools/constraints.txt; `make lock` refreshes it).
+CONSTRAINTS := tools/constraints.txt
+EXTRAS := serve-cpu,train,dev
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned exactly: the CPU wheel; a range would pull a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[serve-cpu,train,dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $@
+
+# Resolve pyproject.toml afresh in a scratch venv and pin what it installed; then `make test` before committing.
+LOCK_VENV := build/lock-venv
+lock: ## refresh tools/constraints.txt from pyproject.toml (newest versions its ranges allow)
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q torch==2.13.0
+	$(LOCK_VENV)/bin/pip install -q '.[$(EXTRAS)]'
+	{ grep '^#' $(CONSTRAINTS); $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -v '^edge-inspect' \
+	  | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf $(LOCK_VENV)
 
 .PHONY: broker
 broker:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
-from calibration.store import CalibrationError, CalibrationStore
+from calibration.errors import CalibrationError, RequestRefused
+from calibration.store import CalibrationStore
 
 STORE_ENV = "EDGE_CALIBRATION_STORE"
 SETTINGS = {"lower": "lower", "upper": "upper", "step_up": "step_up", "step_down": "step_down",
@@ -38,7 +41,15 @@ def _who() -> str:
 def _show(store: CalibrationStore, a: argparse.Namespace) -> int:
     states = store.states(a.recipe, a.tool)
     if not states:
-        raise CalibrationError(f"recipe/tool: no calibration profile for {a.recipe} x {a.tool}")
+        raise RequestRefused(f"recipe/tool: no calibration profile for {a.recipe} x {a.tool}")
+    if getattr(a, "json", False):
+        classes = [{"class": name, "threshold": state.threshold, "status": state.status,
+                    "fpr_3lot": getattr(state, "fpr_window", 0.0),
+                    "escape_estimate": store.escape_estimate(a.recipe, a.tool, name),
+                    "settings": asdict(state.settings)} for name, state in states.items()]
+        _print_json({"recipe": a.recipe, "tool": a.tool, "version": store.version(a.recipe, a.tool),
+                     "mode": store.mode(a.recipe, a.tool), "classes": classes})
+        return 0
     print(f"# {a.recipe} x {a.tool} profile version {store.version(a.recipe, a.tool)} "
           f"mode={store.mode(a.recipe, a.tool)}")
     for name, state in states.items():
@@ -50,7 +61,7 @@ def _show(store: CalibrationStore, a: argparse.Namespace) -> int:
 def _set_bounds(store: CalibrationStore, a: argparse.Namespace) -> int:
     changes = {field: getattr(a, opt) for opt, field in SETTINGS.items() if getattr(a, opt) is not None}
     if not changes:
-        raise CalibrationError(f"set-bounds: give at least one of {', '.join('--' + o for o in SETTINGS)}")
+        raise RequestRefused(f"set-bounds: give at least one of {', '.join('--' + o for o in SETTINGS)}")
     store.set_settings(a.recipe, a.tool, a.defect_class, a.who, a.reason, **changes)
     return _show_class(store, a)
 
@@ -72,10 +83,21 @@ def _transfer(store: CalibrationStore, a: argparse.Namespace) -> int:
 
 
 def _history(store: CalibrationStore, a: argparse.Namespace) -> int:
-    for row in store.history(a.recipe, a.tool, a.defect_class, a.limit):
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.ts))
-        print(f"{when} {row.defect_class} {row.field}: {row.old} -> {row.new} by {row.who} ({row.reason})")
+    rows = store.history(a.recipe, a.tool, a.defect_class, a.limit)
+    if a.json:
+        _print_json([{**asdict(row), "time": _iso(row.ts)} for row in rows])
+        return 0
+    for row in rows:
+        print(f"{_iso(row.ts)} {row.defect_class} {row.field}: {row.old} -> {row.new} by {row.who} ({row.reason})")
     return 0
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _print_json(doc: object) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True))
 
 
 def _review(store: CalibrationStore, a: argparse.Namespace) -> int:
@@ -109,7 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         c.set_defaults(calib_func=func)
         return c
 
-    command("show", _show, "one line per class: threshold, fpr_3lot, status")
+    show = command("show", _show, "one line per class: threshold, fpr_3lot, status")
+    show.add_argument("--json", action="store_true", help="the profile as one JSON document, settings included")
     bounds = command("set-bounds", _set_bounds, "bounds, steps, budget of one class", cls=True, reason=True)
     for opt in SETTINGS:
         bounds.add_argument(f"--{opt.replace('_', '-')}", dest=opt, type=float)
@@ -123,6 +146,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     hist = command("history", _history, "audit trail, newest first")
     hist.add_argument("--class", dest="defect_class")
     hist.add_argument("--limit", type=int, default=50)
+    hist.add_argument("--json", action="store_true", help="a JSON list of audit rows")
     review = command("review", _review, "record a disposition of an event", tool=False)
     review.add_argument("event_id")
     verdict = review.add_mutually_exclusive_group(required=True)
@@ -137,7 +161,11 @@ def main(args: argparse.Namespace) -> int:
     if not Path(args.store).is_file():
         print(f"calib: error: --store: {args.store} does not exist", file=sys.stderr)
         return 2
-    store = CalibrationStore(args.store)
+    try:
+        store = CalibrationStore(args.store)
+    except CalibrationError as err:  # not a calibration store, or one SQLite cannot open
+        print(f"calib: error: --store: {err}", file=sys.stderr)
+        return 2
     try:
         return args.calib_func(store, args)
     except CalibrationError as err:

@@ -23,6 +23,10 @@ from pathlib import Path
 from calibration import controller, statistical
 from calibration.codec import SEED, State, dumps, loads, start
 from calibration.controller import ClassSettings, LotCounts, Stages
+from calibration.errors import CalibrationError, RequestRefused, StoreUnavailable, UnknownEvent
+
+__all__ = ["CONTROLLER", "AuditRow", "CalibrationError", "CalibrationStore", "RequestRefused", "StoreUnavailable",
+           "UnknownEvent"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (
@@ -54,14 +58,6 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
 CONTROLLER = "controller"  # the `who` of automatic changes
 
 
-class CalibrationError(ValueError):
-    """A request the store refuses; the message names the bad argument."""
-
-
-class UnknownEvent(CalibrationError):
-    """A disposition for an event id the store holds no candidate for."""
-
-
 @dataclass(frozen=True)
 class AuditRow:
     ts: float
@@ -81,23 +77,32 @@ class CalibrationStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stages = stages
         self._clock = clock
-        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        with _converted(f"open the calibration store {self.path}"):
+            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
 
     def close(self) -> None:
-        self._db.close()
+        with _converted("close the calibration store"):
+            self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        """One write transaction, rolled back on any error; SQLite's errors leave as ``StoreUnavailable``."""
+        with _converted("write the calibration store"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """Every row of one read, SQLite's errors converted."""
+        with _converted("read the calibration store"):
+            return self._db.execute(sql, params).fetchall()
 
     # --- profiles -------------------------------------------------------------------------------------------
 
@@ -114,14 +119,14 @@ class CalibrationStore:
                     self._audit(db, recipe, tool, name, CONTROLLER, "created", None, kind, "new profile")
 
     def profiles(self) -> list[tuple[str, str, str, int]]:
-        return list(self._db.execute("SELECT recipe, tool, controller, version FROM profiles ORDER BY recipe, tool"))
+        return self._query("SELECT recipe, tool, controller, version FROM profiles ORDER BY recipe, tool")
 
     def version(self, recipe: str, tool: str) -> int | None:
-        row = self._db.execute("SELECT version FROM profiles WHERE recipe=? AND tool=?", (recipe, tool)).fetchone()
-        return row[0] if row else None
+        rows = self._query("SELECT version FROM profiles WHERE recipe=? AND tool=?", (recipe, tool))
+        return rows[0][0] if rows else None
 
     def states(self, recipe: str, tool: str) -> dict[str, State]:
-        rows = self._db.execute("SELECT class, state FROM classes WHERE recipe=? AND tool=? ORDER BY rowid",
+        rows = self._query("SELECT class, state FROM classes WHERE recipe=? AND tool=? ORDER BY rowid",
                                 (recipe, tool))  # fmt: skip
         return {name: loads(text) for name, text in rows}
 
@@ -130,7 +135,7 @@ class CalibrationStore:
 
     def data_version(self) -> int:
         """Changes when another connection commits: a cheap way for the daemon to notice engineer changes."""
-        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        return int(self._query("PRAGMA data_version")[0][0])
 
     # --- what the daemon records ----------------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class CalibrationStore:
     def review(self, event_id: str, real: bool, who: str) -> None:
         """A reviewer's disposition of an event (the latest one counts until the lot that uses it closes)."""
         if not who:
-            raise CalibrationError("who: a reviewer name is required")
+            raise RequestRefused("who: a reviewer name is required")
         with self._tx() as db:
             row = db.execute("SELECT recipe, tool, class, real, used FROM candidates WHERE event_id=?",
                              (event_id,)).fetchone()  # fmt: skip
@@ -171,7 +176,7 @@ class CalibrationStore:
                 raise UnknownEvent(f"event_id: no candidate {event_id!r} (not a DEFECT or AUDIT event here)")
             recipe, tool, name, old, used = row
             if used:
-                raise CalibrationError(f"event_id: {event_id!r} was already used by a closed lot")
+                raise RequestRefused(f"event_id: {event_id!r} was already used by a closed lot")
             if old is not None and bool(old) == real:
                 return  # the same disposition again (a redelivered message): nothing changes, nothing to audit
             db.execute("UPDATE candidates SET real=?, reviewed_by=?, reviewed_at=? WHERE event_id=?",
@@ -240,7 +245,7 @@ class CalibrationStore:
             try:
                 settings = replace(state.settings, **changes)
             except (TypeError, ValueError) as exc:
-                raise CalibrationError(str(exc)) from exc
+                raise RequestRefused(str(exc)) from exc
             new = controller.with_settings(state, settings)
             for key, value in changes.items():
                 self._audit(db, recipe, tool, defect_class, who, key, str(getattr(state.settings, key)), str(value),
@@ -254,7 +259,7 @@ class CalibrationStore:
             try:
                 new = controller.override(state, threshold, lock_lots)
             except ValueError as exc:
-                raise CalibrationError(f"threshold: {exc}") from exc
+                raise RequestRefused(f"threshold: {exc}") from exc
             self._save(db, recipe, tool, defect_class, state, new, who, f"{reason} (lock {lock_lots} lots)")
 
     def unlock(self, recipe: str, tool: str, defect_class: str, who: str, reason: str) -> None:
@@ -280,11 +285,11 @@ class CalibrationStore:
         """Share of the class's real defects that were suppressed, from the AUDIT sample: the real share among
         audited suppressed candidates, times all suppressed candidates, against the confirmed flagged ones. None
         before any audited candidate has a disposition."""
-        flagged_real, suppressed, audited, audited_real = self._db.execute(
+        [(flagged_real, suppressed, audited, audited_real)] = self._query(
             "SELECT COALESCE(SUM(flagged = 1 AND real = 1), 0), COALESCE(SUM(flagged = 0), 0), "
             "COALESCE(SUM(flagged = 0 AND real IS NOT NULL), 0), COALESCE(SUM(flagged = 0 AND real = 1), 0) "
             "FROM candidates WHERE recipe=? AND tool=? AND class=?", (recipe, tool, defect_class),
-        ).fetchone()
+        )
         if not audited:
             return None
         missed = suppressed * audited_real / audited
@@ -314,7 +319,7 @@ class CalibrationStore:
         args: list = [recipe, tool]
         if defect_class:
             sql, args = sql + " AND class=?", [*args, defect_class]
-        rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        rows = self._query(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [AuditRow(*r) for r in rows]
 
     # --- internals ------------------------------------------------------------------------------------------
@@ -322,7 +327,7 @@ class CalibrationStore:
     def _controller(self, db: sqlite3.Connection, recipe: str, tool: str) -> str:
         row = db.execute("SELECT controller FROM profiles WHERE recipe=? AND tool=?", (recipe, tool)).fetchone()
         if row is None:
-            raise CalibrationError(f"recipe/tool: no calibration profile for {recipe} x {tool}")
+            raise RequestRefused(f"recipe/tool: no calibration profile for {recipe} x {tool}")
         return row[0]
 
     def _state(self, db: sqlite3.Connection, recipe: str, tool: str, defect_class: str) -> State:
@@ -330,15 +335,15 @@ class CalibrationStore:
         row = db.execute("SELECT state FROM classes WHERE recipe=? AND tool=? AND class=?",
                          (recipe, tool, defect_class)).fetchone()  # fmt: skip
         if row is None:
-            raise CalibrationError(f"class: {defect_class!r} is not calibrated for {recipe} x {tool}")
+            raise RequestRefused(f"class: {defect_class!r} is not calibrated for {recipe} x {tool}")
         return loads(row[0])
 
     def _save(self, db: sqlite3.Connection, recipe: str, tool: str, name: str, old: State, new: State, who: str,
               reason: str) -> None:  # fmt: skip
         if not who:
-            raise CalibrationError("who: a name is required for an engineer change")
+            raise RequestRefused("who: a name is required for an engineer change")
         if not reason:
-            raise CalibrationError("reason: say why")
+            raise RequestRefused("reason: say why")
         for field in ("threshold", "status", "lock_until"):
             if getattr(old, field) != getattr(new, field):
                 self._audit(db, recipe, tool, name, who, field, str(getattr(old, field)), str(getattr(new, field)),
@@ -351,3 +356,12 @@ class CalibrationStore:
         db.execute("INSERT INTO audit (ts, recipe, tool, class, who, field, old, new, reason) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (self._clock(), recipe, tool, name, who, field, old, new,
                                                           reason))  # fmt: skip
+
+
+@contextmanager
+def _converted(what: str) -> Iterator[None]:
+    """The store's error boundary: ``sqlite3.Error`` leaves as ``StoreUnavailable("cannot <what>: ...")``."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise StoreUnavailable(f"cannot {what}: {err}") from err

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from calibration.controller import ClassSettings, Stages
-from calibration.store import CalibrationError, CalibrationStore, UnknownEvent
+from calibration.errors import RequestRefused, UnknownEvent
+from calibration.store import CalibrationStore
 from calibration.table import ThresholdTable
 from edge.config import Config
 from edge.decide import DEFECT
@@ -97,7 +98,7 @@ class Calibration:
                 labels = (recipe, tool, name)
                 self.metrics.calib_threshold.labels(*labels).set(state.threshold)
                 self.metrics.calib_fpr.labels(*labels).set(getattr(state, "fpr_window", 0.0))
-                self.metrics.calib_status.labels(*labels).set(STATUS_CODES.get(state.status, -1))
+                self.metrics.calib_status.labels(*labels).state(state.status)
                 self.metrics.calib_budget.labels(*labels).set(state.settings.fpr_budget)
         return True
 
@@ -135,7 +136,7 @@ class Calibration:
             return parsed.reason
         try:
             self.store.review(parsed.event_id, parsed.real, parsed.reviewer)
-        except CalibrationError as err:
+        except RequestRefused as err:
             log.warning("review_rejected", event_id=parsed.event_id, error=str(err))
             return "unknown_event" if isinstance(err, UnknownEvent) else "already_used"
         return "accepted"
@@ -148,6 +149,3 @@ class Calibration:
             if escape is not None:
                 self.metrics.calib_escape.labels(recipe, tool, name).set(escape)
         return moved
-
-
-STATUS_CODES = {"calibrating": 0, "adjusting": 1, "stable": 2, "locked": 3, "revalidating": 4}

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from calibration import cli as calib_cli
-from edge import rebaseline, tritonserver
+from edge import __version__, rebaseline, tritonserver
 from edge.config import load_config
 from edge.errors import EdgeError
 from edge.logs import configure, get
@@ -55,8 +55,14 @@ def _check_config(args: argparse.Namespace) -> int:
         cfg = load_config(args.file)
         preflight(cfg)
     except EdgeError as err:
+        if args.json:
+            print(json.dumps({"ok": False, "file": args.file, "error": str(err)}))
         print(f"invalid: {err}", file=sys.stderr)
         return 2
+    if args.json:
+        print(json.dumps({"ok": True, "file": args.file, "station": cfg.station,
+                          "tools": sorted(cfg.tool_ids), "recipes": sorted(cfg.recipes)}))
+        return 0
     print(f"ok: {args.file}: station {cfg.station}, {len(cfg.tools)} tools, {len(cfg.recipes)} recipes")
     return 0
 
@@ -125,6 +131,7 @@ def _rebaseline(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="edge-inspect", description=__doc__)
+    top.add_argument("--version", action="version", version=f"edge-inspect {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the inspection daemon")
     run.add_argument("--config", required=True, help="TOML config file")
@@ -132,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     check = sub.add_parser("check-config", help="validate a config file without starting anything")
     check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="the verdict as one JSON object on stdout")
     check.set_defaults(func=_check_config)
     serve = sub.add_parser("triton-server", help="run the wheel's tritonserver on a model repository")
     tritonserver.add_arguments(serve)

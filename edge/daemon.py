@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 
+from calibration.errors import CalibrationError
 from calibration.table import Bands, BandTable
 from edge import decide as rule
 from edge import rebaseline
@@ -22,7 +23,7 @@ from edge.batcher import Batcher
 from edge.calibrate import Calibration
 from edge.config import Config
 from edge.context import ContextCache, LotEvent, parse_lot_event, parse_process_log
-from edge.errors import ConfigError, EdgeError, InferenceFailed, OutboxError, TritonUnavailable
+from edge.errors import ConfigError, CriticalTaskDied, EdgeError, InferenceFailed, OutboxError, TritonUnavailable
 from edge.events import EventIds
 from edge.frames import Frame, batch_inputs, hot_region
 from edge.http import Health, HttpServer
@@ -79,45 +80,62 @@ class Daemon:
         self._batch_ready = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)
         self._tasks: set[asyncio.Task] = set()
+        self._critical: dict[asyncio.Task, str] = {}  # tasks that must run as long as the daemon does
+        self._stop = asyncio.Event()
         self._bad_input_log = RateLimited(10.0)
         self._accepting = True
         self.models: dict[str, str] = {}
 
     # ---- life cycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set. Every resource opened is closed on the way out, in reverse order,
+        whichever way this ends (stopped, Triton not ready in time, a failure while starting or draining)."""
         cfg = self.cfg
-        loop = asyncio.get_running_loop()
-        notifier = Notifier()
         preflight(cfg)
-        self.outbox = await self._db(Outbox, cfg.outbox.path)
-        await self._restore_line_watch()
-        self.calibration = await self._db(Calibration, cfg, self.metrics)
-        self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
-                                   cfg.triton.timeout_ms / 1000)
-        http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
-        http_port = await http.start()  # /healthz answers, /readyz says 503, while the models load
-        if not await self._wait_for_models(stop):
-            await http.close()
-            return
+        async with AsyncExitStack() as opened:
+            opened.callback(self._db_thread.shutdown, wait=True)
+            self.outbox = await self._db(Outbox, cfg.outbox.path)
+            opened.push_async_callback(self._db, self.outbox.close)
+            await self._restore_line_watch()
+            self.calibration = await self._db(Calibration, cfg, self.metrics)
+            opened.push_async_callback(self._db, self.calibration.close)
+            self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
+                                       cfg.triton.timeout_ms / 1000)
+            opened.push_async_callback(self.triton.close)
+            http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
+            http_port = await http.start()  # /healthz answers, /readyz says 503, while the models load
+            opened.push_async_callback(http.close)
+            if await self._wait_for_models(stop):
+                await self._serve(stop, http_port, opened)
+
+    async def _serve(self, stop: asyncio.Event, http_port: int, opened: AsyncExitStack) -> None:
+        cfg = self.cfg
+        self._stop = stop
+        notifier = Notifier()
         link = None
         if cfg.mqtt.enabled:
-            link = MqttLink(cfg.mqtt, cfg.station, loop, self._on_mqtt_message, self._on_ack, self._on_broker,
-                            (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic, self._reviews_topic,
-                             self._rebaseline_topic))
+            link = MqttLink(cfg.mqtt, cfg.station, asyncio.get_running_loop(), self._on_mqtt_message, self._on_ack,
+                            self._on_broker, (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic,
+                                              self._reviews_topic, self._rebaseline_topic))
         self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight,
                                    cfg.mqtt.replay_acked_s)
         self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
+        if self._feed:
+            opened.callback(self._feed.close)
         sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
                            hwm=cfg.ingest.max_inflight_frames * 2,
                            curve_secret_key_file=cfg.ingest.curve_secret_key_file,
                            curve_authorized_keys=cfg.ingest.curve_authorized_keys)
+        opened.callback(sock.close)
         if link:
             link.start()
-        self._spawn(self.publisher.run())
+            opened.callback(link.stop)
+        opened.push_async_callback(self._cancel_tasks)
+        self._spawn(self.publisher.run(), critical="publisher")
         self.publisher.wake()  # replay what a previous run left undelivered
         self._sock = sock
-        self._spawn(self._batch_loop())
-        self._spawn(self._health_loop(notifier))
+        self._spawn(self._batch_loop(), critical="batch_loop")
+        self._spawn(self._health_loop(notifier), critical="health_loop")
         self._spawn(self._calibration_loop())
         self._spawn(self._prune_loop())
         self._spawn(self._save_loop())
@@ -125,7 +143,7 @@ class Daemon:
             self._spawn(self._mes_zmq(MesFeed(context(), cfg.process.zmq_connect,
                                               (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))))
         self.metrics.outbox_quota.set(cfg.outbox.max_bytes)
-        intake = self._spawn(self._intake(sock))
+        intake = self._spawn(self._intake(sock), critical="intake")
         log.info("started", frames=sock.endpoint, http_port=http_port, models=self.models,
                  triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)
         notifier.ready()
@@ -141,19 +159,14 @@ class Daemon:
         await self._record_summaries(self._watching(self._watch.close_ended))  # open ones go on after a restart
         await self._save_line_watch()
         delivered = await self.publisher.drain(timeout_s=5.0) if link else True
+        log.info("stopped", all_events_acknowledged=delivered)
+        if self.health.stalled:  # a non-zero exit: systemd restarts the daemon (Restart=on-failure)
+            raise CriticalTaskDied(f"stopped because a critical task ended: {', '.join(self.health.stalled)}")
+
+    async def _cancel_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if link:
-            link.stop()
-        if self._feed:
-            self._feed.close()
-        await self.triton.close()
-        await http.close()
-        await self._db(self.outbox.close)
-        await self._db(self.calibration.close)
-        self._db_thread.shutdown(wait=True)
-        log.info("stopped", all_events_acknowledged=delivered)
 
     async def _wait_for_models(self, stop: asyncio.Event) -> bool:
         """False when asked to stop first; ``TritonUnavailable`` when the models are not ready in time."""
@@ -174,6 +187,9 @@ class Daemon:
                   for name in (self.triton.anomaly_model, self.triton.classifier_model)}
         self.health.triton_ready = True
         self.health.models = self.models
+        self.metrics.model_info.clear()  # a model Triton swapped no longer shows its old version
+        for name, version in self.models.items():
+            self.metrics.model_info.labels(name, version).set(1)
         precision = {name: precision_from(facts) for name, facts in params.items()}
         self.health.precision = {name: facts.report() for name, facts in precision.items() if facts}
         for name, facts in precision.items():
@@ -195,7 +211,8 @@ class Daemon:
             interval = min(interval, notifier.watchdog_interval_s)
         while True:
             await asyncio.sleep(interval)
-            notifier.watchdog()
+            if not self.health.stalled:  # a dead intake or batch loop must not look healthy to systemd
+                notifier.watchdog()
             ready = await self.triton.ready()
             if ready and not self.health.triton_ready:
                 try:
@@ -207,8 +224,12 @@ class Daemon:
                 log.warning("triton_not_ready", url=self.cfg.triton.url)
             self.health.triton_ready = ready
             self.metrics.triton_up.set(int(ready))
-            self.metrics.outbox_backlog.set(await self.publisher.backlog())
-            await self._check_quota()
+            try:  # a failing outbox is reported and looked at again next round; the loop goes on
+                self.metrics.outbox_backlog.set(await self.publisher.backlog())
+                await self._check_quota()
+            except OutboxError as err:
+                self.metrics.internal_errors.labels("outbox").inc()
+                log.error("outbox_read_failed", error=str(err))
             await self._flush_wafers()
             self.metrics.inflight.set(len(self._inflight))
 
@@ -239,8 +260,9 @@ class Daemon:
                                            time.time() - self.cfg.calibration.retention_days * 86400)
                 if forgotten:
                     log.info("calibration_pruned", candidates=forgotten)
-            except (OutboxError, sqlite3.Error) as err:
-                self.metrics.internal_errors.labels("outbox").inc()
+            except (OutboxError, CalibrationError) as err:
+                stage = "outbox" if isinstance(err, OutboxError) else "calibration"
+                self.metrics.internal_errors.labels(stage).inc()
                 log.error("prune_failed", error=str(err))
             await asyncio.sleep(self.cfg.outbox.prune_interval_s)
 
@@ -249,7 +271,7 @@ class Daemon:
         try:
             dies, ends = await self._db(self.outbox.open_dies), await self._db(self.outbox.wafer_ends)
             states = await self._db(self.outbox.load_state)
-        except sqlite3.Error as err:
+        except OutboxError as err:
             self.metrics.internal_errors.labels("line_watch").inc()
             log.error("line_watch_restore_failed", error=str(err))
             return
@@ -276,16 +298,27 @@ class Daemon:
             await asyncio.sleep(self.cfg.drift.save_interval_s)
             await self._save_line_watch()
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro, critical: str | None = None) -> asyncio.Task:
+        """Run ``coro`` as a task of the daemon; a ``critical`` one (its name) must live as long as the daemon."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
+        if critical:
+            self._critical[task] = critical
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task_failed", error=repr(task.exception()))
+        name = self._critical.pop(task, None)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if name is not None:  # it never ends on its own: the watchdog goes unpetted and the daemon stops
+            log.critical("critical_task_died", task=name, error=repr(error) if error else "returned")
+            self.health.stalled.append(name)
+            self._stop.set()
+        elif error is not None:
+            log.error("task_failed", error=repr(error))
 
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -305,6 +338,7 @@ class Daemon:
             try:
                 await self._accept(identity, parts, tools)
             except OutboxError as err:
+                self.metrics.internal_errors.labels("outbox").inc()
                 log.error("outbox_read_failed", error=str(err))
                 await self._reply(identity, error_reply(None, "busy", "outbox_unavailable",
                                                         self.cfg.ingest.busy_retry_after_ms))
@@ -467,13 +501,23 @@ class Daemon:
         """Lot end drives calibration: each class of the recipe x tool runs its controller on the lot."""
         if event.tool_id not in self.cfg.tool_ids or event.recipe_id not in self.cfg.recipes:
             return self._mes_rejected(Rejected("unknown_tool", f"lot_end for {event.recipe_id} x {event.tool_id}"))
-        moved = await self._db(self.calibration.lot_end, event.recipe_id, event.tool_id, event.lot_id)
+        try:
+            moved = await self._db(self.calibration.lot_end, event.recipe_id, event.tool_id, event.lot_id)
+        except CalibrationError as err:
+            self.metrics.internal_errors.labels("calibration").inc()
+            log.error("lot_calibration_failed", lot_id=event.lot_id, tool_id=event.tool_id, error=str(err))
+            return
         self.metrics.lots_closed.labels(event.tool_id).inc()
         log.info("lot_calibrated", lot_id=event.lot_id, tool_id=event.tool_id, recipe_id=event.recipe_id,
                  moved={k: list(v) for k, v in moved.items()})
 
     async def _review(self, payload: bytes) -> None:
-        result = await self._db(self.calibration.review, payload)
+        try:
+            result = await self._db(self.calibration.review, payload)
+        except CalibrationError as err:  # the store failed (a refused review is a result, not an error)
+            self.metrics.internal_errors.labels("calibration").inc()
+            log.error("review_not_recorded", error=str(err))
+            return
         self.metrics.reviews.labels(result).inc()
         if result != "accepted":
             held = self._bad_input_log.allow("review:" + result)
@@ -487,7 +531,7 @@ class Daemon:
             try:
                 if await self._db(self.calibration.refresh):
                     log.info("calibration_reloaded")
-            except sqlite3.Error as err:
+            except CalibrationError as err:
                 self.metrics.internal_errors.labels("calibration").inc()
                 log.error("calibration_reload_failed", error=str(err))
 
@@ -645,7 +689,7 @@ class Daemon:
         await self._flush_wafers()
         try:  # calibration bookkeeping, after the replies: it never holds one back
             await self._db(self.calibration.record, outcomes, event_ids)
-        except sqlite3.Error as err:
+        except CalibrationError as err:
             self.metrics.internal_errors.labels("calibration").inc()
             log.error("calibration_record_failed", error=str(err), frames=len(outcomes))
 

@@ -35,5 +35,9 @@ class InferenceFailed(EdgeError):
     """Triton answered a request with an error."""
 
 
+class CriticalTaskDied(EdgeError):
+    """A task the daemon cannot serve without (intake, batch loop, publisher, health loop) ended."""
+
+
 class OutboxError(EdgeError):
     """The durable outbox could not record or read results."""

@@ -22,16 +22,21 @@ class Health:
     broker_required: bool = True
     draining: bool = False
     outbox_full: bool = False
+    stalled: list[str] = field(default_factory=list)  # critical tasks that ended: the daemon is not alive
+
+    @property
+    def alive(self) -> bool:
+        return not self.stalled
 
     @property
     def ready(self) -> bool:
-        return (self.triton_ready and (self.broker_connected or not self.broker_required) and not self.draining
-                and not self.outbox_full)
+        return (self.alive and self.triton_ready and (self.broker_connected or not self.broker_required)
+                and not self.draining and not self.outbox_full)
 
     def report(self) -> dict:
         return {"ready": self.ready, "triton_ready": self.triton_ready, "models": self.models,
                 "precision": self.precision, "broker_connected": self.broker_connected, "draining": self.draining,
-                "outbox_full": self.outbox_full}
+                "outbox_full": self.outbox_full, "stalled": self.stalled}
 
 
 class HttpServer:
@@ -70,7 +75,10 @@ class HttpServer:
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         if path == "/healthz":
-            return "200 OK", "application/json", b'{"alive": true}\n'
+            if self._health.alive:
+                return "200 OK", "application/json", b'{"alive": true}\n'
+            body = {"alive": False, "stalled": self._health.stalled}
+            return "503 Service Unavailable", "application/json", json.dumps(body).encode() + b"\n"
         if path == "/readyz":
             report = self._health.report()
             status = "200 OK" if report["ready"] else "503 Service Unavailable"

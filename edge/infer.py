@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -45,10 +46,19 @@ def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput
     return tensor
 
 
-def _unavailable(err: InferenceServerException) -> bool:
-    text = str(err).lower()
-    return any(s in text for s in ("unavailable", "failed to connect", "connection refused", "deadline", "not ready",
-                                   "socket closed", "unknown model"))
+# gRPC status codes of a Triton that cannot take the request now (down, restarting, a model unloaded or loading, its
+# queue full, the deadline passed): the batch may be retried. Any other code (a bad input, a backend error) fails it.
+RETRYABLE_CODES = frozenset(str(code) for code in (
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+))
+
+
+def classify(err: InferenceServerException, what: str) -> TritonUnavailable | InferenceFailed:
+    """The project's error for one of tritonclient's, by the gRPC status code it carries (never its wording)."""
+    if err.status() in RETRYABLE_CODES:
+        return TritonUnavailable(f"{what}: {err}")
+    return InferenceFailed(f"{what}: {err}")
 
 
 class TritonClient:
@@ -115,7 +125,5 @@ class TritonClient:
         try:
             result = await self._client.infer(model, inputs, outputs=requested, client_timeout=self.timeout_s)
         except InferenceServerException as err:
-            if _unavailable(err):
-                raise TritonUnavailable(f"{model}: {err}") from err
-            raise InferenceFailed(f"{model}: {err}") from err
+            raise classify(err, model) from err
         return [result.as_numpy(name) for name in outputs]

@@ -1,30 +1,51 @@
-"""structlog set-up: JSON lines on stdout (journald), and a rate limiter for bad-input warnings."""
+"""structlog set-up: JSON lines on stdout (journald), the standard library's records included, and a rate limiter
+for bad-input warnings."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from typing import TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+# What every line gets, whether it came from structlog or from the standard library (grpc, asyncio, paho).
+_SHARED: list[structlog.typing.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
 
 
-def configure(level: str = "info") -> None:
-    structlog.configure(
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """One JSON object a line on ``stream`` (stdout: journald), for the project's loggers and for records of
+    the standard library's, with the logger's name and exceptions as structured tracebacks."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # structured tracebacks without the frames' locals: they could hold a password or a key
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(),
         ],
+    ))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
 
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
+    """The logger called ``name`` (its lines carry ``"logger": name``)."""
     return structlog.get_logger(name)
 
 

@@ -3,7 +3,22 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from calibration.controller import STATUSES
+from edge import __version__
 
 # Buckets that resolve a 200 ms end-to-end budget.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0)
@@ -13,6 +28,15 @@ BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        # process_* (CPU, memory, open files), python_info and python_gc_*: the standard collectors
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Info("edge_build", "The daemon's version and its Python", registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.model_info = Gauge(
+            "edge_model_info", "1 for each model version Triton serves to the daemon", ["model", "version"], registry=r
+        )
         self.frames_received = Counter("edge_frames_received_total", "Frames received", ["tool"], registry=r)
         self.frames_rejected = Counter(
             "edge_frames_rejected_total", "Frames rejected as bad input", ["reason"], registry=r
@@ -78,9 +102,9 @@ class Metrics:
             "edge_calibration_fpr_3lot_ratio", "Reviewed false positives / inspected negatives over the FPR window",
             ["recipe", "tool", "class"], registry=r,
         )
-        self.calib_status = Gauge(
-            "edge_calibration_status", "0 calibrating, 1 adjusting, 2 stable, 3 locked, 4 revalidating",
-            ["recipe", "tool", "class"], registry=r,
+        self.calib_status = Enum(
+            "edge_calibration_status", "The class's calibration stage (1 on the stage it is in)",
+            ["recipe", "tool", "class"], states=list(STATUSES), registry=r,
         )
         self.calib_escape = Gauge(
             "edge_calibration_escape_ratio", "Estimated share of real defects suppressed, from AUDIT reviews",

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,20 +118,21 @@ class PendingEvent:
 
 
 class Outbox:
+    """Every method raises ``OutboxError`` (never ``sqlite3.Error``) when SQLite fails, reads as well as writes."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        try:
+        with _converted(f"open outbox {path}"):
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as err:
-            raise OutboxError(f"cannot open outbox {path}: {err}") from err
 
     def close(self) -> None:
-        self._db.close()
+        with _converted("close the outbox"):
+            self._db.close()
 
     def record(self, results: Sequence[ResultRow], events: Sequence[EventRow], dies: Sequence[DieRow] = (),
                summarised: Sequence[tuple[str, str, str]] = ()) -> None:
@@ -139,112 +141,109 @@ class Outbox:
         already recorded for the same (tool_id, frame_id) is kept as it was (a resent frame is answered
         from it); a die inspected again keeps its latest result."""
         now = time.time()
-        try:
-            with self._transaction():
+        with self._writing("record batch"):
+            self._db.executemany(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in results],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(e.event_id, e.topic, e.decision, e.payload, now) for e in events],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
+                "defect_class, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
+                 for d in dies],
+            )
+            for table in ("wafer_dies", "wafer_ends"):
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                    [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in results],
+                    f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
                 )
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(e.event_id, e.topic, e.decision, e.payload, now) for e in events],
-                )
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
-                    "defect_class, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
-                     for d in dies],
-                )
-                for table in ("wafer_dies", "wafer_ends"):
-                    self._db.executemany(
-                        f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
-                    )
-        except sqlite3.Error as err:
-            raise OutboxError(f"cannot record batch: {err}") from err
 
     def end_wafers(self, ended: Sequence[tuple[tuple[str, str, str], str]]) -> None:
         """Keep why open wafers ended ((tool_id, lot_id, wafer_id), ended_by) until they are summarised; the
         first reason given stays."""
         now = time.time()
-        try:
-            with self._transaction():
-                self._db.executemany("INSERT OR IGNORE INTO wafer_ends VALUES (?, ?, ?, ?, ?)",
-                                     [(*key, why, now) for key, why in ended])
-        except sqlite3.Error as err:
-            raise OutboxError(f"cannot record wafer ends: {err}") from err
+        with self._writing("record wafer ends"):
+            self._db.executemany("INSERT OR IGNORE INTO wafer_ends VALUES (?, ?, ?, ?, ?)",
+                                 [(*key, why, now) for key, why in ended])
 
     def wafer_ends(self) -> list[tuple[tuple[str, str, str], str]]:
         """The ends ``end_wafers`` kept of wafers not yet summarised."""
-        rows = self._db.execute("SELECT tool_id, lot_id, wafer_id, ended_by FROM wafer_ends ORDER BY recorded_at")
+        with _converted("read wafer ends"):
+            rows = self._db.execute(
+                "SELECT tool_id, lot_id, wafer_id, ended_by FROM wafer_ends ORDER BY recorded_at"
+            ).fetchall()
         return [((tool, lot, wafer), why) for tool, lot, wafer, why in rows]
 
     def open_dies(self) -> list[DieRow]:
         """The dies of the wafers not yet summarised, in the order they were recorded (a die inspected
         again, at its latest place)."""
-        rows = self._db.execute(
-            "SELECT tool_id, lot_id, wafer_id, x, y, recipe_id, decision, defect_class FROM wafer_dies ORDER BY seq"
-        ).fetchall()
+        with _converted("read open wafer dies"):
+            rows = self._db.execute(
+                "SELECT tool_id, lot_id, wafer_id, x, y, recipe_id, decision, defect_class FROM wafer_dies "
+                "ORDER BY seq"
+            ).fetchall()
         return [DieRow(*row) for row in rows]
 
     def recorded_reply(self, tool_id: str, frame_id: str) -> bytes | None:
-        row = self._db.execute(
-            "SELECT reply FROM results WHERE tool_id = ? AND frame_id = ?", (tool_id, frame_id)
-        ).fetchone()
+        with _converted("read a recorded reply"):
+            row = self._db.execute(
+                "SELECT reply FROM results WHERE tool_id = ? AND frame_id = ?", (tool_id, frame_id)
+            ).fetchone()
         return row[0] if row else None
 
     def pending(self, after_seq: int, limit: int) -> list[PendingEvent]:
-        rows = self._db.execute(
-            "SELECT seq, event_id, topic, decision, payload FROM events WHERE delivered_at IS NULL AND seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        ).fetchall()
+        with _converted("read pending events"):
+            rows = self._db.execute(
+                "SELECT seq, event_id, topic, decision, payload FROM events WHERE delivered_at IS NULL AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
         return [PendingEvent(*row) for row in rows]
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
         now = time.time()
-        try:
-            with self._transaction():
-                self._db.executemany("UPDATE events SET delivered_at = ? WHERE seq = ?", [(now, s) for s in seqs])
-        except sqlite3.Error as err:
-            raise OutboxError(f"cannot mark events delivered: {err}") from err
+        with self._writing("mark events delivered"):
+            self._db.executemany("UPDATE events SET delivered_at = ? WHERE seq = ?", [(now, s) for s in seqs])
 
     def mark_undelivered(self, seqs: Iterable[int]) -> None:
         """Take delivery marks back: the publisher hands these events to the broker again."""
-        try:
-            with self._transaction():
-                self._db.executemany("UPDATE events SET delivered_at = NULL WHERE seq = ?", [(s,) for s in seqs])
-        except sqlite3.Error as err:
-            raise OutboxError(f"cannot mark events undelivered: {err}") from err
+        with self._writing("mark events undelivered"):
+            self._db.executemany("UPDATE events SET delivered_at = NULL WHERE seq = ?", [(s,) for s in seqs])
 
     def backlog(self) -> int:
-        return self._db.execute("SELECT count(*) FROM events WHERE delivered_at IS NULL").fetchone()[0]
+        with _converted("count the backlog"):
+            count: int = self._db.execute("SELECT count(*) FROM events WHERE delivered_at IS NULL").fetchone()[0]
+        return count
 
     def used_bytes(self) -> int:
         """Bytes held by live pages (free pages are reused before the file grows), plus the WAL."""
-        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
-        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        with _converted("measure the outbox"):
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
         wal = Path(f"{self._path}-wal")
-        return (pages - free) * size + (wal.stat().st_size if wal.exists() else 0)
+        return int((pages - free) * size) + (wal.stat().st_size if wal.exists() else 0)
 
     def save_state(self, states: dict[str, dict[tuple[str, str], bytes]]) -> None:
         """Replace the kept line-watch state (detector -> (recipe_id, tool_id) -> bytes) in one transaction."""
         now = time.time()
-        try:
-            with self._transaction():
-                self._db.execute("DELETE FROM watch_state")
-                self._db.executemany(
-                    "INSERT INTO watch_state VALUES (?, ?, ?, ?, ?)",
-                    [(name, recipe, tool, blob, now) for name, keyed in states.items()
-                     for (recipe, tool), blob in keyed.items()],
-                )
-        except sqlite3.Error as err:
-            raise OutboxError(f"cannot save the line-watch state: {err}") from err
+        with self._writing("save the line-watch state"):
+            self._db.execute("DELETE FROM watch_state")
+            self._db.executemany(
+                "INSERT INTO watch_state VALUES (?, ?, ?, ?, ?)",
+                [(name, recipe, tool, blob, now) for name, keyed in states.items()
+                 for (recipe, tool), blob in keyed.items()],
+            )
 
     def load_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
         states: dict[str, dict[tuple[str, str], bytes]] = {}
-        for name, recipe, tool, blob in self._db.execute("SELECT detector, recipe_id, tool_id, state FROM watch_state"):
+        with _converted("read the line-watch state"):
+            rows = self._db.execute("SELECT detector, recipe_id, tool_id, state FROM watch_state").fetchall()
+        for name, recipe, tool, blob in rows:
             states.setdefault(name, {})[(recipe, tool)] = blob
         return states
 
@@ -253,38 +252,43 @@ class Outbox:
         with no die left recorded before ``before`` (epoch seconds). Events the broker has not acknowledged
         are kept whatever their age.
         Returns the rows deleted by table."""
-        try:
-            with self._transaction():
-                pruned = {
-                    "results": self._db.execute("DELETE FROM results WHERE recorded_at < ?", (before,)).rowcount,
-                    "events": self._db.execute(
-                        "DELETE FROM events WHERE delivered_at IS NOT NULL AND created_at < ?", (before,)
-                    ).rowcount,
-                    "wafer_dies": self._db.execute(  # a wafer whose newest die is that old will not be summarised
-                        "DELETE FROM wafer_dies WHERE (tool_id, lot_id, wafer_id) IN (SELECT tool_id, lot_id, "
-                        "wafer_id FROM wafer_dies GROUP BY tool_id, lot_id, wafer_id HAVING MAX(recorded_at) < ?)",
-                        (before,),
-                    ).rowcount,
-                    "wafer_ends": self._db.execute(
-                        "DELETE FROM wafer_ends WHERE recorded_at < ? AND (tool_id, lot_id, wafer_id) NOT IN "
-                        "(SELECT tool_id, lot_id, wafer_id FROM wafer_dies)", (before,)
-                    ).rowcount,
-                }
+        with self._writing("prune"):
+            pruned = {
+                "results": self._db.execute("DELETE FROM results WHERE recorded_at < ?", (before,)).rowcount,
+                "events": self._db.execute(
+                    "DELETE FROM events WHERE delivered_at IS NOT NULL AND created_at < ?", (before,)
+                ).rowcount,
+                "wafer_dies": self._db.execute(  # a wafer whose newest die is that old will not be summarised
+                    "DELETE FROM wafer_dies WHERE (tool_id, lot_id, wafer_id) IN (SELECT tool_id, lot_id, "
+                    "wafer_id FROM wafer_dies GROUP BY tool_id, lot_id, wafer_id HAVING MAX(recorded_at) < ?)",
+                    (before,),
+                ).rowcount,
+                "wafer_ends": self._db.execute(
+                    "DELETE FROM wafer_ends WHERE recorded_at < ? AND (tool_id, lot_id, wafer_id) NOT IN "
+                    "(SELECT tool_id, lot_id, wafer_id FROM wafer_dies)", (before,)
+                ).rowcount,
+            }
+        with _converted("checkpoint the WAL"):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as err:
-            raise OutboxError(f"cannot prune: {err}") from err
         return pruned
 
-    def _transaction(self):
-        return _Transaction(self._db)
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), SQLite errors converted."""
+        with _converted(what):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
 
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+@contextmanager
+def _converted(what: str) -> Iterator[None]:
+    """The outbox's error boundary: ``sqlite3.Error`` leaves as ``OutboxError("cannot <what>: ...")``."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot {what}: {err}") from err

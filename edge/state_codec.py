@@ -28,7 +28,7 @@ def load(blob: bytes, classes: dict[str, type]) -> Any:
     """The object ``dump`` packed; ``classes`` names every slot class it may contain, by class name."""
     try:
         data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except Exception as err:  # msgpack raises several unrelated types on corrupt input
+    except Exception as err:  # noqa: BLE001 - msgpack raises several unrelated types on corrupt input
         raise ValueError(f"not a state blob: {type(err).__name__}") from None
     if not isinstance(data, dict) or data.get("v") != VERSION:
         raise ValueError(f"state blob of another version: {data.get('v') if isinstance(data, dict) else None}")

@@ -107,16 +107,7 @@ def _parse(header: dict[str, Any], payload: bytes, limits: Limits) -> FrameHeade
     recipe_id = _text(header, "recipe_id")
     lot_id = _text(header, "lot_id")
     wafer_id = _text(header, "wafer_id")
-    die = header["die"]
-    if (
-        not isinstance(die, (list, tuple))
-        or len(die) != 2
-        or not all(isinstance(d, int) and not isinstance(d, bool) and -100_000 < d < 100_000 for d in die)
-    ):
-        raise _Bad("bad_value", "die must be [x, y] ints")
-    ts = header["ts"]
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
-        raise _Bad("bad_value", "ts must be epoch seconds")
+    die, ts = _die(header["die"]), _epoch(header["ts"])
     if tool_id not in limits.tools:
         raise _Bad("unknown_tool", f"tool {tool_id!r} is not configured on this station")
     if recipe_id not in limits.recipes:
@@ -140,15 +131,36 @@ def _parse(header: dict[str, Any], payload: bytes, limits: Limits) -> FrameHeade
         expected = math.prod(shape)
         if len(payload) != expected:
             raise _Bad("bad_size", f"raw payload is {len(payload)} bytes, shape {list(shape)} needs {expected}")
-    notes = header.get("notes")
+    notes, deadline = _notes(header.get("notes")), _deadline(header.get("deadline_ms"))
+    return FrameHeader(frame_id, tool_id, recipe_id, lot_id, wafer_id, die, ts, encoding, shape, notes, deadline)
+
+
+def _die(die: Any) -> tuple[int, int]:
+    if (
+        not isinstance(die, (list, tuple))
+        or len(die) != 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) and -100_000 < d < 100_000 for d in die)
+    ):
+        raise _Bad("bad_value", "die must be [x, y] ints")
+    return die[0], die[1]
+
+
+def _epoch(ts: Any) -> float:
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+        raise _Bad("bad_value", "ts must be epoch seconds")
+    return float(ts)
+
+
+def _notes(notes: Any) -> str | None:
     if notes is not None and (not isinstance(notes, str) or len(notes) > _MAX_NOTE):
         raise _Bad("bad_value", f"notes must be a string of at most {_MAX_NOTE} characters")
-    deadline = header.get("deadline_ms")
+    return notes
+
+
+def _deadline(deadline: Any) -> int | None:
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0):
         raise _Bad("bad_value", "deadline_ms must be a positive int")
-    return FrameHeader(
-        frame_id, tool_id, recipe_id, lot_id, wafer_id, (die[0], die[1]), float(ts), encoding, shape, notes, deadline
-    )
+    return deadline
 
 
 def parse_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, bytes] | Rejected:
@@ -160,7 +172,7 @@ def parse_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, bytes]
         return Rejected("header_too_large", f"header of {len(raw_header)} bytes is over {limits.max_header_bytes}")
     try:
         header = msgpack.unpackb(raw_header, raw=False, strict_map_key=True)
-    except Exception as err:  # msgpack raises several unrelated types on corrupt input
+    except Exception as err:  # noqa: BLE001 - msgpack raises several unrelated types on corrupt input
         return Rejected("bad_msgpack", f"header is not msgpack: {type(err).__name__}")
     if not isinstance(header, dict):
         return Rejected("bad_msgpack", "header must be a msgpack map")

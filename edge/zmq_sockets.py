@@ -179,9 +179,11 @@ class FrameSocket:
         await self._sock.send_multipart([identity, reply])
 
     def close(self) -> None:
+        """Idempotent: the drain closes the socket early, the daemon's exit closes it again."""
         self._sock.close()
         if self._auth:
             self._auth.stop()
+            self._auth = None
 
 
 class MesFeed:

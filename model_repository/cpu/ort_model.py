@@ -46,13 +46,13 @@ class OnnxRuntimeModel:
         """One response per request; a failed batch is retried request by request to isolate the culprit."""
         try:
             return self._run(requests)
-        except Exception:  # retry alone: _respond reports each request's own error
+        except Exception:  # noqa: BLE001 - retried alone: _respond reports each request's own error
             return [self._respond(request) for request in requests]
 
     def _respond(self, request: object) -> object:
         try:
             return self._run([request])[0]
-        except Exception as exc:  # an error response, never a dead stub
+        except Exception as exc:  # noqa: BLE001 - an error response, never a dead stub
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
 
     def _run(self, requests: list) -> list:

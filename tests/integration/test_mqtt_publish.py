@@ -1,10 +1,13 @@
-"""The daemon's MQTT side against a real Mosquitto: status with last will, QoS 1 drain of the
-outbox marked on PUBACK, and nothing lost across a broker outage."""
+"""The daemon's MQTT side against a real Mosquitto: status (its last will when the daemon is killed), QoS 1
+drain of the outbox marked on PUBACK, and nothing lost across a broker outage."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +23,10 @@ from edge.publisher import Publisher
 from tools.mosquitto import Mosquitto, mosquitto_binary
 from tools.mqtt_peer import Peer
 
+pytestmark = pytest.mark.integration
+
 EVENTS = "fab/edge/ST/events/#"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def events(start: int, n: int) -> tuple[list[ResultRow], list[EventRow]]:
@@ -68,7 +74,7 @@ class Harness:
         self.db.shutdown()
 
 
-def test_status_is_retained_online_and_last_will_says_offline(mosquitto, tmp_path):
+def test_status_is_retained_online_and_a_clean_stop_says_offline(mosquitto, tmp_path):
     async def scenario():
         watcher = Peer("127.0.0.1", mosquitto.port, "watcher", ("fab/edge/ST/status",)).wait_connected()
         h = Harness(Outbox(tmp_path / "o.sqlite"), mosquitto.port)
@@ -82,6 +88,44 @@ def test_status_is_retained_online_and_last_will_says_offline(mosquitto, tmp_pat
         late.close()
 
     asyncio.run(scenario())
+
+
+# The daemon's MQTT link alone, in a process of its own: killed, it says nothing; the broker's last will speaks.
+LINK_PROCESS = """
+import asyncio, sys
+from edge.config import MqttConfig
+from edge.mqtt import MqttLink
+
+async def main():
+    link = MqttLink(MqttConfig(port=int(sys.argv[1]), client_id="edge-killed"), "ST", asyncio.get_running_loop(),
+                    lambda topic, payload: None, lambda mid: None, lambda up: print("up" if up else "down", flush=True))
+    link.start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_daemon_is_reported_offline_by_its_last_will(mosquitto):
+    watcher = Peer("127.0.0.1", mosquitto.port, "watcher", ("fab/edge/ST/status",)).wait_connected()
+    link = subprocess.Popen([sys.executable, "-c", LINK_PROCESS, str(mosquitto.port)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+
+    async def scenario():
+        assert link.stdout is not None and link.stdout.readline().strip() == "up"
+        assert await wait_until(lambda: [p for _, p in watcher.messages] == [b"online"], 10)
+        link.send_signal(signal.SIGKILL)  # no clean disconnect, no "offline" from the daemon itself
+        assert await wait_until(lambda: link.poll() is not None, 10)
+        assert await wait_until(lambda: [p for _, p in watcher.messages] == [b"online", b"offline"], 10)
+        late = Peer("127.0.0.1", mosquitto.port, "late", ("fab/edge/ST/status",)).wait_connected()
+        assert await wait_until(lambda: late.messages == [("fab/edge/ST/status", b"offline")], 10)  # retained
+        late.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        link.kill()
+        watcher.close()
 
 
 @pytest.fixture

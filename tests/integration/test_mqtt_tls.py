@@ -24,6 +24,8 @@ from tools.certs import Pki, client_context, issue, make_pki, openssl_binary
 from tools.mosquitto import Mosquitto, TlsFiles, mosquitto_binary
 from tools.mqtt_peer import Peer
 
+pytestmark = pytest.mark.integration
+
 MINIMAL = {"tools": [{"id": "AOI-01"}], "recipes": {"R1": {}}}
 PASSWORD = "pw-7f3c9a-do-not-log"
 WRONG_PASSWORD = "pw-wrong-51e0b2-do-not-log"

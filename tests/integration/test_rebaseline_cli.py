@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edge.tritonserver import free_port
 from tools.mqtt_peer import Peer
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 TOPIC = "fab/edge/ST-07/rebaseline"

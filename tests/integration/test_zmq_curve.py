@@ -24,6 +24,8 @@ from edge.errors import ConfigError
 from edge.zmq_sockets import FrameSocket
 from tools.aoi_sim import AoiTools, CurveClient
 
+pytestmark = pytest.mark.integration
+
 NOTHING_WITHIN_S = 1.0
 FRAME = [b"header", b"payload"]
 

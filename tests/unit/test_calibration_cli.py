@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,19 @@ def test_errors_name_the_bad_argument(store_path: Path, capsys, args: list[str],
 def test_missing_store_is_an_error(tmp_path: Path, capsys) -> None:
     assert main(["calib", "--store", str(tmp_path / "none.sqlite"), "show", "--recipe", R, "--tool", T]) == 2
     assert "--store" in capsys.readouterr().err
+
+
+def test_show_and_history_as_json(store_path: Path, capsys) -> None:
+    assert main(calib(store_path, "override", "--recipe", R, "--tool", T, "--class", "PART-SM", "--threshold", "0.8",
+                      "--reason", "x")) == 0
+    capsys.readouterr()
+    assert main(calib(store_path, "show", "--recipe", R, "--tool", T, "--json")) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["recipe"], shown["tool"], shown["mode"]) == (R, T, "calibrating")
+    part = shown["classes"][0]
+    assert (part["class"], part["threshold"], part["escape_estimate"]) == ("PART-SM", 0.8, None)
+    assert part["settings"]["fpr_budget"] > 0 and [c["class"] for c in shown["classes"]] == ["PART-SM", "SCR-FINE"]
+    assert main(calib(store_path, "history", "--recipe", R, "--tool", T, "--class", "PART-SM", "--json")) == 0
+    newest = json.loads(capsys.readouterr().out)[0]
+    assert (newest["field"], newest["old"], newest["new"], newest["who"]) == ("threshold", "0.55", "0.8", "eng1")
+    assert newest["time"].endswith("Z") and newest["reason"].startswith("x")

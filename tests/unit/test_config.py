@@ -1,7 +1,10 @@
 """Config: strict keys, cross-field rules, and the check-config command."""
 
+import json
+
 import pytest
 
+from edge import __version__
 from edge.cli import main
 from edge.config import load_config, parse_config
 from edge.errors import ConfigError
@@ -182,3 +185,19 @@ def test_check_config_reads_the_key_material_it_names(tmp_path, capsys):
 def test_the_retry_hint_ceiling_is_not_under_its_floor():
     with pytest.raises(ConfigError, match="busy_retry_max_ms must be at least busy_retry_after_ms"):
         parse_config({**MINIMAL, "ingest": {"busy_retry_after_ms": 500, "busy_retry_max_ms": 100}})
+
+
+def test_check_config_as_json_and_the_version(tmp_path, capsys):
+    good = tmp_path / "good.toml"
+    good.write_text('station = "ST-9"\n[[tools]]\nid = "AOI-01"\n[recipes.R1]\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[tools]]\nid = "AOI-01"\n[recipes.R1]\n[mqtt]\nhots = "x"\n')
+    assert main(["check-config", "--json", str(good)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "file": str(good), "station": "ST-9",
+                                                   "tools": ["AOI-01"], "recipes": ["R1"]}
+    assert main(["check-config", "--json", str(bad)]) == 2
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["ok"] is False and "mqtt.hots" in verdict["error"]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"edge-inspect {__version__}"

@@ -36,3 +36,20 @@ def test_readyz_follows_health_and_metrics_are_served():
         await server.close()
 
     asyncio.run(scenario())
+
+
+def test_healthz_fails_once_a_critical_task_has_ended():
+    async def scenario():
+        metrics, health = Metrics(), Health(broker_required=False)
+        health.triton_ready = True
+        server = HttpServer("127.0.0.1", 0, metrics.registry, health)
+        port = await server.start()
+        assert (await get(port, "/readyz"))[0] == 200
+        health.stalled.append("intake")
+        status, body = await get(port, "/healthz")
+        assert status == 503 and json.loads(body) == {"alive": False, "stalled": ["intake"]}
+        status, body = await get(port, "/readyz")
+        assert status == 503 and json.loads(body)["stalled"] == ["intake"]
+        await server.close()
+
+    asyncio.run(scenario())

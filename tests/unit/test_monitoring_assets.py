@@ -70,21 +70,33 @@ def test_example_prometheus_config_passes_promtool_check() -> None:
     assert RULES.name in result.stdout  # the config loads the rules beside it
 
 
+STANDARD_COLLECTORS = ("process_", "python_")  # prometheus_client's ProcessCollector, PlatformCollector, GCCollector
+
+
 # ---- the metrics the daemon exports -----------------------------------------------------------------------------
 def exported_series() -> dict[str, frozenset[str]]:
     """Every series name a fresh `Metrics()` can export, with its label names, following prometheus_client's naming:
     a counter `x` (declared `x` or `x_total`) exports `x_total` and `x_created`, a histogram `x` exports
-    `x_bucket` (with `le`), `x_sum`, `x_count` and `x_created`, a gauge `x` exports `x`."""
+    `x_bucket` (with `le`), `x_sum`, `x_count` and `x_created`, a gauge `x` exports `x`, an enum `x` exports `x`
+    with a label `x` (the state); an info metric and prometheus_client's own collectors (`process_*`, `python_*`)
+    export what they collect."""
     metrics = Metrics()
     wrappers = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
     families = {family.name for family in metrics.registry.collect()} | {
         d.name for w in wrappers for d in w.describe()}
-    assert {w._name for w in wrappers} == families, "a registered metric is not an attribute of Metrics"
+    own = {name for name in families if not name.startswith(STANDARD_COLLECTORS)}
+    assert {w._name for w in wrappers} == own, "a registered metric is not an attribute of Metrics"
+    assert families - own, "the process and Python collectors are registered"
     series: dict[str, frozenset[str]] = {}
+    for family in metrics.registry.collect():
+        if family.name.startswith(STANDARD_COLLECTORS) or family.type == "info":
+            series.update({sample.name: frozenset(sample.labels) for sample in family.samples})
     for w in wrappers:
         labels = frozenset(w._labelnames)
         suffixes = {"counter": {"_total": labels, "_created": labels},
                     "gauge": {"": labels},
+                    "stateset": {"": labels | {w._name}},
+                    "info": {},
                     "histogram": {"_bucket": labels | {"le"}, "_sum": labels, "_count": labels, "_created": labels},
                     "summary": {"": labels | {"quantile"}, "_sum": labels, "_count": labels, "_created": labels}}
         assert w._type in suffixes, f"{w._name}: metric type {w._type} not handled by this test"
@@ -101,6 +113,9 @@ def test_exported_series_follow_prometheus_client_naming() -> None:
     assert series["edge_stage_latency_seconds_count"] == {"stage"}
     assert series["edge_outbox_bytes"] == frozenset()
     assert "edge_frames_received" not in series and "edge_triton_ready_total" not in series
+    assert series["edge_calibration_status"] == {"recipe", "tool", "class", "edge_calibration_status"}
+    assert series["edge_build_info"] == {"version", "python"} and series["edge_model_info"] == {"model", "version"}
+    assert "process_resident_memory_bytes" in series and "python_info" in series
 
 
 # ---- a small PromQL scanner: metric selectors, their matchers, and the label lists of by/without/on/... ---------
