@@ -117,8 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--who", default=_who(), help="name recorded in the audit trail (default: login name)")
     sub = p.add_subparsers(dest="calib_command", required=True)
 
-    def command(name: str, func: Callable, helptext: str, *, tool: bool = True, cls: bool = False,
-                reason: bool = False) -> argparse.ArgumentParser:  # fmt: skip
+    def command(name: str, func: Callable[[CalibrationStore, argparse.Namespace], int], helptext: str, *,
+                tool: bool = True, cls: bool = False, reason: bool = False) -> argparse.ArgumentParser:  # fmt: skip
         c = sub.add_parser(name, help=helptext)
         if name != "review":
             c.add_argument("--recipe", required=True)
@@ -167,7 +167,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"calib: error: --store: {err}", file=sys.stderr)
         return 2
     try:
-        return args.calib_func(store, args)
+        code: int = args.calib_func(store, args)
+        return code
     except CalibrationError as err:
         print(f"calib: error: {err}", file=sys.stderr)
         return 2

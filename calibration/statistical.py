@@ -82,6 +82,16 @@ class StatState:
     def fpr_upper(self, threshold: float) -> float:
         return clopper_pearson_upper(self.false_positives_at(threshold), self.negatives, self.stat.confidence)
 
+    @property
+    def fpr_window(self) -> float:
+        """False positives over inspected negatives at the threshold in force, over the lots kept in memory."""
+        return self.false_positives_at(self.threshold) / self.negatives if self.negatives else 0.0
+
+    def line(self, name: str) -> str:
+        """The report line, e.g. ``PART-SM threshold=0.81 fpr_window=0.08% fpr_upper=0.19% status=stable``."""
+        return (f"{name} threshold={self.threshold:.2f} fpr_window={100 * self.fpr_window:.2f}% "
+                f"fpr_upper={100 * self.fpr_upper(self.threshold):.2f}% status={self.status}")
+
 
 def choose(state: StatState) -> float:
     """The lowest grid threshold inside the bounds whose FPR upper bound is within budget (else the upper bound)."""

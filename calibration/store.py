@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from calibration import controller, statistical
 from calibration.codec import SEED, State, dumps, loads, start
@@ -56,6 +57,8 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit rows cannot be deleted'); END;
 """
 CONTROLLER = "controller"  # the `who` of automatic changes
+# (event_id, recipe, tool, lot_id, class, confidence, flagged): one defect candidate, flagged or suppressed
+Candidate = tuple[str, str, str, str, str, float, bool]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class AuditRow:
 
 
 class CalibrationStore:
-    def __init__(self, path: Path | str, stages: Stages = controller.DEFAULT_STAGES, clock=time.time) -> None:
+    def __init__(self, path: Path | str, stages: Stages = controller.DEFAULT_STAGES,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stages = stages
@@ -99,7 +103,7 @@ class CalibrationStore:
                 raise
             self._db.execute("COMMIT")
 
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Every row of one read, SQLite's errors converted."""
         with _converted("read the calibration store"):
             return self._db.execute(sql, params).fetchall()
@@ -147,7 +151,7 @@ class CalibrationStore:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (event_id, recipe, tool, lot_id, defect_class, confidence, int(flagged)))  # fmt: skip
 
-    def record(self, inspected: Sequence[tuple[str, str, str]], candidates: Sequence[tuple]) -> None:
+    def record(self, inspected: Sequence[tuple[str, str, str]], candidates: Sequence[Candidate]) -> None:
         """One batch in one transaction: a (recipe, tool, lot_id) per inspected die, and candidates as
         (event_id, recipe, tool, lot_id, class, confidence, flagged)."""
         counts: dict[tuple[str, str, str], int] = {}
@@ -220,7 +224,8 @@ class CalibrationStore:
                 db.execute("UPDATE profiles SET version = version + 1 WHERE recipe=? AND tool=?", (recipe, tool))
             return moved
 
-    def _step(self, state: State, negatives: int, reviewed: list[tuple], of_lot: list[tuple]) -> State:
+    def _step(self, state: State, negatives: int, reviewed: list[tuple[Any, ...]], of_lot: list[tuple[Any, ...]]
+              ) -> State:
         """Rows are (event_id, class, confidence, flagged, real)."""
         if isinstance(state, statistical.StatState):
             items = tuple(statistical.Reviewed(conf, None if real is None else bool(real))
@@ -316,7 +321,7 @@ class CalibrationStore:
 
     def history(self, recipe: str, tool: str, defect_class: str | None = None, limit: int = 100) -> list[AuditRow]:
         sql = "SELECT ts, recipe, tool, class, who, field, old, new, reason FROM audit WHERE recipe=? AND tool=?"
-        args: list = [recipe, tool]
+        args: list[object] = [recipe, tool]
         if defect_class:
             sql, args = sql + " AND class=?", [*args, defect_class]
         rows = self._query(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
@@ -328,7 +333,7 @@ class CalibrationStore:
         row = db.execute("SELECT controller FROM profiles WHERE recipe=? AND tool=?", (recipe, tool)).fetchone()
         if row is None:
             raise RequestRefused(f"recipe/tool: no calibration profile for {recipe} x {tool}")
-        return row[0]
+        return str(row[0])
 
     def _state(self, db: sqlite3.Connection, recipe: str, tool: str, defect_class: str) -> State:
         self._controller(db, recipe, tool)

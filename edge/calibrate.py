@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from calibration.controller import ClassSettings, Stages
 from calibration.errors import RequestRefused, UnknownEvent
@@ -105,7 +106,7 @@ class Calibration:
     def threshold(self, recipe: str, tool: str, defect_class: str) -> float:
         return self._thresholds.get((recipe, tool, defect_class), self.cfg.decision.default_threshold)
 
-    def facts(self, recipe: str, tool: str, defect_class: str) -> dict:
+    def facts(self, recipe: str, tool: str, defect_class: str) -> dict[str, int | str]:
         """What an event carries: the recipe x tool profile version and the status of its class (``n/a`` for an
         event without a defect class, such as an UNCLASSIFIED review)."""
         return {"profile_version": self._versions.get((recipe, tool), 0),
@@ -124,7 +125,8 @@ class Calibration:
             if flagged or v.suppressed:
                 name = v.defect_class if flagged else v.top_k[0][0]
                 reviewable = event_id is not None and (flagged or v.audit)  # DEFECT and AUDIT events get reviews
-                cid = event_id if reviewable else candidate_id(h.tool_id, h.frame_id)
+                # reviewable implies an event id (not None)
+                cid = cast(str, event_id) if reviewable else candidate_id(h.tool_id, h.frame_id)
                 candidates.append((cid, h.recipe_id, h.tool_id, h.lot_id, name, v.confidence, flagged))
         if inspected:
             self.store.record(inspected, candidates)

@@ -164,7 +164,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    code: int = args.func(args)  # one of the sub-commands' functions, each returns an exit status
+    return code
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -352,14 +352,15 @@ class Config(_Strict):
         for recipe in self.recipes.values():
             if len(recipe.parameters) != 48:
                 raise ValueError("recipes: the classifier takes exactly 48 process parameters")
-        for entry in [*self.decision.thresholds, *self.decision.bands]:
+        entries: list[ThresholdEntry | BandEntry] = [*self.decision.thresholds, *self.decision.bands]
+        for entry in entries:
             if entry.tool != "*" and entry.tool not in ids:
                 raise ValueError(f"decision: unknown tool {entry.tool!r}")
             if entry.recipe != "*" and entry.recipe not in self.recipes:
                 raise ValueError(f"decision: unknown recipe {entry.recipe!r}")
-        for recipe in self.calibration.controllers:
-            if recipe not in self.recipes:
-                raise ValueError(f"calibration.controllers: unknown recipe {recipe!r}")
+        for recipe_id in self.calibration.controllers:
+            if recipe_id not in self.recipes:
+                raise ValueError(f"calibration.controllers: unknown recipe {recipe_id!r}")
         return self
 
     @property
@@ -382,7 +383,7 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_config(data: dict) -> Config:
+def parse_config(data: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:

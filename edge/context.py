@@ -25,7 +25,7 @@ class ProcessLog:
     ts: float
     params: dict[str, float]
     notes: str | None = None
-    anomalous: tuple[dict, ...] = ()  # parameters far from their running statistics: {name, value, z}
+    anomalous: tuple[dict[str, Any], ...] = ()  # parameters far from their running statistics: {name, value, z}
 
     @property
     def key(self) -> tuple[str, str, str]:

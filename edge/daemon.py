@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from typing import Any, TypeVar, TypeVarTuple, cast
 
 from calibration.errors import CalibrationError
 from calibration.table import Bands, BandTable
@@ -40,10 +42,13 @@ from edge.outcomes import Outcome, Stamp, records
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier
 from edge.wafers import WaferKey
-from edge.wire import Limits, Rejected, encode_reply, error_reply, parse_frame
+from edge.wire import FrameHeader, Limits, Rejected, encode_reply, error_reply, parse_frame
 from edge.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
 
 log = get("edge.daemon")
+
+_R = TypeVar("_R")
+_Ts = TypeVarTuple("_Ts")
 
 
 def preflight(cfg: Config) -> None:
@@ -79,8 +84,8 @@ class Daemon:
         self._batcher: Batcher[Frame] = Batcher(cfg.batching.max_batch, cfg.batching.max_delay_ms / 1000)
         self._batch_ready = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)
-        self._tasks: set[asyncio.Task] = set()
-        self._critical: dict[asyncio.Task, str] = {}  # tasks that must run as long as the daemon does
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._critical: dict[asyncio.Task[None], str] = {}  # tasks that must run as long as the daemon does
         self._stop = asyncio.Event()
         self._bad_input_log = RateLimited(10.0)
         self._accepting = True
@@ -298,7 +303,7 @@ class Daemon:
             await asyncio.sleep(self.cfg.drift.save_interval_s)
             await self._save_line_watch()
 
-    def _spawn(self, coro, critical: str | None = None) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None], critical: str | None = None) -> asyncio.Task[None]:
         """Run ``coro`` as a task of the daemon; a ``critical`` one (its name) must live as long as the daemon."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -307,7 +312,7 @@ class Daemon:
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         name = self._critical.pop(task, None)
         if task.cancelled():
@@ -320,7 +325,7 @@ class Daemon:
         elif error is not None:
             log.error("task_failed", error=repr(error))
 
-    async def _db(self, fn, *args):
+    async def _db(self, fn: Callable[[*_Ts], _R], *args: *_Ts) -> _R:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
     async def _finish_inflight(self, timeout_s: float) -> None:
@@ -403,7 +408,7 @@ class Daemon:
         await self._reply(identity, error_reply(rejected.frame_id, "rejected", f"{rejected.reason}: "
                                                 f"{rejected.detail}"))
 
-    async def _reply(self, identity: bytes, reply: dict) -> None:
+    async def _reply(self, identity: bytes, reply: dict[str, Any]) -> None:
         await self._sock.send(identity, encode_reply(reply))
 
     # ---- MES join ---------------------------------------------------------------------------
@@ -442,10 +447,10 @@ class Daemon:
         if isinstance(parsed, Rejected):
             return self._mes_rejected(parsed)
         self.metrics.mes_messages.labels("process_log").inc()
-        parsed, rows = self._watching(self._watch.process_log, parsed) or (parsed, [])
+        watched, rows = self._watching(self._watch.process_log, parsed) or (parsed, [])
         if rows:
             self._spawn(self._record_rows(rows))
-        for frame in self._joiner.on_log(parsed, time.monotonic()):
+        for frame in self._joiner.on_log(watched, time.monotonic()):
             self._joined(frame)
 
     def on_lot_event(self, payload: bytes) -> None:
@@ -612,12 +617,16 @@ class Daemon:
             h = frame.header
             frame.timings["infer"] = infer_s
             bands = self._bands.get(h.recipe_id, h.tool_id)
+
+            def threshold_of(c: str, h: FrameHeader = h) -> float:
+                return self.calibration.threshold(h.recipe_id, h.tool_id, c)
+
             verdict = rule.decide(
                 float(anomaly.scores[i]), bands, classes.probs[i],
-                self.cfg.decision.classes, lambda c, h=h: self.calibration.threshold(h.recipe_id, h.tool_id, c),
+                self.cfg.decision.classes, threshold_of,
                 self._audit_rng.random(), self.cfg.decision.audit_fraction,
             )
-            hot = hot_region(anomaly.heatmaps[i], frame.tensors.grey.shape[1:], bands.pass_band)
+            hot = hot_region(anomaly.heatmaps[i], cast(tuple[int, int], frame.tensors.grey.shape[1:]), bands.pass_band)
             outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), hot))
         self.metrics.stage_latency.labels("decide").observe(time.monotonic() - t0)
         return outcomes
@@ -723,7 +732,7 @@ class Daemon:
         in_work = {frame.wafer_key for frame in self._inflight}
         await self._record_summaries(self._watching(self._watch.due, time.monotonic(), in_work.__contains__))
 
-    def _watching(self, fn, *args):
+    def _watching(self, fn: Callable[[*_Ts], _R], *args: *_Ts) -> _R | None:
         """Run a piece of line watching (wafers, drift, process statistics); a defect in it costs that
         piece (None, counted and logged), never a frame's verdict or reply."""
         try:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from calibration.table import Bands
 from edge.taxonomy import GOOD, UNCLASSIFIED
@@ -41,7 +42,7 @@ class Verdict:
 def decide(
     score: float,
     bands: Bands,
-    probs: np.ndarray | None,
+    probs: npt.NDArray[np.float32] | None,
     classes: Sequence[str],
     threshold_of: Callable[[str], float],
     audit_draw: float,
@@ -50,6 +51,7 @@ def decide(
     """Apply the rule. ``probs`` is None when the gate skipped the classifier; ``audit_draw`` is a
     uniform [0, 1) number supplied by the caller so the rule stays deterministic under test."""
     band = bands.name(score)
+    top_k: tuple[tuple[str, float], ...]
     if probs is None:
         top, confidence, top_k = GOOD, 0.0, ()
     else:

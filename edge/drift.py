@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.state_codec import Exportable
 
@@ -44,10 +46,12 @@ class Change:
     kind: str  # SCORE or PROCESS
     raised: bool
     statistic: float  # KS statistic (score) or largest shift in reference sigmas (process)
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
-def ks_statistic(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+def ks_statistic(
+    a: Sequence[float] | npt.NDArray[np.floating[Any]], b: Sequence[float] | npt.NDArray[np.floating[Any]]
+) -> float:
     """Two-sample Kolmogorov-Smirnov statistic: the largest distance between the empirical CDFs.
 
     Exact with ties (both CDFs are evaluated at every observed value, right-continuous), in
@@ -60,7 +64,7 @@ def ks_statistic(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
     return _ks_sorted(x, y)
 
 
-def _ks_sorted(x: np.ndarray, y: np.ndarray) -> float:
+def _ks_sorted(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
     """KS statistic of two sorted samples: the CDFs only step at observed values, so those suffice."""
     grid = np.concatenate([x, y])
     cdf_x = np.searchsorted(x, grid, side="right") / x.size
@@ -106,12 +110,12 @@ class _Ring:
     def full(self) -> bool:
         return self.filled == len(self.data)
 
-    def push(self, value: float | np.ndarray) -> None:
+    def push(self, value: float | npt.NDArray[np.float64]) -> None:
         self.data[self.next] = value
         self.next = (self.next + 1) % len(self.data)
         self.filled = min(self.filled + 1, len(self.data))
 
-    def values(self) -> np.ndarray:
+    def values(self) -> npt.NDArray[np.float64]:
         return self.data if self.full else self.data[: self.filled]
 
 
@@ -141,7 +145,7 @@ class _Detector(Exportable):
     as its new reference."""
 
     kind = ""
-    _keys: dict
+    _keys: dict[Key, Any]
 
     def raised(self, key: Key) -> bool:
         state = self._keys.get(key)
@@ -157,7 +161,7 @@ class _Detector(Exportable):
             return None
         return Change(key, self.kind, False, self._last_statistic(state), {"reset": True})
 
-    def _last_statistic(self, state) -> float:
+    def _last_statistic(self, state: Any) -> float:
         raise NotImplementedError
 
 
@@ -211,7 +215,7 @@ class ScoreDrift(_Detector):
         state.statistic = _ks_sorted(state.reference, window)
         return self._settle(key, state, window)
 
-    def _settle(self, key: Key, state: _ScoreState, window: np.ndarray) -> Change | None:
+    def _settle(self, key: Key, state: _ScoreState, window: npt.NDArray[np.float64]) -> Change | None:
         assert state.statistic is not None
         raised = _next_state(state.raised, state.statistic, self.threshold, self.clear_ratio)
         if raised == state.raised:
@@ -239,7 +243,9 @@ class ScoreDrift(_Detector):
 # --- process parameters -----------------------------------------------------------------------------
 
 
-def _column_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _column_stats(
+    rows: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.int_], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Count, mean and sample variance per column, NaN meaning missing (mean/var NaN when too few)."""
     present = ~np.isnan(rows)
     count = present.sum(axis=0)
@@ -251,14 +257,15 @@ def _column_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return count, mean, var
 
 
-def _floored_std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+def _floored_std(mean: npt.NDArray[np.float64], var: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Reference std floored at ``STD_REL_FLOOR * |mean|`` and ``STD_ABS_FLOOR``.
 
     A parameter held at a setpoint has (near) zero spread; without a floor any change of it would be
     an infinite shift. With it, moving a constant setpoint by 0.1 % of its value is one sigma.
     """
     floor = np.maximum(STD_REL_FLOOR * np.abs(mean), STD_ABS_FLOOR)
-    return np.maximum(np.sqrt(var), floor)
+    std: npt.NDArray[np.float64] = np.maximum(np.sqrt(var), floor)
+    return std
 
 
 def _enough(n: int) -> int:
@@ -273,14 +280,14 @@ class _ParamState:
 
     def __init__(self, names: Sequence[str], reference: int, window: int) -> None:
         self.names = list(names)
-        self.ref_rows: np.ndarray | None = np.full((reference, len(self.names)), np.nan)
+        self.ref_rows: npt.NDArray[np.float64] | None = np.full((reference, len(self.names)), np.nan)
         self.seen = 0
         self.ref_mean = np.full(len(self.names), np.nan)
         self.ref_std = np.full(len(self.names), np.nan)
         self.window = _Ring(window, len(self.names))
-        self.shift: np.ndarray | None = None  # NaN where a parameter is not judged
-        self.var_ratio: np.ndarray | None = None
-        self.window_mean: np.ndarray | None = None
+        self.shift: npt.NDArray[np.float64] | None = None  # NaN where a parameter is not judged
+        self.var_ratio: npt.NDArray[np.float64] | None = None
+        self.window_mean: npt.NDArray[np.float64] | None = None
         self.raised = False
 
 
@@ -332,7 +339,7 @@ class ParamDrift(_Detector):
         self._evaluate(state)
         return self._settle(key, state)
 
-    def _take_reference(self, state: _ParamState, row: np.ndarray) -> None:
+    def _take_reference(self, state: _ParamState, row: npt.NDArray[np.float64]) -> None:
         assert state.ref_rows is not None
         state.ref_rows[state.seen] = row
         state.seen += 1
@@ -362,7 +369,7 @@ class ParamDrift(_Detector):
         detail = {"shift_sigma": self.shift_sigma, "clear_below": self.shift_sigma * self.clear_ratio, "top": top}
         return Change(key, PROCESS, raised, largest, detail)
 
-    def _top(self, state: _ParamState) -> list[dict]:
+    def _top(self, state: _ParamState) -> list[dict[str, Any]]:
         """The most shifted judged parameters, most shifted first, at most ``TOP_PARAMETERS``."""
         if state.shift is None or state.var_ratio is None or state.window_mean is None:
             return []

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from edge.context import ProcessLog
 from edge.imaging import Tensors
@@ -41,11 +42,11 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class BatchInputs:
-    grey: np.ndarray  # (B, 1, H, W) uint8
-    rgb: np.ndarray  # (B, 3, H, W) uint8
-    process: np.ndarray  # (B, 48) float32
-    present: np.ndarray  # (B, 2) float32
-    notes: np.ndarray  # (B, 32) int64
+    grey: npt.NDArray[np.uint8]  # (B, 1, H, W) uint8
+    rgb: npt.NDArray[np.uint8]  # (B, 3, H, W) uint8
+    process: npt.NDArray[np.float32]  # (B, 48) float32
+    present: npt.NDArray[np.float32]  # (B, 2) float32
+    notes: npt.NDArray[np.int64]  # (B, 32) int64
 
 
 def batch_inputs(frames: Sequence[Frame], parameters: Mapping[str, Sequence[str]]) -> BatchInputs:
@@ -76,7 +77,7 @@ class HotRegion:
     bbox: tuple[int, int, int, int]
 
 
-def hot_region(heatmap: np.ndarray, image_hw: tuple[int, int], floor: float) -> HotRegion:
+def hot_region(heatmap: npt.NDArray[np.float32], image_hw: tuple[int, int], floor: float) -> HotRegion:
     """The peak cell, and the region of cells around it at or over half the peak and at or over ``floor``
     (the PASS band: the score is in the cells' units, at least the largest cell, so the band reads on cells
     too). A peak under ``floor`` (a normal frame, or a broad faint anomaly that only its larger windows

@@ -33,7 +33,7 @@ class Health:
         return (self.alive and self.triton_ready and (self.broker_connected or not self.broker_required)
                 and not self.draining and not self.outbox_full)
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         return {"ready": self.ready, "triton_ready": self.triton_ready, "models": self.models,
                 "precision": self.precision, "broker_connected": self.broker_connected, "draining": self.draining,
                 "outbox_full": self.outbox_full, "stalled": self.stalled}
@@ -48,7 +48,8 @@ class HttpServer:
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, self._host, self._port)
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]  # (host, port, ...) of the bound socket
+        return port
 
     async def close(self) -> None:
         if self._server:

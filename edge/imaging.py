@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from edge.wire import FrameHeader, Rejected
 
@@ -17,8 +19,8 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 
 @dataclass(frozen=True, slots=True)
 class Tensors:
-    rgb: np.ndarray  # (3, H, W) uint8, channels first
-    grey: np.ndarray  # (1, H, W) uint8
+    rgb: npt.NDArray[np.uint8]  # (3, H, W) uint8, channels first
+    grey: npt.NDArray[np.uint8]  # (1, H, W) uint8
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
@@ -85,10 +87,12 @@ def decode(
                             header.frame_id)
         if header.encoding == "png" and not png_chunks_complete(payload):
             return Rejected("undecodable", "png chunks run past the end of the payload", header.frame_id)
-        decoded = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+        # cv2's stub leaves out the None that imdecode returns for undecodable data; IMREAD_COLOR decodes to 8-bit
+        decoded = cast("npt.NDArray[np.uint8] | None",
+                       cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR))
         if decoded is None:
             return Rejected("undecodable", f"{header.encoding} payload could not be decoded", header.frame_id)
-        image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)  # type: ignore[assignment]  # cv2 stub: MatLike; uint8 stays
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
@@ -97,6 +101,8 @@ def decode(
         if not resize:
             return Rejected("wrong_dimensions", f"image is {image.shape[0]}x{image.shape[1]}, models take "
                             f"{size[0]}x{size[1]}", header.frame_id)
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        image = cv2.resize(  # type: ignore[assignment]  # cv2's stub returns MatLike; a uint8 image stays uint8
+            image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    grey: npt.NDArray[np.uint8] = cv2.cvtColor(  # type: ignore[assignment]  # cv2's stub returns MatLike; uint8 stays
+        np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
     return Tensors(rgb=np.ascontiguousarray(image.transpose(2, 0, 1)), grey=grey[None])

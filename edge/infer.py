@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -14,14 +16,14 @@ from edge.errors import InferenceFailed, TritonUnavailable
 
 @dataclass(frozen=True, slots=True)
 class AnomalyOut:
-    scores: np.ndarray  # (B,)
-    heatmaps: np.ndarray  # (B, 32, 32)
+    scores: npt.NDArray[np.float32]  # (B,)
+    heatmaps: npt.NDArray[np.float32]  # (B, 32, 32)
 
 
 @dataclass(frozen=True, slots=True)
 class ClassifierOut:
-    probs: np.ndarray  # (B, n_classes)
-    attention: np.ndarray  # (B, 64)
+    probs: npt.NDArray[np.float32]  # (B, n_classes)
+    attention: npt.NDArray[np.float32]  # (B, 64)
 
 
 # tritonclient's defaults, plus a short reconnect back-off: gRPC's own grows to two minutes, which
@@ -40,7 +42,7 @@ _CHANNEL_ARGS = [
 ]
 
 
-def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
+def _input(name: str, array: npt.NDArray[Any], datatype: str) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
     return tensor
@@ -104,12 +106,16 @@ class TritonClient:
         params = cfg.get("config", {}).get("parameters", {})
         return {key: str(value.get("string_value", "")) for key, value in params.items() if isinstance(value, dict)}
 
-    async def anomaly(self, grey: np.ndarray) -> AnomalyOut:
+    async def anomaly(self, grey: npt.NDArray[np.uint8]) -> AnomalyOut:
         result = await self._infer(self.anomaly_model, [_input("IMAGE", grey, "UINT8")], ("SCORE", "HEATMAP"))
         return AnomalyOut(result[0].reshape(-1), result[1])
 
     async def classify(
-        self, rgb: np.ndarray, process: np.ndarray, present: np.ndarray, notes: np.ndarray
+        self,
+        rgb: npt.NDArray[np.uint8],
+        process: npt.NDArray[np.float32],
+        present: npt.NDArray[np.float32],
+        notes: npt.NDArray[np.int64],
     ) -> ClassifierOut:
         inputs = [
             _input("IMAGE", rgb, "UINT8"),
@@ -120,7 +126,9 @@ class TritonClient:
         result = await self._infer(self.classifier_model, inputs, ("PROBS", "ATTENTION"))
         return ClassifierOut(result[0], result[1])
 
-    async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...]) -> list[np.ndarray]:
+    async def _infer(
+        self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
+    ) -> list[npt.NDArray[np.float32]]:
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         try:
             result = await self._client.infer(model, inputs, outputs=requested, client_timeout=self.timeout_s)

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from edge import decide as rule
 from edge import reports, state_codec
@@ -230,5 +231,5 @@ def die_row(outcome: Outcome) -> DieRow:
                   verdict.defect_class if verdict else None)
 
 
-def _row(row_id: str, topic: str, kind: str, body: dict) -> EventRow:
+def _row(row_id: str, topic: str, kind: str, body: dict[str, Any]) -> EventRow:
     return EventRow(row_id, topic, kind, json.dumps(body, separators=(",", ":")))

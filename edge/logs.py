@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import structlog
@@ -46,13 +47,15 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
     """The logger called ``name`` (its lines carry ``"logger": name``)."""
-    return structlog.get_logger(name)
+    # structlog types it Any; configure()'s wrapper_class, like structlog's default one, is a filtering bound logger
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger
 
 
 class RateLimited:
     """Allows one line per key every ``interval_s``; counts what it held back."""
 
-    def __init__(self, interval_s: float = 10.0, clock=time.monotonic) -> None:
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self._clock = clock
         self._last: dict[str, float] = {}

@@ -16,9 +16,12 @@ import os
 import ssl
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import MqttConfig
 from edge.errors import ConfigError, EdgeError
@@ -55,6 +58,7 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
 
 def _load_client_certificate(context: ssl.SSLContext, cfg: MqttConfig) -> None:
     cert, key = cfg.cert_file, cfg.key_file
+    assert cert is not None and key is not None  # the caller loads a client certificate only when both are set
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=os.fspath(cert))
     except OSError as err:
@@ -110,7 +114,8 @@ def publish_once(cfg: MqttConfig, client_id: str, topic: str, payload: str, time
     answered = threading.Event()
     refused: list[str] = []
 
-    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+    def on_connect(client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
+                   properties: Properties | None) -> None:
         if reason_code.is_failure:
             refused.append(str(reason_code))
         answered.set()
@@ -201,7 +206,8 @@ class MqttLink:
         self._client.loop_stop()
 
     # paho thread -> event loop
-    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+    def _connected(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
+                   properties: Properties | None) -> None:
         if reason_code.is_failure:  # refused: bad credentials, not authorised, ...; paho retries
             self._refused = True
             self._warn("mqtt_refused", reason=str(reason_code))
@@ -216,11 +222,12 @@ class MqttLink:
         self.connected = True
         self._loop.call_soon_threadsafe(self._on_state, True)
 
-    def _connect_failed(self, client, userdata) -> None:
+    def _connect_failed(self, client: paho.Client, userdata: Any) -> None:
         """No MQTT session: the broker cannot be reached, or the TLS handshake failed."""
         self._warn("mqtt_connect_failed")
 
-    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+    def _disconnected(self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags,
+                      reason_code: ReasonCode, properties: Properties | None) -> None:
         was_connected, self.connected = self.connected, False
         refused, self._refused = self._refused, False
         if was_connected:
@@ -234,8 +241,9 @@ class MqttLink:
             log.warning(event, host=self._cfg.host, port=self._cfg.port, tls=self._cfg.tls,
                         similar_since_last=held, **fields)
 
-    def _published(self, client, userdata, mid, reason_code, properties) -> None:
+    def _published(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                   properties: Properties) -> None:
         self._loop.call_soon_threadsafe(self._on_ack, mid)
 
-    def _message(self, client, userdata, message) -> None:
+    def _message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._loop.call_soon_threadsafe(self._on_message, message.topic, bytes(message.payload))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from edge import decide as rule
 from edge.events import FrameFacts, event_body, event_topic
@@ -45,7 +46,7 @@ class Stamp:
 
 
 def records(outcome: Outcome, event_id: str | None, stamp: Stamp,
-            calibration: dict = STATIC_CALIBRATION) -> tuple[ResultRow, EventRow | None]:  # fmt: skip
+            calibration: dict[str, Any] = STATIC_CALIBRATION) -> tuple[ResultRow, EventRow | None]:  # fmt: skip
     """The result row (holding the encoded reply) and, when the outcome makes one, the event row (with the
     ``calibration`` facts of its class). ``event_id`` must be given exactly when ``outcome.event_decision`` is set."""
     frame, h = outcome.frame, outcome.frame.header

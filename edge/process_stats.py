@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.state_codec import Exportable
 
@@ -44,7 +46,7 @@ class _KeyStats:
         self.m2 = np.zeros(0, dtype=np.float64)
         self.wafers = 0
 
-    def positions(self, names: Sequence[str]) -> np.ndarray:
+    def positions(self, names: Sequence[str]) -> npt.NDArray[np.intp]:
         """Slots of ``names`` in the state arrays, adding slots for names not seen before."""
         new = [name for name in dict.fromkeys(names) if name not in self.index]
         if new:
@@ -57,14 +59,15 @@ class _KeyStats:
             self.m2 = np.concatenate([self.m2, np.zeros(grow)])
         return np.fromiter((self.index[name] for name in names), dtype=np.intp, count=len(names))
 
-    def std(self, pos: np.ndarray) -> np.ndarray:
+    def std(self, pos: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
         """Sample standard deviation at ``pos`` (NaN under two values)."""
         count = self.count[pos]
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.where(count >= 2, self.m2[pos] / np.maximum(count - 1, 1), np.nan)
-        return np.sqrt(np.maximum(var, 0.0))
+        std: npt.NDArray[np.float64] = np.sqrt(np.maximum(var, 0.0))
+        return std
 
-    def fold(self, pos: np.ndarray, x: np.ndarray) -> None:
+    def fold(self, pos: npt.NDArray[np.intp], x: npt.NDArray[np.float64]) -> None:
         """One Welford step for the values ``x`` at slots ``pos`` (distinct slots)."""
         if not pos.size:
             return
@@ -82,7 +85,9 @@ def _as_float(value: object) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def _z_scores(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def _z_scores(
+    x: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], std: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
     """(x - mean) / std, with a spread-free parameter at 0 when unchanged and +/- ``Z_CAP`` when not."""
     diff = x - mean
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -119,7 +124,7 @@ class ProcessStats(Exportable):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def observe(self, key: Key, names: Sequence[str], values: Mapping[str, object]) -> list[dict]:
+    def observe(self, key: Key, names: Sequence[str], values: Mapping[str, object]) -> list[dict[str, Any]]:
         """The anomalous parameters of this wafer, then the wafer folded into the key's statistics.
 
         Returns ``[{"name", "value", "z"}]`` for the parameters with |z| >= sigma against the wafers
@@ -141,7 +146,7 @@ class ProcessStats(Exportable):
         state.wafers += 1
         return _report(names, x, z, flagged)
 
-    def snapshot(self, key: Key) -> dict:
+    def snapshot(self, key: Key) -> dict[str, Any]:
         """Diagnostics of one key: wafers seen, and count, mean and std by parameter name."""
         state = self._keys.get(key)
         if state is None:
@@ -160,7 +165,9 @@ class ProcessStats(Exportable):
         self._keys.pop(key, None)
 
 
-def _report(names: Sequence[str], x: np.ndarray, z: np.ndarray, flagged: np.ndarray) -> list[dict]:
+def _report(
+    names: Sequence[str], x: npt.NDArray[np.float64], z: npt.NDArray[np.float64], flagged: npt.NDArray[np.bool_]
+) -> list[dict[str, Any]]:
     """Flagged parameters as JSON-ready dicts, by |z| descending (name breaks ties)."""
     order = sorted(np.flatnonzero(flagged), key=lambda i: (-abs(float(z[i])), names[i]))
     return [{"name": names[i], "value": float(x[i]), "z": round(float(z[i]), 2)} for i in order]

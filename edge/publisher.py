@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar, TypeVarTuple
 
 from edge.logs import get
 from edge.metrics import Metrics
@@ -25,6 +26,15 @@ from edge.outbox import Outbox
 
 log = get("edge.publisher")
 
+_R = TypeVar("_R")
+_Ts = TypeVarTuple("_Ts")
+
+
+class RunDb(Protocol):
+    """Runs a blocking outbox call ``fn(*args)`` off the event loop; awaits its result (the daemon's ``_db``)."""
+
+    def __call__(self, fn: Callable[[*_Ts], _R], /, *args: *_Ts) -> Awaitable[_R]: ...
+
 
 class Publisher:
     def __init__(
@@ -32,7 +42,7 @@ class Publisher:
         outbox: Outbox,
         link: MqttLink | None,
         metrics: Metrics,
-        run_db: Callable[..., Awaitable],
+        run_db: RunDb,
         max_inflight: int,
         replay_acked_s: float = 0.0,
     ) -> None:

@@ -77,7 +77,7 @@ def parse(payload: bytes, tool_ids: Collection[str], recipes: Collection[str]) -
             return recipe
         if recipe["recipe_id"] not in recipes:
             return Rejected("unknown_recipe", f"recipe {recipe['recipe_id']!r} is not configured")
-        chosen = (recipe["recipe_id"],)
+        chosen: tuple[str, ...] = (recipe["recipe_id"],)
     else:
         chosen = tuple(recipes)
     return Rebaseline(ids["tool_id"], chosen, ids["by"], reason[:MAX_REASON], command_id)

@@ -21,7 +21,8 @@ _MAP = "__map__"
 
 
 def dump(obj: object) -> bytes:
-    return msgpack.packb({"v": VERSION, "state": _encode(obj)}, use_bin_type=True)
+    blob: bytes = msgpack.packb({"v": VERSION, "state": _encode(obj)}, use_bin_type=True)
+    return blob
 
 
 def load(blob: bytes, classes: dict[str, type]) -> Any:
@@ -58,7 +59,8 @@ def _decode(value: Any, classes: dict[str, type]) -> Any:
             raise ValueError(f"unexpected array type {dtype}")
         return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
     if isinstance(value, dict) and _OBJ in value:
-        cls = classes.get(value[_OBJ])
+        # Any: built reflectively, through the __new__ and __slots__ of whichever slot class the blob names
+        cls: Any = classes.get(value[_OBJ])
         if cls is None:
             raise ValueError(f"unexpected state class {value[_OBJ]!r}")
         obj = cls.__new__(cls)
@@ -85,7 +87,7 @@ class Exportable:
     size changed in the config makes an old state useless: that key starts afresh).
     """
 
-    _keys: dict
+    _keys: dict[tuple[str, str], Any]
     _classes: dict[str, type]
 
     def _fits(self, state: Any) -> bool:

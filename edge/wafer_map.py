@@ -55,8 +55,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class WaferGeometry:
         angle = math.atan2(y - self.centre_y, x - self.centre_x)
         return int((angle + math.pi) // (math.pi / 4)) % 8
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "shape": self.shape,
             "centre": [round(self.centre_x, DIGITS), round(self.centre_y, DIGITS)],
@@ -255,7 +256,7 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 
 def _zone(
     defective: Sequence[Position], inspected: Sequence[Position], inside: bool, limit: float, geo: WaferGeometry
-) -> dict:
+) -> dict[str, Any]:
     """Counts, enrichment and chance probability of defective dies in a radial zone."""
 
     def in_zone(p: Position) -> bool:
@@ -275,7 +276,7 @@ def _zone(
     }
 
 
-def _edge_evidence(zone: dict, geo: WaferGeometry) -> dict:
+def _edge_evidence(zone: dict[str, Any], geo: WaferGeometry) -> dict[str, Any]:
     octants = len({geo.octant(*p) for p in zone["hits"]})
     met = (
         zone["dies"] >= EDGE_MIN_DIES
@@ -286,14 +287,14 @@ def _edge_evidence(zone: dict, geo: WaferGeometry) -> dict:
     return {**_zone_evidence(zone, met), "octants": octants}
 
 
-def _center_evidence(zone: dict) -> dict:
+def _center_evidence(zone: dict[str, Any]) -> dict[str, Any]:
     met = (
         zone["dies"] >= CENTER_MIN_DIES and zone["enrichment"] >= CENTER_MIN_ENRICHMENT and zone["chance"] <= MAX_CHANCE
     )
     return _zone_evidence(zone, met)
 
 
-def _zone_evidence(zone: dict, met: bool) -> dict:
+def _zone_evidence(zone: dict[str, Any], met: bool) -> dict[str, Any]:
     """A zone's figures as the summary shows them, with whether its pattern's rule was met."""
     return {
         "met": bool(met),
@@ -305,7 +306,7 @@ def _zone_evidence(zone: dict, met: bool) -> dict:
     }
 
 
-def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Position]], inspected: int) -> dict:
+def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Position]], inspected: int) -> dict[str, Any]:
     """The most line-like qualifying group among clusters, gap-bridged groups and all defective dies.
 
     Dense scatter lines up by itself: a run must also be unlikely by chance, i.e. the expected number
@@ -315,9 +316,9 @@ def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Positio
     groups = [("cluster", c) for c in clusters]
     groups += [("bridged", g) for g in components(defective, LINE_BRIDGE)]
     groups.append(("all", list(defective)))
-    best: tuple = (False, 0.0, 0)
-    out: dict = {"met": False, "source": None, "dies": 0, "eigen_share": 0.0, "width": 0.0, "length": 0, "share": 0.0,
-                 "chance": 1.0}
+    best: tuple[bool, float, int] = (False, 0.0, 0)
+    out: dict[str, Any] = {"met": False, "source": None, "dies": 0, "eigen_share": 0.0, "width": 0.0, "length": 0,
+                           "share": 0.0, "chance": 1.0}
     for source, cells in groups:
         if len(cells) < (LINE_MIN_DIES if source == "cluster" else LINE_MIN_GAPPED_DIES):
             continue
@@ -340,7 +341,7 @@ def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Positio
     return out
 
 
-def _cluster_evidence(largest: list[Position], defective: int, geo: WaferGeometry) -> dict:
+def _cluster_evidence(largest: list[Position], defective: int, geo: WaferGeometry) -> dict[str, Any]:
     share = len(largest) / defective
     value = compactness(largest)
     met = len(largest) >= CLUSTER_MIN_DIES and share >= CLUSTER_MIN_SHARE and value >= CLUSTER_MIN_COMPACTNESS
@@ -354,7 +355,9 @@ def _cluster_evidence(largest: list[Position], defective: int, geo: WaferGeometr
     }
 
 
-def signature(defective: Sequence[Position], inspected: Sequence[Position], geo: WaferGeometry | None) -> dict:
+def signature(
+    defective: Sequence[Position], inspected: Sequence[Position], geo: WaferGeometry | None
+) -> dict[str, Any]:
     """{"pattern": name, "evidence": {candidate: numbers and whether its rule is met}}."""
     if not defective or geo is None:
         return {"pattern": "none", "evidence": {}}
@@ -379,7 +382,7 @@ def signature(defective: Sequence[Position], inspected: Sequence[Position], geo:
     return {"pattern": pattern, "evidence": evidence}
 
 
-def severity(density: float, largest_cluster: int, dies_inspected: int, pattern: str) -> tuple[float, dict]:
+def severity(density: float, largest_cluster: int, dies_inspected: int, pattern: str) -> tuple[float, dict[str, float]]:
     """The 0-100 severity and its three normalised terms (see the module docstring)."""
     density_term = min(1.0, density / DENSITY_FULL)
     cluster_term = min(1.0, largest_cluster / (CLUSTER_FULL * dies_inspected)) if dies_inspected else 0.0
@@ -389,7 +392,7 @@ def severity(density: float, largest_cluster: int, dies_inspected: int, pattern:
     return round(min(100.0, max(0.0, value)), 1), terms
 
 
-def summarise(dies: Sequence[DieResult]) -> dict:
+def summarise(dies: Sequence[DieResult]) -> dict[str, Any]:
     """The wafer summary: counts, defect map, clusters, spatial distribution, signature and severity."""
     results = latest_results(dies)
     geo = wafer_geometry(results) if results else None
@@ -434,7 +437,7 @@ def _class(die: DieResult) -> str:
     return die.defect_class or UNCLASSIFIED
 
 
-def _cluster_record(cells: list[Position], class_of: dict[Position, str]) -> dict:
+def _cluster_record(cells: list[Position], class_of: dict[Position, str]) -> dict[str, Any]:
     xs, ys = [p[0] for p in cells], [p[1] for p in cells]
     return {
         "size": len(cells),
@@ -445,7 +448,7 @@ def _cluster_record(cells: list[Position], class_of: dict[Position, str]) -> dic
     }
 
 
-def _cluster_order(cluster: dict) -> tuple:
+def _cluster_order(cluster: dict[str, Any]) -> tuple[int, int, int]:
     x0, y0, _, _ = cluster["bbox"]
     return -cluster["size"], y0, x0
 
@@ -456,11 +459,11 @@ def _dominant(classes: Iterable[str]) -> str | None:
     return next(iter(ranked), None)
 
 
-def _ranked(counts: Counter) -> dict[str, int]:
+def _ranked(counts: Counter[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] == UNCLASSIFIED, kv[0])))
 
 
-def _ratio(defective: Sequence[Position], geo: WaferGeometry | None, zone) -> float:
+def _ratio(defective: Sequence[Position], geo: WaferGeometry | None, zone: Callable[[float], bool]) -> float:
     if not defective or geo is None:
         return 0.0
     return sum(zone(geo.r_norm(*p)) for p in defective) / len(defective)

@@ -184,15 +184,18 @@ def parse_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, bytes]
 
 
 def encode_reply(reply: dict[str, Any]) -> bytes:
-    return msgpack.packb(reply, use_bin_type=True)
+    packed: bytes = msgpack.packb(reply, use_bin_type=True)
+    return packed
 
 
 def decode_reply(data: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(data, raw=False)
+    reply: dict[str, Any] = msgpack.unpackb(data, raw=False)
+    return reply
 
 
 def encode_header(header: dict[str, Any]) -> bytes:
-    return msgpack.packb(header, use_bin_type=True)
+    packed: bytes = msgpack.packb(header, use_bin_type=True)
+    return packed
 
 
 def ok_reply(frame_id: str, decision: str, event_id: str | None, latency_ms: float) -> dict[str, Any]:

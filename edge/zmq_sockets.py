@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -77,16 +78,16 @@ class ToolKeys(AsyncioAuthenticator):
     with the one last loaded - a single scandir, and handshakes are rare - and reloads on a change.
     A directory that becomes unreadable, or a bad certificate in it, keeps the last good set."""
 
-    def __init__(self, ctx: zmq.Context, directory: Path) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, directory: Path) -> None:
         super().__init__(ctx)
         self.directory = directory
         try:
-            self._stamp: tuple | None = self._listing()
+            self._stamp: tuple[tuple[str, int, int], ...] | None = self._listing()
             self.count = self._load()
         except (OSError, ValueError, IndexError) as err:
             raise ConfigError(f"curve_authorized_keys {directory}: {err}") from None
 
-    def _listing(self) -> tuple:
+    def _listing(self) -> tuple[tuple[str, int, int], ...]:
         with os.scandir(self.directory) as entries:
             return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
                                 for e in entries if e.name.endswith(".key")))
@@ -165,12 +166,14 @@ class FrameSocket:
 
     async def recv(self) -> tuple[bytes, list[bytes], frozenset[str] | None]:
         """``(identity, parts, tools)``: ``tools`` are those the sender's CURVE key speaks for, None without CURVE."""
+        identity: bytes | zmq.Frame  # bytes copied out, or a zero-copy Frame that carries the ZAP metadata
         if self._auth is None:
             identity, *parts = await self._sock.recv_multipart(copy=True)
             return identity, parts, None
         identity, *frames = await self._sock.recv_multipart(copy=False)
         try:
-            user = frames[0].get("User-Id") if frames else ""
+            # a ZAP metadata property: pyzmq types Frame.get(str) as int | str, a named property is a str
+            user = cast(str, frames[0].get("User-Id")) if frames else ""
         except zmq.ZMQError:  # no ZAP identity on the message: it speaks for no tool
             user = ""
         return identity.bytes, [f.bytes for f in frames], frozenset(filter(None, user.split(",")))
@@ -219,11 +222,11 @@ class EventFeed:
     """PUB socket for local consumers: ``[topic, json]`` per event, best effort (no replay)."""
 
     def __init__(self, bind: str) -> None:
-        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
         self._sock.bind(bind)
-        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def publish(self, topic: str, payload: str) -> None:
         try:

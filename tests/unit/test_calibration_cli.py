@@ -88,3 +88,18 @@ def test_show_and_history_as_json(store_path: Path, capsys) -> None:
     newest = json.loads(capsys.readouterr().out)[0]
     assert (newest["field"], newest["old"], newest["new"], newest["who"]) == ("threshold", "0.55", "0.8", "eng1")
     assert newest["time"].endswith("Z") and newest["reason"].startswith("x")
+
+
+def test_show_and_override_work_on_a_statistical_profile(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "stat.sqlite"
+    s = CalibrationStore(path)
+    s.ensure_profile(R, T, ("PART-SM",), "statistical")
+    s.close()
+    assert main(calib(path, "show", "--recipe", R, "--tool", T)) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "PART-SM threshold=0.55 fpr_window=0.00% fpr_upper=100.00% status=calibrating")
+    where = ["--recipe", R, "--tool", T, "--class", "PART-SM"]
+    assert main(calib(path, "override", *where, "--threshold", "0.7", "--lock-lots", "2", "--reason", "x")) == 0
+    assert capsys.readouterr().out.startswith("PART-SM threshold=0.70 ")
+    assert main(calib(path, "show", "--recipe", R, "--tool", T, "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["classes"][0]["status"] == "locked"
