@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar, TypeVarTuple, cast
 
@@ -21,6 +20,7 @@ from edge import decide as rule
 from edge import rebaseline
 from edge.admission import Inflight, Turnaround, busy_reason, retry_after_ms
 from edge.admission import Limits as AdmissionLimits
+from edge.async_db import AsyncDb
 from edge.batcher import Batcher
 from edge.calibrate import Calibration
 from edge.config import Config
@@ -41,6 +41,7 @@ from edge.outbox import EventRow, Outbox
 from edge.outcomes import Outcome, Stamp, records
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier
+from edge.supervisor import Supervisor
 from edge.wafers import WaferKey
 from edge.wire import FrameHeader, Limits, Rejected, encode_reply, error_reply, parse_frame
 from edge.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
@@ -65,7 +66,7 @@ class Daemon:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.health = Health(broker_required=cfg.mqtt.enabled)
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._db = AsyncDb()
         self._limits = Limits(
             cfg.ingest.max_header_bytes, cfg.ingest.max_payload_bytes, cfg.ingest.max_image_pixels,
             cfg.tool_ids, frozenset(cfg.recipes),
@@ -84,8 +85,7 @@ class Daemon:
         self._batcher: Batcher[Frame] = Batcher(cfg.batching.max_batch, cfg.batching.max_delay_ms / 1000)
         self._batch_ready = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._critical: dict[asyncio.Task[None], str] = {}  # tasks that must run as long as the daemon does
+        self._tasks = Supervisor(self._critical_ended, self.metrics.task_restarts)
         self._stop = asyncio.Event()
         self._bad_input_log = RateLimited(10.0)
         self._accepting = True
@@ -98,7 +98,7 @@ class Daemon:
         cfg = self.cfg
         preflight(cfg)
         async with AsyncExitStack() as opened:
-            opened.callback(self._db_thread.shutdown, wait=True)
+            opened.callback(self._db.close)
             self.outbox = await self._db(Outbox, cfg.outbox.path)
             opened.push_async_callback(self._db, self.outbox.close)
             await self._restore_line_watch()
@@ -135,20 +135,20 @@ class Daemon:
         if link:
             link.start()
             opened.callback(link.stop)
-        opened.push_async_callback(self._cancel_tasks)
-        self._spawn(self.publisher.run(), critical="publisher")
+        opened.push_async_callback(self._tasks.stop)
+        self._tasks.critical("publisher", self.publisher.run())
         self.publisher.wake()  # replay what a previous run left undelivered
         self._sock = sock
-        self._spawn(self._batch_loop(), critical="batch_loop")
-        self._spawn(self._health_loop(notifier), critical="health_loop")
-        self._spawn(self._calibration_loop())
-        self._spawn(self._prune_loop())
-        self._spawn(self._save_loop())
+        self._tasks.critical("batch_loop", self._batch_loop())
+        self._tasks.critical("health_loop", self._health_loop(notifier))
+        self._tasks.every("calibration_reload", cfg.calibration.refresh_s, self._reload_calibration)
+        self._tasks.every("prune", cfg.outbox.prune_interval_s, self._prune, at_start=True)
+        self._tasks.every("line_watch_save", cfg.drift.save_interval_s, self._save_line_watch)
         if cfg.process.zmq_connect:
-            self._spawn(self._mes_zmq(MesFeed(context(), cfg.process.zmq_connect,
+            self._tasks.spawn(self._mes_zmq(MesFeed(context(), cfg.process.zmq_connect,
                                               (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))))
         self.metrics.outbox_quota.set(cfg.outbox.max_bytes)
-        intake = self._spawn(self._intake(sock), critical="intake")
+        intake = self._tasks.critical("intake", self._intake(sock))
         log.info("started", frames=sock.endpoint, http_port=http_port, models=self.models,
                  triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)
         notifier.ready()
@@ -168,10 +168,10 @@ class Daemon:
         if self.health.stalled:  # a non-zero exit: systemd restarts the daemon (Restart=on-failure)
             raise CriticalTaskDied(f"stopped because a critical task ended: {', '.join(self.health.stalled)}")
 
-    async def _cancel_tasks(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    def _critical_ended(self, name: str) -> None:
+        """A task the daemon cannot serve without ended: stop petting the watchdog, drain and exit non-zero."""
+        self.health.stalled.append(name)
+        self._stop.set()
 
     async def _wait_for_models(self, stop: asyncio.Event) -> bool:
         """False when asked to stop first; ``TritonUnavailable`` when the models are not ready in time."""
@@ -248,28 +248,26 @@ class Daemon:
             log.info("outbox_below_quota", used_bytes=used, quota_bytes=self.cfg.outbox.max_bytes)
         self._outbox_full = self.health.outbox_full = full
 
-    async def _prune_loop(self) -> None:
+    async def _prune(self) -> None:
         """Results are the de-duplication record and events the replay source: both are kept for the
         retention period (events until acknowledged, however long that takes), then pruned, as are the
         dies of a wafer that saw no die for as long."""
-        while True:
-            try:
-                before = time.time() - self.cfg.outbox.retention_hours * 3600
-                pruned = await self._db(self.outbox.prune, before)
-                for table, rows in pruned.items():
-                    self.metrics.outbox_pruned.labels(table).inc(rows)
-                if any(pruned.values()):
-                    log.info("outbox_pruned", **pruned)
-                await self._check_quota()
-                forgotten = await self._db(self.calibration.store.prune,
-                                           time.time() - self.cfg.calibration.retention_days * 86400)
-                if forgotten:
-                    log.info("calibration_pruned", candidates=forgotten)
-            except (OutboxError, CalibrationError) as err:
-                stage = "outbox" if isinstance(err, OutboxError) else "calibration"
-                self.metrics.internal_errors.labels(stage).inc()
-                log.error("prune_failed", error=str(err))
-            await asyncio.sleep(self.cfg.outbox.prune_interval_s)
+        try:
+            before = time.time() - self.cfg.outbox.retention_hours * 3600
+            pruned = await self._db(self.outbox.prune, before)
+            for table, rows in pruned.items():
+                self.metrics.outbox_pruned.labels(table).inc(rows)
+            if any(pruned.values()):
+                log.info("outbox_pruned", **pruned)
+            await self._check_quota()
+            forgotten = await self._db(self.calibration.store.prune,
+                                       time.time() - self.cfg.calibration.retention_days * 86400)
+            if forgotten:
+                log.info("calibration_pruned", candidates=forgotten)
+        except (OutboxError, CalibrationError) as err:
+            stage = "outbox" if isinstance(err, OutboxError) else "calibration"
+            self.metrics.internal_errors.labels(stage).inc()
+            log.error("prune_failed", error=str(err))
 
     async def _restore_line_watch(self) -> None:
         """What the previous run left: its open wafers, drift references and windows, parameter statistics."""
@@ -296,37 +294,6 @@ class Daemon:
         except OutboxError as err:
             self.metrics.internal_errors.labels("outbox").inc()
             log.error("line_watch_save_failed", error=str(err))
-
-    async def _save_loop(self) -> None:
-        """Drift and parameter statistics, saved now and then: a restart goes on from them."""
-        while True:
-            await asyncio.sleep(self.cfg.drift.save_interval_s)
-            await self._save_line_watch()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], critical: str | None = None) -> asyncio.Task[None]:
-        """Run ``coro`` as a task of the daemon; a ``critical`` one (its name) must live as long as the daemon."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        if critical:
-            self._critical[task] = critical
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        name = self._critical.pop(task, None)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if name is not None:  # it never ends on its own: the watchdog goes unpetted and the daemon stops
-            log.critical("critical_task_died", task=name, error=repr(error) if error else "returned")
-            self.health.stalled.append(name)
-            self._stop.set()
-        elif error is not None:
-            log.error("task_failed", error=repr(error))
-
-    async def _db(self, fn: Callable[[*_Ts], _R], *args: *_Ts) -> _R:
-        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
     async def _finish_inflight(self, timeout_s: float) -> None:
         for frame in self._joiner.release_all():
@@ -438,7 +405,7 @@ class Daemon:
         elif topic_matches(self.cfg.mqtt.mes_lot_topic, topic):
             self.on_lot_event(payload)
         elif topic == self._reviews_topic:
-            self._spawn(self._review(payload))
+            self._tasks.spawn(self._review(payload))
         elif topic == self._rebaseline_topic:
             self.on_rebaseline(payload)
 
@@ -449,7 +416,7 @@ class Daemon:
         self.metrics.mes_messages.labels("process_log").inc()
         watched, rows = self._watching(self._watch.process_log, parsed) or (parsed, [])
         if rows:
-            self._spawn(self._record_rows(rows))
+            self._tasks.spawn(self._record_rows(rows))
         for frame in self._joiner.on_log(watched, time.monotonic()):
             self._joined(frame)
 
@@ -480,19 +447,19 @@ class Daemon:
         self.metrics.rebaselines.labels("accepted").inc()
         log.info("rebaselined", tool_id=command.tool_id, recipes=list(command.recipes), by=command.by,
                  reason=command.reason, drift_cleared=len(rows))
-        self._spawn(self._record_rows(rows))
-        self._spawn(self._save_line_watch())  # a restart must not bring the old reference back
+        self._tasks.spawn(self._record_rows(rows))
+        self._tasks.spawn(self._save_line_watch())  # a restart must not bring the old reference back
 
     def _lot_event(self, event: LotEvent) -> None:
         ended = self._watching(self._watch.lot_event, event)
         if ended:  # kept, so that a restart before their summaries still knows they ended
-            self._spawn(self._end_wafers(ended))
+            self._tasks.spawn(self._end_wafers(ended))
         if event.kind == "wafer_end":
             return
         log.info("lot_event", kind=event.kind, lot_id=event.lot_id, tool_id=event.tool_id,
                  recipe_id=event.recipe_id)
         if event.kind == "lot_end":
-            self._spawn(self._close_lot(event))
+            self._tasks.spawn(self._close_lot(event))
 
     async def _end_wafers(self, ended: list[tuple[WaferKey, str]]) -> None:
         try:
@@ -529,16 +496,14 @@ class Daemon:
             if held is not None:
                 log.warning("review_rejected", reason=result, similar_since_last=held)
 
-    async def _calibration_loop(self) -> None:
+    async def _reload_calibration(self) -> None:
         """Engineers change thresholds from the CLI: pick that up without a restart."""
-        while True:
-            await asyncio.sleep(self.cfg.calibration.refresh_s)
-            try:
-                if await self._db(self.calibration.refresh):
-                    log.info("calibration_reloaded")
-            except CalibrationError as err:
-                self.metrics.internal_errors.labels("calibration").inc()
-                log.error("calibration_reload_failed", error=str(err))
+        try:
+            if await self._db(self.calibration.refresh):
+                log.info("calibration_reloaded")
+        except CalibrationError as err:
+            self.metrics.internal_errors.labels("calibration").inc()
+            log.error("calibration_reload_failed", error=str(err))
 
     def _mes_rejected(self, rejected: Rejected) -> None:
         self.metrics.mes_rejected.labels(rejected.reason).inc()
@@ -581,7 +546,7 @@ class Daemon:
                     except TimeoutError:
                         pass
             self.metrics.queue_depth.set(len(self._batcher))
-            self._spawn(self._run_batch(batch))
+            self._tasks.spawn(self._run_batch(batch))
 
     async def _run_batch(self, batch: list[Frame]) -> None:
         try:

@@ -70,6 +70,10 @@ class Metrics:
         self.internal_errors = Counter(
             "edge_internal_errors_total", "Defects caught before they stopped a stage", ["stage"], registry=r
         )
+        self.task_restarts = Counter(
+            "edge_task_restarts_total", "Rounds of a periodic task that failed; the next round ran", ["task"],
+            registry=r,
+        )
         self.triton_up = Gauge("edge_triton_ready", "1 when Triton and both models are ready", registry=r)
         self.broker_up = Gauge("edge_mqtt_connected", "1 when connected to the MQTT broker", registry=r)
         self.outbox_backlog = Gauge("edge_outbox_backlog_events", "Events not yet acknowledged", registry=r)

@@ -193,7 +193,7 @@ async def _every_resource_is_closed_when_triton_is_not_ready_in_time(tmp_path):
     with pytest.raises(StoreUnavailable):
         daemon.calibration.store.profiles()
     with pytest.raises(RuntimeError):  # the database thread was shut down
-        daemon._db_thread.submit(print)
+        await daemon._db(print)
     await daemon.triton.close()  # closing again is harmless
 
 
@@ -217,15 +217,15 @@ async def _the_watchdog_is_not_petted_once_a_critical_task_died(tmp_path):
     daemon.health.triton_ready = True
     daemon.publisher = Publisher(daemon.outbox, None, daemon.metrics, daemon._db, 8, 1.0)
     notifier = CountingNotifier()
-    health = daemon._spawn(daemon._health_loop(notifier), critical="health_loop")
+    health = daemon._tasks.critical("health_loop", daemon._health_loop(notifier))
     crash = asyncio.Event()
 
     async def intake() -> None:
         await crash.wait()
         raise RuntimeError("a defect in the intake")
 
-    daemon._spawn(intake(), critical="intake")
-    best_effort = daemon._spawn(asyncio.sleep(0))  # ends on its own: not a reason to stop
+    daemon._tasks.critical("intake", intake())
+    best_effort = daemon._tasks.spawn(asyncio.sleep(0))  # ends on its own: not a reason to stop
     await asyncio.sleep(0.1)
     assert notifier.pets > 0 and best_effort.done() and not daemon._stop.is_set()
     crash.set()
@@ -235,7 +235,7 @@ async def _the_watchdog_is_not_petted_once_a_critical_task_died(tmp_path):
     assert notifier.pets == pets  # systemd's watchdog now restarts the daemon if the stop does not end it
     assert daemon._stop.is_set() and daemon.health.stalled == ["intake"] and not daemon.health.alive
     assert not health.done()
-    await daemon._cancel_tasks()
+    await daemon._tasks.stop()
     daemon.outbox.close()
 
 
