@@ -34,9 +34,10 @@ from edge.infer import AnomalyOut, ClassifierOut, TritonClient
 from edge.join import Joiner
 from edge.line_watch import LineWatch, Summaries, die_row
 from edge.logs import RateLimited, get
+from edge.message_router import MessageRouter
 from edge.metrics import Metrics
 from edge.model_facts import bands_from, precision_from
-from edge.mqtt import MqttLink, tls_context, topic_matches
+from edge.mqtt import MqttLink, tls_context
 from edge.outbox import EventRow, Outbox
 from edge.outcomes import Outcome, Stamp, records
 from edge.publisher import Publisher
@@ -86,6 +87,12 @@ class Daemon:
         self._batch_ready = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)
         self._tasks = Supervisor(self._critical_ended, self.metrics.task_restarts)
+        self._router = MessageRouter([
+            (cfg.mqtt.mes_process_topic, self.on_process_log),
+            (cfg.mqtt.mes_lot_topic, self.on_lot_event),
+            (self._reviews_topic, self._on_review),
+            (self._rebaseline_topic, self.on_rebaseline),
+        ])
         self._stop = asyncio.Event()
         self._bad_input_log = RateLimited(10.0)
         self._accepting = True
@@ -120,8 +127,7 @@ class Daemon:
         link = None
         if cfg.mqtt.enabled:
             link = MqttLink(cfg.mqtt, cfg.station, asyncio.get_running_loop(), self._on_mqtt_message, self._on_ack,
-                            self._on_broker, (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic,
-                                              self._reviews_topic, self._rebaseline_topic))
+                            self._on_broker, self._router.filters)
         self.publisher = Publisher(self.outbox, link, self.metrics, self._db, cfg.mqtt.max_inflight,
                                    cfg.mqtt.replay_acked_s)
         self._feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
@@ -400,14 +406,10 @@ class Daemon:
             feed.close()
 
     def _on_mqtt_message(self, topic: str, payload: bytes) -> None:
-        if topic_matches(self.cfg.mqtt.mes_process_topic, topic):
-            self.on_process_log(payload)
-        elif topic_matches(self.cfg.mqtt.mes_lot_topic, topic):
-            self.on_lot_event(payload)
-        elif topic == self._reviews_topic:
-            self._tasks.spawn(self._review(payload))
-        elif topic == self._rebaseline_topic:
-            self.on_rebaseline(payload)
+        self._router.on_message(topic, payload)
+
+    def _on_review(self, payload: bytes) -> None:
+        self._tasks.spawn(self._review(payload))
 
     def on_process_log(self, payload: bytes) -> None:
         parsed = parse_process_log(payload)
