@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar, TypeVarTuple, cast
+from typing import Any, TypeVar, TypeVarTuple
 
 from calibration.errors import CalibrationError
 from calibration.table import Bands, BandTable
@@ -25,12 +25,13 @@ from edge.batcher import Batcher
 from edge.calibrate import Calibration
 from edge.config import Config
 from edge.context import ContextCache, LotEvent, parse_lot_event, parse_process_log
-from edge.errors import ConfigError, CriticalTaskDied, EdgeError, InferenceFailed, OutboxError, TritonUnavailable
+from edge.errors import ConfigError, CriticalTaskDied, EdgeError, OutboxError, TritonUnavailable
 from edge.events import EventIds
-from edge.frames import Frame, batch_inputs, hot_region
+from edge.frames import Frame
 from edge.http import Health, HttpServer
 from edge.imaging import decode
-from edge.infer import AnomalyOut, ClassifierOut, TritonClient
+from edge.infer import TritonClient
+from edge.inspector import Inspector, not_inspected
 from edge.join import Joiner
 from edge.line_watch import LineWatch, Summaries, die_row
 from edge.logs import RateLimited, get
@@ -44,7 +45,7 @@ from edge.publisher import Publisher
 from edge.sdnotify import Notifier
 from edge.supervisor import Supervisor
 from edge.wafers import WaferKey
-from edge.wire import FrameHeader, Limits, Rejected, encode_reply, error_reply, parse_frame
+from edge.wire import Limits, Rejected, encode_reply, error_reply, parse_frame
 from edge.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
 
 log = get("edge.daemon")
@@ -72,10 +73,7 @@ class Daemon:
             cfg.ingest.max_header_bytes, cfg.ingest.max_payload_bytes, cfg.ingest.max_image_pixels,
             cfg.tool_ids, frozenset(cfg.recipes),
         )
-        self._parameters = {rid: r.parameters for rid, r in cfg.recipes.items()}
-        self._bands: BandTable | None = None
         self._ids = EventIds()
-        self._audit_rng = random.Random()
         self._jitter = random.Random()  # spreads the retry hints of busy replies
         self._turnaround = Turnaround()
         self._joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
@@ -114,6 +112,8 @@ class Daemon:
             self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
                                        cfg.triton.timeout_ms / 1000)
             opened.push_async_callback(self.triton.close)
+            self._inspector = Inspector(cfg, self.triton, self.calibration.threshold, self.metrics,
+                                        self._bad_input_log)
             http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
             http_port = await http.start()  # /healthz answers, /readyz says 503, while the models load
             opened.push_async_callback(http.close)
@@ -214,7 +214,7 @@ class Daemon:
         if default is None:
             raise ConfigError("no anomaly bands: the anomaly model declares none and decision.bands has no "
                               "recipe='*', tool='*' entry")
-        self._bands = BandTable(default, entries)
+        self._inspector.bands = BandTable(default, entries)
 
     async def _health_loop(self, notifier: Notifier) -> None:
         interval = self.cfg.triton.health_interval_s
@@ -557,9 +557,9 @@ class Daemon:
                 frame.timings["queue"] = started - frame.received
                 self.metrics.stage_latency.labels("queue").observe(frame.timings["queue"])
             live = [f for f in batch if f.deadline > started]
-            outcomes = [self._not_inspected(f, "deadline_passed") for f in batch if f.deadline <= started]
+            outcomes = [not_inspected(f, "deadline_passed") for f in batch if f.deadline <= started]
             if live:
-                outcomes += await self._inspect(live)
+                outcomes += await self._inspector.inspect(live)
             await self._record_and_answer(outcomes)
         except Exception:  # a defect must cost one batch, never leave its frames unanswered
             log.exception("batch_failed", frames=len(batch))
@@ -567,68 +567,6 @@ class Daemon:
             await self._answer_busy([f for f in batch if f.key in self._inflight], "internal_error")
         finally:
             self._slots.release()
-
-    async def _inspect(self, frames: list[Frame]) -> list[Outcome]:
-        self.metrics.batch_size.observe(len(frames))
-        t0 = time.monotonic()
-        result = await self._infer(frames)
-        if isinstance(result, str):
-            return [self._not_inspected(f, result) for f in frames]
-        anomaly, classes = result
-        infer_s = time.monotonic() - t0
-        self.metrics.stage_latency.labels("inference").observe(infer_s)
-        outcomes = []
-        assert self._bands is not None
-        t0 = time.monotonic()
-        for i, frame in enumerate(frames):
-            h = frame.header
-            frame.timings["infer"] = infer_s
-            bands = self._bands.get(h.recipe_id, h.tool_id)
-
-            def threshold_of(c: str, h: FrameHeader = h) -> float:
-                return self.calibration.threshold(h.recipe_id, h.tool_id, c)
-
-            verdict = rule.decide(
-                float(anomaly.scores[i]), bands, classes.probs[i],
-                self.cfg.decision.classes, threshold_of,
-                self._audit_rng.random(), self.cfg.decision.audit_fraction,
-            )
-            hot = hot_region(anomaly.heatmaps[i], cast(tuple[int, int], frame.tensors.grey.shape[1:]), bands.pass_band)
-            outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), hot))
-        self.metrics.stage_latency.labels("decide").observe(time.monotonic() - t0)
-        return outcomes
-
-    async def _infer(self, frames: list[Frame]) -> tuple[AnomalyOut, ClassifierOut] | str:
-        """Both models' outputs, or why they could not be had. A server that cannot take the batch
-        (down, restarting, models loading) gets bounded retries with a doubling back-off while the
-        frames' deadlines allow; an error answer from a running server is not retried."""
-        inputs = batch_inputs(frames, self._parameters)
-        backoff = self.cfg.triton.retry_backoff_ms / 1000
-        deadline = min(f.deadline for f in frames)
-        for attempt in range(self.cfg.triton.retries + 1):
-            try:
-                anomaly, classes = await asyncio.gather(
-                    self.triton.anomaly(inputs.grey),
-                    self.triton.classify(inputs.rgb, inputs.process, inputs.present, inputs.notes),
-                )
-                return anomaly, classes
-            except (TritonUnavailable, InferenceFailed) as err:
-                reason = "triton_unavailable" if isinstance(err, TritonUnavailable) else "inference_failed"
-                self.metrics.inference_errors.labels(reason).inc()
-                held = self._bad_input_log.allow(reason)
-                if held is not None:
-                    log.warning("inference_failed", reason=reason, error=str(err), frames=len(frames),
-                                attempt=attempt + 1, similar_since_last=held)
-            if reason != "triton_unavailable" or attempt == self.cfg.triton.retries \
-                    or time.monotonic() + backoff >= deadline:
-                return reason
-            self.metrics.inference_retries.inc()
-            await asyncio.sleep(backoff)
-            backoff *= 2
-        return reason
-
-    def _not_inspected(self, frame: Frame, reason: str) -> Outcome:
-        return Outcome(frame, None, reason=reason)
 
     async def _record_and_answer(self, outcomes: list[Outcome]) -> None:
         stamp = Stamp(self.cfg.station, self.cfg.mqtt.prefix, self.models, time.monotonic(), time.time())
