@@ -44,7 +44,7 @@ def _show(store: CalibrationStore, a: argparse.Namespace) -> int:
         raise RequestRefused(f"recipe/tool: no calibration profile for {a.recipe} x {a.tool}")
     if getattr(a, "json", False):
         classes = [{"class": name, "threshold": state.threshold, "status": state.status,
-                    "fpr_3lot": getattr(state, "fpr_window", 0.0),
+                    "fpr_3lot": state.fpr_window,
                     "escape_estimate": store.escape_estimate(a.recipe, a.tool, name),
                     "settings": asdict(state.settings)} for name, state in states.items()]
         _print_json({"recipe": a.recipe, "tool": a.tool, "version": store.version(a.recipe, a.tool),

@@ -98,7 +98,7 @@ class Calibration:
                 self._statuses[key] = state.status
                 labels = (recipe, tool, name)
                 self.metrics.calib_threshold.labels(*labels).set(state.threshold)
-                self.metrics.calib_fpr.labels(*labels).set(getattr(state, "fpr_window", 0.0))
+                self.metrics.calib_fpr.labels(*labels).set(state.fpr_window)
                 self.metrics.calib_status.labels(*labels).state(state.status)
                 self.metrics.calib_budget.labels(*labels).set(state.settings.fpr_budget)
         return True

@@ -49,14 +49,30 @@ def _digest(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def int8_probs(models: Path, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
+    """The classifier's PROBS on ``inputs``: FP32, INT8 in the serving session (``tools.quantize.session``) and INT8
+    in ONNX Runtime's default session (whose kernels saturate on a CPU without VNNI)."""
+    import onnxruntime as ort
+
+    from tools.quantize import input_batches, run_all
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    plain = ort.InferenceSession(str(models / "classifier.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+    return {
+        "fp32": run_all(models / "classifier.onnx", inputs, threads=threads)["PROBS"],
+        "int8": run_all(models / "classifier.int8.onnx", inputs, threads=threads)["PROBS"],
+        "int8-default": np.concatenate([plain.run(["PROBS"], b)[0] for b in input_batches(inputs, 16)]),
+    }
+
+
 def probe(models: Path, steps: int, n_dies: int, save: Path) -> dict[str, str]:
     """The probes on this process's CPU (run natively, and by ``main`` under emulation); the INT8 PROBS to ``save``."""
-    import onnxruntime as ort
     import torch
     import torch.nn.functional as F
 
     from tools.models import DefectClassifier, normalise_image
-    from tools.quantize import feeds, input_batches, run_all
+    from tools.quantize import feeds
     from tools.synth import make_dataset
     from tools.training import HELDOUT_SEED, HELDOUT_SHIFT, class_weights
 
@@ -76,14 +92,11 @@ def probe(models: Path, steps: int, n_dies: int, save: Path) -> dict[str, str]:
     weights = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
     result["train"] = f"loss {loss.item():.10f}, weights {_digest(weights)}"
     held = make_dataset(HELDOUT_SEED, n_dies, shift=HELDOUT_SHIFT, class_weights=class_weights())
-    x = feeds("classifier", held)
-    fp32 = run_all(models / "classifier.onnx", x)["PROBS"].argmax(1)
-    served = run_all(models / "classifier.int8.onnx", x)["PROBS"]
-    plain = ort.InferenceSession(str(models / "classifier.int8.onnx"), providers=["CPUExecutionProvider"])
-    default = np.concatenate([plain.run(["PROBS"], b)[0] for b in input_batches(x, 16)])
-    np.savez(save, **{"int8": served, "int8-default": default})
-    for key, probs in (("int8", served), ("int8-default", default)):
-        result[key] = f"top class as FP32 on {np.mean(probs.argmax(1) == fp32):.1%}"
+    probs = int8_probs(models, feeds("classifier", held))
+    fp32 = probs.pop("fp32").argmax(1)
+    np.savez(save, **probs)
+    for key, int8 in probs.items():
+        result[key] = f"top class as FP32 on {np.mean(int8.argmax(1) == fp32):.1%}"
     return result
 
 

@@ -36,13 +36,13 @@ FIGURES = {
 SPREAD = "seed_spread.json"
 
 
-def current(folder: Path, budget: str, seed: int | None = None) -> bool:
-    """``folder`` holds trained and measured models of this code, ``budget`` (and ``seed``, if given)."""
+def current(folder: Path, digest: str, budget: str, seed: int | None = None) -> bool:
+    """``folder`` holds trained and measured models of the code with ``digest``, ``budget`` (and ``seed``)."""
     record = provenance.read(folder)
     return bool(
         record
         and (folder / REPORT).is_file()
-        and record.get("code_digest") == provenance.code_digest()
+        and record.get("code_digest") == digest
         and record.get("budget") == budget
         and (seed is None or record.get("seed") == seed)
     )
@@ -51,8 +51,10 @@ def current(folder: Path, budget: str, seed: int | None = None) -> bool:
 def train_seed(folder: Path, seed: int, quick: bool) -> None:
     """Train and measure one seed into ``folder``."""
     budget = ["--quick"] if quick else []
-    assert train(["--model", "all", "--out", str(folder), "--seed", str(seed), "--no-baselines", *budget]) == 0
-    assert quantize(["--models", str(folder), "--budget", "quick" if quick else "full"]) == 0
+    if train(["--model", "all", "--out", str(folder), "--seed", str(seed), "--no-baselines", *budget]) != 0:
+        raise SystemExit(f"seed_spread: training seed {seed} into {folder} failed")
+    if quantize(["--models", str(folder), "--budget", "quick" if quick else "full"]) != 0:
+        raise SystemExit(f"seed_spread: measuring the precision forms in {folder} failed")
 
 
 def summarise(values: list[float]) -> dict[str, Any]:
@@ -91,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the QUICK budget (for a trial of the tool)")
     args = parser.parse_args(argv)
     budget = "quick" if args.quick else "full"
-    started = time.monotonic()
+    started, digest = time.monotonic(), provenance.code_digest()
     folders: dict[int, Path] = {}
     for seed in args.seeds:
         folder = args.out / f"seed-{seed}"
-        if current(args.reference, budget, seed):
+        if current(args.reference, digest, budget, seed):
             folder = args.reference
-        elif not current(folder, budget, seed):
+        elif not current(folder, digest, budget, seed):
             log(f"seed {seed}: training into {folder}")
             train_seed(folder, seed, args.quick)
         folders[seed] = folder
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "seeds": list(folders),
         "budget": budget,
-        "code_digest": provenance.code_digest(),
+        "code_digest": digest,
         "heldout": next(iter(reports.values()))["data"],
         "models": spread(reports),
         "seconds": round(time.monotonic() - started, 1),

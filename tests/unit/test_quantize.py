@@ -122,21 +122,17 @@ def test_fp16_outputs_stay_within_two_percent_of_fp32(built):
 
 
 # Runs in the child, natively or under QEMU's user-mode emulation of a CPU with AVX2 and no VNNI (an EPYC Milan):
-# the INT8 classifier's PROBS with the serving session (tools.quantize.session), and with ONNX Runtime's default
-# INT8 kernels. Prints the largest difference of each from the FP32 model.
+# the INT8 classifier's PROBS with the serving session and with ONNX Runtime's default INT8 kernels
+# (tools.kernel_check.int8_probs). Prints the largest difference of each from the FP32 model.
 _KERNEL_PROBE = textwrap.dedent("""
     import sys
-    import numpy as np, onnxruntime as ort
-    from tools.quantize import feeds, run_all, session
+    from pathlib import Path
+    import numpy as np
+    from tools.kernel_check import int8_probs
+    from tools.quantize import feeds
     from tools.synth import make_dataset
-    models = sys.argv[1]
-    x = feeds("classifier", make_dataset(seed=8, n=12))
-    fp32 = run_all(f"{models}/classifier.onnx", x, threads=1)["PROBS"]
-    served = run_all(f"{models}/classifier.int8.onnx", x, threads=1)["PROBS"]
-    opts = ort.SessionOptions(); opts.intra_op_num_threads = 1
-    default = ort.InferenceSession(f"{models}/classifier.int8.onnx", opts, providers=["CPUExecutionProvider"])
-    plain = default.run(["PROBS"], x)[0]
-    print(float(np.abs(served - fp32).max()), float(np.abs(plain - fp32).max()))
+    probs = int8_probs(Path(sys.argv[1]), feeds("classifier", make_dataset(seed=8, n=12)), threads=1)
+    print(*(float(np.abs(probs[k] - probs["fp32"]).max()) for k in ("int8", "int8-default")))
 """)
 
 
