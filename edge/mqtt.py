@@ -157,7 +157,7 @@ class MqttLink:
         cfg: MqttConfig,
         station: str,
         loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[str, bytes], None],
+        on_message: Callable[[str, bytes], object],
         on_ack: Callable[[int], None],
         on_state: Callable[[bool], None],
         subscriptions: tuple[str, ...] = (),

@@ -23,8 +23,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from edge.die_grid import WaferGeometry, wafer_geometry
 from edge.taxonomy import GOOD
-from edge.wafer_map import WaferGeometry, wafer_geometry
 from tools.synth import WaferPlan, label_for
 
 Position = tuple[int, int]

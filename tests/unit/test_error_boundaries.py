@@ -13,10 +13,14 @@ from tritonclient.utils import InferenceServerException
 
 from calibration.errors import CalibrationError, RequestRefused, StoreUnavailable, UnknownEvent
 from calibration.store import CalibrationStore
+from edge.admission import Turnaround
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.errors import InferenceFailed, OutboxError, TritonUnavailable
+from edge.health_loop import health_loop
+from edge.housekeeping import Housekeeping
 from edge.infer import classify
+from edge.intake import Intake
 from edge.outbox import Outbox, ResultRow
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier
@@ -128,21 +132,18 @@ def test_a_failed_outbox_read_answers_outbox_unavailable(tmp_path):
 
 async def _a_failed_outbox_read_answers_outbox_unavailable(tmp_path):
     daemon = Daemon(parse_config(MINIMAL))
-    daemon.outbox = broken_outbox(tmp_path)
+    outbox = broken_outbox(tmp_path)
     sock = OneFrameSocket([msgpack.packb(header(recipe_id="R1")), RAW])
-    daemon._sock = sock  # type: ignore[assignment]
-    intake = asyncio.create_task(daemon._intake(sock))  # type: ignore[arg-type]
+    intake = Intake(daemon.cfg, sock, daemon.inflight, Turnaround(),
+                    lambda tool, frame_id: daemon.db(outbox.recorded_reply, tool, frame_id),
+                    daemon.inflight.add, daemon.health, daemon.metrics, daemon.log_limiter)
+    receiving = asyncio.create_task(intake.run())
     await asyncio.wait_for(sock.answered.wait(), 5)
-    assert not intake.done()  # the intake goes on to the next frame
-    intake.cancel()
+    assert not receiving.done()  # the intake goes on to the next frame
+    receiving.cancel()
     assert sock.replies == [{"frame_id": None, "status": "busy", "reason": "outbox_unavailable",
                              "retry_after_ms": daemon.cfg.ingest.busy_retry_after_ms}]
     assert internal_errors(daemon, "outbox") == 1
-
-
-class ReadyTriton:
-    async def ready(self) -> bool:
-        return True
 
 
 def test_the_health_loop_survives_a_failing_outbox(tmp_path):
@@ -150,12 +151,12 @@ def test_the_health_loop_survives_a_failing_outbox(tmp_path):
 
 
 async def _the_health_loop_survives_a_failing_outbox(tmp_path):
-    daemon = Daemon(parse_config({**MINIMAL, "triton": {"health_interval_s": 0.01}}))
-    daemon.outbox = broken_outbox(tmp_path)
-    daemon.triton = ReadyTriton()  # type: ignore[assignment]
-    daemon.health.triton_ready = True
-    daemon.publisher = Publisher(daemon.outbox, None, daemon.metrics, daemon._db, 8, 1.0)
-    loop = asyncio.create_task(daemon._health_loop(Notifier()))
+    daemon = Daemon(parse_config(MINIMAL))
+    outbox = broken_outbox(tmp_path)
+    publisher = Publisher(outbox, None, daemon.metrics, daemon.db, 8, 1.0)
+    housekeeping = Housekeeping(daemon.cfg, daemon.db, outbox, None, publisher,  # type: ignore[arg-type]
+                                daemon.health, daemon.metrics)
+    loop = asyncio.create_task(health_loop(0.01, Notifier(), daemon.health, [housekeeping.check_outbox]))
     for _ in range(500):
         await asyncio.sleep(0.01)
         if internal_errors(daemon, "outbox") >= 3:
@@ -192,7 +193,7 @@ async def _every_resource_is_closed_when_triton_is_not_ready_in_time(tmp_path):
     with pytest.raises(StoreUnavailable):
         daemon.calibration.store.profiles()
     with pytest.raises(RuntimeError):  # the database thread was shut down
-        await daemon._db(print)
+        await daemon.db(print)
     await daemon.triton.close()  # closing again is harmless
 
 
@@ -210,21 +211,17 @@ def test_the_watchdog_is_not_petted_once_a_critical_task_died(tmp_path):
 
 
 async def _the_watchdog_is_not_petted_once_a_critical_task_died(tmp_path):
-    daemon = Daemon(parse_config({**MINIMAL, "triton": {"health_interval_s": 0.01}}))
-    daemon.outbox = Outbox(tmp_path / "outbox.sqlite")
-    daemon.triton = ReadyTriton()  # type: ignore[assignment]
-    daemon.health.triton_ready = True
-    daemon.publisher = Publisher(daemon.outbox, None, daemon.metrics, daemon._db, 8, 1.0)
+    daemon = Daemon(parse_config(MINIMAL))
     notifier = CountingNotifier()
-    health = daemon._tasks.critical("health_loop", daemon._health_loop(notifier))
+    health = daemon.tasks.critical("health_loop", health_loop(0.01, notifier, daemon.health, []))
     crash = asyncio.Event()
 
     async def intake() -> None:
         await crash.wait()
         raise RuntimeError("a defect in the intake")
 
-    daemon._tasks.critical("intake", intake())
-    best_effort = daemon._tasks.spawn(asyncio.sleep(0))  # ends on its own: not a reason to stop
+    daemon.tasks.critical("intake", intake())
+    best_effort = daemon.tasks.spawn(asyncio.sleep(0))  # ends on its own: not a reason to stop
     await asyncio.sleep(0.1)
     assert notifier.pets > 0 and best_effort.done() and not daemon._stop.is_set()
     crash.set()
@@ -234,8 +231,7 @@ async def _the_watchdog_is_not_petted_once_a_critical_task_died(tmp_path):
     assert notifier.pets == pets  # systemd's watchdog now restarts the daemon if the stop does not end it
     assert daemon._stop.is_set() and daemon.health.stalled == ["intake"] and not daemon.health.alive
     assert not health.done()
-    await daemon._tasks.stop()
-    daemon.outbox.close()
+    await daemon.tasks.stop()
 
 
 @pytest.mark.parametrize(("status", "message", "expected"), [

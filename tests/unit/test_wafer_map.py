@@ -9,20 +9,9 @@ import numpy as np
 import pytest
 
 from edge.decide import AUDIT, DEFECT, NOT_INSPECTED, PASS, REVIEW
+from edge.die_grid import binomial_tail, compactness, components, perimeter, wafer_geometry
 from edge.taxonomy import UNCLASSIFIED
-from edge.wafer_map import (
-    CRITICAL_SEVERITY,
-    PATTERN_WEIGHT,
-    DieResult,
-    binomial_tail,
-    compactness,
-    components,
-    line_fit,
-    perimeter,
-    severity,
-    summarise,
-    wafer_geometry,
-)
+from edge.wafer_map import CRITICAL_SEVERITY, PATTERN_WEIGHT, DieResult, line_fit, severity, summarise
 
 RADIUS = 12
 CANDIDATES = {"edge_ring", "scratch_line", "center", "cluster", "random"}

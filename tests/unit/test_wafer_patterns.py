@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edge.decide import DEFECT, PASS
-from edge.wafer_map import DieResult, components, line_fit, summarise, wafer_geometry
+from edge.die_grid import components, wafer_geometry
+from edge.wafer_map import DieResult, line_fit, summarise
 from tools.wafer_patterns import PATTERNS, draw_defects, round_wafer_dies
 
 ROUND = round_wafer_dies(12)

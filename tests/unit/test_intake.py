@@ -1,0 +1,181 @@
+"""The intake with fakes for its socket and its outbox: a frame resent while in work is answered once, on its
+newest connection; one resent after it was recorded gets the recorded reply; an outbox that fails answers
+``busy outbox_unavailable``; a full tool share, a draining station and bad input are turned away with their
+reasons; and a defect in handling one frame does not stop the intake."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+
+from edge.admission import Inflight, Turnaround
+from edge.config import parse_config
+from edge.errors import OutboxError
+from edge.frames import Frame
+from edge.http import Health
+from edge.intake import Intake
+from edge.logs import RateLimited
+from edge.metrics import Metrics
+from edge.wire import encode_reply
+from tests.unit.test_wire import RAW, header
+
+CONFIG = {"tools": [{"id": "AOI-01"}, {"id": "AOI-02"}], "recipes": {"R1": {}},
+          "ingest": {"max_inflight_per_tool": 2, "busy_retry_after_ms": 50, "busy_retry_max_ms": 2000}}
+
+
+class FakeSocket:
+    """Hands the intake queued messages; keeps every reply, decoded, with the identity it went to."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[tuple[bytes, list[bytes], frozenset[str] | None]] = asyncio.Queue()
+        self.replies: list[tuple[bytes, dict]] = []
+
+    async def recv(self) -> tuple[bytes, list[bytes], frozenset[str] | None]:
+        return await self.incoming.get()
+
+    async def send(self, identity: bytes, reply: bytes) -> None:
+        self.replies.append((identity, msgpack.unpackb(reply)))
+
+
+class Station:
+    """An intake wired to fakes: ``recorded`` stands for the outbox's results, ``submitted`` for the batching."""
+
+    def __init__(self, fail_outbox: bool = False, fail_submit: bool = False) -> None:
+        self.cfg = parse_config(CONFIG)
+        self.socket = FakeSocket()
+        self.inflight: Inflight[Frame] = Inflight()
+        self.recorded: dict[tuple[str, str], bytes] = {}
+        self.submitted: list[Frame] = []
+        self.health = Health(broker_required=False)
+        self.metrics = Metrics()
+        self.fail_outbox, self.fail_submit = fail_outbox, fail_submit
+        self.intake = Intake(self.cfg, self.socket, self.inflight, Turnaround(), self._recorded_reply, self._submit,
+                             self.health, self.metrics, RateLimited(10.0))
+
+    async def _recorded_reply(self, tool: str, frame_id: str) -> bytes | None:
+        if self.fail_outbox:
+            raise OutboxError("database disk image is malformed")
+        return self.recorded.get((tool, frame_id))
+
+    def _submit(self, frame: Frame) -> None:
+        if self.fail_submit:
+            raise RuntimeError("a defect downstream")
+        self.submitted.append(frame)
+
+    async def send(self, identity: bytes, parts: list[bytes] | None = None, tools: frozenset[str] | None = None,
+                   **overrides: object) -> None:
+        await self.intake.handle(identity, parts or [msgpack.packb(header(**overrides)), RAW], tools)
+
+    def count(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_frame_resent_while_in_work_is_answered_once_on_the_newest_connection():
+    async def scenario() -> Station:
+        st = Station()
+        await st.send(b"first")
+        await st.send(b"second")  # the tool reconnected and resent before its answer came
+        return st
+
+    st = run(scenario())
+    assert len(st.submitted) == 1 and st.socket.replies == []
+    assert st.inflight.get(("AOI-01", "f-1")).identity == b"second"
+    assert st.count("edge_frames_duplicate_total", tool="AOI-01") == 1
+
+
+def test_a_frame_resent_after_it_was_recorded_gets_the_recorded_reply():
+    async def scenario() -> Station:
+        st = Station()
+        st.recorded[("AOI-01", "f-1")] = encode_reply({"frame_id": "f-1", "status": "ok", "decision": "PASS"})
+        await st.send(b"again")
+        return st
+
+    st = run(scenario())
+    assert st.submitted == [] and len(st.inflight) == 0
+    assert st.socket.replies == [(b"again", {"frame_id": "f-1", "status": "ok", "decision": "PASS"})]
+    assert st.count("edge_frames_duplicate_total", tool="AOI-01") == 1
+
+
+def test_an_outbox_that_fails_answers_outbox_unavailable_and_the_intake_goes_on():
+    async def scenario() -> tuple[Station, bool]:
+        st = Station(fail_outbox=True)
+        receiving = asyncio.create_task(st.intake.run())
+        await st.socket.incoming.put((b"tool", [msgpack.packb(header()), RAW], None))
+        await st.socket.incoming.put((b"tool", [msgpack.packb(header(frame_id="f-2")), RAW], None))
+        for _ in range(200):
+            if len(st.socket.replies) == 2:
+                break
+            await asyncio.sleep(0.005)
+        alive = not receiving.done()
+        receiving.cancel()
+        return st, alive
+
+    st, alive = run(scenario())
+    assert alive and st.submitted == [] and len(st.inflight) == 0
+    assert [reply for _, reply in st.socket.replies] == [
+        {"frame_id": None, "status": "busy", "reason": "outbox_unavailable", "retry_after_ms": 50}] * 2
+    assert st.count("edge_internal_errors_total", stage="outbox") == 2
+
+
+def test_a_tool_over_its_share_is_told_to_wait_while_another_tool_is_accepted():
+    async def scenario() -> Station:
+        st = Station()
+        for i in range(3):
+            await st.send(b"busy-tool", frame_id=f"f-{i}")
+        await st.send(b"quiet-tool", tool_id="AOI-02", frame_id="q-1")
+        return st
+
+    st = run(scenario())
+    assert [f.header.frame_id for f in st.submitted] == ["f-0", "f-1", "q-1"]
+    [(identity, reply)] = st.socket.replies
+    assert identity == b"busy-tool" and reply["status"] == "busy" and reply["reason"] == "tool_share_full"
+    assert 50 <= reply["retry_after_ms"] <= 2000
+    assert st.count("edge_frames_busy_total", tool="AOI-01", reason="tool_share_full") == 1
+
+
+def test_a_draining_station_accepts_no_new_frame():
+    async def scenario() -> Station:
+        st = Station()
+        st.health.draining = True
+        await st.send(b"tool")
+        return st
+
+    st = run(scenario())
+    assert st.submitted == [] and st.socket.replies[0][1]["reason"] == "shutting_down"
+
+
+@pytest.mark.parametrize(("parts", "overrides", "tools", "reason"), [
+    ([b"not msgpack"], {}, None, "bad_multipart"),
+    (None, {"tool_id": "AOI-99"}, None, "unknown_tool"),
+    (None, {}, frozenset({"AOI-02"}), "tool_key_mismatch"),
+])
+def test_bad_input_is_rejected_with_its_reason(parts, overrides, tools, reason):
+    async def scenario() -> Station:
+        st = Station()
+        await st.send(b"tool", parts, tools, **overrides)
+        return st
+
+    st = run(scenario())
+    [(_, reply)] = st.socket.replies
+    assert st.submitted == [] and reply["status"] == "rejected" and reply["reason"].startswith(reason + ":")
+    assert st.count("edge_frames_rejected_total", reason=reason) == 1
+
+
+def test_a_defect_downstream_costs_the_frame_a_busy_answer_not_the_intake():
+    async def scenario() -> Station:
+        st = Station(fail_submit=True)
+        await st.send(b"tool")
+        st.fail_submit = False
+        await st.send(b"tool", frame_id="f-2")
+        return st
+
+    st = run(scenario())
+    assert st.socket.replies[0][1]["reason"] == "internal_error"
+    assert [f.header.frame_id for f in st.submitted] == ["f-2"]
+    assert st.count("edge_internal_errors_total", stage="intake") == 1
