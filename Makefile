@@ -82,16 +82,16 @@ $(REPOSITORY)/.built: $(MODELS)/.trained $(MODELS)/.quantized tools/build_reposi
 
 SEEDS ?= 1 2 3 4 5
 seeds: models ## train the recipe over SEEDS (hours on 2 cores; reuses current seeds) for each figure's spread
-	$(PY) -m tools.seed_spread --seeds $(SEEDS) --reference $(MODELS) --out build/seeds
+	$(PY) -m tools.reports.seed_spread --seeds $(SEEDS) --reference $(MODELS) --out build/seeds
 
 cards: seeds ## regenerate model_repository/cards/ (metrics, seed spread, precision gate, provenance, latency)
-	$(PY) -m tools.model_card --models $(MODELS) --spread build/seeds/seed_spread.json --out model_repository/cards
+	$(PY) -m tools.reports.model_card --models $(MODELS) --spread build/seeds/seed_spread.json --out model_repository/cards
 
 # On the GPU host (TensorRT and pycuda installed: pip install -e '.[gpu]'): strongly typed engines from the FP16 /
 # INT8 ONNX forms, checked against ONNX Runtime, into the GPU variant of the repository; stale plans only.
 GPU_REPOSITORY := build/model_repository_gpu
 engines: $(MODELS)/.quantized ## GPU host only: build or refresh the TensorRT engines of the GPU repository
-	$(PY) -m tools.build_engines --models $(MODELS) --out $(GPU_REPOSITORY)
+	$(PY) -m tools.gpu.build_engines --models $(MODELS) --out $(GPU_REPOSITORY)
 
 test: deps models lint ## lint, then every test tier (unit, integration with real Triton and Mosquitto, e2e)
 	$(PY) -m pytest tests
@@ -100,10 +100,10 @@ test-unit: $(VENV)/.installed ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit
 
 demo: deps models ## the daemon with real Triton (CPU), Mosquitto, simulated AOI tools and MES for about a minute
-	$(PY) -m tools.demo --repository $(REPOSITORY)
+	$(PY) -m tools.station.demo --repository $(REPOSITORY)
 
 bench: deps models ## daemon end to end against raw Triton on the same models, one run
-	$(PY) -m tools.bench --repository $(REPOSITORY)
+	$(PY) -m tools.bench.e2e --repository $(REPOSITORY)
 
 lint: $(VENV)/.installed ## ruff, and mypy --strict over edge/ and calibration/ (pyproject.toml)
 	$(VENV)/bin/ruff check edge calibration tools tests model_repository

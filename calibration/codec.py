@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from calibration.controller import ClassSettings, ClassState, LotCounts
-from calibration.statistical import Reviewed, StatSettings, StatState
+from calibration.statistical_controller import Reviewed, StatSettings, StatState
 
 SEED, STATISTICAL = "seed", "statistical"
 CONTROLLERS = (SEED, STATISTICAL)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from calibration.table import MAX_THRESHOLD, MIN_THRESHOLD
 
 if TYPE_CHECKING:
-    from calibration.statistical import StatState
+    from calibration.statistical_controller import StatState
 
 CALIBRATING, ADJUSTING, STABLE, LOCKED, REVALIDATING = "calibrating", "adjusting", "stable", "locked", "revalidating"
 STATUSES = (CALIBRATING, ADJUSTING, STABLE, LOCKED, REVALIDATING)

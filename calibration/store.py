@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from calibration import controller, statistical
+from calibration import controller
+from calibration import statistical_controller as statistical
 from calibration.codec import SEED, State, dumps, loads, start
 from calibration.controller import ClassSettings, LotCounts, Stages
 from calibration.errors import CalibrationError, RequestRefused, StoreUnavailable, UnknownEvent

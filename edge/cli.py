@@ -15,11 +15,13 @@ import uuid
 from pathlib import Path
 
 from calibration import cli as calib_cli
-from edge import __version__, rebaseline, tritonserver
+from edge import __version__
 from edge.config import load_config
 from edge.errors import EdgeError
-from edge.logs import configure, get
-from edge.wire import Rejected
+from edge.flow import Rejected
+from edge.ops.logs import configure, get
+from edge.serving import tritonserver
+from edge.watch import rebaseline
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -68,7 +70,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _curve_keygen(args: argparse.Namespace) -> int:
-    from edge.zmq_sockets import write_key_pair  # zmq only for the commands that need it
+    from edge.ingest.zmq_sockets import write_key_pair  # zmq only for the commands that need it
 
     if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.name):
         print(f"invalid name {args.name!r}: letters, digits, '_', '-', '.' (not first)", file=sys.stderr)
@@ -95,7 +97,7 @@ def _login() -> str:
 
 def _rebaseline(args: argparse.Namespace) -> int:
     """Send ``edge.rebaseline/1`` to the station's daemon over its own broker, with its MQTT settings."""
-    from edge.mqtt import publish_once  # paho only for the commands that need it
+    from edge.publish.mqtt import publish_once  # paho only for the commands that need it
 
     try:
         cfg = load_config(args.config)

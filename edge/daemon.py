@@ -13,36 +13,36 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-from edge.admission import Inflight, Turnaround
-from edge.async_db import AsyncDb
-from edge.batching import Batching
-from edge.calibrate import Calibration
-from edge.calibration_loop import CalibrationLoop
 from edge.config import Config
-from edge.context import ContextCache
+from edge.decision.calibration_loop import CalibrationLoop
+from edge.decision.thresholds import Calibration
 from edge.errors import CriticalTaskDied
-from edge.events import EventIds
-from edge.frames import Frame
-from edge.health_loop import health_loop
-from edge.housekeeping import Housekeeping
-from edge.http import Health, HttpServer
-from edge.infer import TritonClient
-from edge.inspector import Inspector
-from edge.intake import Intake
-from edge.join import Joiner
-from edge.line_watch import LineWatch
-from edge.logs import RateLimited, get
-from edge.mes_messages import MesMessages
-from edge.metrics import Metrics
-from edge.model_watch import ModelWatch
-from edge.mqtt import MqttLink, tls_context
-from edge.outbox import EventRow, Outbox
-from edge.publisher import Publisher
-from edge.recorder import Recorder
-from edge.sdnotify import Notifier
-from edge.supervisor import Supervisor
-from edge.watch_guard import GuardedWatch
-from edge.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
+from edge.flow import EventRow, Frame
+from edge.inference.batching import Batching
+from edge.inference.inspector import Inspector
+from edge.inference.model_watch import ModelWatch
+from edge.inference.triton_client import TritonClient
+from edge.ingest.admission import Inflight, Turnaround
+from edge.ingest.intake import Intake
+from edge.ingest.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
+from edge.mes.context import ContextCache
+from edge.mes.join import Joiner
+from edge.mes.messages import MesMessages
+from edge.ops.async_db import AsyncDb
+from edge.ops.health_loop import health_loop
+from edge.ops.housekeeping import Housekeeping
+from edge.ops.http import Health, HttpServer
+from edge.ops.logs import RateLimited, get
+from edge.ops.metrics import Metrics
+from edge.ops.sdnotify import Notifier
+from edge.ops.supervisor import Supervisor
+from edge.publish.events import EventIds
+from edge.publish.mqtt import MqttLink, tls_context
+from edge.publish.outbox import Outbox
+from edge.publish.publisher import Publisher
+from edge.publish.recorder import Recorder
+from edge.watch.guard import GuardedWatch
+from edge.watch.line_watch import LineWatch
 
 log = get("edge.daemon")
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools.mosquitto import Mosquitto, mosquitto_binary
+from tools.station.mosquitto import Mosquitto, mosquitto_binary
 
 
 @pytest.fixture

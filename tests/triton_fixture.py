@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pytest
 
-from edge.tritonserver import TritonServer, free_ports, wheel_settings
+from edge.serving.tritonserver import TritonServer, free_ports, wheel_settings
 
 REPOSITORY_ENV = "EDGE_TEST_MODEL_REPOSITORY"
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "build" / "model_repository"

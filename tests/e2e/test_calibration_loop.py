@@ -12,9 +12,9 @@ import pytest
 from calibration.store import CalibrationStore
 from edge.cli import main as cli_main
 from tests.triton_fixture import served_repository
-from tools import aoi_sim
-from tools.mqtt_peer import Peer
-from tools.station import RECIPE, Station
+from tools.sim import aoi_sim
+from tools.sim.mqtt_peer import Peer
+from tools.station.station import RECIPE, Station
 
 pytestmark = pytest.mark.e2e
 

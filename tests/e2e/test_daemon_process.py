@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from edge.tritonserver import free_port
-from tools.station import station_toml
+from edge.serving.tritonserver import free_port
+from tools.station.station import station_toml
 
 pytestmark = pytest.mark.e2e
 

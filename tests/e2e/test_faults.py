@@ -19,12 +19,12 @@ from collections.abc import Callable
 import pytest
 import zmq
 
-from edge.wire import decode_reply
+from edge.ingest.wire import decode_reply
 from tests.triton_fixture import served_repository
-from tools.aoi_sim import AoiTools, latency_percentiles, summarise
-from tools.mqtt_peer import Peer
-from tools.station import RECIPE, TOOLS, Station
-from tools.stream import Pool
+from tools.sim.aoi_sim import AoiTools, latency_percentiles, summarise
+from tools.sim.mqtt_peer import Peer
+from tools.sim.stream import Pool
+from tools.station.station import RECIPE, TOOLS, Station
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from tests.triton_fixture import served_repository
-from tools import aoi_sim, mes_sim
-from tools.station import RECIPE, TOOLS, Station
+from tools.sim import aoi_sim, mes_sim
+from tools.station.station import RECIPE, TOOLS, Station
 
 pytestmark = pytest.mark.e2e
 

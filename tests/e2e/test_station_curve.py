@@ -11,9 +11,9 @@ import pytest
 
 from edge.cli import main as edge_inspect
 from tests.triton_fixture import served_repository
-from tools.aoi_sim import AoiTools, CurveClient, summarise
-from tools.station import RECIPE, TOOLS, Station
-from tools.stream import Pool
+from tools.sim.aoi_sim import AoiTools, CurveClient, summarise
+from tools.sim.stream import Pool
+from tools.station.station import RECIPE, TOOLS, Station
 
 pytestmark = pytest.mark.e2e
 

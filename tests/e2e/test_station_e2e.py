@@ -12,10 +12,10 @@ import pytest
 
 from edge.taxonomy import DEFECT_CLASSES
 from tests.triton_fixture import served_repository
-from tools import aoi_sim, mes_sim
-from tools.malformed import MALFORMED_KINDS
-from tools.mqtt_peer import Peer
-from tools.station import RECIPE, TOOLS, Station
+from tools.sim import aoi_sim, mes_sim
+from tools.sim.malformed import MALFORMED_KINDS
+from tools.sim.mqtt_peer import Peer
+from tools.station.station import RECIPE, TOOLS, Station
 
 pytestmark = pytest.mark.e2e
 

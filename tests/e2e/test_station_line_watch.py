@@ -19,10 +19,10 @@ import pytest
 import zmq
 
 from tests.triton_fixture import served_repository
-from tools.aoi_sim import AoiTools, summarise
-from tools.mqtt_peer import Peer
-from tools.station import RECIPE, TOOLS, Station
-from tools.stream import Pool
+from tools.sim.aoi_sim import AoiTools, summarise
+from tools.sim.mqtt_peer import Peer
+from tools.sim.stream import Pool
+from tools.station.station import RECIPE, TOOLS, Station
 from tools.synth import Fab
 from tools.synth_render import Drift
 

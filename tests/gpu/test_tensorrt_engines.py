@@ -15,7 +15,8 @@ import pytest
 trt = pytest.importorskip("tensorrt", reason="TensorRT Python bindings not installed", exc_type=ImportError)
 cuda = pytest.importorskip("pycuda.driver", reason="pycuda (or the CUDA driver library) missing", exc_type=ImportError)
 
-from tools.build_engines import (  # noqa: E402 - after the skips: nothing below runs without TensorRT
+from tools.build_repository import served_precision  # noqa: E402
+from tools.gpu.build_engines import (  # noqa: E402 - after the skips: nothing below runs without TensorRT
     DEFAULT_PRECISION,
     MODELS,
     SOURCE,
@@ -30,10 +31,9 @@ from tools.build_engines import (  # noqa: E402 - after the skips: nothing below
     sample_inputs,
     verify_plan,
 )
-from tools.build_repository import served_precision  # noqa: E402
-from tools.engine_fingerprint import fingerprint_path, onnx_sha256, read_fingerprint  # noqa: E402
+from tools.gpu.engine_fingerprint import fingerprint_path, onnx_sha256, read_fingerprint  # noqa: E402
+from tools.gpu.tensorrt_engine import EngineBuildError, build_plan, cuda_context, probe_gpu, run_plan  # noqa: E402
 from tools.precision_gate import PRECISIONS  # noqa: E402
-from tools.tensorrt_engine import EngineBuildError, build_plan, cuda_context, probe_gpu, run_plan  # noqa: E402
 
 
 def _device_count() -> int:
@@ -77,7 +77,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def repository(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The GPU repository as `python -m tools.build_engines` writes it (default precisions, max batch 32)."""
+    """The GPU repository as `python -m tools.gpu.build_engines` writes it (default precisions, max batch 32)."""
     out = tmp_path_factory.mktemp("repository")
     assert main(["--models", str(models), "--out", str(out)]) == 0
     return out

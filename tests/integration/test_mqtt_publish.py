@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import MqttConfig
-from edge.metrics import Metrics
-from edge.mqtt import MqttLink
-from edge.outbox import EventRow, Outbox, ResultRow
-from edge.publisher import Publisher
-from tools.mosquitto import Mosquitto, mosquitto_binary
-from tools.mqtt_peer import Peer
+from edge.flow import EventRow, ResultRow
+from edge.mqtt_config import MqttConfig
+from edge.ops.metrics import Metrics
+from edge.publish.mqtt import MqttLink
+from edge.publish.outbox import Outbox
+from edge.publish.publisher import Publisher
+from tools.sim.mqtt_peer import Peer
+from tools.station.mosquitto import Mosquitto, mosquitto_binary
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +94,8 @@ def test_status_is_retained_online_and_a_clean_stop_says_offline(mosquitto, tmp_
 # The daemon's MQTT link alone, in a process of its own: killed, it says nothing; the broker's last will speaks.
 LINK_PROCESS = """
 import asyncio, sys
-from edge.config import MqttConfig
-from edge.mqtt import MqttLink
+from edge.mqtt_config import MqttConfig
+from edge.publish.mqtt import MqttLink
 
 async def main():
     link = MqttLink(MqttConfig(port=int(sys.argv[1]), client_id="edge-killed"), "ST", asyncio.get_running_loop(),

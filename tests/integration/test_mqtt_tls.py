@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 import structlog
 
-from edge.config import MqttConfig, parse_config
+from edge.config import parse_config
 from edge.errors import ConfigError, EdgeError
-from edge.metrics import Metrics
-from edge.mqtt import MqttLink, publish_once, tls_context
-from edge.outbox import EventRow, Outbox, ResultRow
-from edge.publisher import Publisher
-from tools.certs import Pki, client_context, issue, make_pki, openssl_binary
-from tools.mosquitto import Mosquitto, TlsFiles, mosquitto_binary
-from tools.mqtt_peer import Peer
+from edge.flow import EventRow, ResultRow
+from edge.mqtt_config import MqttConfig
+from edge.ops.metrics import Metrics
+from edge.publish.mqtt import MqttLink, publish_once, tls_context
+from edge.publish.outbox import Outbox
+from edge.publish.publisher import Publisher
+from tools.sim.mqtt_peer import Peer
+from tools.station.certs import Pki, client_context, issue, make_pki, openssl_binary
+from tools.station.mosquitto import Mosquitto, TlsFiles, mosquitto_binary
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.tritonserver import free_port
-from tools.mqtt_peer import Peer
+from edge.serving.tritonserver import free_port
+from tools.sim.mqtt_peer import Peer
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
-from edge.infer import TritonClient
-from edge.model_facts import Precision, precision_from
+from edge.inference.model_facts import Precision, precision_from
+from edge.inference.triton_client import TritonClient
 from tests.triton_fixture import RunningTriton, make_server, served_repository
 from tools.build_repository import SOURCE, build_model
 from tools.precision_gate import REPORT, onnx_path

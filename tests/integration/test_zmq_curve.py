@@ -21,8 +21,8 @@ import zmq.auth
 
 from edge.cli import main as edge_inspect
 from edge.errors import ConfigError
-from edge.zmq_sockets import FrameSocket
-from tools.aoi_sim import AoiTools, CurveClient
+from edge.ingest.zmq_sockets import FrameSocket
+from tools.sim.aoi_sim import AoiTools, CurveClient
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge.admission import Inflight, Limits, Turnaround, busy_reason, per_tool_share, retry_after_ms
+from edge.ingest.admission import Inflight, Limits, Turnaround, busy_reason, per_tool_share, retry_after_ms
 
 
 @dataclass

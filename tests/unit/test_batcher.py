@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from edge.batcher import Batcher
+from edge.inference.batcher import Batcher
 
 
 def test_full_batch_is_released_immediately():

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 
 from calibration.table import Bands
-from edge.calibrate import Calibration, candidate_id, parse_review
 from edge.config import parse_config
-from edge.decide import decide
-from edge.frames import Frame
-from edge.metrics import Metrics
-from edge.outcomes import Outcome
+from edge.decision.rule import decide
+from edge.decision.thresholds import Calibration, candidate_id, parse_review
+from edge.flow import Frame, FrameHeader, Outcome, Rejected
+from edge.ops.metrics import Metrics
 from edge.taxonomy import DEFAULT_CLASSES
-from edge.wire import FrameHeader, Rejected
 
 R, T = "R-7NM-L4", "AOI-01"
 

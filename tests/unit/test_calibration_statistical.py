@@ -7,8 +7,8 @@ import math
 import pytest
 
 from calibration.controller import ADJUSTING, CALIBRATING, STABLE, ClassSettings, Stages
-from calibration.statistical import Reviewed, StatSettings, StatState, after_lot, choose
-from calibration.statistics import BernoulliCusum, binomial_cdf, clopper_pearson_upper
+from calibration.exact_tests import BernoulliCusum, binomial_cdf, clopper_pearson_upper
+from calibration.statistical_controller import Reviewed, StatSettings, StatState, after_lot, choose
 
 STAGES = Stages(initial_lots=2, window_lots=3)
 

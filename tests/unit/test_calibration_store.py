@@ -9,7 +9,7 @@ import pytest
 
 from calibration.codec import STATISTICAL, dumps, loads
 from calibration.controller import LOCKED, REVALIDATING, ClassSettings, ClassState, Stages
-from calibration.statistical import StatState
+from calibration.statistical_controller import StatState
 from calibration.store import CalibrationError, CalibrationStore
 
 R, T, T2 = "R-7NM-L4", "AOI-01", "AOI-02"

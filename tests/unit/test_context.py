@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from edge.context import ContextCache, parse_lot_event, parse_process_log
-from edge.wire import Rejected
+from edge.flow import Rejected
+from edge.mes.context import ContextCache, parse_lot_event, parse_process_log
 
 LOG = {"lot_id": "L1", "wafer_id": "W1", "recipe_id": "R1", "tool_id": "AOI-01", "ts": 1.0,
        "params": {"anneal_temp_c": 1050.0, "bogus": "text", "flag": True}}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from calibration.table import Bands, BandTable, ThresholdTable
-from edge.decide import AUDIT, DEFECT, PASS, REVIEW, decide
+from edge.decision.rule import decide
+from edge.flow import AUDIT, DEFECT, PASS, REVIEW
 from edge.taxonomy import DEFAULT_CLASSES, UNCLASSIFIED
 
 BANDS = Bands(pass_band=0.01, reject_band=0.02)

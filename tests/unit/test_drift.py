@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.drift import PROCESS, SCORE, Change, ParamDrift, ScoreDrift, ks_statistic
 from edge.process_params import DEFAULT_PARAMETERS
+from edge.watch.drift import PROCESS, SCORE, Change, ParamDrift, ScoreDrift, ks_statistic
 
 KEY = ("RCP-A", "AOI-1")
 OTHER = ("RCP-A", "AOI-2")

@@ -1,4 +1,4 @@
-"""Engine fingerprints: hashing, the JSON beside a plan, and the rebuild rule (tools.engine_fingerprint)."""
+"""Engine fingerprints: hashing, the JSON beside a plan, and the rebuild rule (tools.gpu.engine_fingerprint)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.engine_fingerprint import (
+from tools.gpu.engine_fingerprint import (
     BUILDER_SCHEMA,
     Fingerprint,
     FingerprintError,

@@ -13,17 +13,18 @@ from tritonclient.utils import InferenceServerException
 
 from calibration.errors import CalibrationError, RequestRefused, StoreUnavailable, UnknownEvent
 from calibration.store import CalibrationStore
-from edge.admission import Turnaround
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.errors import InferenceFailed, OutboxError, TritonUnavailable
-from edge.health_loop import health_loop
-from edge.housekeeping import Housekeeping
-from edge.infer import classify
-from edge.intake import Intake
-from edge.outbox import Outbox, ResultRow
-from edge.publisher import Publisher
-from edge.sdnotify import Notifier
+from edge.flow import ResultRow
+from edge.inference.triton_client import classify
+from edge.ingest.admission import Turnaround
+from edge.ingest.intake import Intake
+from edge.ops.health_loop import health_loop
+from edge.ops.housekeeping import Housekeeping
+from edge.ops.sdnotify import Notifier
+from edge.publish.outbox import Outbox
+from edge.publish.publisher import Publisher
 from tests.unit.test_outbox import rows
 from tests.unit.test_wire import RAW, header
 

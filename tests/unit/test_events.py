@@ -5,9 +5,10 @@ import json
 import numpy as np
 
 from calibration.table import Bands
-from edge.decide import decide
-from edge.events import SCHEMA, EventIds, FrameFacts, event_body, event_topic
-from edge.frames import HotRegion, hot_region
+from edge.decision.rule import decide
+from edge.flow import HotRegion
+from edge.inference.inputs import hot_region
+from edge.publish.events import SCHEMA, EventIds, FrameFacts, event_body, event_topic
 from edge.taxonomy import DEFAULT_CLASSES
 
 

@@ -1,5 +1,5 @@
 """The GPU variant of the repository without a GPU: its configs, the config writer, the parity rule and the CLI's
-refusal to run without TensorRT (tools.build_engines, tools.tensorrt_engine)."""
+refusal to run without TensorRT (tools.gpu.build_engines, tools.gpu.tensorrt_engine)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edge.errors import ModelRepositoryError
-from tools.build_engines import (
+from tools.build_repository import SOURCE as CPU_SOURCE
+from tools.gpu.build_engines import (
     DEFAULT_PRECISION,
     MODELS,
     SOURCE,
@@ -29,8 +30,7 @@ from tools.build_engines import (
     with_max_batch,
     write_config,
 )
-from tools.build_repository import SOURCE as CPU_SOURCE
-from tools.tensorrt_engine import TensorSpec
+from tools.gpu.tensorrt_engine import TensorSpec
 
 BANDS = {"pass_band": 0.00102207, "reject_band": 0.00166401}
 

@@ -13,11 +13,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge import rebaseline
-from edge.calibrate import Review, parse_review
-from edge.context import LotEvent, ProcessLog, parse_lot_event, parse_process_log
-from edge.imaging import Tensors, decode
-from edge.wire import REJECT_REASONS, FrameHeader, Limits, Rejected, parse_frame
+from edge.decision.thresholds import Review, parse_review
+from edge.flow import FrameHeader, LotEvent, ProcessLog, Rejected, Tensors
+from edge.ingest.imaging import decode
+from edge.ingest.wire import REJECT_REASONS, Limits, parse_frame
+from edge.mes.context import parse_lot_event, parse_process_log
+from edge.watch import rebaseline
 
 EXAMPLES = 2500
 LIMITS = Limits(4096, 1 << 20, 300 * 300, frozenset({"AOI-01"}), frozenset({"R-1"}))  # dies are 256 x 256
@@ -117,7 +118,7 @@ def test_a_png_with_a_chunk_past_the_end_is_refused_without_decoding() -> None:
     """cv2 spends about a second on such a payload; the chunk walk refuses it before cv2 sees it."""
     import cv2
 
-    from edge.imaging import png_chunks_complete
+    from edge.ingest.imaging import png_chunks_complete
 
     good = cv2.imencode(".png", np.zeros((256, 256, 3), np.uint8))[1].tobytes()
     assert png_chunks_complete(good)

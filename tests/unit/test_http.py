@@ -3,8 +3,8 @@
 import asyncio
 import json
 
-from edge.http import Health, HttpServer
-from edge.metrics import Metrics
+from edge.ops.http import Health, HttpServer
+from edge.ops.metrics import Metrics
 
 
 async def get(port: int, path: str) -> tuple[int, bytes]:

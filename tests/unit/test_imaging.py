@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.imaging import decode, jpeg_size, png_size
-from edge.wire import FrameHeader, Rejected
+from edge.flow import FrameHeader, Rejected
+from edge.ingest.imaging import decode, jpeg_size, png_size
 
 
 def hdr(encoding, shape=None):

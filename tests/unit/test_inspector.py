@@ -13,13 +13,11 @@ import pytest
 from calibration.table import Bands, BandTable
 from edge.config import parse_config
 from edge.errors import EdgeError, InferenceFailed, TritonUnavailable
-from edge.frames import Frame
-from edge.imaging import Tensors
-from edge.infer import AnomalyOut, ClassifierOut
-from edge.inspector import Inspector
-from edge.logs import RateLimited
-from edge.metrics import Metrics
-from edge.wire import FrameHeader
+from edge.flow import Frame, FrameHeader, Tensors
+from edge.inference.inspector import Inspector
+from edge.inference.triton_client import AnomalyOut, ClassifierOut
+from edge.ops.logs import RateLimited
+from edge.ops.metrics import Metrics
 
 N_CLASSES = 16
 DEFECT_CLASS = 5

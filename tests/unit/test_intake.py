@@ -10,15 +10,15 @@ import asyncio
 import msgpack
 import pytest
 
-from edge.admission import Inflight, Turnaround
 from edge.config import parse_config
 from edge.errors import OutboxError
-from edge.frames import Frame
-from edge.http import Health
-from edge.intake import Intake
-from edge.logs import RateLimited
-from edge.metrics import Metrics
-from edge.wire import encode_reply
+from edge.flow import Frame
+from edge.ingest.admission import Inflight, Turnaround
+from edge.ingest.intake import Intake
+from edge.ingest.wire import encode_reply
+from edge.ops.http import Health
+from edge.ops.logs import RateLimited
+from edge.ops.metrics import Metrics
 from tests.unit.test_wire import RAW, header
 
 CONFIG = {"tools": [{"id": "AOI-01"}, {"id": "AOI-02"}], "recipes": {"R1": {}},

@@ -5,12 +5,11 @@ import json
 
 import numpy as np
 
-from edge.context import ContextCache, parse_process_log
-from edge.frames import Frame, batch_inputs
-from edge.imaging import Tensors
-from edge.join import Joiner
+from edge.flow import Frame, FrameHeader, Tensors
+from edge.inference.inputs import batch_inputs
+from edge.mes.context import ContextCache, parse_process_log
+from edge.mes.join import Joiner
 from edge.process_params import DEFAULT_PARAMETERS
-from edge.wire import FrameHeader
 
 TENSORS = Tensors(np.zeros((3, 256, 256), np.uint8), np.zeros((1, 256, 256), np.uint8))
 

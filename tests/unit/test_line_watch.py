@@ -6,16 +6,12 @@ import json
 import numpy as np
 
 from edge.config import parse_config
-from edge.context import LotEvent, ProcessLog
-from edge.decide import Verdict
-from edge.events import EventIds
-from edge.frames import Frame
-from edge.line_watch import LineWatch, Summaries, die_row
-from edge.metrics import Metrics
-from edge.outcomes import Outcome
+from edge.flow import Frame, FrameHeader, LotEvent, Outcome, ProcessLog, Verdict
+from edge.ops.metrics import Metrics
 from edge.process_params import DEFAULT_PARAMETERS
-from edge.rebaseline import Rebaseline
-from edge.wire import FrameHeader
+from edge.publish.events import EventIds
+from edge.watch.line_watch import LineWatch, Summaries, die_row
+from edge.watch.rebaseline import Rebaseline
 
 CFG = parse_config({
     "tools": [{"id": "T1"}, {"id": "T2"}], "recipes": {"R": {}},

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from edge.logs import configure, get
+from edge.ops.logs import configure, get
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_exceptions_are_structured_and_keep_no_locals(lines):
     try:
         raise ConnectionError(f"broker refused {len(password)}")
     except ConnectionError:
-        get("edge.mqtt").exception("connect_failed")
+        get("edge.publish.mqtt").exception("connect_failed")
     (line,) = records(lines)
     (exc,) = line["exception"]
     assert exc["exc_type"] == "ConnectionError" and exc["frames"][-1]["name"].startswith("test_exceptions")

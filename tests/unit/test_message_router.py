@@ -1,6 +1,6 @@
 """The message router: MQTT filters with wildcards, the first match wins, an unknown topic is left alone."""
 
-from edge.message_router import MessageRouter
+from edge.mes.router import MessageRouter
 
 
 def test_first_matching_filter_gets_the_payload():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tools import provenance
-from tools.model_card import render_card
 from tools.precision_gate import Choice
+from tools.reports.model_card import render_card
 
 CLASSIFIER = {
     "accuracy": 0.97, "macro_f1": 0.96, "escape_rate": 0.01, "false_positive_rate": 0.02,
@@ -72,7 +72,8 @@ def test_provenance_follows_imports_from_the_training_entry_points():
     files = {path.relative_to(provenance.ROOT).as_posix() for path in provenance.sources()}
     assert {"tools/train.py", "tools/quantize.py", "tools/synth_render.py", "tools/models.py", "edge/taxonomy.py",
             "tools/precision_gate.py", "tools/provenance.py"} <= files  # fmt: skip
-    assert not {"tools/demo.py", "edge/daemon.py", "tools/model_card.py"} & files  # serving and reporting stay out
+    serving_and_reporting = {"tools/station/demo.py", "edge/daemon.py", "tools/reports/model_card.py"}
+    assert not serving_and_reporting & files
 
 
 def test_code_digest_changes_with_any_source_byte(tmp_path):

@@ -4,9 +4,9 @@ import asyncio
 import json
 
 from calibration.table import Bands
-from edge.http import Health, HttpServer
-from edge.metrics import Metrics
-from edge.model_facts import Precision, bands_from, precision_from
+from edge.inference.model_facts import Precision, bands_from, precision_from
+from edge.ops.http import Health, HttpServer
+from edge.ops.metrics import Metrics
 from tests.unit.test_http import get
 
 

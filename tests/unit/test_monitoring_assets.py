@@ -1,6 +1,6 @@
 """The monitoring assets in systemd/monitoring/: the Prometheus rules pass `promtool check rules` and their unit tests
 (`promtool test rules`), the example Prometheus config passes `promtool check config`, and every metric and label the
-rules and the Grafana dashboard query is one the daemon exports (edge.metrics), so a renamed metric or a dropped
+rules and the Grafana dashboard query is one the daemon exports (edge.ops.metrics), so a renamed metric or a dropped
 label breaks a test here instead of an alert going silent on a station.
 
 promtool comes from Debian's `prometheus` package (`make deps`); without it these tests fail, never skip.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from edge.metrics import Metrics
+from edge.ops.metrics import Metrics
 
 MONITORING = Path(__file__).resolve().parents[2] / "systemd" / "monitoring"
 RULES = MONITORING / "edge-alerts.yml"
@@ -242,7 +242,7 @@ def check_query(expr: str, series: dict[str, frozenset[str]], where: str) -> lis
     query, problems = Query(expr), []
     for metric, matchers in query.selectors:
         if metric not in series:
-            problems.append(f"{where}: {metric} is not exported by edge.metrics (nor recorded, nor `up`)")
+            problems.append(f"{where}: {metric} is not exported by edge.ops.metrics (nor recorded, nor `up`)")
             continue
         unknown = matchers - series[metric] - TARGET_LABELS
         if unknown:

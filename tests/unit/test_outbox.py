@@ -2,7 +2,8 @@
 
 import time
 
-from edge.outbox import DieRow, EventRow, Outbox, ResultRow
+from edge.flow import DieRow, EventRow, ResultRow
+from edge.publish.outbox import Outbox
 
 
 def rows(n, start=0):

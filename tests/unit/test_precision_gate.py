@@ -13,9 +13,10 @@ import pytest
 from onnx import numpy_helper
 
 from tools import quantize
-from tools.build_engines import SOURCE as GPU_SOURCE
-from tools.build_engines import model_state
 from tools.build_repository import main as build_repository
+from tools.gpu.build_engines import SOURCE as GPU_SOURCE
+from tools.gpu.build_engines import model_state
+from tools.gpu.tensorrt_engine import Gpu
 from tools.precision_gate import (
     TOLERANCES,
     Choice,
@@ -26,7 +27,6 @@ from tools.precision_gate import (
     sha256,
     verdict,
 )
-from tools.tensorrt_engine import Gpu
 from tools.tiny_models import QUANTIZE_ARGS, export_tiny
 
 CLASSIFIER_FP32 = {"accuracy": 0.97, "macro_f1": 0.97, "escape_rate": 0.01, "false_positive_rate": 0.04,

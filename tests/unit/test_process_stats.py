@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.process_params import DEFAULT_PARAMETERS
-from edge.process_stats import Z_CAP, ProcessStats
+from edge.watch.process_stats import Z_CAP, ProcessStats
 
 KEY = ("RCP-A", "AOI-1")
 OTHER = ("RCP-B", "AOI-1")

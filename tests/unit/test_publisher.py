@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from edge.metrics import Metrics
-from edge.outbox import EventRow, Outbox, ResultRow
-from edge.publisher import Publisher
+from edge.flow import EventRow, ResultRow
+from edge.ops.metrics import Metrics
+from edge.publish.outbox import Outbox
+from edge.publish.publisher import Publisher
 
 
 class RecordingLink:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from edge import rebaseline
-from edge.wire import Rejected
+from edge.flow import Rejected
+from edge.watch import rebaseline
 
 TOOLS = ("AOI-01", "AOI-02")
 RECIPES = ("M1", "M2")

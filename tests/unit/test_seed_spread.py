@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tools import provenance, seed_spread
+from tools import provenance
 from tools.precision_gate import REPORT
+from tools.reports import seed_spread
 
 
 def _measured(folder: Path, seed: int, escape: float, int8_passed: bool = True, digest: str | None = None) -> None:

@@ -4,7 +4,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge import state_codec
+from edge.watch import state_codec
 
 
 class Ring:

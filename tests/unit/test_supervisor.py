@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from edge.metrics import Metrics
-from edge.supervisor import Supervisor
+from edge.ops.metrics import Metrics
+from edge.ops.supervisor import Supervisor
 
 
 def restarts(metrics: Metrics, task: str) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import TritonServerError, TritonServerExited, TritonServerTimeout
-from edge.tritonserver import TritonServer, TritonServerSettings, free_ports, serve_forever
+from edge.serving.tritonserver import TritonServer, TritonServerSettings, free_ports, serve_forever
 
 
 def fake_server(tmp_path: Path, script: str) -> TritonServerSettings:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import ModelRepositoryError
-from edge.tritonserver import ServerDist, TritonServerSettings, assemble_backend_dir, locate_wheel_server
+from edge.serving.tritonserver import ServerDist, TritonServerSettings, assemble_backend_dir, locate_wheel_server
 from tools.build_repository import SOURCE, band_parameters, build_model, config_text
 
 SETTINGS = TritonServerSettings(

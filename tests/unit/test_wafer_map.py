@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from edge.decide import AUDIT, DEFECT, NOT_INSPECTED, PASS, REVIEW
-from edge.die_grid import binomial_tail, compactness, components, perimeter, wafer_geometry
+from edge.flow import AUDIT, DEFECT, NOT_INSPECTED, PASS, REVIEW
 from edge.taxonomy import UNCLASSIFIED
-from edge.wafer_map import CRITICAL_SEVERITY, PATTERN_WEIGHT, DieResult, line_fit, severity, summarise
+from edge.watch.die_grid import binomial_tail, compactness, components, perimeter, wafer_geometry
+from edge.watch.wafer_map import CRITICAL_SEVERITY, PATTERN_WEIGHT, DieResult, line_fit, severity, summarise
 
 RADIUS = 12
 CANDIDATES = {"edge_ring", "scratch_line", "center", "cluster", "random"}

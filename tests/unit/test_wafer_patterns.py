@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from edge.decide import DEFECT, PASS
-from edge.die_grid import components, wafer_geometry
-from edge.wafer_map import DieResult, line_fit, summarise
-from tools.wafer_patterns import PATTERNS, draw_defects, round_wafer_dies
+from edge.flow import DEFECT, PASS
+from edge.watch.die_grid import components, wafer_geometry
+from edge.watch.wafer_map import DieResult, line_fit, summarise
+from tools.sim.wafer_patterns import PATTERNS, draw_defects, round_wafer_dies
 
 ROUND = round_wafer_dies(12)
 SQUARE = [(x, y) for y in range(25) for x in range(25)]

@@ -1,7 +1,7 @@
 """Wafer tracking: which wafers end, why, and only once none of their frames is in work."""
 
-from edge.wafer_map import DieResult
-from edge.wafers import WaferTracker
+from edge.watch.wafer_map import DieResult
+from edge.watch.wafers import WaferTracker
 
 A1, A2, B1 = ("AOI-01", "L1", "W01"), ("AOI-01", "L1", "W02"), ("AOI-02", "L9", "W01")
 

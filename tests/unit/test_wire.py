@@ -3,7 +3,8 @@
 import msgpack
 import pytest
 
-from edge.wire import REJECT_REASONS, FrameHeader, Limits, Rejected, parse_frame
+from edge.flow import FrameHeader, Rejected
+from edge.ingest.wire import REJECT_REASONS, Limits, parse_frame
 
 LIMITS = Limits(max_header_bytes=4096, max_payload_bytes=300_000, max_image_pixels=512 * 512,
                 tools=frozenset({"AOI-01"}), recipes=frozenset({"R1"}))

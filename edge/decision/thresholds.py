@@ -1,0 +1,151 @@
+"""The daemon's side of calibration: thresholds from the store, what each batch adds to it, reviews and lot ends.
+
+The store (``calibration.store``) is shared with the engineers' CLI; this module reads thresholds into a cache and
+reloads it when the file changed (SQLite's ``data_version``), so an override from the CLI applies without a restart.
+All store calls run on the daemon's database thread (the caller passes them through ``Daemon._db``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+from calibration.controller import ClassSettings, Stages
+from calibration.errors import RequestRefused, UnknownEvent
+from calibration.store import CalibrationStore
+from calibration.table import ThresholdTable
+from edge.config import Config
+from edge.flow import DEFECT, Outcome, Rejected
+from edge.ops.logs import get
+from edge.ops.metrics import Metrics
+
+log = get("edge.decision.thresholds")
+DISPOSITIONS = {"real": True, "false": False}
+
+
+@dataclass(frozen=True)
+class Review:
+    event_id: str
+    real: bool
+    reviewer: str
+
+
+def parse_review(payload: bytes) -> Review | Rejected:
+    """``{"event_id": str, "disposition": "real" | "false", "reviewer": str}`` from the reviews topic."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as err:
+        return Rejected("bad_json", str(err)[:200])
+    if not isinstance(data, dict):
+        return Rejected("bad_json", "a review is a JSON object")
+    event_id, disposition, reviewer = data.get("event_id"), data.get("disposition"), data.get("reviewer")
+    if not isinstance(event_id, str) or not event_id:
+        return Rejected("missing_key", "event_id")
+    if not isinstance(disposition, str) or disposition not in DISPOSITIONS:
+        return Rejected("bad_value", f"disposition must be one of {sorted(DISPOSITIONS)}")
+    if not isinstance(reviewer, str) or not reviewer:
+        return Rejected("missing_key", "reviewer")
+    return Review(event_id, DISPOSITIONS[disposition], reviewer)
+
+
+def candidate_id(tool_id: str, frame_id: str) -> str:
+    """Id of a suppressed candidate that made no event (an AUDIT sample uses its event id)."""
+    return f"candidate:{tool_id}:{frame_id}"
+
+
+class Calibration:
+    """Thresholds per recipe x tool x class from the store, cached; batch records; reviews; lot ends."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        c = cfg.calibration
+        self.cfg, self.metrics = cfg, metrics
+        self.store = CalibrationStore(c.path, Stages(c.initial_lots, c.window_lots))
+        static = ThresholdTable(cfg.decision.default_threshold, {
+            (t.recipe, t.tool, t.defect_class): t.threshold for t in cfg.decision.thresholds})  # fmt: skip
+        classes = cfg.decision.classes[1:]
+        for recipe in cfg.recipes:
+            kind = c.controllers.get(recipe, c.controller)
+            for tool in sorted(cfg.tool_ids):
+                for name in classes:  # per class: the configured start value inside the configured bounds
+                    start = min(max(static.get(recipe, tool, name), c.lower), c.upper)
+                    settings = ClassSettings(start, c.lower, c.upper, c.step_up, c.step_down, c.fpr_budget)
+                    self.store.ensure_profile(recipe, tool, (name,), kind, settings)
+        self._seen = -1
+        self._thresholds: dict[tuple[str, str, str], float] = {}
+        self._statuses: dict[tuple[str, str, str], str] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self.refresh()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the cache when another connection (the CLI) changed the store since the last look, or when
+        ``force``d after this one's own change; True when it reloaded."""
+        version = self.store.data_version()
+        if version == self._seen and self._thresholds and not force:
+            return False
+        self._seen = version
+        for recipe, tool, _, profile_version in self.store.profiles():
+            self._versions[(recipe, tool)] = profile_version
+            for name, state in self.store.states(recipe, tool).items():
+                key = (recipe, tool, name)
+                self._thresholds[key] = state.threshold
+                self._statuses[key] = state.status
+                labels = (recipe, tool, name)
+                self.metrics.calib_threshold.labels(*labels).set(state.threshold)
+                self.metrics.calib_fpr.labels(*labels).set(state.fpr_window)
+                self.metrics.calib_status.labels(*labels).state(state.status)
+                self.metrics.calib_budget.labels(*labels).set(state.settings.fpr_budget)
+        return True
+
+    def threshold(self, recipe: str, tool: str, defect_class: str) -> float:
+        return self._thresholds.get((recipe, tool, defect_class), self.cfg.decision.default_threshold)
+
+    def facts(self, recipe: str, tool: str, defect_class: str) -> dict[str, int | str]:
+        """What an event carries: the recipe x tool profile version and the status of its class (``n/a`` for an
+        event without a defect class, such as an UNCLASSIFIED review)."""
+        return {"profile_version": self._versions.get((recipe, tool), 0),
+                "status": self._statuses.get((recipe, tool, defect_class), "n/a")}  # fmt: skip
+
+    def record(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None]) -> None:
+        """Every inspected die counts; every defect-class candidate (flagged or suppressed) is kept with its
+        confidence, under its event id when it made an event."""
+        inspected, candidates = [], []
+        for outcome, event_id in zip(outcomes, event_ids):
+            v, h = outcome.verdict, outcome.frame.header
+            if v is None:
+                continue
+            inspected.append((h.recipe_id, h.tool_id, h.lot_id))
+            flagged = v.decision == DEFECT
+            if flagged or v.suppressed:
+                name = v.defect_class if flagged else v.top_k[0][0]
+                reviewable = event_id is not None and (flagged or v.audit)  # DEFECT and AUDIT events get reviews
+                # reviewable implies an event id (not None)
+                cid = cast(str, event_id) if reviewable else candidate_id(h.tool_id, h.frame_id)
+                candidates.append((cid, h.recipe_id, h.tool_id, h.lot_id, name, v.confidence, flagged))
+        if inspected:
+            self.store.record(inspected, candidates)
+
+    def review(self, payload: bytes) -> str:
+        """Apply one review message; returns ``accepted`` or the reason it was rejected."""
+        parsed = parse_review(payload)
+        if isinstance(parsed, Rejected):
+            return parsed.reason
+        try:
+            self.store.review(parsed.event_id, parsed.real, parsed.reviewer)
+        except RequestRefused as err:
+            log.warning("review_rejected", event_id=parsed.event_id, error=str(err))
+            return "unknown_event" if isinstance(err, UnknownEvent) else "already_used"
+        return "accepted"
+
+    def lot_end(self, recipe: str, tool: str, lot_id: str) -> dict[str, tuple[float, float]]:
+        moved = self.store.close_lot(recipe, tool, lot_id)
+        self.refresh(force=True)
+        for name in self.cfg.decision.classes[1:]:
+            escape = self.store.escape_estimate(recipe, tool, name)
+            if escape is not None:
+                self.metrics.calib_escape.labels(recipe, tool, name).set(escape)
+        return moved

@@ -1,0 +1,93 @@
+"""What Triton serves, learned from Triton: readiness, the models' versions and build facts (precision, anomaly
+bands), kept current as Triton restarts or swaps a model, and shown on ``/readyz`` and ``edge_model_info``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from calibration.table import Bands, BandTable
+from edge.config import Config
+from edge.errors import ConfigError, EdgeError, TritonUnavailable
+from edge.inference.inspector import Inspector
+from edge.inference.model_facts import bands_from, precision_from
+from edge.ops.http import Health
+from edge.ops.logs import get
+from edge.ops.metrics import Metrics
+
+log = get("edge.inference.model_watch")
+
+
+class Served(Protocol):
+    """What the model watch asks Triton (``edge.inference.triton_client.TritonClient``)."""
+
+    anomaly_model: str
+    classifier_model: str
+
+    async def ready(self) -> bool: ...
+
+    async def model_versions(self) -> dict[str, str]: ...
+
+    async def config_parameters(self, model: str) -> dict[str, str]: ...
+
+
+class ModelWatch:
+    def __init__(self, cfg: Config, triton: Served, inspector: Inspector, health: Health, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.triton = triton
+        self._inspector = inspector
+        self._health = health
+        self._metrics = metrics
+
+    async def wait_ready(self, stop: asyncio.Event) -> bool:
+        """False when asked to stop first; ``TritonUnavailable`` when the models are not ready in time."""
+        deadline = time.monotonic() + self.cfg.triton.ready_timeout_s
+        while not await self.triton.ready():
+            if stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                raise TritonUnavailable(f"Triton at {self.cfg.triton.url} not ready within "
+                                        f"{self.cfg.triton.ready_timeout_s:.0f} s")
+            await asyncio.sleep(0.5)
+        await self.learn()
+        return True
+
+    async def check(self) -> None:
+        """One round of the health loop: is Triton ready, and if it came back, what does it serve now."""
+        ready = await self.triton.ready()
+        if ready and not self._health.triton_ready:
+            try:
+                await self.learn()
+                log.info("triton_recovered", models=self._health.models)
+            except EdgeError as err:
+                log.warning("triton_model_info_failed", error=str(err))
+        elif not ready and self._health.triton_ready:
+            log.warning("triton_not_ready", url=self.cfg.triton.url)
+        self._health.triton_ready = ready
+        self._metrics.triton_up.set(int(ready))
+
+    async def learn(self) -> None:
+        """Read the models' versions and build facts; the anomaly bands go to the inspector."""
+        models = await self.triton.model_versions()
+        params = {name: await self.triton.config_parameters(name)
+                  for name in (self.triton.anomaly_model, self.triton.classifier_model)}
+        self._health.triton_ready = True
+        self._health.models = models
+        self._metrics.model_info.clear()  # a model Triton swapped no longer shows its old version
+        for name, version in models.items():
+            self._metrics.model_info.labels(name, version).set(1)
+        precision = {name: precision_from(facts) for name, facts in params.items()}
+        self._health.precision = {name: facts.report() for name, facts in precision.items() if facts}
+        for name, facts in precision.items():
+            if facts and facts.fallback:  # the form asked for missed the precision gate at build time
+                log.warning("model_precision_fallback", model=name, served=facts.served, requested=facts.requested,
+                            reason=facts.fallback)
+        self._metrics.triton_up.set(1)
+        declared = bands_from(params[self.triton.anomaly_model])
+        entries = {(b.recipe, b.tool): Bands(b.pass_band, b.reject_band) for b in self.cfg.decision.bands}
+        default = entries.get(("*", "*"), declared)
+        if default is None:
+            raise ConfigError("no anomaly bands: the anomaly model declares none and decision.bands has no "
+                              "recipe='*', tool='*' entry")
+        self._inspector.bands = BandTable(default, entries)

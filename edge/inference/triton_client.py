@@ -1,0 +1,137 @@
+"""Triton client (gRPC, asyncio): the only module that imports tritonclient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from edge.errors import InferenceFailed, TritonUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyOut:
+    scores: npt.NDArray[np.float32]  # (B,)
+    heatmaps: npt.NDArray[np.float32]  # (B, 32, 32)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierOut:
+    probs: npt.NDArray[np.float32]  # (B, n_classes)
+    attention: npt.NDArray[np.float32]  # (B, 64)
+
+
+# tritonclient's defaults, plus a short reconnect back-off: gRPC's own grows to two minutes, which
+# would keep a restarted server idle long after it is ready again.
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def _input(name: str, array: npt.NDArray[Any], datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+# gRPC status codes of a Triton that cannot take the request now (down, restarting, a model unloaded or loading, its
+# queue full, the deadline passed): the batch may be retried. Any other code (a bad input, a backend error) fails it.
+RETRYABLE_CODES = frozenset(str(code) for code in (
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+))
+
+
+def classify(err: InferenceServerException, what: str) -> TritonUnavailable | InferenceFailed:
+    """The project's error for one of tritonclient's, by the gRPC status code it carries (never its wording)."""
+    if err.status() in RETRYABLE_CODES:
+        return TritonUnavailable(f"{what}: {err}")
+    return InferenceFailed(f"{what}: {err}")
+
+
+class TritonClient:
+    def __init__(self, url: str, anomaly_model: str, classifier_model: str, timeout_s: float) -> None:
+        self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
+        self.url = url
+        self.anomaly_model = anomaly_model
+        self.classifier_model = classifier_model
+        self.timeout_s = timeout_s
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ready(self) -> bool:
+        """True when the server and both models answer ready; never raises."""
+        try:
+            return bool(
+                await self._client.is_server_ready(client_timeout=self.timeout_s)
+                and await self._client.is_model_ready(self.anomaly_model, client_timeout=self.timeout_s)
+                and await self._client.is_model_ready(self.classifier_model, client_timeout=self.timeout_s)
+            )
+        except InferenceServerException:
+            return False
+
+    async def model_versions(self) -> dict[str, str]:
+        """Ready version of each of our models, as Triton reports it."""
+        try:
+            index = await self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+        except InferenceServerException as err:
+            raise TritonUnavailable(f"cannot read the model index from {self.url}: {err}") from err
+        versions: dict[str, str] = {}
+        for model in index.get("models", []):
+            if model.get("name") in (self.anomaly_model, self.classifier_model) and model.get("state") == "READY":
+                versions[model["name"]] = max(versions.get(model["name"], "0"), model.get("version", "0"), key=int)
+        return versions
+
+    async def config_parameters(self, model: str) -> dict[str, str]:
+        """The string parameters of ``model``'s config: what it says about itself (``edge.inference.model_facts``)."""
+        try:
+            cfg = await self._client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)
+        except InferenceServerException as err:
+            raise TritonUnavailable(f"cannot read the config of {model}: {err}") from err
+        params = cfg.get("config", {}).get("parameters", {})
+        return {key: str(value.get("string_value", "")) for key, value in params.items() if isinstance(value, dict)}
+
+    async def anomaly(self, grey: npt.NDArray[np.uint8]) -> AnomalyOut:
+        result = await self._infer(self.anomaly_model, [_input("IMAGE", grey, "UINT8")], ("SCORE", "HEATMAP"))
+        return AnomalyOut(result[0].reshape(-1), result[1])
+
+    async def classify(
+        self,
+        rgb: npt.NDArray[np.uint8],
+        process: npt.NDArray[np.float32],
+        present: npt.NDArray[np.float32],
+        notes: npt.NDArray[np.int64],
+    ) -> ClassifierOut:
+        inputs = [
+            _input("IMAGE", rgb, "UINT8"),
+            _input("PROCESS", process, "FP32"),
+            _input("PRESENT", present, "FP32"),
+            _input("NOTES", notes, "INT64"),
+        ]
+        result = await self._infer(self.classifier_model, inputs, ("PROBS", "ATTENTION"))
+        return ClassifierOut(result[0], result[1])
+
+    async def _infer(
+        self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
+    ) -> list[npt.NDArray[np.float32]]:
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        try:
+            result = await self._client.infer(model, inputs, outputs=requested, client_timeout=self.timeout_s)
+        except InferenceServerException as err:
+            raise classify(err, model) from err
+        return [result.as_numpy(name) for name in outputs]

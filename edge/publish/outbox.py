@@ -1,0 +1,266 @@
+"""Durable outbox (DESIGN 3.6): every result and event in SQLite (WAL) before any reply or publish.
+
+One transaction per batch. Results are keyed by (tool_id, frame_id), which de-duplicates frames a
+tool resends, across restarts too. Events keep their insertion order (``seq``) and stay until the
+broker acknowledged them. The dies of wafers not yet summarised are kept beside the results, in the
+same transaction, and leave in the transaction that records their wafer's summary: a restart picks
+the open wafers up where they were, so each wafer still gets one summary; an open wafer's end (the
+MES said so) is kept with them until its summary is recorded. The line watch's drift
+and parameter state is saved here too, now and then. Blocking calls: the daemon runs them on one
+dedicated thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import OutboxError
+from edge.flow import DieRow, EventRow, ResultRow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    tool_id     TEXT NOT NULL,
+    frame_id    TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    decision    TEXT NOT NULL,
+    event_id    TEXT,
+    reply       BLOB NOT NULL,
+    PRIMARY KEY (tool_id, frame_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     TEXT NOT NULL UNIQUE,
+    topic        TEXT NOT NULL,
+    decision     TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS wafer_dies (
+    seq         INTEGER PRIMARY KEY,
+    tool_id     TEXT NOT NULL,
+    lot_id      TEXT NOT NULL,
+    wafer_id    TEXT NOT NULL,
+    x           INTEGER NOT NULL,
+    y           INTEGER NOT NULL,
+    recipe_id   TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    defect_class TEXT,
+    recorded_at REAL NOT NULL,
+    UNIQUE (tool_id, lot_id, wafer_id, x, y)
+);
+CREATE TABLE IF NOT EXISTS wafer_ends (
+    tool_id     TEXT NOT NULL,
+    lot_id      TEXT NOT NULL,
+    wafer_id    TEXT NOT NULL,
+    ended_by    TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (tool_id, lot_id, wafer_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watch_state (
+    detector    TEXT NOT NULL,
+    recipe_id   TEXT NOT NULL,
+    tool_id     TEXT NOT NULL,
+    state       BLOB NOT NULL,
+    saved_at    REAL NOT NULL,
+    PRIMARY KEY (detector, recipe_id, tool_id)
+) WITHOUT ROWID;
+"""
+
+
+
+
+
+
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    seq: int
+    event_id: str
+    topic: str
+    decision: str
+    payload: str
+
+
+class Outbox:
+    """Every method raises ``OutboxError`` (never ``sqlite3.Error``) when SQLite fails, reads as well as writes."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        with _converted(f"open outbox {path}"):
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with _converted("close the outbox"):
+            self._db.close()
+
+    def record(self, results: Sequence[ResultRow], events: Sequence[EventRow], dies: Sequence[DieRow] = (),
+               summarised: Sequence[tuple[str, str, str]] = ()) -> None:
+        """Write a batch's results, events and open-wafer dies in one transaction, and forget the dies of
+        the ``summarised`` wafers (tool_id, lot_id, wafer_id) whose summaries are among ``events``. A result
+        already recorded for the same (tool_id, frame_id) is kept as it was (a resent frame is answered
+        from it); a die inspected again keeps its latest result."""
+        now = time.time()
+        with self._writing("record batch"):
+            self._db.executemany(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in results],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(e.event_id, e.topic, e.decision, e.payload, now) for e in events],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
+                "defect_class, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
+                 for d in dies],
+            )
+            for table in ("wafer_dies", "wafer_ends"):
+                self._db.executemany(
+                    f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
+                )
+
+    def end_wafers(self, ended: Sequence[tuple[tuple[str, str, str], str]]) -> None:
+        """Keep why open wafers ended ((tool_id, lot_id, wafer_id), ended_by) until they are summarised; the
+        first reason given stays."""
+        now = time.time()
+        with self._writing("record wafer ends"):
+            self._db.executemany("INSERT OR IGNORE INTO wafer_ends VALUES (?, ?, ?, ?, ?)",
+                                 [(*key, why, now) for key, why in ended])
+
+    def wafer_ends(self) -> list[tuple[tuple[str, str, str], str]]:
+        """The ends ``end_wafers`` kept of wafers not yet summarised."""
+        with _converted("read wafer ends"):
+            rows = self._db.execute(
+                "SELECT tool_id, lot_id, wafer_id, ended_by FROM wafer_ends ORDER BY recorded_at"
+            ).fetchall()
+        return [((tool, lot, wafer), why) for tool, lot, wafer, why in rows]
+
+    def open_dies(self) -> list[DieRow]:
+        """The dies of the wafers not yet summarised, in the order they were recorded (a die inspected
+        again, at its latest place)."""
+        with _converted("read open wafer dies"):
+            rows = self._db.execute(
+                "SELECT tool_id, lot_id, wafer_id, x, y, recipe_id, decision, defect_class FROM wafer_dies "
+                "ORDER BY seq"
+            ).fetchall()
+        return [DieRow(*row) for row in rows]
+
+    def recorded_reply(self, tool_id: str, frame_id: str) -> bytes | None:
+        with _converted("read a recorded reply"):
+            row = self._db.execute(
+                "SELECT reply FROM results WHERE tool_id = ? AND frame_id = ?", (tool_id, frame_id)
+            ).fetchone()
+        return row[0] if row else None
+
+    def pending(self, after_seq: int, limit: int) -> list[PendingEvent]:
+        with _converted("read pending events"):
+            rows = self._db.execute(
+                "SELECT seq, event_id, topic, decision, payload FROM events WHERE delivered_at IS NULL AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [PendingEvent(*row) for row in rows]
+
+    def mark_delivered(self, seqs: Iterable[int]) -> None:
+        now = time.time()
+        with self._writing("mark events delivered"):
+            self._db.executemany("UPDATE events SET delivered_at = ? WHERE seq = ?", [(now, s) for s in seqs])
+
+    def mark_undelivered(self, seqs: Iterable[int]) -> None:
+        """Take delivery marks back: the publisher hands these events to the broker again."""
+        with self._writing("mark events undelivered"):
+            self._db.executemany("UPDATE events SET delivered_at = NULL WHERE seq = ?", [(s,) for s in seqs])
+
+    def backlog(self) -> int:
+        with _converted("count the backlog"):
+            count: int = self._db.execute("SELECT count(*) FROM events WHERE delivered_at IS NULL").fetchone()[0]
+        return count
+
+    def used_bytes(self) -> int:
+        """Bytes held by live pages (free pages are reused before the file grows), plus the WAL."""
+        with _converted("measure the outbox"):
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        wal = Path(f"{self._path}-wal")
+        return int((pages - free) * size) + (wal.stat().st_size if wal.exists() else 0)
+
+    def save_state(self, states: dict[str, dict[tuple[str, str], bytes]]) -> None:
+        """Replace the kept line-watch state (detector -> (recipe_id, tool_id) -> bytes) in one transaction."""
+        now = time.time()
+        with self._writing("save the line-watch state"):
+            self._db.execute("DELETE FROM watch_state")
+            self._db.executemany(
+                "INSERT INTO watch_state VALUES (?, ?, ?, ?, ?)",
+                [(name, recipe, tool, blob, now) for name, keyed in states.items()
+                 for (recipe, tool), blob in keyed.items()],
+            )
+
+    def load_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
+        states: dict[str, dict[tuple[str, str], bytes]] = {}
+        with _converted("read the line-watch state"):
+            rows = self._db.execute("SELECT detector, recipe_id, tool_id, state FROM watch_state").fetchall()
+        for name, recipe, tool, blob in rows:
+            states.setdefault(name, {})[(recipe, tool)] = blob
+        return states
+
+    def prune(self, before: float) -> dict[str, int]:
+        """Delete results recorded, acknowledged events created, open-wafer dies last seen and wafer ends
+        with no die left recorded before ``before`` (epoch seconds). Events the broker has not acknowledged
+        are kept whatever their age.
+        Returns the rows deleted by table."""
+        with self._writing("prune"):
+            pruned = {
+                "results": self._db.execute("DELETE FROM results WHERE recorded_at < ?", (before,)).rowcount,
+                "events": self._db.execute(
+                    "DELETE FROM events WHERE delivered_at IS NOT NULL AND created_at < ?", (before,)
+                ).rowcount,
+                "wafer_dies": self._db.execute(  # a wafer whose newest die is that old will not be summarised
+                    "DELETE FROM wafer_dies WHERE (tool_id, lot_id, wafer_id) IN (SELECT tool_id, lot_id, "
+                    "wafer_id FROM wafer_dies GROUP BY tool_id, lot_id, wafer_id HAVING MAX(recorded_at) < ?)",
+                    (before,),
+                ).rowcount,
+                "wafer_ends": self._db.execute(
+                    "DELETE FROM wafer_ends WHERE recorded_at < ? AND (tool_id, lot_id, wafer_id) NOT IN "
+                    "(SELECT tool_id, lot_id, wafer_id FROM wafer_dies)", (before,)
+                ).rowcount,
+            }
+        with _converted("checkpoint the WAL"):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return pruned
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), SQLite errors converted."""
+        with _converted(what):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+
+@contextmanager
+def _converted(what: str) -> Iterator[None]:
+    """The outbox's error boundary: ``sqlite3.Error`` leaves as ``OutboxError("cannot <what>: ...")``."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot {what}: {err}") from err

@@ -1,0 +1,134 @@
+"""Outcomes to durable records, then replies, then announcements.
+
+A batch's result rows, event rows and open-wafer dies go to the outbox in one transaction; only then is each
+tool answered (the reply bytes come from the recorded row, so a resent frame gets the same answer), the events
+go to the local feed and the publisher, and calibration books the batch. When the outbox cannot take the batch,
+nothing is recorded and every frame is answered ``busy outbox_unavailable``: the tool resends it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from calibration.errors import CalibrationError
+from edge.config import Config
+from edge.decision.thresholds import Calibration
+from edge.errors import OutboxError
+from edge.flow import EventRow, Frame, Outcome, WaferKey
+from edge.ingest.admission import Inflight, Turnaround
+from edge.ingest.wire import encode_reply, error_reply
+from edge.ops.async_db import AsyncDb
+from edge.ops.logs import get
+from edge.ops.metrics import Metrics
+from edge.publish.events import EventIds
+from edge.publish.outbox import Outbox
+from edge.publish.records import Stamp, records
+from edge.watch.guard import GuardedWatch
+from edge.watch.line_watch import Summaries, die_row
+
+log = get("edge.publish.recorder")
+
+
+class ReplySocket(Protocol):
+    async def send(self, identity: bytes, reply: bytes) -> None: ...
+
+
+class Recorder:
+    def __init__(self, cfg: Config, db: AsyncDb, outbox: Outbox, socket: ReplySocket, inflight: Inflight[Frame],
+                 turnaround: Turnaround, calibration: Calibration, watch: GuardedWatch, ids: EventIds,
+                 metrics: Metrics, announce: Callable[[list[EventRow]], None],
+                 models: Callable[[], Mapping[str, str]]) -> None:
+        self.cfg = cfg
+        self._db = db
+        self._outbox = outbox
+        self._socket = socket
+        self._inflight = inflight
+        self._turnaround = turnaround
+        self._calibration = calibration
+        self._watch = watch
+        self._ids = ids
+        self._metrics = metrics
+        self._announce = announce
+        self._models = models
+
+    async def record_and_answer(self, outcomes: list[Outcome]) -> None:
+        """Record a batch's outcomes, then answer each frame's tool, then announce the events."""
+        cfg = self.cfg
+        stamp = Stamp(cfg.station, cfg.mqtt.prefix, dict(self._models()), time.monotonic(), time.time())
+        results, events, event_ids = [], [], []
+        for outcome in outcomes:
+            event_id = self._ids.new() if outcome.event_decision else None
+            h, v = outcome.frame.header, outcome.verdict
+            facts = self._calibration.facts(h.recipe_id, h.tool_id, v.top_k[0][0] if v and v.top_k else "")
+            result, event = records(outcome, event_id, stamp, facts)
+            results.append(result)
+            event_ids.append(event_id)
+            if event:
+                events.append(event)
+            self._count(outcome)
+        events += self._watch(self._watch.watch.results, outcomes, time.monotonic()) or []
+        dies = [die_row(o) for o in outcomes]
+        t0 = time.monotonic()
+        try:
+            await self._db(self._outbox.record, results, events, dies)
+        except OutboxError as err:
+            log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
+            await self.answer_busy([o.frame for o in outcomes], "outbox_unavailable")
+            return
+        self._metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
+        for outcome, result in zip(outcomes, results, strict=True):
+            frame = outcome.frame
+            self._inflight.pop(frame.key)
+            await self._socket.send(frame.identity, result.reply)
+            turnaround = time.monotonic() - frame.received
+            self._metrics.e2e_latency.observe(turnaround)
+            self._turnaround.observe(frame.header.tool_id, turnaround)
+        self._announce(events)
+        await self.flush_wafers()
+        try:  # calibration bookkeeping, after the replies: it never holds one back
+            await self._db(self._calibration.record, outcomes, event_ids)
+        except CalibrationError as err:
+            self._metrics.internal_errors.labels("calibration").inc()
+            log.error("calibration_record_failed", error=str(err), frames=len(outcomes))
+
+    async def record_rows(self, rows: list[EventRow], summarised: list[WaferKey] | None = None) -> None:
+        """Station messages outside a batch (wafer summaries, alerts, drift events): recorded, then out.
+        The open-wafer dies of the ``summarised`` wafers leave the outbox in the same transaction."""
+        if not rows and not summarised:
+            return
+        try:
+            await self._db(self._outbox.record, [], rows, (), summarised or [])
+        except OutboxError as err:
+            self._metrics.internal_errors.labels("outbox").inc()
+            log.error("outbox_write_failed", error=str(err), messages=len(rows))
+            return
+        self._announce(rows)
+
+    async def record_summaries(self, summaries: Summaries | None) -> None:
+        if summaries is not None:
+            await self.record_rows(summaries.rows, summaries.wafers)
+
+    async def flush_wafers(self) -> None:
+        """Summarise the wafers that ended and have no frame in work any more."""
+        in_work = {frame.wafer_key for frame in self._inflight}
+        await self.record_summaries(self._watch(self._watch.watch.due, time.monotonic(), in_work.__contains__))
+
+    async def close_wafers(self) -> None:
+        """At the stop: summarise the wafers that ended; open ones go on after a restart."""
+        await self.record_summaries(self._watch(self._watch.watch.close_ended))
+
+    async def answer_busy(self, frames: list[Frame], reason: str) -> None:
+        """Nothing was recorded for these frames: the tool resends them after ``retry_after_ms``."""
+        for frame in frames:
+            self._inflight.pop(frame.key)
+            reply = error_reply(frame.header.frame_id, "busy", reason, self.cfg.ingest.busy_retry_after_ms)
+            await self._socket.send(frame.identity, encode_reply(reply))
+
+    def _count(self, outcome: Outcome) -> None:
+        h, verdict = outcome.frame.header, outcome.verdict
+        label = verdict.defect_class if verdict else "NONE"
+        self._metrics.decisions.labels(h.tool_id, h.recipe_id, outcome.decision, label).inc()
+        if verdict and verdict.suppressed:
+            self._metrics.suppressed.labels(h.tool_id, verdict.top_k[0][0]).inc()

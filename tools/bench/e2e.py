@@ -1,0 +1,103 @@
+"""Benchmark: the daemon end to end against raw Triton on the same models, in one run.
+
+Raw Triton: an asyncio gRPC client sends each frame's two requests (anomaly + classifier,
+batch 1) with ``--inflight`` frames in flight. Daemon: the AOI simulator streams the same number
+of frames through ZeroMQ with the same window. Prints frames/s, latency percentiles, the ratio
+daemon/raw, and the host.
+
+    python -m tools.bench.e2e --frames 600 --inflight 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.inference.triton_client import TritonClient
+from tools.sim import aoi_sim
+from tools.station.station import RECIPE, TOOLS, Station
+from tools.synth import grey, make_dataset
+
+
+async def raw_triton(url: str, n: int, inflight: int) -> dict:
+    data = make_dataset(seed=5, n=min(n, 64))
+    grey_images = grey(data.images)
+    rgb = np.ascontiguousarray(data.images.transpose(0, 3, 1, 2))
+    client = TritonClient(url, "anomaly", "classifier", timeout_s=10)
+    latencies: list[float] = []
+    sem = asyncio.Semaphore(inflight)
+
+    async def one(i: int) -> None:
+        j = i % len(grey_images)
+        async with sem:
+            t0 = time.perf_counter()
+            k = slice(j, j + 1)
+            await asyncio.gather(
+                client.anomaly(grey_images[k]),
+                client.classify(rgb[k], data.process[k], data.present[k], data.notes[k]),
+            )
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    await asyncio.gather(*(one(i) for i in range(min(32, n))))  # warm-up
+    latencies.clear()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    return {"frames_per_s": round(n / elapsed, 1), "latency_ms": aoi_sim.latency_percentiles(latencies)}
+
+
+def plan_frames(seed: int, n: int) -> list:
+    dies = 50
+    lots = max(1, -(-n // (dies * 2)))
+    return aoi_sim.plan_frames(["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots),
+                                "--wafers-per-lot", "2", "--dies-per-wafer", str(dies)])[:n]
+
+
+def daemon_e2e(st: Station, n: int, inflight: int) -> dict:
+    tools = aoi_sim.AoiTools(st.daemon_frames, list(TOOLS), window=inflight, reply_timeout_s=30, max_tries=2)
+    try:
+        tools.run(plan_frames(seed=6, n=32), rate=0, deadline_s=60)  # warm-up, other frame ids
+        tally = tools.run(plan_frames(seed=5, n=n), rate=0, deadline_s=600)
+    finally:
+        tools.close()
+    report = aoi_sim.summarise(tally)
+    return {"frames_per_s": report["frames_per_s"], "latency_ms": report["latency_ms"],
+            "replies": report["replies"], "unanswered": len(report["unanswered"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.e2e", description=__doc__.split("\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
+    parser.add_argument("--workdir", type=Path, default=Path("build/bench"))
+    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--inflight", type=int, default=16)
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
+    with Station(args.workdir, args.repository, with_broker=True) as st:
+        assert st.triton is not None
+        raw = asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))
+        daemon = daemon_e2e(st, args.frames, args.inflight)
+    result = {
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "processor": platform.processor() or platform.machine()},
+        "frames": args.frames, "inflight": args.inflight,
+        "raw_triton": raw, "daemon_e2e": daemon,
+        "throughput_ratio_daemon_over_raw": round(daemon["frames_per_s"] / raw["frames_per_s"], 3),
+        "p50_ratio_daemon_over_raw": round(daemon["latency_ms"]["p50"] / raw["latency_ms"]["p50"], 3),
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

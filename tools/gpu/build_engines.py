@@ -1,0 +1,358 @@
+"""TensorRT engines for the GPU model repository, built on this station's GPU and checked against ONNX Runtime.
+
+    python -m tools.gpu.build_engines --models build/models --out build/model_repository_gpu \
+        [--precision anomaly=fp16 classifier=int8] [--max-batch 32] [--force] [--check] [--device 0]
+
+Per model: the ONNX form of the chosen precision (``<name>.onnx``, ``<name>.fp16.onnx`` or the Q/DQ
+``<name>.int8.onnx``), if it passed the precision gate on held-out dies (``tools.precision_gate``; else the form it
+falls back to, said in the log and in the config's ``precision_fallback`` parameter), is parsed into a strongly
+typed network (no FP16/INT8 builder flags: the types in the file
+decide), with one optimisation profile (batch 1 / 16 / max) for every input. Before a plan is installed it runs on
+deterministic synthetic dies at the profile's batch sizes and every output is compared with ONNX Runtime on the FP32
+ONNX under the precision's tolerance; a plan that does not match is not installed (exit 1). Then
+``<out>/<name>/1/model.plan``, its fingerprint ``model.plan.json`` (``tools.gpu.engine_fingerprint``) and
+``<out>/<name>/config.pbtxt`` from ``model_repository/gpu/`` (anomaly: ``pass_band``/``reject_band`` from
+``<models>/anomaly_metrics.json``) are written.
+
+A plan whose fingerprint matches this GPU, TensorRT and ONNX file is left alone (``--force`` rebuilds it);
+``--check`` only prints why plans are stale and exits 1 if any is. Exit 2 when TensorRT, pycuda or a CUDA GPU is
+missing. TensorRT and pycuda are used only through ``tools.gpu.tensorrt_engine`` (imported there, lazily): this module
+holds the command line, the configs, the parity rule and the order of the steps, and runs anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ModelRepositoryError
+from tools.build_repository import MODELS, VERSION, config_text, model_parameters, served_precision
+from tools.gpu.engine_fingerprint import (
+    Fingerprint,
+    fingerprint_path,
+    onnx_sha256,
+    recorded_state,
+    stale_reasons,
+    write_fingerprint,
+)
+from tools.gpu.tensorrt_engine import (
+    EngineBuildError,
+    EngineEnvironmentError,
+    Gpu,
+    TensorSpec,
+    build_plan,
+    cuda_context,
+    probe_gpu,
+    run_plan,
+)
+from tools.precision_gate import Choice, onnx_path
+from tools.precision_gate import parse_precisions as _parse_precisions
+from tools.synth import grey, make_dataset
+
+SOURCE = Path(__file__).resolve().parents[2] / "model_repository" / "gpu"
+PLAN = "model.plan"
+# The anomaly score is compared with absolute bands, and its INT8 form moves scores by amounts comparable to the bands
+# (precision_metrics.json), FP16 by orders of magnitude less. The INT8 classifier keeps FP32's top-1 class on ~99%.
+DEFAULT_PRECISION = {"anomaly": "fp16", "classifier": "int8"}
+MAX_BATCH = 32  # the configs' max_batch_size
+OPT_BATCH = 16  # the profile's opt batch: the daemon's usual batch under load
+VERIFY_SEED = 4001  # synthetic dies used nowhere else (training 1, held-out 1001/2001, calibration 3001)
+VERIFY_DIES = 64  # four dies of every class of the taxonomy
+TOP1_OUTPUT = {"classifier": "PROBS"}
+TENSOR = re.compile(r'\{\s*name:\s*"(\w+)",\s*data_type:\s*(\w+),\s*dims:\s*\[([\d,\s]+)\]\s*\}')
+SECTION = re.compile(r"^(input|output)\s*\[(.*?)^\]", re.S | re.M)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an engine may be from ONNX Runtime on the FP32 ONNX, per output over all verification rows."""
+
+    relative_error: float  # largest ||engine - reference|| / ||reference||
+    top1_agreement: float  # smallest share of rows with the same arg-max class (classifier PROBS)
+
+
+# The FP16 and INT8 ONNX forms in ONNX Runtime, against FP32 on these dies (12 seeds): relative error up to ~0.004
+# (FP16) and ~0.045 (INT8), top-1 agreement at least ~0.98 (near-ties flip). A broken engine (wrong normalisation or
+# layout) is off by ~1. FP32 engines may use TF32 (~1e-3).
+TOLERANCES = {
+    "fp32": Tolerance(relative_error=0.01, top1_agreement=0.95),
+    "fp16": Tolerance(relative_error=0.02, top1_agreement=0.90),
+    "int8": Tolerance(relative_error=0.15, top1_agreement=0.85),
+}
+
+
+@dataclass(frozen=True)
+class Parity:
+    """An engine's outputs against the reference: relative error per output, top-1 agreement, what is out of bounds."""
+
+    relative_error: dict[str, float]
+    top1_agreement: float | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        parts = [f"{name} {error:.2g}" for name, error in self.relative_error.items()]
+        if self.top1_agreement is not None:
+            parts.append(f"top-1 agreement {self.top1_agreement:.3f}")
+        return "relative error " + ", ".join(parts)
+
+
+# --- pure parts: arguments, paths, configs, comparison ---------------------------------------------------------------
+
+
+def parse_precisions(items: Sequence[str]) -> dict[str, str]:
+    """``DEFAULT_PRECISION`` overridden by ``MODEL=PRECISION`` items; ValueError naming a bad item."""
+    return _parse_precisions(items, DEFAULT_PRECISION)
+
+
+def profile_for(max_batch: int) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the optimisation profile for engines serving up to ``max_batch``."""
+    if max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {max_batch}")
+    return 1, min(OPT_BATCH, max_batch), max_batch
+
+
+def plan_path(out: Path, name: str) -> Path:
+    return out / name / VERSION / PLAN
+
+
+def declared_tensors(config: str) -> dict[str, list[TensorSpec]]:
+    """The ``input`` and ``output`` tensors of config.pbtxt text, in order (``{ name, data_type, dims }`` entries)."""
+    declared: dict[str, list[TensorSpec]] = {"input": [], "output": []}
+    for section, body in SECTION.findall(config):
+        for name, data_type, dims in TENSOR.findall(body):
+            declared[section].append(TensorSpec(name, data_type, tuple(int(d) for d in dims.split(","))))
+    return declared
+
+
+def with_max_batch(config: str, max_batch: int) -> str:
+    """``config`` serving at most ``max_batch``: max_batch_size set, preferred and warm-up batch sizes capped."""
+
+    def preferred(match: re.Match[str]) -> str:
+        sizes = [size for size in (int(s) for s in match.group(1).split(",")) if size <= max_batch] or [max_batch]
+        return f"preferred_batch_size: [ {', '.join(map(str, sizes))} ]"
+
+    text = re.sub(r"\bmax_batch_size:\s*\d+", f"max_batch_size: {max_batch}", config)
+    text = re.sub(r"\bpreferred_batch_size:\s*\[([\d,\s]+)\]", preferred, text)
+    return re.sub(r"\bbatch_size:\s*(\d+)", lambda m: f"batch_size: {min(int(m.group(1)), max_batch)}", text)
+
+
+def gpu_config(
+    name: str, source: Path, models: Path, max_batch: int = MAX_BATCH, choice: Choice | None = None
+) -> str:
+    """The served config.pbtxt of ``name``: ``<source>/<name>/config.pbtxt`` for ``max_batch``, anomaly bands and
+    the precision ``choice`` added as parameters."""
+    text = with_max_batch((source / name / "config.pbtxt").read_text(), max_batch)
+    return config_text(text, model_parameters(name, models, choice))
+
+
+def write_config(
+    name: str, source: Path, models: Path, out: Path, max_batch: int = MAX_BATCH, choice: Choice | None = None
+) -> Path:
+    """Write ``<out>/<name>/config.pbtxt`` (see ``gpu_config``) atomically; returns its path."""
+    target = out / name / "config.pbtxt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _replace(target, gpu_config(name, source, models, max_batch, choice).encode())
+    return target
+
+
+def compare_outputs(
+    engine: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], tolerance: Tolerance, top1: str | None = None
+) -> Parity:
+    """Each reference output against the engine's: shape, finite values, relative L2 error; top-1 class of ``top1``."""
+    errors: dict[str, float] = {}
+    problems: list[str] = []
+    for name, expected in reference.items():
+        actual = np.asarray(engine[name], np.float64)
+        if actual.shape != expected.shape or not np.isfinite(actual).all():
+            problems.append(f"{name}: shape {actual.shape} (expected {expected.shape}) or non-finite values")
+            continue
+        expected = np.asarray(expected, np.float64)
+        errors[name] = float(np.linalg.norm(actual - expected) / max(float(np.linalg.norm(expected)), 1e-12))
+        if errors[name] > tolerance.relative_error:
+            problems.append(f"{name}: relative error {errors[name]:.3g} > {tolerance.relative_error}")
+    agreement = None
+    if top1 is not None and top1 in errors:
+        agreement = float(np.mean(np.argmax(engine[top1], -1) == np.argmax(reference[top1], -1)))
+        if agreement < tolerance.top1_agreement:
+            problems.append(f"{top1}: top-1 agreement {agreement:.3f} < {tolerance.top1_agreement}")
+    return Parity(errors, agreement, tuple(problems))
+
+
+def sample_inputs(name: str, n: int = VERIFY_DIES, seed: int = VERIFY_SEED) -> dict[str, np.ndarray]:
+    """Serving inputs of ``name`` (model_repository/README.md) for ``n`` synthetic dies, a pure function of ``seed``."""
+    dies = make_dataset(seed=seed, n=n)
+    if name == "anomaly":
+        return {"IMAGE": grey(dies.images)}
+    image = np.ascontiguousarray(dies.images.transpose(0, 3, 1, 2))
+    return {"IMAGE": image, "PROCESS": dies.process, "PRESENT": dies.present, "NOTES": dies.notes}
+
+
+def _batch_rows(n: int, profile: Sequence[int]) -> list[np.ndarray]:
+    """Row indices of the verification batches over ``n`` samples: one batch at each profile size, then batches of
+    the max size until every sample has run; consecutive rows, wrapping around."""
+    sizes = sorted(set(profile))
+    while sum(sizes) < n:
+        sizes.append(max(profile))
+    starts = np.cumsum([0, *sizes[:-1]])
+    return [(start + np.arange(size)) % n for start, size in zip(starts, sizes)]
+
+
+def _stacked(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
+
+def _replace(target: Path, data: bytes) -> None:
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
+
+
+# --- plans: verified against ONNX Runtime (run through tools.gpu.tensorrt_engine), then installed ---------------
+
+
+def reference_outputs(onnx: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """ONNX Runtime's outputs of ``onnx`` on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    return dict(zip(outputs, session.run(list(outputs), dict(inputs))))
+
+
+def verify_plan(
+    name: str, plan: bytes, models: Path, precision: str, tensors: Mapping[str, list[TensorSpec]], profile: Sequence
+) -> Parity:
+    """The plan at every profile batch size against ONNX Runtime on the FP32 ONNX, on the same synthetic dies."""
+    inputs = sample_inputs(name)
+    reference = reference_outputs(onnx_path(models, name, "fp32"), inputs, [t.name for t in tensors["output"]])
+    rows = _batch_rows(len(next(iter(inputs.values()))), profile)
+    engine = run_plan(plan, [{k: v[index] for k, v in inputs.items()} for index in rows], tensors)
+    expected = [{k: v[index] for k, v in reference.items()} for index in rows]
+    return compare_outputs(_stacked(engine), _stacked(expected), TOLERANCES[precision], TOP1_OUTPUT.get(name))
+
+
+def install_plan(plan: Path, data: bytes, fingerprint: Fingerprint) -> None:
+    """Put ``data`` at ``plan`` and its fingerprint beside it; a crash midway leaves no fingerprint (so: rebuilt)."""
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint_path(plan).unlink(missing_ok=True)
+    _replace(plan, data)
+    write_fingerprint(plan, fingerprint)
+
+
+# --- command line ----------------------------------------------------------------------------------------------------
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Build, verify and install TensorRT engines on this GPU.")
+    parser.add_argument("--models", type=Path, default=Path("build/models"), help="ONNX forms and anomaly metrics")
+    parser.add_argument("--out", type=Path, default=Path("build/model_repository_gpu"), help="GPU repository")
+    parser.add_argument("--source", type=Path, default=SOURCE, help="config.pbtxt per model (GPU variant)")
+    parser.add_argument("--precision", nargs="*", default=[], metavar="MODEL=PRECISION", help="fp32, fp16 or int8")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="largest batch the engines serve")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device to build on")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the fingerprints match")
+    parser.add_argument("--check", action="store_true", help="only report stale engines (exit 1 if any)")
+    args = parser.parse_args(argv)
+    try:
+        args.precisions, args.profile = parse_precisions(args.precision), profile_for(args.max_batch)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model's engine as this run sees it: its precision, input, plan, served config and why the plan is stale."""
+
+    name: str
+    choice: Choice
+    onnx: Path
+    plan: Path
+    config: str
+    current: Fingerprint
+    reasons: list[str]
+
+    @property
+    def precision(self) -> str:
+        return self.choice.served
+
+
+def model_state(name: str, args: argparse.Namespace, gpu: Gpu) -> ModelState:
+    """Where ``name`` stands: the ONNX form to build from (the precision asked for, or its fallback when that form
+    did not pass the precision gate), the fingerprint it would get, the stale reasons."""
+    choice = served_precision(name, args.models, args.precisions[name])
+    if choice.fallback:
+        print(f"{choice.log_line(name)}", file=sys.stderr, flush=True)
+    onnx = onnx_path(args.models, name, choice.served)
+    plan = plan_path(args.out, name)
+    current = Fingerprint(
+        gpu.tensorrt_version, gpu.name, gpu.compute_capability, onnx_sha256(onnx), choice.served, args.profile
+    )
+    config = gpu_config(name, args.source, args.models, args.max_batch, choice)
+    return ModelState(name, choice, onnx, plan, config, current, stale_reasons(recorded_state(plan), current))
+
+
+def check_model(state: ModelState, out: Path) -> list[str]:
+    """Print and return why ``state``'s plan or served config is out of date (``--check``)."""
+    written = out / state.name / "config.pbtxt"
+    config_stale = not written.is_file() or written.read_text() != state.config
+    reasons = [*state.reasons, *(["config.pbtxt missing or out of date"] if config_stale else [])]
+    print(f"{state.name}: {'stale: ' + '; '.join(reasons) if reasons else 'up to date'}")
+    return reasons
+
+
+def update_model(state: ModelState, args: argparse.Namespace) -> None:
+    """Build, verify and install the plan when stale (or ``--force``), then write the served config."""
+    if state.reasons or args.force:
+        why = "; ".join(state.reasons) or "forced"
+        print(f"{state.name}: building the {state.precision} engine ({why})", flush=True)
+        data = build_plan(state.onnx, args.profile)
+        tensors = declared_tensors(state.config)
+        parity = verify_plan(state.name, data, args.models, state.precision, tensors, args.profile)
+        if not parity.ok:
+            raise EngineBuildError(
+                f"{state.name}: the {state.precision} engine does not match ONNX Runtime on {state.name}.onnx, "
+                f"so it was not installed: {'; '.join(parity.problems)}"
+            )
+        install_plan(state.plan, data, state.current)
+        print(f"{state.name}: installed {state.plan} ({parity.summary()})", flush=True)
+    else:
+        print(f"{state.name}: {state.plan} up to date")
+    write_config(state.name, args.source, args.models, args.out, args.max_batch, state.choice)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: 0 when every engine is current, 1 when a build or check fails, 2 without TensorRT, pycuda or a GPU."""
+    args = _arguments(argv)
+    try:
+        gpu = probe_gpu(args.device)
+    except EngineEnvironmentError as exc:
+        print(f"build_engines: cannot build TensorRT engines here: {exc}", file=sys.stderr)
+        return 2
+    print(f"build_engines: TensorRT {gpu.tensorrt_version} on {gpu.name} (compute capability {gpu.compute_capability})")
+    try:
+        with cuda_context(args.device):
+            states = [model_state(name, args, gpu) for name in MODELS]
+            if args.check:
+                return 1 if [reason for state in states for reason in check_model(state, args.out)] else 0
+            for state in states:
+                update_model(state, args)
+    except (EngineBuildError, ModelRepositoryError, OSError, json.JSONDecodeError) as exc:
+        print(f"build_engines: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
