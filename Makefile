@@ -105,8 +105,9 @@ demo: deps models ## the daemon with real Triton (CPU), Mosquitto, simulated AOI
 bench: deps models ## daemon end to end against raw Triton on the same models, one run
 	$(PY) -m tools.bench.e2e --repository $(REPOSITORY)
 
-lint: $(VENV)/.installed ## ruff, and mypy --strict over edge/ and calibration/ (pyproject.toml)
+lint: $(VENV)/.installed ## ruff check and format --check, and mypy --strict over edge/ and calibration/ (pyproject.toml)
 	$(VENV)/bin/ruff check edge calibration tools tests model_repository
+	$(VENV)/bin/ruff format --check edge calibration tools tests model_repository
 	$(VENV)/bin/mypy
 
 clean: ## remove built models and run state (keeps .venv)

@@ -43,15 +43,30 @@ def _show(store: CalibrationStore, a: argparse.Namespace) -> int:
     if not states:
         raise RequestRefused(f"recipe/tool: no calibration profile for {a.recipe} x {a.tool}")
     if getattr(a, "json", False):
-        classes = [{"class": name, "threshold": state.threshold, "status": state.status,
-                    "fpr_3lot": state.fpr_window,
-                    "escape_estimate": store.escape_estimate(a.recipe, a.tool, name),
-                    "settings": asdict(state.settings)} for name, state in states.items()]
-        _print_json({"recipe": a.recipe, "tool": a.tool, "version": store.version(a.recipe, a.tool),
-                     "mode": store.mode(a.recipe, a.tool), "classes": classes})
+        classes = [
+            {
+                "class": name,
+                "threshold": state.threshold,
+                "status": state.status,
+                "fpr_3lot": state.fpr_window,
+                "escape_estimate": store.escape_estimate(a.recipe, a.tool, name),
+                "settings": asdict(state.settings),
+            }
+            for name, state in states.items()
+        ]
+        _print_json(
+            {
+                "recipe": a.recipe,
+                "tool": a.tool,
+                "version": store.version(a.recipe, a.tool),
+                "mode": store.mode(a.recipe, a.tool),
+                "classes": classes,
+            }
+        )
         return 0
-    print(f"# {a.recipe} x {a.tool} profile version {store.version(a.recipe, a.tool)} "
-          f"mode={store.mode(a.recipe, a.tool)}")
+    print(
+        f"# {a.recipe} x {a.tool} profile version {store.version(a.recipe, a.tool)} mode={store.mode(a.recipe, a.tool)}"
+    )
     for name, state in states.items():
         escape = store.escape_estimate(a.recipe, a.tool, name)
         print(state.line(name) + ("" if escape is None else f" escape_est={100 * escape:.2f}%"))

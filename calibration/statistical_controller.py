@@ -89,8 +89,10 @@ class StatState:
 
     def line(self, name: str) -> str:
         """The report line, e.g. ``PART-SM threshold=0.81 fpr_window=0.08% fpr_upper=0.19% status=stable``."""
-        return (f"{name} threshold={self.threshold:.2f} fpr_window={100 * self.fpr_window:.2f}% "
-                f"fpr_upper={100 * self.fpr_upper(self.threshold):.2f}% status={self.status}")
+        return (
+            f"{name} threshold={self.threshold:.2f} fpr_window={100 * self.fpr_window:.2f}% "
+            f"fpr_upper={100 * self.fpr_upper(self.threshold):.2f}% status={self.status}"
+        )
 
 
 def choose(state: StatState) -> float:

@@ -27,8 +27,15 @@ from calibration.codec import SEED, State, dumps, loads, start
 from calibration.controller import ClassSettings, LotCounts, Stages
 from calibration.errors import CalibrationError, RequestRefused, StoreUnavailable, UnknownEvent
 
-__all__ = ["CONTROLLER", "AuditRow", "CalibrationError", "CalibrationStore", "RequestRefused", "StoreUnavailable",
-           "UnknownEvent"]
+__all__ = [
+    "CONTROLLER",
+    "AuditRow",
+    "CalibrationError",
+    "CalibrationStore",
+    "RequestRefused",
+    "StoreUnavailable",
+    "UnknownEvent",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (
@@ -76,8 +83,9 @@ class AuditRow:
 
 
 class CalibrationStore:
-    def __init__(self, path: Path | str, stages: Stages = controller.DEFAULT_STAGES,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path | str, stages: Stages = controller.DEFAULT_STAGES, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stages = stages
@@ -159,8 +167,11 @@ class CalibrationStore:
         for key in inspected:
             counts[key] = counts.get(key, 0) + 1
         with self._tx() as db:
-            db.executemany("INSERT INTO inspected VALUES (?, ?, ?, ?) ON CONFLICT (recipe, tool, lot_id) "
-                           "DO UPDATE SET count = count + excluded.count", [(*k, n) for k, n in counts.items()])
+            db.executemany(
+                "INSERT INTO inspected VALUES (?, ?, ?, ?) ON CONFLICT (recipe, tool, lot_id) "
+                "DO UPDATE SET count = count + excluded.count",
+                [(*k, n) for k, n in counts.items()],
+            )
             db.executemany("INSERT OR IGNORE INTO candidates (event_id, recipe, tool, lot_id, class, confidence, "
                            "flagged) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(*c[:6], int(c[6])) for c in candidates])  # fmt: skip
@@ -225,8 +236,9 @@ class CalibrationStore:
                 db.execute("UPDATE profiles SET version = version + 1 WHERE recipe=? AND tool=?", (recipe, tool))
             return moved
 
-    def _step(self, state: State, negatives: int, reviewed: list[tuple[Any, ...]], of_lot: list[tuple[Any, ...]]
-              ) -> State:
+    def _step(
+        self, state: State, negatives: int, reviewed: list[tuple[Any, ...]], of_lot: list[tuple[Any, ...]]
+    ) -> State:
         """Rows are (event_id, class, confidence, flagged, real)."""
         if isinstance(state, statistical.StatState):
             items = tuple(statistical.Reviewed(conf, None if real is None else bool(real))
@@ -294,7 +306,8 @@ class CalibrationStore:
         [(flagged_real, suppressed, audited, audited_real)] = self._query(
             "SELECT COALESCE(SUM(flagged = 1 AND real = 1), 0), COALESCE(SUM(flagged = 0), 0), "
             "COALESCE(SUM(flagged = 0 AND real IS NOT NULL), 0), COALESCE(SUM(flagged = 0 AND real = 1), 0) "
-            "FROM candidates WHERE recipe=? AND tool=? AND class=?", (recipe, tool, defect_class),
+            "FROM candidates WHERE recipe=? AND tool=? AND class=?",
+            (recipe, tool, defect_class),
         )
         if not audited:
             return None
@@ -305,8 +318,10 @@ class CalibrationStore:
         """Forget the candidates and inspected counts of lots closed before ``before`` (epoch seconds): their
         lot ends have used them, and the escape estimate then covers the lots closed since. Lots not closed
         keep theirs; the audit trail and the class states are never pruned. Returns the candidates deleted."""
-        closed_before = ("EXISTS (SELECT 1 FROM lots_closed c WHERE c.recipe = {t}.recipe AND c.tool = {t}.tool "
-                         "AND c.lot_id = {t}.lot_id AND c.closed_at < ?)")
+        closed_before = (
+            "EXISTS (SELECT 1 FROM lots_closed c WHERE c.recipe = {t}.recipe AND c.tool = {t}.tool "
+            "AND c.lot_id = {t}.lot_id AND c.closed_at < ?)"
+        )
         with self._tx() as db:
             n = db.execute(f"DELETE FROM candidates WHERE {closed_before.format(t='candidates')}", (before,)).rowcount
             db.execute(f"DELETE FROM inspected WHERE {closed_before.format(t='inspected')}", (before,))

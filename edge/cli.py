@@ -62,8 +62,17 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"invalid: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"ok": True, "file": args.file, "station": cfg.station,
-                          "tools": sorted(cfg.tool_ids), "recipes": sorted(cfg.recipes)}))
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "file": args.file,
+                    "station": cfg.station,
+                    "tools": sorted(cfg.tool_ids),
+                    "recipes": sorted(cfg.recipes),
+                }
+            )
+        )
         return 0
     print(f"ok: {args.file}: station {cfg.station}, {len(cfg.tools)} tools, {len(cfg.recipes)} recipes")
     return 0
@@ -116,18 +125,22 @@ def _rebaseline(args: argparse.Namespace) -> int:
         return 2
     topic = f"{cfg.mqtt.prefix}/{cfg.station}/{cfg.drift.rebaseline_topic}"
     if cfg.mqtt.username and cfg.mqtt.password() is None:
-        print(f"note: mqtt.username is set but no password was found: export ${cfg.mqtt.password_env or '...'} "
-              f"(mqtt.password_env), or set CREDENTIALS_DIRECTORY to where the credential "
-              f"{cfg.mqtt.password_credential or '...'} (mqtt.password_credential) lies", file=sys.stderr)
+        print(
+            f"note: mqtt.username is set but no password was found: export ${cfg.mqtt.password_env or '...'} "
+            f"(mqtt.password_env), or set CREDENTIALS_DIRECTORY to where the credential "
+            f"{cfg.mqtt.password_credential or '...'} (mqtt.password_credential) lies",
+            file=sys.stderr,
+        )
     try:
-        publish_once(cfg.mqtt, f"edge-rebaseline-{cfg.station}-{int(time.time() * 1000)}", topic, payload,
-                     args.timeout)
+        publish_once(cfg.mqtt, f"edge-rebaseline-{cfg.station}-{int(time.time() * 1000)}", topic, payload, args.timeout)
     except EdgeError as err:
         print(f"failed: {err}", file=sys.stderr)
         return 1
-    print(f"sent to {topic}: {args.tool} x {', '.join(checked.recipes)} re-baselined by {by}"
-          f"{f' ({checked.reason})' if checked.reason else ''}; raised drift clears on {cfg.mqtt.prefix}/"
-          f"{cfg.station}/drift/{args.tool}")
+    print(
+        f"sent to {topic}: {args.tool} x {', '.join(checked.recipes)} re-baselined by {by}"
+        f"{f' ({checked.reason})' if checked.reason else ''}; raised drift clears on {cfg.mqtt.prefix}/"
+        f"{cfg.station}/drift/{args.tool}"
+    )
     return 0
 
 

@@ -28,22 +28,27 @@ class IngestConfig(_Strict):
     resize: bool = Field(False, description="resize frames of another size instead of rejecting them")
     max_inflight_frames: int = Field(256, gt=0, description="accepted frames not yet answered; beyond it: busy")
     max_inflight_per_tool: int | None = Field(
-        None, gt=0, description="frames one tool may hold; default: an equal share of max_inflight_frames, at "
-        "least one batch",
+        None,
+        gt=0,
+        description="frames one tool may hold; default: an equal share of max_inflight_frames, at least one batch",
     )
     busy_retry_after_ms: int = Field(50, gt=0, description="retry hint sent with a busy reply (its floor)")
     busy_retry_max_ms: int = Field(
-        2000, gt=0, description="ceiling of the retry hint, which follows the frames' turnaround when a tool or "
+        2000,
+        gt=0,
+        description="ceiling of the retry hint, which follows the frames' turnaround when a tool or "
         "the station is at its limit",
     )
     default_deadline_ms: int = Field(1500, gt=0, description="deadline of a frame whose header sets none")
     max_deadline_ms: int = Field(10_000, gt=0, description="upper bound on a header's deadline_ms")
     curve_secret_key_file: Path | None = Field(
-        None, description="the daemon's ZeroMQ CURVE secret certificate (`edge-inspect curve-keygen`); "
+        None,
+        description="the daemon's ZeroMQ CURVE secret certificate (`edge-inspect curve-keygen`); "
         "set with curve_authorized_keys to encrypt the intake and admit only known tools; null: no CURVE",
     )
     curve_authorized_keys: Path | None = Field(
-        None, description="directory of the tools' public certificates (*.key) allowed to connect; "
+        None,
+        description="directory of the tools' public certificates (*.key) allowed to connect; "
         "re-read when its files change",
     )
 
@@ -99,7 +104,9 @@ class OutboxConfig(_Strict):
     path: Path = Field(Path("var/edge/outbox.sqlite"), description="SQLite file of results and events")
     max_bytes: int = Field(2 * 1024**3, gt=0, description="disk quota; at it, new frames are answered busy")
     retention_hours: float = Field(
-        24.0, gt=0, description="results (the de-duplication record) and acknowledged events older than this are "
+        24.0,
+        gt=0,
+        description="results (the de-duplication record) and acknowledged events older than this are "
         "pruned; unacknowledged events never are",
     )
     prune_interval_s: float = Field(60.0, gt=0, description="how often old rows are pruned")
@@ -170,7 +177,9 @@ class CalibrationConfig(_Strict):
     refresh_s: float = Field(2.0, gt=0, description="how often the store is checked for engineers' changes")
     reviews_topic: str = Field("reviews", description="dispositions arrive on {mqtt.prefix}/{station}/{this}")
     retention_days: float = Field(
-        30.0, gt=0, description="candidates and counts of lots closed longer ago are pruned (states and the audit "
+        30.0,
+        gt=0,
+        description="candidates and counts of lots closed longer ago are pruned (states and the audit "
         "trail never are); the escape estimate covers this period",
     )
 
@@ -185,12 +194,15 @@ class ProcessConfig(_Strict):
     """MES context checks: parameters far from their running per recipe x tool statistics."""
 
     anomaly_sigma: float = Field(
-        4.0, gt=0, description="|z| at or over this lists a parameter as anomalous (48 parameters at 3 sigma would "
+        4.0,
+        gt=0,
+        description="|z| at or over this lists a parameter as anomalous (48 parameters at 3 sigma would "
         "flag one on about 12% of normal wafers)",
     )
     min_wafers: int = Field(30, ge=2, description="wafers of a recipe x tool seen before z-scores are given")
     zmq_connect: list[str] = Field(
-        default_factory=list, description="ZeroMQ PUB endpoints of an MES gateway sending [topic, json] the MQTT "
+        default_factory=list,
+        description="ZeroMQ PUB endpoints of an MES gateway sending [topic, json] the MQTT "
         "topics name (optional, beside MQTT)",
     )
 
@@ -206,7 +218,9 @@ class DriftConfig(_Strict):
     shift_sigma: float = Field(1.5, gt=0, description="mean shift (reference sigmas) that raises process drift")
     clear_ratio: float = Field(0.5, gt=0, lt=1, description="drift clears below this share of its raise level")
     save_interval_s: float = Field(
-        60.0, gt=0, description="how often drift and parameter statistics are saved to the outbox (and at a stop), "
+        60.0,
+        gt=0,
+        description="how often drift and parameter statistics are saved to the outbox (and at a stop), "
         "so a restart goes on from them",
     )
     rebaseline_topic: str = Field(
@@ -285,8 +299,9 @@ class Config(_Strict):
     def per_tool_inflight(self) -> int:
         """Frames one tool may hold at once (``ingest.max_inflight_per_tool`` or an equal share)."""
         ing = self.ingest
-        return ing.max_inflight_per_tool or per_tool_share(ing.max_inflight_frames, len(self.tools),
-                                                           self.batching.max_batch)
+        return ing.max_inflight_per_tool or per_tool_share(
+            ing.max_inflight_frames, len(self.tools), self.batching.max_batch
+        )
 
 
 def _describe(err: ValidationError) -> str:

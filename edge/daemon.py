@@ -77,13 +77,15 @@ class Daemon:
             self.outbox = await self.db(Outbox, cfg.outbox.path)
             opened.push_async_callback(self.db, self.outbox.close)
             ids = EventIds()
-            watch = GuardedWatch(LineWatch(cfg, self.metrics, ids), self.db, self.outbox, self.metrics,
-                                 self.log_limiter)
+            watch = GuardedWatch(
+                LineWatch(cfg, self.metrics, ids), self.db, self.outbox, self.metrics, self.log_limiter
+            )
             await watch.restore()
             self.calibration = await self.db(Calibration, cfg, self.metrics)
             opened.push_async_callback(self.db, self.calibration.close)
-            triton = self.triton = TritonClient(cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model,
-                                  cfg.triton.timeout_ms / 1000)
+            triton = self.triton = TritonClient(
+                cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model, cfg.triton.timeout_ms / 1000
+            )
             opened.push_async_callback(triton.close)
             inspector = Inspector(cfg, triton, self.calibration.threshold, self.metrics, self.log_limiter)
             models = ModelWatch(cfg, triton, inspector, self.health, self.metrics)
@@ -93,13 +95,24 @@ class Daemon:
             if await models.wait_ready(stop):
                 await self._serve(opened, watch, ids, inspector, models, http_port)
 
-    async def _serve(self, opened: AsyncExitStack, watch: GuardedWatch, ids: EventIds, inspector: Inspector,
-                     models: ModelWatch, http_port: int) -> None:
+    async def _serve(
+        self,
+        opened: AsyncExitStack,
+        watch: GuardedWatch,
+        ids: EventIds,
+        inspector: Inspector,
+        models: ModelWatch,
+        http_port: int,
+    ) -> None:
         cfg, metrics, spawn = self.cfg, self.metrics, self.tasks.spawn
-        sock = FrameSocket(context(), cfg.ingest.bind, 2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
-                           hwm=cfg.ingest.max_inflight_frames * 2,
-                           curve_secret_key_file=cfg.ingest.curve_secret_key_file,
-                           curve_authorized_keys=cfg.ingest.curve_authorized_keys)
+        sock = FrameSocket(
+            context(),
+            cfg.ingest.bind,
+            2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
+            hwm=cfg.ingest.max_inflight_frames * 2,
+            curve_secret_key_file=cfg.ingest.curve_secret_key_file,
+            curve_authorized_keys=cfg.ingest.curve_authorized_keys,
+        )
         opened.callback(sock.close)
         feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
         if feed:
@@ -115,26 +128,71 @@ class Daemon:
             publisher.wake()
 
         turnaround = Turnaround()
-        recorder = Recorder(cfg, self.db, self.outbox, sock, self.inflight, turnaround, self.calibration, watch,
-                            ids, metrics, announce, lambda: self.health.models)
-        batching = Batching(cfg, Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s)),
-                            inspector, recorder, self.inflight, spawn, metrics)
+        recorder = Recorder(
+            cfg,
+            self.db,
+            self.outbox,
+            sock,
+            self.inflight,
+            turnaround,
+            self.calibration,
+            watch,
+            ids,
+            metrics,
+            announce,
+            lambda: self.health.models,
+        )
+        batching = Batching(
+            cfg,
+            Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s)),
+            inspector,
+            recorder,
+            self.inflight,
+            spawn,
+            metrics,
+        )
         calibration = CalibrationLoop(self.calibration, self.db, metrics, self.log_limiter)
-        mes = MesMessages(cfg, watch, batching.on_log, calibration, recorder.record_rows, self.db, self.outbox,
-                          spawn, metrics, self.log_limiter)
+        mes = MesMessages(
+            cfg,
+            watch,
+            batching.on_log,
+            calibration,
+            recorder.record_rows,
+            self.db,
+            self.outbox,
+            spawn,
+            metrics,
+            self.log_limiter,
+        )
         link = None
         if cfg.mqtt.enabled:
-            link = MqttLink(cfg.mqtt, cfg.station, asyncio.get_running_loop(), mes.router.on_message,
-                            lambda mid: publisher.on_ack(mid), self._on_broker, mes.router.filters)
-        publisher = self.publisher = Publisher(self.outbox, link, metrics, self.db, cfg.mqtt.max_inflight,
-                                               cfg.mqtt.replay_acked_s)
+            link = MqttLink(
+                cfg.mqtt,
+                cfg.station,
+                asyncio.get_running_loop(),
+                mes.router.on_message,
+                lambda mid: publisher.on_ack(mid),
+                self._on_broker,
+                mes.router.filters,
+            )
+        publisher = self.publisher = Publisher(
+            self.outbox, link, metrics, self.db, cfg.mqtt.max_inflight, cfg.mqtt.replay_acked_s
+        )
         if link:
             link.start()
             opened.callback(link.stop)
         housekeeping = Housekeeping(cfg, self.db, self.outbox, self.calibration, publisher, self.health, metrics)
-        intake = Intake(cfg, sock, self.inflight, turnaround,
-                        lambda tool, frame_id: self.db(self.outbox.recorded_reply, tool, frame_id),
-                        batching.submit, self.health, metrics, self.log_limiter)
+        intake = Intake(
+            cfg,
+            sock,
+            self.inflight,
+            turnaround,
+            lambda tool, frame_id: self.db(self.outbox.recorded_reply, tool, frame_id),
+            batching.submit,
+            self.health,
+            metrics,
+            self.log_limiter,
+        )
 
         async def gauges() -> None:
             metrics.inflight.set(len(self.inflight))
@@ -144,17 +202,33 @@ class Daemon:
         self.tasks.critical("publisher", publisher.run())
         publisher.wake()  # replay what a previous run left undelivered
         self.tasks.critical("batch_loop", batching.run())
-        self.tasks.critical("health_loop", health_loop(cfg.triton.health_interval_s, notifier, self.health, [
-            models.check, housekeeping.check_outbox, recorder.flush_wafers, gauges]))
+        self.tasks.critical(
+            "health_loop",
+            health_loop(
+                cfg.triton.health_interval_s,
+                notifier,
+                self.health,
+                [models.check, housekeeping.check_outbox, recorder.flush_wafers, gauges],
+            ),
+        )
         self.tasks.every("calibration_reload", cfg.calibration.refresh_s, calibration.reload)
         self.tasks.every("prune", cfg.outbox.prune_interval_s, housekeeping.prune, at_start=True)
         self.tasks.every("line_watch_save", cfg.drift.save_interval_s, watch.save)
         if cfg.process.zmq_connect:
-            spawn(mes.run_zmq(MesFeed(context(), cfg.process.zmq_connect,
-                                      (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))))
+            spawn(
+                mes.run_zmq(
+                    MesFeed(context(), cfg.process.zmq_connect, (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))
+                )
+            )
         receiving = self.tasks.critical("intake", intake.run())
-        log.info("started", frames=sock.endpoint, http_port=http_port, models=self.health.models,
-                 triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)
+        log.info(
+            "started",
+            frames=sock.endpoint,
+            http_port=http_port,
+            models=self.health.models,
+            triton=cfg.triton.url,
+            mqtt=cfg.mqtt.enabled,
+        )
         notifier.ready()
         await self._stop.wait()
 
@@ -179,6 +253,7 @@ class Daemon:
     def _on_broker(self, connected: bool) -> None:
         self.health.broker_connected = connected
         self.metrics.broker_up.set(int(connected))
-        log.info("mqtt_connected" if connected else "mqtt_disconnected", host=self.cfg.mqtt.host,
-                 port=self.cfg.mqtt.port)
+        log.info(
+            "mqtt_connected" if connected else "mqtt_disconnected", host=self.cfg.mqtt.host, port=self.cfg.mqtt.port
+        )
         self.publisher.on_link(connected)

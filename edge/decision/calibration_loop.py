@@ -42,8 +42,13 @@ class CalibrationLoop:
             self._failed("lot_calibration_failed", err, lot_id=event.lot_id, tool_id=event.tool_id)
             return
         self._metrics.lots_closed.labels(event.tool_id).inc()
-        log.info("lot_calibrated", lot_id=event.lot_id, tool_id=event.tool_id, recipe_id=event.recipe_id,
-                 moved={k: list(v) for k, v in moved.items()})
+        log.info(
+            "lot_calibrated",
+            lot_id=event.lot_id,
+            tool_id=event.tool_id,
+            recipe_id=event.recipe_id,
+            moved={k: list(v) for k, v in moved.items()},
+        )
 
     async def reload(self) -> None:
         """Engineers change thresholds from the CLI: pick that up without a restart."""

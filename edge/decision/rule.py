@@ -14,8 +14,6 @@ from edge.taxonomy import GOOD, UNCLASSIFIED
 TOP_K = 3
 
 
-
-
 def decide(
     score: float,
     bands: Bands,

@@ -25,8 +25,16 @@ Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class Batching:
-    def __init__(self, cfg: Config, joiner: Joiner, inspector: Inspector, recorder: Recorder,
-                 inflight: Inflight[Frame], spawn: Spawn, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        joiner: Joiner,
+        inspector: Inspector,
+        recorder: Recorder,
+        inflight: Inflight[Frame],
+        spawn: Spawn,
+        metrics: Metrics,
+    ) -> None:
         self.cfg = cfg
         self._joiner = joiner
         self._inspector = inspector

@@ -42,8 +42,6 @@ def batch_inputs(frames: Sequence[Frame], parameters: Mapping[str, Sequence[str]
     )
 
 
-
-
 def hot_region(heatmap: npt.NDArray[np.float32], image_hw: tuple[int, int], floor: float) -> HotRegion:
     """The peak cell, and the region of cells around it at or over half the peak and at or over ``floor``
     (the PASS band: the score is in the cells' units, at least the largest cell, so the band reads on cells
@@ -56,6 +54,10 @@ def hot_region(heatmap: npt.NDArray[np.float32], image_hw: tuple[int, int], floo
     hot[gy, gx] = True
     _, labels = cv2.connectedComponents(hot.astype(np.uint8), connectivity=8)
     ys, xs = np.nonzero(labels == labels[gy, gx])
-    bbox = (int(xs.min() * cell_w), int(ys.min() * cell_h),
-            int((xs.max() + 1) * cell_w) - 1, int((ys.max() + 1) * cell_h) - 1)
+    bbox = (
+        int(xs.min() * cell_w),
+        int(ys.min() * cell_h),
+        int((xs.max() + 1) * cell_w) - 1,
+        int((ys.max() + 1) * cell_h) - 1,
+    )
     return HotRegion((int((gx + 0.5) * cell_w), int((gy + 0.5) * cell_h)), bbox)

@@ -36,13 +36,25 @@ class Models(Protocol):
 
     async def anomaly(self, grey: npt.NDArray[np.uint8]) -> AnomalyOut: ...
 
-    async def classify(self, rgb: npt.NDArray[np.uint8], process: npt.NDArray[np.float32],
-                       present: npt.NDArray[np.float32], notes: npt.NDArray[np.int64]) -> ClassifierOut: ...
+    async def classify(
+        self,
+        rgb: npt.NDArray[np.uint8],
+        process: npt.NDArray[np.float32],
+        present: npt.NDArray[np.float32],
+        notes: npt.NDArray[np.int64],
+    ) -> ClassifierOut: ...
 
 
 class Inspector:
-    def __init__(self, cfg: Config, models: Models, thresholds: Thresholds, metrics: Metrics,
-                 log_limiter: RateLimited, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        models: Models,
+        thresholds: Thresholds,
+        metrics: Metrics,
+        log_limiter: RateLimited,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg
         self.models = models
         self.bands: BandTable | None = None  # set once the anomaly model's bands are known
@@ -76,9 +88,13 @@ class Inspector:
                 return self._thresholds(recipe, tool, c)
 
             verdict = rule.decide(
-                float(anomaly.scores[i]), bands, classes.probs[i],
-                self.cfg.decision.classes, threshold_of,
-                self._audit_rng.random(), self.cfg.decision.audit_fraction,
+                float(anomaly.scores[i]),
+                bands,
+                classes.probs[i],
+                self.cfg.decision.classes,
+                threshold_of,
+                self._audit_rng.random(),
+                self.cfg.decision.audit_fraction,
             )
             hot = hot_region(anomaly.heatmaps[i], cast(tuple[int, int], frame.tensors.grey.shape[1:]), bands.pass_band)
             outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), hot))
@@ -103,10 +119,19 @@ class Inspector:
                 self._metrics.inference_errors.labels(reason).inc()
                 held = self._log_limiter.allow(reason)
                 if held is not None:
-                    log.warning("inference_failed", reason=reason, error=str(err), frames=len(frames),
-                                attempt=attempt + 1, similar_since_last=held)
-            if reason != "triton_unavailable" or attempt == self.cfg.triton.retries \
-                    or self._clock() + backoff >= deadline:
+                    log.warning(
+                        "inference_failed",
+                        reason=reason,
+                        error=str(err),
+                        frames=len(frames),
+                        attempt=attempt + 1,
+                        similar_since_last=held,
+                    )
+            if (
+                reason != "triton_unavailable"
+                or attempt == self.cfg.triton.retries
+                or self._clock() + backoff >= deadline
+            ):
                 return reason
             self._metrics.inference_retries.inc()
             await asyncio.sleep(backoff)

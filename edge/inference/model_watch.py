@@ -47,8 +47,9 @@ class ModelWatch:
             if stop.is_set():
                 return False
             if time.monotonic() > deadline:
-                raise TritonUnavailable(f"Triton at {self.cfg.triton.url} not ready within "
-                                        f"{self.cfg.triton.ready_timeout_s:.0f} s")
+                raise TritonUnavailable(
+                    f"Triton at {self.cfg.triton.url} not ready within {self.cfg.triton.ready_timeout_s:.0f} s"
+                )
             await asyncio.sleep(0.5)
         await self.learn()
         return True
@@ -70,8 +71,10 @@ class ModelWatch:
     async def learn(self) -> None:
         """Read the models' versions and build facts; the anomaly bands go to the inspector."""
         models = await self.triton.model_versions()
-        params = {name: await self.triton.config_parameters(name)
-                  for name in (self.triton.anomaly_model, self.triton.classifier_model)}
+        params = {
+            name: await self.triton.config_parameters(name)
+            for name in (self.triton.anomaly_model, self.triton.classifier_model)
+        }
         self._health.triton_ready = True
         self._health.models = models
         self._metrics.model_info.clear()  # a model Triton swapped no longer shows its old version
@@ -81,13 +84,19 @@ class ModelWatch:
         self._health.precision = {name: facts.report() for name, facts in precision.items() if facts}
         for name, facts in precision.items():
             if facts and facts.fallback:  # the form asked for missed the precision gate at build time
-                log.warning("model_precision_fallback", model=name, served=facts.served, requested=facts.requested,
-                            reason=facts.fallback)
+                log.warning(
+                    "model_precision_fallback",
+                    model=name,
+                    served=facts.served,
+                    requested=facts.requested,
+                    reason=facts.fallback,
+                )
         self._metrics.triton_up.set(1)
         declared = bands_from(params[self.triton.anomaly_model])
         entries = {(b.recipe, b.tool): Bands(b.pass_band, b.reject_band) for b in self.cfg.decision.bands}
         default = entries.get(("*", "*"), declared)
         if default is None:
-            raise ConfigError("no anomaly bands: the anomaly model declares none and decision.bands has no "
-                              "recipe='*', tool='*' entry")
+            raise ConfigError(
+                "no anomaly bands: the anomaly model declares none and decision.bands has no recipe='*', tool='*' entry"
+            )
         self._inspector.bands = BandTable(default, entries)

@@ -50,10 +50,16 @@ def _input(name: str, array: npt.NDArray[Any], datatype: str) -> grpcclient.Infe
 
 # gRPC status codes of a Triton that cannot take the request now (down, restarting, a model unloaded or loading, its
 # queue full, the deadline passed): the batch may be retried. Any other code (a bad input, a backend error) fails it.
-RETRYABLE_CODES = frozenset(str(code) for code in (
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-))
+RETRYABLE_CODES = frozenset(
+    str(code)
+    for code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    )
+)
 
 
 def classify(err: InferenceServerException, what: str) -> TritonUnavailable | InferenceFailed:

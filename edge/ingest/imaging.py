@@ -16,8 +16,6 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-
-
 def png_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) from a PNG's IHDR chunk, or None if it is not a PNG."""
     if len(data) < 24 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
@@ -78,13 +76,15 @@ def decode(
         if dims is None:
             return Rejected("undecodable", f"payload is not a {header.encoding} image", header.frame_id)
         if dims[0] * dims[1] > max_pixels:
-            return Rejected("image_too_large", f"image {dims[0]}x{dims[1]} is over {max_pixels} pixels",
-                            header.frame_id)
+            return Rejected(
+                "image_too_large", f"image {dims[0]}x{dims[1]} is over {max_pixels} pixels", header.frame_id
+            )
         if header.encoding == "png" and not png_chunks_complete(payload):
             return Rejected("undecodable", "png chunks run past the end of the payload", header.frame_id)
         # cv2's stub leaves out the None that imdecode returns for undecodable data; IMREAD_COLOR decodes to 8-bit
-        decoded = cast("npt.NDArray[np.uint8] | None",
-                       cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR))
+        decoded = cast(
+            "npt.NDArray[np.uint8] | None", cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+        )
         if decoded is None:
             return Rejected("undecodable", f"{header.encoding} payload could not be decoded", header.frame_id)
         image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)  # type: ignore[assignment]  # cv2 stub: MatLike; uint8 stays
@@ -94,10 +94,15 @@ def decode(
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.shape[:2] != size:
         if not resize:
-            return Rejected("wrong_dimensions", f"image is {image.shape[0]}x{image.shape[1]}, models take "
-                            f"{size[0]}x{size[1]}", header.frame_id)
+            return Rejected(
+                "wrong_dimensions",
+                f"image is {image.shape[0]}x{image.shape[1]}, models take {size[0]}x{size[1]}",
+                header.frame_id,
+            )
         image = cv2.resize(  # type: ignore[assignment]  # cv2's stub returns MatLike; a uint8 image stays uint8
-            image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            image, (size[1], size[0]), interpolation=cv2.INTER_AREA
+        )
     grey: npt.NDArray[np.uint8] = cv2.cvtColor(  # type: ignore[assignment]  # cv2's stub returns MatLike; uint8 stays
-        np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY
+    )
     return Tensors(rgb=np.ascontiguousarray(image.transpose(2, 0, 1)), grey=grey[None])

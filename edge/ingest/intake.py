@@ -37,9 +37,18 @@ class ToolSocket(Protocol):
 
 
 class Intake:
-    def __init__(self, cfg: Config, socket: ToolSocket, inflight: Inflight[Frame], turnaround: Turnaround,
-                 recorded_reply: RecordedReply, submit: Callable[[Frame], None], health: Health, metrics: Metrics,
-                 log_limiter: RateLimited) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        socket: ToolSocket,
+        inflight: Inflight[Frame],
+        turnaround: Turnaround,
+        recorded_reply: RecordedReply,
+        submit: Callable[[Frame], None],
+        health: Health,
+        metrics: Metrics,
+        log_limiter: RateLimited,
+    ) -> None:
         self.cfg = cfg
         self._socket = socket
         self._inflight = inflight
@@ -50,8 +59,9 @@ class Intake:
         self._metrics = metrics
         self._log_limiter = log_limiter
         ing = cfg.ingest
-        self._limits = Limits(ing.max_header_bytes, ing.max_payload_bytes, ing.max_image_pixels, cfg.tool_ids,
-                              frozenset(cfg.recipes))
+        self._limits = Limits(
+            ing.max_header_bytes, ing.max_payload_bytes, ing.max_image_pixels, cfg.tool_ids, frozenset(cfg.recipes)
+        )
         self._admission = AdmissionLimits(ing.max_inflight_frames, cfg.per_tool_inflight)
         self._jitter = random.Random()  # spreads the retry hints of busy replies
 
@@ -82,9 +92,15 @@ class Intake:
             return await self._reject(identity, parsed)
         header, payload = parsed
         if tools is not None and header.tool_id not in tools:
-            return await self._reject(identity, Rejected(
-                "tool_key_mismatch", f"the connection's CURVE key speaks for {', '.join(sorted(tools)) or 'no tool'}, "
-                f"not {header.tool_id}", header.frame_id))
+            return await self._reject(
+                identity,
+                Rejected(
+                    "tool_key_mismatch",
+                    f"the connection's CURVE key speaks for {', '.join(sorted(tools)) or 'no tool'}, "
+                    f"not {header.tool_id}",
+                    header.frame_id,
+                ),
+            )
         tool = header.tool_id
         self._metrics.frames_received.labels(tool).inc()
         held = self._inflight.get((tool, header.frame_id))
@@ -96,14 +112,20 @@ class Intake:
         if recorded is not None:
             self._metrics.frames_duplicate.labels(tool).inc()
             return await self._socket.send(identity, recorded)
-        busy = busy_reason(len(self._inflight), self._inflight.held_by(tool), self._admission,
-                           accepting=not self._health.draining, outbox_full=self._health.outbox_full)
+        busy = busy_reason(
+            len(self._inflight),
+            self._inflight.held_by(tool),
+            self._admission,
+            accepting=not self._health.draining,
+            outbox_full=self._health.outbox_full,
+        )
         ing = self.cfg.ingest
         if busy is not None:
             self._metrics.frames_busy.labels(tool, busy).inc()
             turnaround = self._turnaround.seconds(tool if busy == "tool_share_full" else Turnaround.STATION)
-            hint = retry_after_ms(busy, turnaround, ing.busy_retry_after_ms, ing.busy_retry_max_ms,
-                                  self._jitter.uniform(0.5, 1.5))
+            hint = retry_after_ms(
+                busy, turnaround, ing.busy_retry_after_ms, ing.busy_retry_max_ms, self._jitter.uniform(0.5, 1.5)
+            )
             return await self._reply(identity, error_reply(header.frame_id, "busy", busy, hint))
         tensors = decode(header, payload, (ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
         if isinstance(tensors, Rejected):
@@ -119,8 +141,13 @@ class Intake:
         self._metrics.frames_rejected.labels(rejected.reason).inc()
         held = self._log_limiter.allow(rejected.reason)
         if held is not None:
-            log.warning("frame_rejected", reason=rejected.reason, detail=rejected.detail,
-                        frame_id=rejected.frame_id, similar_since_last=held)
+            log.warning(
+                "frame_rejected",
+                reason=rejected.reason,
+                detail=rejected.detail,
+                frame_id=rejected.frame_id,
+                similar_since_last=held,
+            )
         await self._reply(identity, error_reply(rejected.frame_id, "rejected", f"{rejected.reason}: {rejected.detail}"))
 
     async def _reply(self, identity: bytes, reply: dict[str, Any]) -> None:

@@ -41,10 +41,6 @@ _MAX_ID = 128
 _MAX_NOTE = 2000
 
 
-
-
-
-
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_header_bytes: int
@@ -183,8 +179,13 @@ def encode_header(header: dict[str, Any]) -> bytes:
 
 
 def ok_reply(frame_id: str, decision: str, event_id: str | None, latency_ms: float) -> dict[str, Any]:
-    return {"frame_id": frame_id, "status": "ok", "decision": decision, "event_id": event_id,
-            "latency_ms": round(latency_ms, 3)}
+    return {
+        "frame_id": frame_id,
+        "status": "ok",
+        "decision": decision,
+        "event_id": event_id,
+        "latency_ms": round(latency_ms, 3),
+    }
 
 
 def error_reply(frame_id: str | None, status: str, reason: str, retry_after_ms: int | None = None) -> dict[str, Any]:

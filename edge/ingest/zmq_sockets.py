@@ -89,8 +89,9 @@ class ToolKeys(AsyncioAuthenticator):
 
     def _listing(self) -> tuple[tuple[str, int, int], ...]:
         with os.scandir(self.directory) as entries:
-            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                                for e in entries if e.name.endswith(".key")))
+            return tuple(
+                sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.name.endswith(".key"))
+            )
 
     def _load(self) -> int:
         """Read every ``*.key`` certificate; raises (keeping the last good set) on one that will not load."""
@@ -112,8 +113,7 @@ class ToolKeys(AsyncioAuthenticator):
             stamp = self._listing()
         except OSError as err:
             if self._stamp is not None:
-                log.warning("curve_keys_unreadable", directory=str(self.directory), error=err.strerror,
-                            kept=self.count)
+                log.warning("curve_keys_unreadable", directory=str(self.directory), error=err.strerror, kept=self.count)
             self._stamp = None
             return
         if stamp == self._stamp:
@@ -138,8 +138,16 @@ class FrameSocket:
     CURVE server and only the authorized tools get through; create it on the running event loop
     then, which serves the handshakes. One CURVE intake per context (ZAP has one address)."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, bind: str, max_message_bytes: int, hwm: int, *,
-                 curve_secret_key_file: Path | None = None, curve_authorized_keys: Path | None = None) -> None:
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        bind: str,
+        max_message_bytes: int,
+        hwm: int,
+        *,
+        curve_secret_key_file: Path | None = None,
+        curve_authorized_keys: Path | None = None,
+    ) -> None:
         if (curve_secret_key_file is None) != (curve_authorized_keys is None):
             raise ConfigError("curve_secret_key_file and curve_authorized_keys go together: set both or neither")
         keys = load_server_keys(curve_secret_key_file) if curve_secret_key_file else None
@@ -161,8 +169,12 @@ class FrameSocket:
             raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if keys and self._auth:
-            log.info("frame_intake_curve", server_public_key=keys[0].decode(), authorized=self._auth.count,
-                     directory=str(self._auth.directory))
+            log.info(
+                "frame_intake_curve",
+                server_public_key=keys[0].decode(),
+                authorized=self._auth.count,
+                directory=str(self._auth.directory),
+            )
 
     async def recv(self) -> tuple[bytes, list[bytes], frozenset[str] | None]:
         """``(identity, parts, tools)``: ``tools`` are those the sender's CURVE key speaks for, None without CURVE."""

@@ -15,11 +15,7 @@ _IDS = ("lot_id", "wafer_id", "recipe_id", "tool_id")
 _MAX_PARAMS = 512
 
 
-
-
 LOT_EVENTS = ("lot_start", "lot_end", "wafer_end")
-
-
 
 
 def json_object(payload: bytes) -> dict[str, Any] | Rejected:
@@ -63,8 +59,15 @@ def parse_process_log(payload: bytes) -> ProcessLog | Rejected:
     notes = data.get("notes")
     if notes is not None and not isinstance(notes, str):
         return Rejected("bad_value", "notes must be a string")
-    return ProcessLog(ids["lot_id"], ids["wafer_id"], ids["recipe_id"], ids["tool_id"], float(ts), clean,
-                      notes[:2000] if notes else None)
+    return ProcessLog(
+        ids["lot_id"],
+        ids["wafer_id"],
+        ids["recipe_id"],
+        ids["tool_id"],
+        float(ts),
+        clean,
+        notes[:2000] if notes else None,
+    )
 
 
 def parse_lot_event(payload: bytes) -> LotEvent | Rejected:

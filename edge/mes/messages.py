@@ -28,9 +28,19 @@ Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class MesMessages:
-    def __init__(self, cfg: Config, watch: GuardedWatch, joined: Callable[[ProcessLog], None],
-                 calibration: CalibrationLoop, record_rows: Callable[[list[EventRow]], Coroutine[Any, Any, None]],
-                 db: AsyncDb, outbox: Outbox, spawn: Spawn, metrics: Metrics, log_limiter: RateLimited) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        watch: GuardedWatch,
+        joined: Callable[[ProcessLog], None],
+        calibration: CalibrationLoop,
+        record_rows: Callable[[list[EventRow]], Coroutine[Any, Any, None]],
+        db: AsyncDb,
+        outbox: Outbox,
+        spawn: Spawn,
+        metrics: Metrics,
+        log_limiter: RateLimited,
+    ) -> None:
         self.cfg = cfg
         self._watch = watch
         self._joined = joined
@@ -42,12 +52,14 @@ class MesMessages:
         self._metrics = metrics
         self._log_limiter = log_limiter
         own = f"{cfg.mqtt.prefix}/{cfg.station}"
-        self.router = MessageRouter([
-            (cfg.mqtt.mes_process_topic, self.on_process_log),
-            (cfg.mqtt.mes_lot_topic, self.on_lot_event),
-            (f"{own}/{cfg.calibration.reviews_topic}", self.on_review),
-            (f"{own}/{cfg.drift.rebaseline_topic}", self.on_rebaseline),
-        ])
+        self.router = MessageRouter(
+            [
+                (cfg.mqtt.mes_process_topic, self.on_process_log),
+                (cfg.mqtt.mes_lot_topic, self.on_lot_event),
+                (f"{own}/{cfg.calibration.reviews_topic}", self.on_review),
+                (f"{own}/{cfg.drift.rebaseline_topic}", self.on_rebaseline),
+            ]
+        )
 
     async def run_zmq(self, feed: MesFeed) -> None:
         """MES messages from a ZeroMQ gateway, handled as the same topics on MQTT."""
@@ -88,8 +100,9 @@ class MesMessages:
             self._metrics.rebaselines.labels(command.reason).inc()
             held = self._log_limiter.allow("rebaseline:" + command.reason)
             if held is not None:
-                log.warning("rebaseline_rejected", reason=command.reason, detail=command.detail,
-                            similar_since_last=held)
+                log.warning(
+                    "rebaseline_rejected", reason=command.reason, detail=command.detail, similar_since_last=held
+                )
             return
         if self._watch(self._watch.watch.repeated, command):  # the broker handed the command over again
             self._metrics.rebaselines.labels("repeated").inc()
@@ -99,8 +112,14 @@ class MesMessages:
         if rows is None:
             return
         self._metrics.rebaselines.labels("accepted").inc()
-        log.info("rebaselined", tool_id=command.tool_id, recipes=list(command.recipes), by=command.by,
-                 reason=command.reason, drift_cleared=len(rows))
+        log.info(
+            "rebaselined",
+            tool_id=command.tool_id,
+            recipes=list(command.recipes),
+            by=command.by,
+            reason=command.reason,
+            drift_cleared=len(rows),
+        )
         self._spawn(self._record_rows(rows))
         self._spawn(self._watch.save())  # a restart must not bring the old reference back
 
@@ -108,8 +127,7 @@ class MesMessages:
         self._metrics.mes_rejected.labels(rejected.reason).inc()
         held = self._log_limiter.allow("mes:" + rejected.reason)
         if held is not None:
-            log.warning("mes_message_rejected", reason=rejected.reason, detail=rejected.detail,
-                        similar_since_last=held)
+            log.warning("mes_message_rejected", reason=rejected.reason, detail=rejected.detail, similar_since_last=held)
 
     def _lot_event(self, event: LotEvent) -> None:
         ended = self._watch(self._watch.watch.lot_event, event)
@@ -117,8 +135,7 @@ class MesMessages:
             self._spawn(self._end_wafers(ended))
         if event.kind == "wafer_end":
             return
-        log.info("lot_event", kind=event.kind, lot_id=event.lot_id, tool_id=event.tool_id,
-                 recipe_id=event.recipe_id)
+        log.info("lot_event", kind=event.kind, lot_id=event.lot_id, tool_id=event.tool_id, recipe_id=event.recipe_id)
         if event.kind != "lot_end":
             return
         if event.tool_id not in self.cfg.tool_ids or event.recipe_id not in self.cfg.recipes:

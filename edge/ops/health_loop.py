@@ -11,8 +11,9 @@ from edge.ops.http import Health
 from edge.ops.sdnotify import Notifier
 
 
-async def health_loop(interval_s: float, notifier: Notifier, health: Health,
-                      rounds: Sequence[Callable[[], Awaitable[None]]]) -> None:
+async def health_loop(
+    interval_s: float, notifier: Notifier, health: Health, rounds: Sequence[Callable[[], Awaitable[None]]]
+) -> None:
     if notifier.watchdog_interval_s:
         interval_s = min(interval_s, notifier.watchdog_interval_s)
     while True:

@@ -21,8 +21,16 @@ log = get("edge.ops.housekeeping")
 
 
 class Housekeeping:
-    def __init__(self, cfg: Config, db: AsyncDb, outbox: Outbox, calibration: Calibration, publisher: Publisher,
-                 health: Health, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        db: AsyncDb,
+        outbox: Outbox,
+        calibration: Calibration,
+        publisher: Publisher,
+        health: Health,
+        metrics: Metrics,
+    ) -> None:
         self.cfg = cfg
         self._db = db
         self._outbox = outbox
@@ -53,8 +61,9 @@ class Housekeeping:
             if any(pruned.values()):
                 log.info("outbox_pruned", **pruned)
             await self._check_quota()
-            forgotten = await self._db(self._calibration.store.prune,
-                                       time.time() - self.cfg.calibration.retention_days * 86400)
+            forgotten = await self._db(
+                self._calibration.store.prune, time.time() - self.cfg.calibration.retention_days * 86400
+            )
             if forgotten:
                 log.info("calibration_pruned", candidates=forgotten)
         except (OutboxError, CalibrationError) as err:

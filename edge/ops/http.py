@@ -30,13 +30,25 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        return (self.alive and self.triton_ready and (self.broker_connected or not self.broker_required)
-                and not self.draining and not self.outbox_full)
+        return (
+            self.alive
+            and self.triton_ready
+            and (self.broker_connected or not self.broker_required)
+            and not self.draining
+            and not self.outbox_full
+        )
 
     def report(self) -> dict[str, Any]:
-        return {"ready": self.ready, "triton_ready": self.triton_ready, "models": self.models,
-                "precision": self.precision, "broker_connected": self.broker_connected, "draining": self.draining,
-                "outbox_full": self.outbox_full, "stalled": self.stalled}
+        return {
+            "ready": self.ready,
+            "triton_ready": self.triton_ready,
+            "models": self.models,
+            "precision": self.precision,
+            "broker_connected": self.broker_connected,
+            "draining": self.draining,
+            "outbox_full": self.outbox_full,
+            "stalled": self.stalled,
+        }
 
 
 class HttpServer:
@@ -61,8 +73,10 @@ class HttpServer:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
             method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
             status, ctype, body = self._route(method, path.split("?", 1)[0])
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                    "Connection: close\r\n\r\n")
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
             writer.write(head.encode() + body)
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):

@@ -25,15 +25,17 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """One JSON object a line on ``stream`` (stdout: journald), for the project's loggers and for records of
     the standard library's, with the logger's name and exceptions as structured tracebacks."""
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_SHARED,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            # structured tracebacks without the frames' locals: they could hold a password or a key
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-            structlog.processors.JSONRenderer(),
-        ],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_SHARED,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                # structured tracebacks without the frames' locals: they could hold a password or a key
+                structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

@@ -48,11 +48,15 @@ class Metrics:
             "edge_frames_duplicate_total", "Resent frames answered from the recorded result", ["tool"], registry=r
         )
         self.decisions = Counter(
-            "edge_decisions_total", "Frames by decision and class", ["tool", "recipe", "decision", "class"],
+            "edge_decisions_total",
+            "Frames by decision and class",
+            ["tool", "recipe", "decision", "class"],
             registry=r,
         )
         self.suppressed = Counter(
-            "edge_suppressed_candidates_total", "Defect candidates under their threshold", ["tool", "class"],
+            "edge_suppressed_candidates_total",
+            "Defect candidates under their threshold",
+            ["tool", "class"],
             registry=r,
         )
         self.inflight = Gauge("edge_inflight_frames", "Accepted frames not yet answered", registry=r)
@@ -64,14 +68,14 @@ class Metrics:
         self.stage_latency = Histogram(
             "edge_stage_latency_seconds", "Time per pipeline stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.inference_errors = Counter(
-            "edge_inference_errors_total", "Failed Triton batches", ["reason"], registry=r
-        )
+        self.inference_errors = Counter("edge_inference_errors_total", "Failed Triton batches", ["reason"], registry=r)
         self.internal_errors = Counter(
             "edge_internal_errors_total", "Defects caught before they stopped a stage", ["stage"], registry=r
         )
         self.task_restarts = Counter(
-            "edge_task_restarts_total", "Rounds of a periodic task that failed; the next round ran", ["task"],
+            "edge_task_restarts_total",
+            "Rounds of a periodic task that failed; the next round ran",
+            ["task"],
             registry=r,
         )
         self.triton_up = Gauge("edge_triton_ready", "1 when Triton and both models are ready", registry=r)
@@ -90,12 +94,11 @@ class Metrics:
         )
         self.events_republished = Counter(
             "edge_events_republished_total",
-            "Events the broker had acknowledged just before the link to it dropped, published again", registry=r,
+            "Events the broker had acknowledged just before the link to it dropped, published again",
+            registry=r,
         )
         self.mes_messages = Counter("edge_mes_messages_total", "MES messages accepted", ["kind"], registry=r)
-        self.mes_rejected = Counter(
-            "edge_mes_messages_rejected_total", "MES messages rejected", ["reason"], registry=r
-        )
+        self.mes_rejected = Counter("edge_mes_messages_rejected_total", "MES messages rejected", ["reason"], registry=r)
         self.context_missing = Counter(
             "edge_context_missing_total", "Frames that went on without MES process context", ["tool"], registry=r
         )
@@ -103,50 +106,72 @@ class Metrics:
             "edge_calibration_threshold", "Confidence threshold in force", ["recipe", "tool", "class"], registry=r
         )
         self.calib_fpr = Gauge(
-            "edge_calibration_fpr_3lot_ratio", "Reviewed false positives / inspected negatives over the FPR window",
-            ["recipe", "tool", "class"], registry=r,
+            "edge_calibration_fpr_3lot_ratio",
+            "Reviewed false positives / inspected negatives over the FPR window",
+            ["recipe", "tool", "class"],
+            registry=r,
         )
         self.calib_status = Enum(
-            "edge_calibration_status", "The class's calibration stage (1 on the stage it is in)",
-            ["recipe", "tool", "class"], states=list(STATUSES), registry=r,
+            "edge_calibration_status",
+            "The class's calibration stage (1 on the stage it is in)",
+            ["recipe", "tool", "class"],
+            states=list(STATUSES),
+            registry=r,
         )
         self.calib_escape = Gauge(
-            "edge_calibration_escape_ratio", "Estimated share of real defects suppressed, from AUDIT reviews",
-            ["recipe", "tool", "class"], registry=r,
+            "edge_calibration_escape_ratio",
+            "Estimated share of real defects suppressed, from AUDIT reviews",
+            ["recipe", "tool", "class"],
+            registry=r,
         )
         self.reviews = Counter("edge_reviews_total", "Review dispositions received", ["result"], registry=r)
         self.rebaselines = Counter(
-            "edge_rebaselines_total", "Re-baseline commands received (accepted, or why not)", ["result"], registry=r,
+            "edge_rebaselines_total",
+            "Re-baseline commands received (accepted, or why not)",
+            ["result"],
+            registry=r,
         )
         self.lots_closed = Counter("edge_lots_closed_total", "Lot ends that ran the calibration", ["tool"], registry=r)
         self.notes_missing = Counter(
             "edge_notes_missing_total", "Frames without an operator note", ["tool"], registry=r
         )
         self.calib_budget = Gauge(
-            "edge_calibration_fpr_budget_ratio", "FPR budget of the class (engineer setting)",
-            ["recipe", "tool", "class"], registry=r,
+            "edge_calibration_fpr_budget_ratio",
+            "FPR budget of the class (engineer setting)",
+            ["recipe", "tool", "class"],
+            registry=r,
         )
         # MES context
         self.process_excursions = Counter(
-            "edge_process_excursions_total", "Process logs with a parameter past the anomaly sigma", ["tool"],
+            "edge_process_excursions_total",
+            "Process logs with a parameter past the anomaly sigma",
+            ["tool"],
             registry=r,
         )
         # drift, per recipe x tool
         self.drift_ks = Gauge(
-            "edge_drift_score_ks", "KS statistic of PASS anomaly scores, recent window against the reference",
-            ["recipe", "tool"], registry=r,
+            "edge_drift_score_ks",
+            "KS statistic of PASS anomaly scores, recent window against the reference",
+            ["recipe", "tool"],
+            registry=r,
         )
         self.drift_param_shift = Gauge(
-            "edge_drift_param_shift_sigma", "Largest process-parameter mean shift, in reference standard deviations",
-            ["recipe", "tool"], registry=r,
+            "edge_drift_param_shift_sigma",
+            "Largest process-parameter mean shift, in reference standard deviations",
+            ["recipe", "tool"],
+            registry=r,
         )
         self.drift_active = Gauge(
-            "edge_drift_active", "1 while drift of this kind (score | process) is raised", ["recipe", "tool", "kind"],
+            "edge_drift_active",
+            "1 while drift of this kind (score | process) is raised",
+            ["recipe", "tool", "kind"],
             registry=r,
         )
         self.drift_events = Counter("edge_drift_events_total", "Drift events raised", ["tool", "kind"], registry=r)
         self.drift_threshold = Gauge(
-            "edge_drift_threshold", "Level that raises drift: KS statistic (score) or sigmas (process)", ["kind"],
+            "edge_drift_threshold",
+            "Level that raises drift: KS statistic (score) or sigmas (process)",
+            ["kind"],
             registry=r,
         )
         # wafers
@@ -154,12 +179,17 @@ class Metrics:
             "edge_wafers_summarised_total", "Wafer summaries published", ["tool"], registry=r
         )
         self.wafer_severity = Histogram(
-            "edge_wafer_severity", "Severity (0-100) of summarised wafers", ["tool"],
-            buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100), registry=r,
+            "edge_wafer_severity",
+            "Severity (0-100) of summarised wafers",
+            ["tool"],
+            buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
+            registry=r,
         )
         self.wafer_late_dies = Counter(
-            "edge_wafer_late_dies_total", "Dies that came after their wafer was summarised (left out of it)",
-            ["tool"], registry=r,
+            "edge_wafer_late_dies_total",
+            "Dies that came after their wafer was summarised (left out of it)",
+            ["tool"],
+            registry=r,
         )
         self.wafer_alerts = Counter(
             "edge_wafer_alerts_total", "Wafers whose severity raised an alert", ["tool", "pattern"], registry=r

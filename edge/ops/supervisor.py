@@ -39,8 +39,9 @@ class Supervisor:
         self._critical[task] = name
         return task
 
-    def every(self, name: str, interval_s: float, round_: Callable[[], Awaitable[None]], *,
-              at_start: bool = False) -> asyncio.Task[None]:
+    def every(
+        self, name: str, interval_s: float, round_: Callable[[], Awaitable[None]], *, at_start: bool = False
+    ) -> asyncio.Task[None]:
         """Run ``round_`` every ``interval_s`` (the first one at once with ``at_start``), whatever a round raises."""
         return self.spawn(self._periodic(name, interval_s, round_, at_start))
 
@@ -58,8 +59,9 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
-    async def _periodic(self, name: str, interval_s: float, round_: Callable[[], Awaitable[None]],
-                        at_start: bool) -> None:
+    async def _periodic(
+        self, name: str, interval_s: float, round_: Callable[[], Awaitable[None]], at_start: bool
+    ) -> None:
         if not at_start:
             await asyncio.sleep(interval_s)
         while True:

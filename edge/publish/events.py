@@ -59,8 +59,15 @@ class FrameFacts:
     latency_ms: dict[str, float]
 
 
-def event_body(event_id: str, ts: float, decision: str, verdict: Verdict | None, facts: FrameFacts,
-               calibration: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+def event_body(
+    event_id: str,
+    ts: float,
+    decision: str,
+    verdict: Verdict | None,
+    facts: FrameFacts,
+    calibration: dict[str, Any],
+    reason: str | None = None,
+) -> dict[str, Any]:
     """The event message. ``verdict`` is None for NOT_INSPECTED frames (with ``reason``)."""
     body: dict[str, Any] = {
         "schema": SCHEMA,

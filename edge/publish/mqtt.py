@@ -76,8 +76,9 @@ def _load_client_certificate(context: ssl.SSLContext, cfg: MqttConfig) -> None:
         raise ConfigError(f"mqtt.key_file: {key} is encrypted; set key_password_env or key_password_credential")
 
     try:
-        context.load_cert_chain(os.fspath(cert), os.fspath(key),
-                                password=passphrase if passphrase is not None else no_passphrase)
+        context.load_cert_chain(
+            os.fspath(cert), os.fspath(key), password=passphrase if passphrase is not None else no_passphrase
+        )
     except OSError as err:
         if isinstance(err, ssl.SSLError) and err.reason == "KEY_VALUES_MISMATCH":
             raise ConfigError(f"mqtt.key_file: {key} is not the private key of mqtt.cert_file {cert}") from None
@@ -114,8 +115,13 @@ def publish_once(cfg: MqttConfig, client_id: str, topic: str, payload: str, time
     answered = threading.Event()
     refused: list[str] = []
 
-    def on_connect(client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
-                   properties: Properties | None) -> None:
+    def on_connect(
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             refused.append(str(reason_code))
         answered.set()
@@ -125,8 +131,9 @@ def publish_once(cfg: MqttConfig, client_id: str, topic: str, payload: str, time
     try:
         client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s)))
     except (OSError, ValueError) as err:  # refused, unreachable, TLS handshake (ssl.SSLError is an OSError)
-        raise EdgeError(f"cannot reach the broker at {where}: {_why(err) if isinstance(err, OSError) else err}") \
-            from None
+        raise EdgeError(
+            f"cannot reach the broker at {where}: {_why(err) if isinstance(err, OSError) else err}"
+        ) from None
     client.loop_start()
     try:
         if not answered.wait(timeout_s):
@@ -206,8 +213,14 @@ class MqttLink:
         self._client.loop_stop()
 
     # paho thread -> event loop
-    def _connected(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
-                   properties: Properties | None) -> None:
+    def _connected(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:  # refused: bad credentials, not authorised, ...; paho retries
             self._refused = True
             self._warn("mqtt_refused", reason=str(reason_code))
@@ -226,8 +239,14 @@ class MqttLink:
         """No MQTT session: the broker cannot be reached, or the TLS handshake failed."""
         self._warn("mqtt_connect_failed")
 
-    def _disconnected(self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags,
-                      reason_code: ReasonCode, properties: Properties | None) -> None:
+    def _disconnected(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         was_connected, self.connected = self.connected, False
         refused, self._refused = self._refused, False
         if was_connected:
@@ -238,11 +257,13 @@ class MqttLink:
     def _warn(self, event: str, **fields: str) -> None:
         held = self._failures.allow(event)
         if held is not None:
-            log.warning(event, host=self._cfg.host, port=self._cfg.port, tls=self._cfg.tls,
-                        similar_since_last=held, **fields)
+            log.warning(
+                event, host=self._cfg.host, port=self._cfg.port, tls=self._cfg.tls, similar_since_last=held, **fields
+            )
 
-    def _published(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
-                   properties: Properties) -> None:
+    def _published(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
         self._loop.call_soon_threadsafe(self._on_ack, mid)
 
     def _message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:

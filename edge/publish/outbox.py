@@ -74,12 +74,6 @@ CREATE TABLE IF NOT EXISTS watch_state (
 """
 
 
-
-
-
-
-
-
 @dataclass(frozen=True, slots=True)
 class PendingEvent:
     seq: int
@@ -106,8 +100,13 @@ class Outbox:
         with _converted("close the outbox"):
             self._db.close()
 
-    def record(self, results: Sequence[ResultRow], events: Sequence[EventRow], dies: Sequence[DieRow] = (),
-               summarised: Sequence[tuple[str, str, str]] = ()) -> None:
+    def record(
+        self,
+        results: Sequence[ResultRow],
+        events: Sequence[EventRow],
+        dies: Sequence[DieRow] = (),
+        summarised: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
         """Write a batch's results, events and open-wafer dies in one transaction, and forget the dies of
         the ``summarised`` wafers (tool_id, lot_id, wafer_id) whose summaries are among ``events``. A result
         already recorded for the same (tool_id, frame_id) is kept as it was (a resent frame is answered
@@ -119,15 +118,16 @@ class Outbox:
                 [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in results],
             )
             self._db.executemany(
-                "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(e.event_id, e.topic, e.decision, e.payload, now) for e in events],
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
                 "defect_class, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
-                 for d in dies],
+                [
+                    (d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
+                    for d in dies
+                ],
             )
             for table in ("wafer_dies", "wafer_ends"):
                 self._db.executemany(
@@ -139,8 +139,9 @@ class Outbox:
         first reason given stays."""
         now = time.time()
         with self._writing("record wafer ends"):
-            self._db.executemany("INSERT OR IGNORE INTO wafer_ends VALUES (?, ?, ?, ?, ?)",
-                                 [(*key, why, now) for key, why in ended])
+            self._db.executemany(
+                "INSERT OR IGNORE INTO wafer_ends VALUES (?, ?, ?, ?, ?)", [(*key, why, now) for key, why in ended]
+            )
 
     def wafer_ends(self) -> list[tuple[tuple[str, str, str], str]]:
         """The ends ``end_wafers`` kept of wafers not yet summarised."""
@@ -155,8 +156,7 @@ class Outbox:
         again, at its latest place)."""
         with _converted("read open wafer dies"):
             rows = self._db.execute(
-                "SELECT tool_id, lot_id, wafer_id, x, y, recipe_id, decision, defect_class FROM wafer_dies "
-                "ORDER BY seq"
+                "SELECT tool_id, lot_id, wafer_id, x, y, recipe_id, decision, defect_class FROM wafer_dies ORDER BY seq"
             ).fetchall()
         return [DieRow(*row) for row in rows]
 
@@ -207,8 +207,11 @@ class Outbox:
             self._db.execute("DELETE FROM watch_state")
             self._db.executemany(
                 "INSERT INTO watch_state VALUES (?, ?, ?, ?, ?)",
-                [(name, recipe, tool, blob, now) for name, keyed in states.items()
-                 for (recipe, tool), blob in keyed.items()],
+                [
+                    (name, recipe, tool, blob, now)
+                    for name, keyed in states.items()
+                    for (recipe, tool), blob in keyed.items()
+                ],
             )
 
     def load_state(self) -> dict[str, dict[tuple[str, str], bytes]]:
@@ -237,7 +240,8 @@ class Outbox:
                 ).rowcount,
                 "wafer_ends": self._db.execute(
                     "DELETE FROM wafer_ends WHERE recorded_at < ? AND (tool_id, lot_id, wafer_id) NOT IN "
-                    "(SELECT tool_id, lot_id, wafer_id FROM wafer_dies)", (before,)
+                    "(SELECT tool_id, lot_id, wafer_id FROM wafer_dies)",
+                    (before,),
                 ).rowcount,
             }
         with _converted("checkpoint the WAL"):

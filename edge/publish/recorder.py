@@ -36,10 +36,21 @@ class ReplySocket(Protocol):
 
 
 class Recorder:
-    def __init__(self, cfg: Config, db: AsyncDb, outbox: Outbox, socket: ReplySocket, inflight: Inflight[Frame],
-                 turnaround: Turnaround, calibration: Calibration, watch: GuardedWatch, ids: EventIds,
-                 metrics: Metrics, announce: Callable[[list[EventRow]], None],
-                 models: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        db: AsyncDb,
+        outbox: Outbox,
+        socket: ReplySocket,
+        inflight: Inflight[Frame],
+        turnaround: Turnaround,
+        calibration: Calibration,
+        watch: GuardedWatch,
+        ids: EventIds,
+        metrics: Metrics,
+        announce: Callable[[list[EventRow]], None],
+        models: Callable[[], Mapping[str, str]],
+    ) -> None:
         self.cfg = cfg
         self._db = db
         self._outbox = outbox

@@ -13,8 +13,6 @@ from edge.publish.events import FrameFacts, event_body, event_topic
 STATIC_CALIBRATION = {"profile_version": 0, "status": "static"}
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Stamp:
     """What every record of a batch shares."""
@@ -40,12 +38,29 @@ def records(outcome: Outcome, event_id: str | None, stamp: Stamp,
     event = None
     if outcome.event_decision:
         assert event_id is not None
-        facts = FrameFacts(stamp.station, h.tool_id, h.recipe_id, h.lot_id, h.wafer_id, h.die, h.frame_id,
-                           outcome.score, outcome.hot, frame.context is not None,
-                           frame.context.anomalous if frame.context else (), stamp.models, latency)
-        body = event_body(event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, calibration,
-                          outcome.reason)
-        event = EventRow(event_id, event_topic(stamp.prefix, stamp.station, h.tool_id), outcome.event_decision,
-                         json.dumps(body, separators=(",", ":")))
+        facts = FrameFacts(
+            stamp.station,
+            h.tool_id,
+            h.recipe_id,
+            h.lot_id,
+            h.wafer_id,
+            h.die,
+            h.frame_id,
+            outcome.score,
+            outcome.hot,
+            frame.context is not None,
+            frame.context.anomalous if frame.context else (),
+            stamp.models,
+            latency,
+        )
+        body = event_body(
+            event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, calibration, outcome.reason
+        )
+        event = EventRow(
+            event_id,
+            event_topic(stamp.prefix, stamp.station, h.tool_id),
+            outcome.event_decision,
+            json.dumps(body, separators=(",", ":")),
+        )
     result = ResultRow(h.tool_id, h.frame_id, outcome.decision, event_id, encode_reply(reply))
     return result, event

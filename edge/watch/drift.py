@@ -120,8 +120,12 @@ class _Ring:
 
 
 def _ring_fits(ring: _Ring, shape: tuple[int, ...]) -> bool:
-    return (isinstance(ring, _Ring) and ring.data.shape == shape and 0 <= ring.filled <= shape[0]
-            and 0 <= ring.next < shape[0])
+    return (
+        isinstance(ring, _Ring)
+        and ring.data.shape == shape
+        and 0 <= ring.filled <= shape[0]
+        and 0 <= ring.next < shape[0]
+    )
 
 
 # --- anomaly scores ---------------------------------------------------------------------------------
@@ -187,8 +191,12 @@ class ScoreDrift(_Detector):
         self._classes = {"_ScoreState": _ScoreState, "_Ring": _Ring}
 
     def _fits(self, state: _ScoreState) -> bool:
-        return (isinstance(state, _ScoreState) and state.reference.shape == (self.reference,)
-                and 0 <= state.seen <= self.reference and _ring_fits(state.window, (self.window,)))
+        return (
+            isinstance(state, _ScoreState)
+            and state.reference.shape == (self.reference,)
+            and 0 <= state.seen <= self.reference
+            and _ring_fits(state.window, (self.window,))
+        )
 
     def add(self, key: Key, score: float) -> Change | None:
         """Take one PASS score; a ``Change`` when the key's drift state flips, else None.
@@ -275,7 +283,16 @@ def _enough(n: int) -> int:
 
 class _ParamState:
     __slots__ = (
-        "names", "raised", "ref_mean", "ref_rows", "ref_std", "seen", "shift", "var_ratio", "window", "window_mean",
+        "names",
+        "raised",
+        "ref_mean",
+        "ref_rows",
+        "ref_std",
+        "seen",
+        "shift",
+        "var_ratio",
+        "window",
+        "window_mean",
     )
 
     def __init__(self, names: Sequence[str], reference: int, window: int) -> None:
@@ -314,9 +331,12 @@ class ParamDrift(_Detector):
         if not isinstance(state, _ParamState) or not all(isinstance(n, str) for n in state.names):
             return False
         width = len(state.names)
-        return (_ring_fits(state.window, (self.window, width)) and state.ref_mean.shape == (width,)
-                and (state.ref_rows is None or state.ref_rows.shape == (self.reference, width))
-                and 0 <= state.seen <= self.reference)
+        return (
+            _ring_fits(state.window, (self.window, width))
+            and state.ref_mean.shape == (width,)
+            and (state.ref_rows is None or state.ref_rows.shape == (self.reference, width))
+            and 0 <= state.seen <= self.reference
+        )
 
     def add(self, key: Key, names: Sequence[str], values: Mapping[str, object]) -> Change | None:
         """Take one wafer's process parameters; a ``Change`` when the key's drift state flips, else None.

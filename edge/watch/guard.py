@@ -24,8 +24,9 @@ _Ts = TypeVarTuple("_Ts")
 
 
 class GuardedWatch:
-    def __init__(self, watch: LineWatch, db: AsyncDb, outbox: Outbox, metrics: Metrics,
-                 log_limiter: RateLimited) -> None:
+    def __init__(
+        self, watch: LineWatch, db: AsyncDb, outbox: Outbox, metrics: Metrics, log_limiter: RateLimited
+    ) -> None:
         self.watch = watch
         self._db = db
         self._outbox = outbox
@@ -55,8 +56,12 @@ class GuardedWatch:
         refused = self(self.watch.restore_state, states) or {}
         kept = {name: len(keyed) - len(refused.get(name, [])) for name, keyed in states.items()}
         if reopened or states:
-            log.info("line_watch_restored", wafers_reopened=reopened, kept=kept,
-                     started_afresh={name: [list(k) for k in keys] for name, keys in refused.items() if keys})
+            log.info(
+                "line_watch_restored",
+                wafers_reopened=reopened,
+                kept=kept,
+                started_afresh={name: [list(k) for k in keys] for name, keys in refused.items() if keys},
+            )
 
     async def save(self) -> None:
         states = self(self.watch.export_state)

@@ -117,7 +117,8 @@ class LineWatch:
     def repeated(self, command: Rebaseline) -> bool:
         """Whether this command (by its ``command_id``) was applied already to every recipe it names."""
         return command.command_id is not None and all(
-            command.command_id in self._applied.get((recipe, command.tool_id), ()) for recipe in command.recipes)
+            command.command_id in self._applied.get((recipe, command.tool_id), ()) for recipe in command.recipes
+        )
 
     def rebaseline(self, command: Rebaseline) -> list[EventRow]:
         """Forget the tool's drift references and parameter statistics for the recipes named.
@@ -133,8 +134,10 @@ class LineWatch:
             self._stats.reset(key)
             self.metrics.drift_ks.remove(*key)
             self.metrics.drift_param_shift.remove(*key)
-            for detector, threshold in ((self._scores, self.cfg.drift.ks_threshold),
-                                        (self._params, self.cfg.drift.shift_sigma)):
+            for detector, threshold in (
+                (self._scores, self.cfg.drift.ks_threshold),
+                (self._params, self.cfg.drift.shift_sigma),
+            ):
                 change = detector.reset(key)
                 if change:
                     detail = {**change.detail, "by": command.by, "reason": command.reason}
@@ -190,8 +193,17 @@ class LineWatch:
     def _summary_rows(self, wafer: OpenWafer) -> list[EventRow]:
         tool, lot, wafer_id = wafer.key
         prefix, station = self.cfg.mqtt.prefix, self.cfg.station
-        body = reports.wafer_summary(self._ids.new(), self._clock(), station, tool, wafer.recipe_id, lot, wafer_id,
-                                     wafer.ended_by or "idle", summarise(list(wafer.dies.values())))
+        body = reports.wafer_summary(
+            self._ids.new(),
+            self._clock(),
+            station,
+            tool,
+            wafer.recipe_id,
+            lot,
+            wafer_id,
+            wafer.ended_by or "idle",
+            summarise(list(wafer.dies.values())),
+        )
         self.metrics.wafers_summarised.labels(tool).inc()
         self.metrics.wafer_severity.labels(tool).observe(body["severity"])
         rows = [_row(body["summary_id"], reports.topic(prefix, station, "wafers", tool), "WAFER", body)]
@@ -207,10 +219,21 @@ class LineWatch:
         self.metrics.drift_active.labels(recipe, tool, change.kind).set(int(change.raised))
         if change.raised:
             self.metrics.drift_events.labels(tool, change.kind).inc()
-        body = reports.drift_event(self._ids.new(), self._clock(), self.cfg.station, tool, recipe, change.kind,
-                                   change.raised, change.statistic, threshold, change.detail)
-        return _row(body["event_id"], reports.topic(self.cfg.mqtt.prefix, self.cfg.station, "drift", tool), "DRIFT",
-                    body)
+        body = reports.drift_event(
+            self._ids.new(),
+            self._clock(),
+            self.cfg.station,
+            tool,
+            recipe,
+            change.kind,
+            change.raised,
+            change.statistic,
+            threshold,
+            change.detail,
+        )
+        return _row(
+            body["event_id"], reports.topic(self.cfg.mqtt.prefix, self.cfg.station, "drift", tool), "DRIFT", body
+        )
 
 
 @dataclass(frozen=True)
@@ -224,8 +247,16 @@ class Summaries:
 def die_row(outcome: Outcome) -> DieRow:
     """What the outbox keeps of a die until its wafer is summarised."""
     h, verdict = outcome.frame.header, outcome.verdict
-    return DieRow(h.tool_id, h.lot_id, h.wafer_id, h.die[0], h.die[1], h.recipe_id, outcome.decision,
-                  verdict.defect_class if verdict else None)
+    return DieRow(
+        h.tool_id,
+        h.lot_id,
+        h.wafer_id,
+        h.die[0],
+        h.die[1],
+        h.recipe_id,
+        outcome.decision,
+        verdict.defect_class if verdict else None,
+    )
 
 
 def _row(row_id: str, topic: str, kind: str, body: dict[str, Any]) -> EventRow:

@@ -118,8 +118,11 @@ class ProcessStats(Exportable):
 
     def _fits(self, state: _KeyStats) -> bool:
         n = len(state.names) if isinstance(state, _KeyStats) else -1
-        return (n >= 0 and state.index == {name: i for i, name in enumerate(state.names)}
-                and state.count.shape == state.mean.shape == state.m2.shape == (n,))
+        return (
+            n >= 0
+            and state.index == {name: i for i, name in enumerate(state.names)}
+            and state.count.shape == state.mean.shape == state.m2.shape == (n,)
+        )
 
     def __len__(self) -> int:
         return len(self._keys)

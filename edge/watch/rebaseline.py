@@ -30,8 +30,16 @@ from edge.mes.context import json_object, string_fields
 SCHEMA = "edge.rebaseline/1"
 MAX_REASON = 200
 MAX_COMMAND_ID = 64
-RESULTS = ("accepted", "repeated", "bad_json", "not_an_object", "missing_key", "bad_value", "unknown_tool",
-           "unknown_recipe")
+RESULTS = (
+    "accepted",
+    "repeated",
+    "bad_json",
+    "not_an_object",
+    "missing_key",
+    "bad_value",
+    "unknown_tool",
+    "unknown_recipe",
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,9 @@ class Rebaseline:
     command_id: str | None = None  # None: not de-duplicated
 
 
-def message(tool_id: str, recipe_id: str | None, by: str, reason: str, ts: float,
-            command_id: str | None = None) -> dict[str, Any]:
+def message(
+    tool_id: str, recipe_id: str | None, by: str, reason: str, ts: float, command_id: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"schema": SCHEMA, "tool_id": tool_id, "by": by, "reason": reason, "ts": ts}
     if command_id is not None:
         body["command_id"] = command_id

@@ -216,8 +216,16 @@ def _scratch_evidence(defective: Sequence[Position], clusters: list[list[Positio
     groups += [("bridged", g) for g in components(defective, LINE_BRIDGE)]
     groups.append(("all", list(defective)))
     best: tuple[bool, float, int] = (False, 0.0, 0)
-    out: dict[str, Any] = {"met": False, "source": None, "dies": 0, "eigen_share": 0.0, "width": 0.0, "length": 0,
-                           "share": 0.0, "chance": 1.0}
+    out: dict[str, Any] = {
+        "met": False,
+        "source": None,
+        "dies": 0,
+        "eigen_share": 0.0,
+        "width": 0.0,
+        "length": 0,
+        "share": 0.0,
+        "chance": 1.0,
+    }
     for source, cells in groups:
         if len(cells) < (LINE_MIN_DIES if source == "cluster" else LINE_MIN_GAPPED_DIES):
             continue

@@ -19,8 +19,22 @@ from tools.station.station import RECIPE, Station
 pytestmark = pytest.mark.e2e
 
 TOOL = "AOI-01"
-PLAN = ["--seed", "31", "--recipe", RECIPE, "--tools", TOOL, "--lots", "2", "--wafers-per-lot", "2",
-        "--dies-per-wafer", "30", "--defect-rate", "0.6"]
+PLAN = [
+    "--seed",
+    "31",
+    "--recipe",
+    RECIPE,
+    "--tools",
+    TOOL,
+    "--lots",
+    "2",
+    "--wafers-per-lot",
+    "2",
+    "--dies-per-wafer",
+    "30",
+    "--defect-rate",
+    "0.6",
+]
 
 
 def _send(st: Station, frames: list) -> dict:

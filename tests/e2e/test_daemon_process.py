@@ -29,12 +29,20 @@ def http_get(port: int, path: str) -> tuple[int, dict]:
 def test_waiting_for_triton_it_is_alive_not_ready_and_sigterm_exits_cleanly(tmp_path):
     http_port = free_port()
     config = tmp_path / "edge.toml"
-    config.write_text(station_toml(
-        station="ST-9", frames=f"tcp://127.0.0.1:{free_port()}", feed=f"tcp://127.0.0.1:{free_port()}",
-        http_port=http_port, grpc_url=f"127.0.0.1:{free_port()}", mqtt_port=None, outbox=tmp_path / "o.sqlite",
-    ))
-    daemon = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(config)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    config.write_text(
+        station_toml(
+            station="ST-9",
+            frames=f"tcp://127.0.0.1:{free_port()}",
+            feed=f"tcp://127.0.0.1:{free_port()}",
+            http_port=http_port,
+            grpc_url=f"127.0.0.1:{free_port()}",
+            mqtt_port=None,
+            outbox=tmp_path / "o.sqlite",
+        )
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -56,7 +64,8 @@ def test_waiting_for_triton_it_is_alive_not_ready_and_sigterm_exits_cleanly(tmp_
 def test_an_invalid_config_stops_the_daemon_with_a_message_naming_the_key(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[[tools]]\nid = "AOI-01"\n[recipes.R1]\n[ingest]\nbnd = "tcp://127.0.0.1:1"\n')
-    result = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(config)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     assert "ingest.bnd" in result.stdout and "config_invalid" in result.stdout

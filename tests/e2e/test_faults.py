@@ -35,8 +35,13 @@ WAFERS = "fab/edge/ST-01/wafers/#"
 @pytest.fixture(scope="module")
 def station(tmp_path_factory):
     # wafers close 3 s after their last die, so a stream's last wafers are summarised within the test
-    with Station(tmp_path_factory.mktemp("faults"), served_repository(), with_broker=True, persistent_broker=True,
-                 config_extra="[wafers]\nidle_close_s = 3.0\n") as st:
+    with Station(
+        tmp_path_factory.mktemp("faults"),
+        served_repository(),
+        with_broker=True,
+        persistent_broker=True,
+        config_extra="[wafers]\nidle_close_s = 3.0\n",
+    ) as st:
         yield st
 
 
@@ -46,8 +51,17 @@ def pool():
     return Pool(31, TOOLS, lots=2, wafers_per_lot=2, dies_per_wafer=30, defect_rate=0.4, recipe=RECIPE)
 
 
-def stream(st: Station, pool: Pool, cycles: range, *, rate: float, fault: Callable[[float], None] | None = None,
-           tools: tuple[str, ...] = TOOLS, window: int = 32, reply_timeout_s: float = 5.0) -> dict:
+def stream(
+    st: Station,
+    pool: Pool,
+    cycles: range,
+    *,
+    rate: float,
+    fault: Callable[[float], None] | None = None,
+    tools: tuple[str, ...] = TOOLS,
+    window: int = 32,
+    reply_timeout_s: float = 5.0,
+) -> dict:
     """MES process logs of the cycles first, then their frames from a sender thread while ``fault(start)``
     runs on this one."""
     cycles_ = [pool.cycle(n) for n in cycles]
@@ -131,11 +145,16 @@ def test_broker_killed_three_times_mid_stream_loses_no_event(station, pool):
         by_tool[json.loads(payload)["tool_id"]].append(event_id)
     for tool, ids in by_tool.items():  # event ids sort by creation: first arrivals keep each tool's order
         assert ids == sorted(ids), f"{tool}: events arrived out of order"
-    republished = next(line.split()[-1] for line in station.metrics_text().splitlines()
-                       if line.startswith("edge_events_republished_total "))
-    print(f"\nbroker x3: frames={report['n_frames']} events={len(replied)} lost=0 "
-          f"duplicates={len(messages) - len(first)} republished={float(republished):.0f} "
-          f"elapsed_s={report['elapsed_s']}")
+    republished = next(
+        line.split()[-1]
+        for line in station.metrics_text().splitlines()
+        if line.startswith("edge_events_republished_total ")
+    )
+    print(
+        f"\nbroker x3: frames={report['n_frames']} events={len(replied)} lost=0 "
+        f"duplicates={len(messages) - len(first)} republished={float(republished):.0f} "
+        f"elapsed_s={report['elapsed_s']}"
+    )
 
 
 def test_triton_killed_and_restarted_mid_stream_answers_every_frame_and_recovers(station, pool):
@@ -156,17 +175,18 @@ def test_triton_killed_and_restarted_mid_stream_answers_every_frame_and_recovers
     during = [o for o in outcomes if times["killed"] < o["replied_at"] < times["ready"]]
     assert during and all(o["status"] == "not_inspected" for o in during if o["status"] != "ok")
     assert Counter(o["status"] for o in during)["not_inspected"] > 0
-    assert {o["reason"] for o in during if o["status"] == "not_inspected"} <= {"triton_unavailable",
-                                                                                "deadline_passed"}
+    assert {o["reason"] for o in during if o["status"] == "not_inspected"} <= {"triton_unavailable", "deadline_passed"}
     first_ok = next(o["replied_at"] for o in outcomes if o["replied_at"] > times["ready"] and o["status"] == "ok")
     recovery_s = first_ok - times["ready"]
     assert recovery_s < 10.0
     settled = [o for o in outcomes if o["replied_at"] > first_ok + 2.0]
     assert settled and all(o["status"] == "ok" for o in settled)
     assert station.readyz().get("triton_ready") is True
-    print(f"\ntriton kill: outage_s={times['ready'] - times['killed']:.1f} "
-          f"recovery_after_ready_s={recovery_s:.2f} not_inspected={report['replies'].get('not_inspected', 0)} "
-          f"ok={report['replies'].get('ok', 0)} busy={report['replies'].get('busy', 0)}")
+    print(
+        f"\ntriton kill: outage_s={times['ready'] - times['killed']:.1f} "
+        f"recovery_after_ready_s={recovery_s:.2f} not_inspected={report['replies'].get('not_inspected', 0)} "
+        f"ok={report['replies'].get('ok', 0)} busy={report['replies'].get('busy', 0)}"
+    )
 
 
 def test_daemon_sigkilled_mid_stream_keeps_every_acknowledged_result_and_processes_resends_once(station, pool):
@@ -214,28 +234,32 @@ def test_daemon_sigkilled_mid_stream_keeps_every_acknowledged_result_and_process
     assert len(per_wafer) == 24 and all(len(bodies) == 1 for bodies in per_wafer.values())  # resent: same body
     dies = [json.loads(next(iter(bodies)))["dies_inspected"] for bodies in per_wafer.values()]
     assert dies == [30] * 24  # the wafer in progress at the kill is whole: its dies before the kill were kept
-    print(f"\ndaemon kill: restart_at_s={restarted[0]:.1f} frames={len(ok)} resent={report['resent']} "
-          f"events={len(replied)} wafers={len(per_wafer)} dies_per_summary={sorted(set(dies))} "
-          f"elapsed_s={report['elapsed_s']}")
+    print(
+        f"\ndaemon kill: restart_at_s={restarted[0]:.1f} frames={len(ok)} resent={report['resent']} "
+        f"events={len(replied)} wafers={len(per_wafer)} dies_per_summary={sorted(set(dies))} "
+        f"elapsed_s={report['elapsed_s']}"
+    )
 
 
 def test_a_flooding_tool_does_not_starve_a_quiet_one(station, pool):
     flood: dict = {}
 
     def flood_with_first_tool(start: float) -> None:
-        flood.update(stream(station, pool, range(400, 410), rate=0, tools=(TOOLS[0],), window=250,
-                            reply_timeout_s=30.0))
+        flood.update(
+            stream(station, pool, range(400, 410), rate=0, tools=(TOOLS[0],), window=250, reply_timeout_s=30.0)
+        )
 
-    quiet = stream(station, pool, range(410, 412), rate=8, tools=(TOOLS[1],), window=4,
-                   fault=flood_with_first_tool)
+    quiet = stream(station, pool, range(410, 412), rate=8, tools=(TOOLS[1],), window=4, fault=flood_with_first_tool)
     assert quiet["unanswered"] == [] and quiet["replies"] == {"ok": quiet["n_frames"]}
     assert flood["unanswered"] == [] and flood["replies"].get("busy", 0) > 0  # it was held to its share
     assert quiet["latency_ms"]["p95"] < 0.5 * flood["latency_ms"]["p50"]
     metrics = station.metrics_text()
     assert f'edge_frames_busy_total{{reason="tool_share_full",tool="{TOOLS[0]}"}}' in metrics
-    print(f"\nfairness: quiet p95_ms={quiet['latency_ms']['p95']} flood p50_ms={flood['latency_ms']['p50']} "
-          f"flood busy={flood['replies'].get('busy', 0)} "
-          f"quiet_all={latency_percentiles([o['latency_ms'] for o in quiet['outcomes']])}")
+    print(
+        f"\nfairness: quiet p95_ms={quiet['latency_ms']['p95']} flood p50_ms={flood['latency_ms']['p50']} "
+        f"flood busy={flood['replies'].get('busy', 0)} "
+        f"quiet_all={latency_percentiles([o['latency_ms'] for o in quiet['outcomes']])}"
+    )
 
 
 def test_wafer_ends_the_mes_announced_before_a_kill_still_end_the_wafers_after_the_restart(station, pool):
@@ -265,8 +289,9 @@ def test_wafer_ends_the_mes_announced_before_a_kill_still_end_the_wafers_after_t
         station.start_daemon()
 
         def summaries() -> dict[tuple[str, str], dict]:  # at least once: one replayed is the same summary
-            return {(b["tool_id"], b["wafer_id"]): b for b in wafer_watch.json_messages()
-                    if b["lot_id"].endswith("-c600")}
+            return {
+                (b["tool_id"], b["wafer_id"]): b for b in wafer_watch.json_messages() if b["lot_id"].endswith("-c600")
+            }
 
         assert wafer_watch.wait_for(lambda _: len(summaries()) == 4, 30), summaries()
         bodies = summaries().values()

@@ -19,8 +19,22 @@ from tools.station.station import RECIPE, TOOLS, Station
 pytestmark = pytest.mark.e2e
 
 # a small plan: 2 tools x 1 lot x 2 wafers x 12 dies, a malformed frame every 10
-PLAN = ["--seed", "31", "--recipe", RECIPE, "--tools", *TOOLS, "--lots", "1", "--wafers-per-lot", "2",
-        "--dies-per-wafer", "12", "--defect-rate", "0.4"]
+PLAN = [
+    "--seed",
+    "31",
+    "--recipe",
+    RECIPE,
+    "--tools",
+    *TOOLS,
+    "--lots",
+    "1",
+    "--wafers-per-lot",
+    "2",
+    "--dies-per-wafer",
+    "12",
+    "--defect-rate",
+    "0.4",
+]
 # series the alert rules and the dashboard's first rows read, as this traffic must have produced them
 EXPECTED = (
     "edge_frames_received_total{tool=",
@@ -69,8 +83,7 @@ def scrape(tmp_path_factory, promtool) -> str:
 
 
 def test_metrics_pass_promtool_check_metrics(scrape, promtool) -> None:
-    result = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"promtool check metrics (exit {result.returncode}):\n{result.stdout}{result.stderr}"
 
 

@@ -40,10 +40,13 @@ def test_a_tool_key_sends_only_for_the_tools_it_is_filed_under(tmp_path):
     authorized = tmp_path / "authorized"
     authorized.mkdir()
     shutil.copy(tmp_path / "tools" / "AOI-CTL.key", authorized / "AOI-01.key")
-    ingest = (f'curve_secret_key_file = "{tmp_path / "station" / "ST-01.key_secret"}"\n'
-              f'curve_authorized_keys = "{authorized}"\n')
-    curve = CurveClient.from_files(str(tmp_path / "station" / "ST-01.key"),
-                                   str(tmp_path / "tools" / "AOI-CTL.key_secret"))
+    ingest = (
+        f'curve_secret_key_file = "{tmp_path / "station" / "ST-01.key_secret"}"\n'
+        f'curve_authorized_keys = "{authorized}"\n'
+    )
+    curve = CurveClient.from_files(
+        str(tmp_path / "station" / "ST-01.key"), str(tmp_path / "tools" / "AOI-CTL.key_secret")
+    )
     pool = Pool(5, TOOLS, lots=2, wafers_per_lot=1, dies_per_wafer=6, defect_rate=0.3, recipe=RECIPE, encoding="png")
     with Station(tmp_path / "station-run", served_repository(), with_broker=False, ingest_extra=ingest) as st:
         first = send(st, curve, pool, 0)
@@ -51,8 +54,9 @@ def test_a_tool_key_sends_only_for_the_tools_it_is_filed_under(tmp_path):
         second = send(st, curve, pool, 1)
         metrics = st.metrics_text()
     assert first["AOI-01"] and all(o["status"] == "ok" for o in first["AOI-01"])
-    assert first["AOI-02"] and all(o["status"] == "rejected" and o["reason"].startswith("tool_key_mismatch")
-                                   for o in first["AOI-02"])
+    assert first["AOI-02"] and all(
+        o["status"] == "rejected" and o["reason"].startswith("tool_key_mismatch") for o in first["AOI-02"]
+    )
     assert "speaks for AOI-01, not AOI-02" in first["AOI-02"][0]["reason"]
     assert all(o["status"] == "ok" for tool in TOOLS for o in second[tool]) and second["AOI-02"]
     refused = len(first["AOI-02"])

@@ -19,11 +19,44 @@ from tools.station.station import RECIPE, TOOLS, Station
 
 pytestmark = pytest.mark.e2e
 
-PLAN = ["--seed", "23", "--recipe", RECIPE, "--tools", *TOOLS, "--lots", "2", "--wafers-per-lot", "4",
-        "--dies-per-wafer", "40", "--defect-rate", "0.4"]
-EVENT_FIELDS = {"schema", "event_id", "ts", "station", "tool_id", "recipe_id", "lot_id", "wafer_id", "die",
-                "frame_id", "decision", "defect_class", "confidence", "threshold", "calibration", "anomaly",
-                "top_k", "process", "models", "latency_ms"}
+PLAN = [
+    "--seed",
+    "23",
+    "--recipe",
+    RECIPE,
+    "--tools",
+    *TOOLS,
+    "--lots",
+    "2",
+    "--wafers-per-lot",
+    "4",
+    "--dies-per-wafer",
+    "40",
+    "--defect-rate",
+    "0.4",
+]
+EVENT_FIELDS = {
+    "schema",
+    "event_id",
+    "ts",
+    "station",
+    "tool_id",
+    "recipe_id",
+    "lot_id",
+    "wafer_id",
+    "die",
+    "frame_id",
+    "decision",
+    "defect_class",
+    "confidence",
+    "threshold",
+    "calibration",
+    "anomaly",
+    "top_k",
+    "process",
+    "models",
+    "latency_ms",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +75,22 @@ def run(tmp_path_factory):
         report = aoi_sim.summarise(tally)
         event_ids = {o["event_id"] for o in report["outcomes"] if o["event_id"]}
         mes_consumer.wait_for(
-            lambda msgs: event_ids <= {json.loads(p).get("event_id") for t, p in msgs if "/events/" in t}, 30)
+            lambda msgs: event_ids <= {json.loads(p).get("event_id") for t, p in msgs if "/events/" in t}, 30
+        )
         metrics, readyz = st.metrics_text(), st.readyz()
         exit_code = st.stop_daemon(signal.SIGTERM)
         time.sleep(0.5)
         messages = list(mes_consumer.messages)
         mes_consumer.close()
-    return {"report": report, "messages": messages, "metrics": metrics, "readyz": readyz, "exit_code": exit_code,
-            "n_frames": len(frames), "log": (workdir / "daemon.log").read_text()}
+    return {
+        "report": report,
+        "messages": messages,
+        "metrics": metrics,
+        "readyz": readyz,
+        "exit_code": exit_code,
+        "n_frames": len(frames),
+        "log": (workdir / "daemon.log").read_text(),
+    }
 
 
 def test_readyz_names_the_precision_each_model_serves(run):

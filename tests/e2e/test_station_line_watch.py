@@ -80,8 +80,9 @@ def run(tmp_path_factory):
         mes = Peer("127.0.0.1", st.mqtt_port, "mes-line").wait_connected()
         warm = Fab(99, recipe_id=RECIPE, tool_ids=TOOLS, excursion_rate=0.0)
         for wafer in warm.plan(60, 1, 1, 0.0):  # the parameter statistics: 30 normal wafers a tool, over ZeroMQ
-            gateway.send_multipart([f"fab/mes/process/{wafer.tool_id}".encode(),
-                                    json.dumps(warm.process_log(wafer, time.time())).encode()])
+            gateway.send_multipart(
+                [f"fab/mes/process/{wafer.tool_id}".encode(), json.dumps(warm.process_log(wafer, time.time())).encode()]
+            )
         gateway.send_multipart([b"fab/mes/process/AOI-01", b"{not json"])
         deadline = time.monotonic() + 10
         while 'edge_mes_messages_total{kind="process_log"} 60.0' not in st.metrics_text():
@@ -100,25 +101,51 @@ def run(tmp_path_factory):
         # the aged tool is serviced: an engineer re-baselines it, and its raised drift clears
         mes.publish("fab/edge/ST-01/rebaseline", {"tool_id": "AOI-99", "by": "ops"})  # refused: unknown tool
         rebaselined = subprocess.run(
-            [sys.executable, "-m", "edge", "rebaseline", "--config", str(st.config_path), "--tool", AGED,
-             "--by", "j.doe", "--reason", "optics serviced"], capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "rebaseline",
+                "--config",
+                str(st.config_path),
+                "--tool",
+                AGED,
+                "--by",
+                "j.doe",
+                "--reason",
+                "optics serviced",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert rebaselined.returncode == 0, rebaselined.stderr
-        consumer.wait_for(lambda msgs: any(json.loads(p).get("detail", {}).get("reset") for t, p in msgs
-                                           if "/drift/" in t), 20)
+        consumer.wait_for(
+            lambda msgs: any(json.loads(p).get("detail", {}).get("reset") for t, p in msgs if "/drift/" in t), 20
+        )
         for _ in range(2):  # MES's own command, handed over twice: applied once
             mes.publish("fab/edge/ST-01/rebaseline", {"tool_id": AGED, "by": "mes", "command_id": "PM-42"})
         deadline = time.monotonic() + 10
-        while 'edge_rebaselines_total{result="repeated"}' not in (after_rebaseline := st.metrics_text()) \
-                and time.monotonic() < deadline:
+        while (
+            'edge_rebaselines_total{result="repeated"}' not in (after_rebaseline := st.metrics_text())
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         mes.close()
         messages = list(consumer.messages)
         consumer.close()
     gateway.close()
-    return {"outcomes": first["outcomes"] + second["outcomes"], "messages": messages, "metrics": metrics,
-            "zmq_metrics": zmq_metrics, "after_rebaseline": after_rebaseline, "after_restart": after_restart,
-            "stopped": stopped,
-            "drift_before": drift_before, "pools": (steady, aged)}
+    return {
+        "outcomes": first["outcomes"] + second["outcomes"],
+        "messages": messages,
+        "metrics": metrics,
+        "zmq_metrics": zmq_metrics,
+        "after_rebaseline": after_rebaseline,
+        "after_restart": after_restart,
+        "stopped": stopped,
+        "drift_before": drift_before,
+        "pools": (steady, aged),
+    }
 
 
 def bodies(run, kind: str) -> list[dict]:
@@ -162,7 +189,13 @@ def test_every_wafer_gets_one_summary_that_adds_up(run):
         assert s["ended_by"] in ("wafer_end", "next_wafer", "lot_end", "idle")
         assert sum(s["decisions"].values()) == 36
         assert 0 <= s["severity"] <= 100 and s["signature"]["pattern"] in (
-            "none", "random", "edge_ring", "center", "scratch_line", "cluster")
+            "none",
+            "random",
+            "edge_ring",
+            "center",
+            "scratch_line",
+            "cluster",
+        )
         defective = s["decisions"].get("DEFECT", 0) + s["decisions"].get("REVIEW", 0)
         assert len(s["defect_map"]) == defective == sum(s["classes"].values())
     assert 'edge_wafers_summarised_total{tool="AOI-01"} 20.0' in run["metrics"]
@@ -189,11 +222,13 @@ def test_the_aged_tool_raises_score_drift_and_the_steady_one_does_not(run):
     assert f'edge_drift_active{{kind="score",recipe="{RECIPE}",tool="{AGED}"}} 1.0' in run["metrics"]
     events = bodies(run, "events")
     summaries = bodies(run, "wafers")
-    print(f"\nline watch: events={len(events)} with_anomalous_parameters="
-          f"{sum(bool(e['process']['anomalous_parameters']) for e in events)} wafers={len(summaries)} "
-          f"patterns={dict(Counter(s['signature']['pattern'] for s in summaries))} "
-          f"alerts={len(bodies(run, 'alerts'))} score_drift_ks={event['statistic']} "
-          f"drift_events={[(d['tool_id'], d['kind'], d['state']) for d in bodies(run, 'drift')]}")
+    print(
+        f"\nline watch: events={len(events)} with_anomalous_parameters="
+        f"{sum(bool(e['process']['anomalous_parameters']) for e in events)} wafers={len(summaries)} "
+        f"patterns={dict(Counter(s['signature']['pattern'] for s in summaries))} "
+        f"alerts={len(bodies(run, 'alerts'))} score_drift_ks={event['statistic']} "
+        f"drift_events={[(d['tool_id'], d['kind'], d['state']) for d in bodies(run, 'drift')]}"
+    )
 
 
 def test_a_restart_keeps_the_raised_drift_instead_of_taking_the_drifted_tool_as_its_reference(run):

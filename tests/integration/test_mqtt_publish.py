@@ -32,8 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def events(start: int, n: int) -> tuple[list[ResultRow], list[EventRow]]:
     ids = [f"e{i:05d}" for i in range(start, start + n)]
-    return ([ResultRow("T1", f"f{i}", "DEFECT", e, b"r") for i, e in zip(range(start, start + n), ids, strict=True)],
-            [EventRow(e, "fab/edge/ST/events/T1", "DEFECT", json.dumps({"event_id": e})) for e in ids])
+    return (
+        [ResultRow("T1", f"f{i}", "DEFECT", e, b"r") for i, e in zip(range(start, start + n), ids, strict=True)],
+        [EventRow(e, "fab/edge/ST/events/T1", "DEFECT", json.dumps({"event_id": e})) for e in ids],
+    )
 
 
 async def wait_until(predicate, timeout_s: float) -> bool:
@@ -61,8 +63,7 @@ class Harness:
 
         self.metrics = Metrics()
         self.link = MqttLink(cfg, "ST", loop, lambda t, p: None, lambda mid: self.publisher.on_ack(mid), on_state)
-        self.publisher = Publisher(outbox, self.link, self.metrics, self._run_db, cfg.max_inflight,
-                                   cfg.replay_acked_s)
+        self.publisher = Publisher(outbox, self.link, self.metrics, self._run_db, cfg.max_inflight, cfg.replay_acked_s)
         self.task = asyncio.create_task(self.publisher.run())
         self.link.start()
 
@@ -80,7 +81,7 @@ def test_status_is_retained_online_and_a_clean_stop_says_offline(mosquitto, tmp_
         watcher = Peer("127.0.0.1", mosquitto.port, "watcher", ("fab/edge/ST/status",)).wait_connected()
         h = Harness(Outbox(tmp_path / "o.sqlite"), mosquitto.port)
         assert await wait_until(lambda: h.connected, 10)
-        assert await wait_until(lambda: (b"online" in [p for _, p in watcher.messages]), 10)
+        assert await wait_until(lambda: b"online" in [p for _, p in watcher.messages], 10)
         await h.close()  # a clean stop says offline itself
         assert await wait_until(lambda: watcher.messages and watcher.messages[-1][1] == b"offline", 10)
         late = Peer("127.0.0.1", mosquitto.port, "late", ("fab/edge/ST/status",)).wait_connected()
@@ -109,8 +110,9 @@ asyncio.run(main())
 
 def test_a_killed_daemon_is_reported_offline_by_its_last_will(mosquitto):
     watcher = Peer("127.0.0.1", mosquitto.port, "watcher", ("fab/edge/ST/status",)).wait_connected()
-    link = subprocess.Popen([sys.executable, "-c", LINK_PROCESS, str(mosquitto.port)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    link = subprocess.Popen(
+        [sys.executable, "-c", LINK_PROCESS, str(mosquitto.port)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
 
     async def scenario():
         assert link.stdout is not None and link.stdout.readline().strip() == "up"
@@ -149,7 +151,8 @@ def durable_subscriber(broker: Mosquitto, client_id: str = "mes") -> Peer:
 
 
 def test_every_event_reaches_a_durable_subscriber_across_a_broker_crash_and_is_marked_on_puback(
-        durable_broker, tmp_path):
+    durable_broker, tmp_path
+):
     async def scenario():
         outbox = Outbox(tmp_path / "o.sqlite")
         mes = durable_subscriber(durable_broker)
@@ -179,8 +182,9 @@ def test_every_event_reaches_a_durable_subscriber_across_a_broker_crash_and_is_m
     asyncio.run(scenario())
 
 
-async def crash_after_acknowledgements(broker: Mosquitto, outbox_path: Path, batches: list[range],
-                                      replay_acked_s: float, pause_s: float = 0.0) -> tuple[float, list[str]]:
+async def crash_after_acknowledgements(
+    broker: Mosquitto, outbox_path: Path, batches: list[range], replay_acked_s: float, pause_s: float = 0.0
+) -> tuple[float, list[str]]:
     """A durable subscriber that is away; each batch of events acknowledged by the broker (``pause_s`` after
     each); the broker killed before it saves them and started again; the daemon's link back. The events
     republished, and what the subscriber then receives."""
@@ -213,7 +217,8 @@ def test_what_a_dying_broker_acknowledged_but_lost_is_published_again(durable_br
     saving them. With a replay window the daemon publishes them again after the restart and the subscriber
     gets every one, in order; without one they are gone."""
     republished, received = asyncio.run(
-        crash_after_acknowledgements(durable_broker, tmp_path / "o.sqlite", [range(40)], replay_acked_s))
+        crash_after_acknowledgements(durable_broker, tmp_path / "o.sqlite", [range(40)], replay_acked_s)
+    )
     assert republished == (40 if replay_acked_s else 0)
     assert received == ([f"e{i:05d}" for i in range(40)] if replay_acked_s else [])
 
@@ -221,8 +226,11 @@ def test_what_a_dying_broker_acknowledged_but_lost_is_published_again(durable_br
 def test_the_replay_window_counts_back_from_the_last_acknowledgement(durable_broker, tmp_path):
     """Window 1 s: 20 events acknowledged 1.5 s before the last 20 are not published again after the crash;
     the last 20 are."""
-    republished, received = asyncio.run(crash_after_acknowledgements(
-        durable_broker, tmp_path / "o.sqlite", [range(20), range(20, 40)], replay_acked_s=1.0, pause_s=1.5))
+    republished, received = asyncio.run(
+        crash_after_acknowledgements(
+            durable_broker, tmp_path / "o.sqlite", [range(20), range(20, 40)], replay_acked_s=1.0, pause_s=1.5
+        )
+    )
     assert republished == 20
     assert received == [f"e{i:05d}" for i in range(20, 40)]
 
@@ -257,8 +265,9 @@ def test_what_arrives_while_the_daemon_is_away_is_handed_over_when_it_connects_a
         up: list[bool] = []
 
         def link() -> MqttLink:
-            return MqttLink(cfg, "ST", loop, lambda t, p: received.append(p), lambda mid: None, up.append,
-                            ("fab/mes/process/#",))
+            return MqttLink(
+                cfg, "ST", loop, lambda t, p: received.append(p), lambda mid: None, up.append, ("fab/mes/process/#",)
+            )
 
         first = link()
         first.start()

@@ -58,9 +58,11 @@ def cert_broker(pki, tmp_path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def password_broker(pki, tmp_path) -> Iterator[Mosquitto]:
     """TLS listener without client certificates; users log in with passwords."""
-    yield from _broker(tmp_path / "password-broker",
-                       tls=TlsFiles(pki.ca.cert, pki.server.cert, pki.server.key, require_certificate=False),
-                       users={"edge-st": PASSWORD, "mes": "mes-password"})
+    yield from _broker(
+        tmp_path / "password-broker",
+        tls=TlsFiles(pki.ca.cert, pki.server.cert, pki.server.key, require_certificate=False),
+        users={"edge-st": PASSWORD, "mes": "mes-password"},
+    )
 
 
 async def wait_until(predicate, timeout_s: float) -> bool:
@@ -87,8 +89,9 @@ class Station:
             self.connected = up
             self.publisher.wake()
 
-        self.link = MqttLink(cfg, "ST", loop, lambda topic, payload: None, lambda mid: self.publisher.on_ack(mid),
-                             on_state)
+        self.link = MqttLink(
+            cfg, "ST", loop, lambda topic, payload: None, lambda mid: self.publisher.on_ack(mid), on_state
+        )
         self.publisher = Publisher(outbox, self.link, Metrics(), run_db, cfg.max_inflight)
         self.task = asyncio.create_task(self.publisher.run())
         self.link.start()
@@ -99,13 +102,24 @@ class Station:
 
 
 def record_event(outbox: Outbox, event_id: str) -> None:
-    outbox.record([ResultRow("T1", f"f-{event_id}", "DEFECT", event_id, b"r")],
-                  [EventRow(event_id, "fab/edge/ST/events/T1", "DEFECT", json.dumps({"event_id": event_id}))])
+    outbox.record(
+        [ResultRow("T1", f"f-{event_id}", "DEFECT", event_id, b"r")],
+        [EventRow(event_id, "fab/edge/ST/events/T1", "DEFECT", json.dumps({"event_id": event_id}))],
+    )
 
 
 def link_config(port: int, **tls) -> MqttConfig:
-    return parse_config({**MINIMAL, "mqtt": {"port": port, "client_id": "edge-tls-test", "tls": True,
-                                             **{k: str(v) if isinstance(v, Path) else v for k, v in tls.items()}}}).mqtt
+    return parse_config(
+        {
+            **MINIMAL,
+            "mqtt": {
+                "port": port,
+                "client_id": "edge-tls-test",
+                "tls": True,
+                **{k: str(v) if isinstance(v, Path) else v for k, v in tls.items()},
+            },
+        }
+    ).mqtt
 
 
 async def stays_disconnected(cfg: MqttConfig) -> tuple[bool, list[dict]]:
@@ -129,16 +143,17 @@ def test_link_publishes_over_tls_with_a_client_certificate(pki, cert_broker, tmp
     mes_pair = issue(pki.ca, tmp_path / "pki", "mes")
 
     async def scenario():
-        mes = Peer("127.0.0.1", cert_broker.port, "mes", ("fab/edge/ST/#",),
-                   tls=client_context(pki.ca.cert, mes_pair)).wait_connected()
-        cfg = link_config(cert_broker.port, ca_file=pki.ca.cert, cert_file=pki.client.cert,
-                          key_file=pki.client.key)
+        mes = Peer(
+            "127.0.0.1", cert_broker.port, "mes", ("fab/edge/ST/#",), tls=client_context(pki.ca.cert, mes_pair)
+        ).wait_connected()
+        cfg = link_config(cert_broker.port, ca_file=pki.ca.cert, cert_file=pki.client.cert, key_file=pki.client.key)
         station = Station(cfg, Outbox(tmp_path / "o.sqlite"))
         assert await wait_until(lambda: station.connected, 10)
         record_event(station.outbox, "e-tls-1")
         station.publisher.wake()
-        assert await wait_until(lambda: [m.get("event_id") for m in mes.json_messages("fab/edge/ST/events")]
-                                == ["e-tls-1"], 10)
+        assert await wait_until(
+            lambda: [m.get("event_id") for m in mes.json_messages("fab/edge/ST/events")] == ["e-tls-1"], 10
+        )
         assert await wait_until(lambda: station.outbox.backlog() == 0, 10)  # marked on PUBACK
         assert ("fab/edge/ST/status", b"online") in mes.messages
         station.close()
@@ -158,8 +173,7 @@ def test_a_client_without_a_trusted_certificate_is_refused(pki, cert_broker, who
 
 
 def test_the_link_refuses_a_broker_signed_by_an_authority_it_does_not_trust(pki, cert_broker):
-    cfg = link_config(cert_broker.port, ca_file=pki.rogue_ca.cert, cert_file=pki.client.cert,
-                      key_file=pki.client.key)
+    cfg = link_config(cert_broker.port, ca_file=pki.rogue_ca.cert, cert_file=pki.client.cert, key_file=pki.client.key)
     never_up, logs = asyncio.run(stays_disconnected(cfg))
     assert never_up
     assert any(e["event"] == "mqtt_connect_failed" for e in logs), logs
@@ -171,8 +185,13 @@ def test_an_encrypted_client_key_is_unlocked_with_the_passphrase_from_the_enviro
 ):
     pair = issue(pki.ca, tmp_path / "pki", "edge-locked", passphrase="key-phrase-do-not-log")
     monkeypatch.setenv("EDGE_TEST_KEY_PASSPHRASE", "key-phrase-do-not-log")
-    cfg = link_config(cert_broker.port, ca_file=pki.ca.cert, cert_file=pki.client.cert, key_file=pair.key,
-                      key_password_env="EDGE_TEST_KEY_PASSPHRASE")
+    cfg = link_config(
+        cert_broker.port,
+        ca_file=pki.ca.cert,
+        cert_file=pki.client.cert,
+        key_file=pair.key,
+        key_password_env="EDGE_TEST_KEY_PASSPHRASE",
+    )
     with pytest.raises(ConfigError, match="not the private key"):  # the key of another certificate
         tls_context(cfg)
     cfg = cfg.model_copy(update={"cert_file": pair.cert})
@@ -195,16 +214,23 @@ def test_an_encrypted_client_key_is_unlocked_with_the_passphrase_from_the_enviro
         tls_context(cfg)
 
 
-def test_password_over_tls_from_the_environment_and_never_logged(pki, password_broker, tmp_path, monkeypatch,
-                                                                 caplog):
+def test_password_over_tls_from_the_environment_and_never_logged(pki, password_broker, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("EDGE_TEST_MQTT_PASSWORD", PASSWORD)
-    cfg = link_config(password_broker.port, ca_file=pki.ca.cert, username="edge-st",
-                      password_env="EDGE_TEST_MQTT_PASSWORD")
+    cfg = link_config(
+        password_broker.port, ca_file=pki.ca.cert, username="edge-st", password_env="EDGE_TEST_MQTT_PASSWORD"
+    )
 
     async def scenario() -> tuple[list[dict], list[dict]]:
-        mes = Peer("127.0.0.1", password_broker.port, "mes", ("fab/edge/ST/#",), tls=client_context(pki.ca.cert),
-                   username="mes", password="mes-password").wait_connected()
+        mes = Peer(
+            "127.0.0.1",
+            password_broker.port,
+            "mes",
+            ("fab/edge/ST/#",),
+            tls=client_context(pki.ca.cert),
+            username="mes",
+            password="mes-password",
+        ).wait_connected()
         with structlog.testing.capture_logs() as good_logs:
             station = Station(cfg, Outbox(tmp_path / "o.sqlite"))
             assert await wait_until(lambda: station.connected, 10)
@@ -237,8 +263,13 @@ def test_password_over_tls_from_the_environment_and_never_logged(pki, password_b
     ],
 )
 def test_a_tls_file_that_cannot_be_used_stops_the_link_being_built(pki, files, message):
-    names = {"server.key": pki.server.key, "ca.key": pki.ca.key, "edge-ST.key": pki.client.key,
-             "edge-ST.crt": pki.client.cert, "broker.key": pki.server.key}
+    names = {
+        "server.key": pki.server.key,
+        "ca.key": pki.ca.key,
+        "edge-ST.key": pki.client.key,
+        "edge-ST.crt": pki.client.cert,
+        "broker.key": pki.server.key,
+    }
     cfg = link_config(1883, **{"ca_file": pki.ca.cert, **{key: names[name] for key, name in files.items()}})
 
     async def build() -> None:
@@ -257,12 +288,21 @@ def test_tls_insecure_skips_only_the_host_name_check(pki):
     assert relaxed.verify_mode.name == "CERT_REQUIRED"
 
 
-def test_a_one_shot_publish_logs_in_over_tls_and_a_refusal_says_why_without_the_password(pki, password_broker,
-                                                                                          monkeypatch):
-    cfg = link_config(password_broker.port, ca_file=pki.ca.cert, username="edge-st",
-                      password_env="EDGE_TEST_MQTT_PASSWORD")
-    mes = Peer("127.0.0.1", password_broker.port, "mes", ("fab/edge/ST/#",), tls=client_context(pki.ca.cert),
-               username="mes", password="mes-password").wait_connected()
+def test_a_one_shot_publish_logs_in_over_tls_and_a_refusal_says_why_without_the_password(
+    pki, password_broker, monkeypatch
+):
+    cfg = link_config(
+        password_broker.port, ca_file=pki.ca.cert, username="edge-st", password_env="EDGE_TEST_MQTT_PASSWORD"
+    )
+    mes = Peer(
+        "127.0.0.1",
+        password_broker.port,
+        "mes",
+        ("fab/edge/ST/#",),
+        tls=client_context(pki.ca.cert),
+        username="mes",
+        password="mes-password",
+    ).wait_connected()
     monkeypatch.setenv("EDGE_TEST_MQTT_PASSWORD", PASSWORD)
     publish_once(cfg, "engineer-cli", "fab/edge/ST/rebaseline", '{"tool_id":"AOI-01"}', timeout_s=5)
     assert mes.wait_for(lambda messages: len(messages) == 1, 10)

@@ -21,20 +21,33 @@ TOPIC = "fab/edge/ST-07/rebaseline"
 
 def config(tmp_path: Path, port: int) -> Path:
     path = tmp_path / "edge.toml"
-    path.write_text(f'station = "ST-07"\n[[tools]]\nid = "AOI-01"\n[recipes.M1]\n[recipes.M2]\n'
-                    f'[mqtt]\nport = {port}\n')
+    path.write_text(f'station = "ST-07"\n[[tools]]\nid = "AOI-01"\n[recipes.M1]\n[recipes.M2]\n[mqtt]\nport = {port}\n')
     return path
 
 
 def rebaseline(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge", "rebaseline", "--config", str(cfg), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "rebaseline", "--config", str(cfg), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_command_reaches_the_station_topic(mosquitto, tmp_path):
     engineers = Peer("127.0.0.1", mosquitto.port, "listener", (TOPIC,)).wait_connected()
-    done = rebaseline(config(tmp_path, mosquitto.port), "--tool", "AOI-01", "--recipe", "M2", "--by", "j.doe",
-                      "--reason", "PM: lamp replaced")
+    done = rebaseline(
+        config(tmp_path, mosquitto.port),
+        "--tool",
+        "AOI-01",
+        "--recipe",
+        "M2",
+        "--by",
+        "j.doe",
+        "--reason",
+        "PM: lamp replaced",
+    )
     assert done.returncode == 0, done.stderr
     assert engineers.wait_for(lambda messages: len(messages) == 1, 10)
     [body] = engineers.json_messages(TOPIC)
@@ -47,8 +60,10 @@ def test_the_command_reaches_the_station_topic(mosquitto, tmp_path):
 def test_a_command_the_daemon_would_refuse_is_not_sent(mosquitto, tmp_path):
     engineers = Peer("127.0.0.1", mosquitto.port, "listener", (TOPIC,)).wait_connected()
     cfg = config(tmp_path, mosquitto.port)
-    for args, reason in ((("--tool", "AOI-09"), "unknown_tool"), (("--tool", "AOI-01", "--recipe", "M9"),
-                                                                    "unknown_recipe")):
+    for args, reason in (
+        (("--tool", "AOI-09"), "unknown_tool"),
+        (("--tool", "AOI-01", "--recipe", "M9"), "unknown_recipe"),
+    ):
         done = rebaseline(cfg, *args, "--by", "ops")
         assert done.returncode == 2 and f"refused: {reason}" in done.stderr
     assert not engineers.wait_for(lambda messages: len(messages) > 0, 1.0)

@@ -215,7 +215,9 @@ def test_a_precision_fallback_travels_through_triton_to_the_daemon_client(tmp_pa
         (models / onnx_path(source, "classifier", form).name).symlink_to(onnx_path(source, "classifier", form))
     report = json.loads((source / REPORT).read_text())
     report["models"]["classifier"]["int8"]["gate"] = {
-        "passed": False, "failures": ['escape_rate 0.01 -> 0.03 (allowed +0.005) on "held-out" dies \\ seed 1']}
+        "passed": False,
+        "failures": ['escape_rate 0.01 -> 0.03 (allowed +0.005) on "held-out" dies \\ seed 1'],
+    }
     (models / REPORT).write_text(json.dumps(report))
     _, choice = build_model("classifier", SOURCE, models, tmp_path / "repo", "int8")
     assert choice.served == "fp16"

@@ -46,8 +46,13 @@ def keys(tmp_path: Path) -> Keys:
     authorized = tmp_path / "authorized"
     authorized.mkdir()
     shutil.copy(tmp_path / "tool" / "AOI-01.key", authorized)
-    return Keys(tmp_path / "station" / "ST-01.key_secret", tmp_path / "station" / "ST-01.key", authorized,
-                tmp_path / "tool" / "AOI-01.key_secret", tmp_path / "rogue" / "AOI-66.key_secret")
+    return Keys(
+        tmp_path / "station" / "ST-01.key_secret",
+        tmp_path / "station" / "ST-01.key",
+        authorized,
+        tmp_path / "tool" / "AOI-01.key_secret",
+        tmp_path / "rogue" / "AOI-66.key_secret",
+    )
 
 
 @pytest.fixture
@@ -74,8 +79,9 @@ def tool(ctx: zmq.asyncio.Context, endpoint: str, server_public: Path | None, se
     return sock
 
 
-async def exchange(frames: FrameSocket, client: zmq.asyncio.Socket,
-                   tools: frozenset[str] | None = frozenset({"AOI-01"})) -> bytes | None:
+async def exchange(
+    frames: FrameSocket, client: zmq.asyncio.Socket, tools: frozenset[str] | None = frozenset({"AOI-01"})
+) -> bytes | None:
     """One frame from ``client`` and the intake's reply to it; None when nothing got through. The
     intake must say the sender speaks for ``tools`` (None: no CURVE)."""
     await client.send_multipart(FRAME)
@@ -176,8 +182,14 @@ def test_bad_key_files_are_config_errors_naming_the_file_and_never_the_secret(ct
     async def scenario() -> None:
         for secret_file, authorized, message in cases:
             with pytest.raises(ConfigError, match=message) as caught:
-                FrameSocket(ctx, "tcp://127.0.0.1:0", 1 << 20, hwm=100,
-                            curve_secret_key_file=secret_file, curve_authorized_keys=authorized)
+                FrameSocket(
+                    ctx,
+                    "tcp://127.0.0.1:0",
+                    1 << 20,
+                    hwm=100,
+                    curve_secret_key_file=secret_file,
+                    curve_authorized_keys=authorized,
+                )
             assert secret_text not in str(caught.value) and secret_text[::-1] not in str(caught.value)
         with pytest.raises(ConfigError, match="both or neither"):
             FrameSocket(ctx, "tcp://127.0.0.1:0", 1 << 20, hwm=100, curve_secret_key_file=keys.server_secret)
@@ -205,8 +217,14 @@ def test_curve_keygen_writes_a_usable_pair_owner_only_and_never_overwrites(tmp_p
 def test_the_aoi_simulator_connects_as_a_curve_client(ctx, keys):
     async def scenario() -> None:
         frames = intake(ctx, keys)
-        sim = AoiTools(frames.endpoint, ["AOI-01"], window=1, reply_timeout_s=1.0, max_tries=1,
-                       curve=CurveClient.from_files(str(keys.server_public), str(keys.tool_secret)))
+        sim = AoiTools(
+            frames.endpoint,
+            ["AOI-01"],
+            window=1,
+            reply_timeout_s=1.0,
+            max_tries=1,
+            curve=CurveClient.from_files(str(keys.server_public), str(keys.tool_secret)),
+        )
 
         def send_and_wait() -> bytes | None:  # the simulator's blocking socket, off the loop serving ZAP
             sock = sim.socks["AOI-01"]

@@ -54,8 +54,7 @@ def test_a_flooding_tool_leaves_room_for_the_others():
     assert busy_reason(len(held), held.held_by("B"), limits, accepting=True, outbox_full=False) is None
 
 
-@pytest.mark.parametrize(("station", "tools", "batch", "share"), [(256, 2, 16, 128), (256, 40, 16, 16),
-                                                                  (8, 1, 16, 8)])
+@pytest.mark.parametrize(("station", "tools", "batch", "share"), [(256, 2, 16, 128), (256, 40, 16, 16), (8, 1, 16, 8)])
 def test_default_share(station, tools, batch, share):
     assert per_tool_share(station, tools, batch) == share
 

@@ -88,9 +88,13 @@ def test_engineer_change_from_another_connection_is_picked_up(calib: Calibration
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
-    [(b"{", "bad_json"), (b"[]", "bad_json"), (b'{"disposition": "real", "reviewer": "a"}', "missing_key"),
-     (b'{"event_id": "E", "disposition": "real"}', "missing_key"),
-     (b'{"event_id": "E", "disposition": 1, "reviewer": "a"}', "bad_value")],
+    [
+        (b"{", "bad_json"),
+        (b"[]", "bad_json"),
+        (b'{"disposition": "real", "reviewer": "a"}', "missing_key"),
+        (b'{"event_id": "E", "disposition": "real"}', "missing_key"),
+        (b'{"event_id": "E", "disposition": 1, "reviewer": "a"}', "bad_value"),
+    ],
 )
 def test_bad_reviews_are_rejected_with_a_reason(payload: bytes, reason: str) -> None:
     parsed = parse_review(payload)

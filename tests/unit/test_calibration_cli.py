@@ -54,14 +54,32 @@ def test_override_lock_unlock_transfer_history_review(store_path: Path, capsys) 
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["override", "--recipe", R, "--tool", T, "--class", "PART-SM", "--threshold", "0.99", "--reason", "x"],
-         "threshold"),
+        (
+            ["override", "--recipe", R, "--tool", T, "--class", "PART-SM", "--threshold", "0.99", "--reason", "x"],
+            "threshold",
+        ),
         (["override", "--recipe", R, "--tool", T, "--class", "NOPE", "--threshold", "0.7", "--reason", "x"], "class"),
         (["show", "--recipe", R, "--tool", "AOI-99"], "recipe/tool"),
         (["review", "NOPE", "--real"], "event_id"),
         (["set-bounds", "--recipe", R, "--tool", T, "--class", "PART-SM", "--reason", "x"], "set-bounds"),
-        (["set-bounds", "--recipe", R, "--tool", T, "--class", "PART-SM", "--lower", "0.9", "--upper", "0.8",
-          "--reason", "x"], "bounds"),
+        (
+            [
+                "set-bounds",
+                "--recipe",
+                R,
+                "--tool",
+                T,
+                "--class",
+                "PART-SM",
+                "--lower",
+                "0.9",
+                "--upper",
+                "0.8",
+                "--reason",
+                "x",
+            ],
+            "bounds",
+        ),
     ],
 )
 def test_errors_name_the_bad_argument(store_path: Path, capsys, args: list[str], named: str) -> None:
@@ -75,8 +93,25 @@ def test_missing_store_is_an_error(tmp_path: Path, capsys) -> None:
 
 
 def test_show_and_history_as_json(store_path: Path, capsys) -> None:
-    assert main(calib(store_path, "override", "--recipe", R, "--tool", T, "--class", "PART-SM", "--threshold", "0.8",
-                      "--reason", "x")) == 0
+    assert (
+        main(
+            calib(
+                store_path,
+                "override",
+                "--recipe",
+                R,
+                "--tool",
+                T,
+                "--class",
+                "PART-SM",
+                "--threshold",
+                "0.8",
+                "--reason",
+                "x",
+            )
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(calib(store_path, "show", "--recipe", R, "--tool", T, "--json")) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -97,7 +132,8 @@ def test_show_and_override_work_on_a_statistical_profile(tmp_path: Path, capsys)
     s.close()
     assert main(calib(path, "show", "--recipe", R, "--tool", T)) == 0
     assert capsys.readouterr().out.splitlines()[1] == (
-        "PART-SM threshold=0.55 fpr_window=0.00% fpr_upper=100.00% status=calibrating")
+        "PART-SM threshold=0.55 fpr_window=0.00% fpr_upper=100.00% status=calibrating"
+    )
     where = ["--recipe", R, "--tool", T, "--class", "PART-SM"]
     assert main(calib(path, "override", *where, "--threshold", "0.7", "--lock-lots", "2", "--reason", "x")) == 0
     assert capsys.readouterr().out.startswith("PART-SM threshold=0.70 ")

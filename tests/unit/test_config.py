@@ -95,8 +95,9 @@ def test_a_missing_curve_key_file_or_directory_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"curve_secret_key_file: no such file: .*gone\.key_secret"):
         parse_config({**MINIMAL, "ingest": {"curve_secret_key_file": missing, "curve_authorized_keys": keys}})
     with pytest.raises(ConfigError, match=r"curve_authorized_keys: no such directory: .*nowhere"):
-        parse_config({**MINIMAL, "ingest": {"curve_secret_key_file": secret,
-                                            "curve_authorized_keys": str(tmp_path / "nowhere")}})
+        parse_config(
+            {**MINIMAL, "ingest": {"curve_secret_key_file": secret, "curve_authorized_keys": str(tmp_path / "nowhere")}}
+        )
 
 
 def tls_files(tmp_path) -> dict[str, str]:
@@ -144,8 +145,14 @@ def test_a_key_passphrase_needs_a_key_file(tmp_path):
 
 
 def test_mqtt_secrets_are_read_when_needed_and_never_held_by_the_config(tmp_path, monkeypatch):
-    mqtt = {"tls": True, **tls_files(tmp_path), "username": "edge-st01", "password_env": "EDGE_PW",
-            "key_password_env": "EDGE_KEY_PW", "key_password_credential": "key-pw"}
+    mqtt = {
+        "tls": True,
+        **tls_files(tmp_path),
+        "username": "edge-st01",
+        "password_env": "EDGE_PW",
+        "key_password_env": "EDGE_KEY_PW",
+        "key_password_credential": "key-pw",
+    }
     cfg = parse_config({**MINIMAL, "mqtt": mqtt})
     monkeypatch.delenv("EDGE_KEY_PW", raising=False)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
@@ -175,8 +182,10 @@ def test_check_config_reads_the_key_material_it_names(tmp_path, capsys):
     secret.write_text("secret-key-material-that-is-no-key\n")
     secret.chmod(0o600)
     curve = tmp_path / "curve.toml"
-    curve.write_text(f'[[tools]]\nid = "AOI-01"\n[recipes.R1]\n[ingest]\ncurve_secret_key_file = "{secret}"\n'
-                     f'curve_authorized_keys = "{keys}"\n')
+    curve.write_text(
+        f'[[tools]]\nid = "AOI-01"\n[recipes.R1]\n[ingest]\ncurve_secret_key_file = "{secret}"\n'
+        f'curve_authorized_keys = "{keys}"\n'
+    )
     assert main(["check-config", str(curve)]) == 2
     err = capsys.readouterr().err
     assert "station.key_secret" in err and "secret-key-material" not in err
@@ -193,8 +202,13 @@ def test_check_config_as_json_and_the_version(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[tools]]\nid = "AOI-01"\n[recipes.R1]\n[mqtt]\nhots = "x"\n')
     assert main(["check-config", "--json", str(good)]) == 0
-    assert json.loads(capsys.readouterr().out) == {"ok": True, "file": str(good), "station": "ST-9",
-                                                   "tools": ["AOI-01"], "recipes": ["R1"]}
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": True,
+        "file": str(good),
+        "station": "ST-9",
+        "tools": ["AOI-01"],
+        "recipes": ["R1"],
+    }
     assert main(["check-config", "--json", str(bad)]) == 2
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["ok"] is False and "mqtt.hots" in verdict["error"]

@@ -7,8 +7,14 @@ import pytest
 from edge.flow import Rejected
 from edge.mes.context import ContextCache, parse_lot_event, parse_process_log
 
-LOG = {"lot_id": "L1", "wafer_id": "W1", "recipe_id": "R1", "tool_id": "AOI-01", "ts": 1.0,
-       "params": {"anneal_temp_c": 1050.0, "bogus": "text", "flag": True}}
+LOG = {
+    "lot_id": "L1",
+    "wafer_id": "W1",
+    "recipe_id": "R1",
+    "tool_id": "AOI-01",
+    "ts": 1.0,
+    "params": {"anneal_temp_c": 1050.0, "bogus": "text", "flag": True},
+}
 
 
 def test_process_log_keeps_numeric_params_only():

@@ -38,8 +38,14 @@ OUTBOX_READS = {
     "wafer_ends": (),
     "load_state": (),
 }
-STORE_READS = {"profiles": (), "version": ("R1", "AOI-01"), "states": ("R1", "AOI-01"), "data_version": (),
-               "escape_estimate": ("R1", "AOI-01", "CRACK"), "history": ("R1", "AOI-01")}
+STORE_READS = {
+    "profiles": (),
+    "version": ("R1", "AOI-01"),
+    "states": ("R1", "AOI-01"),
+    "data_version": (),
+    "escape_estimate": ("R1", "AOI-01", "CRACK"),
+    "history": ("R1", "AOI-01"),
+}
 
 
 def broken_outbox(tmp_path) -> Outbox:
@@ -135,15 +141,29 @@ async def _a_failed_outbox_read_answers_outbox_unavailable(tmp_path):
     daemon = Daemon(parse_config(MINIMAL))
     outbox = broken_outbox(tmp_path)
     sock = OneFrameSocket([msgpack.packb(header(recipe_id="R1")), RAW])
-    intake = Intake(daemon.cfg, sock, daemon.inflight, Turnaround(),
-                    lambda tool, frame_id: daemon.db(outbox.recorded_reply, tool, frame_id),
-                    daemon.inflight.add, daemon.health, daemon.metrics, daemon.log_limiter)
+    intake = Intake(
+        daemon.cfg,
+        sock,
+        daemon.inflight,
+        Turnaround(),
+        lambda tool, frame_id: daemon.db(outbox.recorded_reply, tool, frame_id),
+        daemon.inflight.add,
+        daemon.health,
+        daemon.metrics,
+        daemon.log_limiter,
+    )
     receiving = asyncio.create_task(intake.run())
     await asyncio.wait_for(sock.answered.wait(), 5)
     assert not receiving.done()  # the intake goes on to the next frame
     receiving.cancel()
-    assert sock.replies == [{"frame_id": None, "status": "busy", "reason": "outbox_unavailable",
-                             "retry_after_ms": daemon.cfg.ingest.busy_retry_after_ms}]
+    assert sock.replies == [
+        {
+            "frame_id": None,
+            "status": "busy",
+            "reason": "outbox_unavailable",
+            "retry_after_ms": daemon.cfg.ingest.busy_retry_after_ms,
+        }
+    ]
     assert internal_errors(daemon, "outbox") == 1
 
 
@@ -155,8 +175,15 @@ async def _the_health_loop_survives_a_failing_outbox(tmp_path):
     daemon = Daemon(parse_config(MINIMAL))
     outbox = broken_outbox(tmp_path)
     publisher = Publisher(outbox, None, daemon.metrics, daemon.db, 8, 1.0)
-    housekeeping = Housekeeping(daemon.cfg, daemon.db, outbox, None, publisher,  # type: ignore[arg-type]
-                                daemon.health, daemon.metrics)
+    housekeeping = Housekeeping(
+        daemon.cfg,
+        daemon.db,
+        outbox,
+        None,
+        publisher,  # type: ignore[arg-type]
+        daemon.health,
+        daemon.metrics,
+    )
     loop = asyncio.create_task(health_loop(0.01, Notifier(), daemon.health, [housekeeping.check_outbox]))
     for _ in range(500):
         await asyncio.sleep(0.01)
@@ -179,11 +206,16 @@ def test_every_resource_is_closed_when_triton_is_not_ready_in_time(tmp_path):
 
 async def _every_resource_is_closed_when_triton_is_not_ready_in_time(tmp_path):
     http_port = free_port()
-    cfg = parse_config({**MINIMAL, "mqtt": {"enabled": False},
-                        "triton": {"url": f"127.0.0.1:{free_port()}", "ready_timeout_s": 0.5},
-                        "http": {"host": "127.0.0.1", "port": http_port},
-                        "outbox": {"path": str(tmp_path / "outbox.sqlite")},
-                        "calibration": {"path": str(tmp_path / "calibration.sqlite")}})
+    cfg = parse_config(
+        {
+            **MINIMAL,
+            "mqtt": {"enabled": False},
+            "triton": {"url": f"127.0.0.1:{free_port()}", "ready_timeout_s": 0.5},
+            "http": {"host": "127.0.0.1", "port": http_port},
+            "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+            "calibration": {"path": str(tmp_path / "calibration.sqlite")},
+        }
+    )
     daemon = Daemon(cfg)
     with pytest.raises(TritonUnavailable):
         await daemon.run(asyncio.Event())
@@ -235,16 +267,19 @@ async def _the_watchdog_is_not_petted_once_a_critical_task_died(tmp_path):
     await daemon.tasks.stop()
 
 
-@pytest.mark.parametrize(("status", "message", "expected"), [
-    ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", TritonUnavailable),
-    ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", TritonUnavailable),
-    ("StatusCode.NOT_FOUND", "Request for unknown model: 'classifier' is not found", TritonUnavailable),
-    ("StatusCode.RESOURCE_EXHAUSTED", "Exceeds maximum queue size", TritonUnavailable),
-    # the wording says "unavailable", the code says the request itself was bad: not retried
-    ("StatusCode.INVALID_ARGUMENT", "input 'IMAGE' unavailable in the expected shape", InferenceFailed),
-    ("StatusCode.INTERNAL", "model not ready to run: backend error", InferenceFailed),
-    (None, "could not serialise the request", InferenceFailed),
-])
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", TritonUnavailable),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", TritonUnavailable),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'classifier' is not found", TritonUnavailable),
+        ("StatusCode.RESOURCE_EXHAUSTED", "Exceeds maximum queue size", TritonUnavailable),
+        # the wording says "unavailable", the code says the request itself was bad: not retried
+        ("StatusCode.INVALID_ARGUMENT", "input 'IMAGE' unavailable in the expected shape", InferenceFailed),
+        ("StatusCode.INTERNAL", "model not ready to run: backend error", InferenceFailed),
+        (None, "could not serialise the request", InferenceFailed),
+    ],
+)
 def test_triton_errors_are_classified_by_their_grpc_status_code(status, message, expected):
     error = classify(InferenceServerException(msg=message, status=status), "classifier")
     assert type(error) is expected and str(error).startswith("classifier: ")

@@ -26,8 +26,21 @@ def test_event_body_has_every_schema_field_and_is_json():
     probs[0] = 0.1
     verdict = decide(0.5, Bands(0.1, 0.2), probs, DEFAULT_CLASSES, lambda c: 0.7, 0.5, 0.0)
     hot = HotRegion((10, 20), (0, 8, 31, 39))
-    facts = FrameFacts("ST", "T1", "R1", "L1", "W1", (2, 3), "f1", 0.5, hot, True, (), {"anomaly": "1"},
-                       {"queue": 1.0, "infer": 2.0, "total": 4.0})
+    facts = FrameFacts(
+        "ST",
+        "T1",
+        "R1",
+        "L1",
+        "W1",
+        (2, 3),
+        "f1",
+        0.5,
+        hot,
+        True,
+        (),
+        {"anomaly": "1"},
+        {"queue": 1.0, "infer": 2.0, "total": 4.0},
+    )
     body = json.loads(json.dumps(event_body("01ABC", 1.0, "DEFECT", verdict, facts, {"status": "static"})))
     assert body["schema"] == SCHEMA and body["defect_class"] == "CRACK" and body["threshold"] == 0.7
     assert body["anomaly"] == {"score": 0.5, "band": "REJECT", "peak_xy": [10, 20], "bbox": [0, 8, 31, 39]}

@@ -46,10 +46,13 @@ def test_decompression_bomb_is_refused_from_its_header():
     assert isinstance(out, Rejected) and out.reason == "image_too_large"
 
 
-@pytest.mark.parametrize(("encoding", "payload", "reason"), [
-    ("png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "undecodable"),
-    ("jpeg", b"GIF89a....", "undecodable"),
-])
+@pytest.mark.parametrize(
+    ("encoding", "payload", "reason"),
+    [
+        ("png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "undecodable"),
+        ("jpeg", b"GIF89a....", "undecodable"),
+    ],
+)
 def test_garbage_is_undecodable(encoding, payload, reason):
     out = decode(hdr(encoding), payload, (256, 256), 10**7, resize=False)
     assert isinstance(out, Rejected) and out.reason == reason

@@ -37,8 +37,13 @@ class FlakyTriton:
         n = len(grey)
         return AnomalyOut(np.full(n, 0.01, np.float32), np.zeros((n, 32, 32), np.float32))
 
-    async def classify(self, rgb: npt.NDArray[np.uint8], process: npt.NDArray[np.float32],
-                       present: npt.NDArray[np.float32], notes: npt.NDArray[np.int64]) -> ClassifierOut:
+    async def classify(
+        self,
+        rgb: npt.NDArray[np.uint8],
+        process: npt.NDArray[np.float32],
+        present: npt.NDArray[np.float32],
+        notes: npt.NDArray[np.int64],
+    ) -> ClassifierOut:
         probs = np.zeros((len(rgb), N_CLASSES), np.float32)
         probs[0, 0] = 1.0
         probs[1:, DEFECT_CLASS] = 1.0
@@ -48,13 +53,23 @@ class FlakyTriton:
 def frames(deadline_s: float, n: int = 2) -> list[Frame]:
     now = time.monotonic()
     tensors = Tensors(np.zeros((3, 256, 256), np.uint8), np.zeros((1, 256, 256), np.uint8))
-    return [Frame(b"id", FrameHeader(f"f{i}", "T1", "R", "L1", "W1", (i, 0), 0.0, "raw", None, None, None),
-                  tensors, now, now + deadline_s, 0.0) for i in range(n)]
+    return [
+        Frame(
+            b"id",
+            FrameHeader(f"f{i}", "T1", "R", "L1", "W1", (i, 0), 0.0, "raw", None, None, None),
+            tensors,
+            now,
+            now + deadline_s,
+            0.0,
+        )
+        for i in range(n)
+    ]
 
 
 def inspector(triton: FlakyTriton, retries: int = 3) -> tuple[Inspector, Metrics]:
-    cfg = parse_config({"tools": [{"id": "T1"}], "recipes": {"R": {}},
-                        "triton": {"retries": retries, "retry_backoff_ms": 20}})
+    cfg = parse_config(
+        {"tools": [{"id": "T1"}], "recipes": {"R": {}}, "triton": {"retries": retries, "retry_backoff_ms": 20}}
+    )
     metrics = Metrics()
     inspect = Inspector(cfg, triton, lambda recipe, tool, cls: 0.6, metrics, RateLimited(10.0))
     inspect.bands = BandTable(Bands(0.1, 0.2))

@@ -21,8 +21,11 @@ from edge.ops.logs import RateLimited
 from edge.ops.metrics import Metrics
 from tests.unit.test_wire import RAW, header
 
-CONFIG = {"tools": [{"id": "AOI-01"}, {"id": "AOI-02"}], "recipes": {"R1": {}},
-          "ingest": {"max_inflight_per_tool": 2, "busy_retry_after_ms": 50, "busy_retry_max_ms": 2000}}
+CONFIG = {
+    "tools": [{"id": "AOI-01"}, {"id": "AOI-02"}],
+    "recipes": {"R1": {}},
+    "ingest": {"max_inflight_per_tool": 2, "busy_retry_after_ms": 50, "busy_retry_max_ms": 2000},
+}
 
 
 class FakeSocket:
@@ -51,8 +54,17 @@ class Station:
         self.health = Health(broker_required=False)
         self.metrics = Metrics()
         self.fail_outbox, self.fail_submit = fail_outbox, fail_submit
-        self.intake = Intake(self.cfg, self.socket, self.inflight, Turnaround(), self._recorded_reply, self._submit,
-                             self.health, self.metrics, RateLimited(10.0))
+        self.intake = Intake(
+            self.cfg,
+            self.socket,
+            self.inflight,
+            Turnaround(),
+            self._recorded_reply,
+            self._submit,
+            self.health,
+            self.metrics,
+            RateLimited(10.0),
+        )
 
     async def _recorded_reply(self, tool: str, frame_id: str) -> bytes | None:
         if self.fail_outbox:
@@ -64,8 +76,13 @@ class Station:
             raise RuntimeError("a defect downstream")
         self.submitted.append(frame)
 
-    async def send(self, identity: bytes, parts: list[bytes] | None = None, tools: frozenset[str] | None = None,
-                   **overrides: object) -> None:
+    async def send(
+        self,
+        identity: bytes,
+        parts: list[bytes] | None = None,
+        tools: frozenset[str] | None = None,
+        **overrides: object,
+    ) -> None:
         await self.intake.handle(identity, parts or [msgpack.packb(header(**overrides)), RAW], tools)
 
     def count(self, name: str, **labels: str) -> float:
@@ -119,7 +136,8 @@ def test_an_outbox_that_fails_answers_outbox_unavailable_and_the_intake_goes_on(
     st, alive = run(scenario())
     assert alive and st.submitted == [] and len(st.inflight) == 0
     assert [reply for _, reply in st.socket.replies] == [
-        {"frame_id": None, "status": "busy", "reason": "outbox_unavailable", "retry_after_ms": 50}] * 2
+        {"frame_id": None, "status": "busy", "reason": "outbox_unavailable", "retry_after_ms": 50}
+    ] * 2
     assert st.count("edge_internal_errors_total", stage="outbox") == 2
 
 
@@ -150,11 +168,14 @@ def test_a_draining_station_accepts_no_new_frame():
     assert st.submitted == [] and st.socket.replies[0][1]["reason"] == "shutting_down"
 
 
-@pytest.mark.parametrize(("parts", "overrides", "tools", "reason"), [
-    ([b"not msgpack"], {}, None, "bad_multipart"),
-    (None, {"tool_id": "AOI-99"}, None, "unknown_tool"),
-    (None, {}, frozenset({"AOI-02"}), "tool_key_mismatch"),
-])
+@pytest.mark.parametrize(
+    ("parts", "overrides", "tools", "reason"),
+    [
+        ([b"not msgpack"], {}, None, "bad_multipart"),
+        (None, {"tool_id": "AOI-99"}, None, "unknown_tool"),
+        (None, {}, frozenset({"AOI-02"}), "tool_key_mismatch"),
+    ],
+)
 def test_bad_input_is_rejected_with_its_reason(parts, overrides, tools, reason):
     async def scenario() -> Station:
         st = Station()

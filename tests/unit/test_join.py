@@ -20,8 +20,15 @@ def frame(frame_id: str, wafer: str = "W1", notes: str | None = None) -> Frame:
 
 
 def log(wafer: str = "W1"):
-    body = {"lot_id": "L1", "wafer_id": wafer, "recipe_id": "R1", "tool_id": "T1", "ts": 0,
-            "params": {DEFAULT_PARAMETERS[0]: 30.0}, "notes": "anneal alarm"}
+    body = {
+        "lot_id": "L1",
+        "wafer_id": wafer,
+        "recipe_id": "R1",
+        "tool_id": "T1",
+        "ts": 0,
+        "params": {DEFAULT_PARAMETERS[0]: 30.0},
+        "notes": "anneal alarm",
+    }
     return parse_process_log(json.dumps(body).encode())
 
 

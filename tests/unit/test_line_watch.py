@@ -13,13 +13,22 @@ from edge.publish.events import EventIds
 from edge.watch.line_watch import LineWatch, Summaries, die_row
 from edge.watch.rebaseline import Rebaseline
 
-CFG = parse_config({
-    "tools": [{"id": "T1"}, {"id": "T2"}], "recipes": {"R": {}},
-    "process": {"min_wafers": 5, "anomaly_sigma": 3.0},
-    "drift": {"reference_frames": 20, "window_frames": 20, "ks_threshold": 0.5, "reference_wafers": 5,
-              "window_wafers": 5, "shift_sigma": 3.0},
-    "wafers": {"alert_severity": 50.0, "end_grace_s": 0.5},
-})
+CFG = parse_config(
+    {
+        "tools": [{"id": "T1"}, {"id": "T2"}],
+        "recipes": {"R": {}},
+        "process": {"min_wafers": 5, "anomaly_sigma": 3.0},
+        "drift": {
+            "reference_frames": 20,
+            "window_frames": 20,
+            "ks_threshold": 0.5,
+            "reference_wafers": 5,
+            "window_wafers": 5,
+            "shift_sigma": 3.0,
+        },
+        "wafers": {"alert_severity": 50.0, "end_grace_s": 0.5},
+    }
+)
 
 
 def outcome(tool, wafer, die, decision="PASS", cls="GOOD", score=0.01):
@@ -57,11 +66,21 @@ def test_score_drift_raises_once_for_the_moved_tool_and_sets_its_metrics():
     w, metrics = watch()
     rows = []
     for i in range(20):
-        rows += w.results([outcome("T1", "W1", (i, 0), score=0.01 + 0.001 * (i % 5)),
-                           outcome("T2", "W1", (i, 0), score=0.01 + 0.001 * (i % 5))], now=float(i))
+        rows += w.results(
+            [
+                outcome("T1", "W1", (i, 0), score=0.01 + 0.001 * (i % 5)),
+                outcome("T2", "W1", (i, 0), score=0.01 + 0.001 * (i % 5)),
+            ],
+            now=float(i),
+        )
     for i in range(30):
-        rows += w.results([outcome("T1", "W1", (i, 1), score=0.05 + 0.001 * (i % 5)),
-                           outcome("T2", "W1", (i, 1), score=0.01 + 0.001 * (i % 5))], now=20.0 + i)
+        rows += w.results(
+            [
+                outcome("T1", "W1", (i, 1), score=0.05 + 0.001 * (i % 5)),
+                outcome("T2", "W1", (i, 1), score=0.01 + 0.001 * (i % 5)),
+            ],
+            now=20.0 + i,
+        )
     [row] = rows
     body = json.loads(row.payload)
     assert row.topic == "fab/edge/ST-01/drift/T1" and row.decision == "DRIFT"
@@ -96,8 +115,9 @@ def test_a_wafer_ends_into_a_summary_and_an_alert_at_the_severity_level():
 
 def test_open_wafers_are_reopened_from_their_recorded_dies_and_summarised_once_whole():
     before, _ = watch()
-    outcomes = [outcome("T1", "W1", (x, 0), "DEFECT" if x < 3 else "PASS", "CRACK" if x < 3 else "GOOD")
-                for x in range(6)] + [outcome("T1", "W2", (0, 0)), outcome("T2", "W9", (1, 1))]
+    outcomes = [
+        outcome("T1", "W1", (x, 0), "DEFECT" if x < 3 else "PASS", "CRACK" if x < 3 else "GOOD") for x in range(6)
+    ] + [outcome("T1", "W2", (0, 0)), outcome("T2", "W9", (1, 1))]
     before.results(outcomes[:5], 0.0)  # the daemon dies with W1 (ended by W2), W2 and W9 unsummarised
     dies = [die_row(o) for o in outcomes]
     after, _ = watch()

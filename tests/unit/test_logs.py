@@ -36,8 +36,12 @@ def test_project_and_standard_library_lines_are_json_with_their_logger_name(line
     first, second = records(lines)
     assert first["event"] == "started" and first["logger"] == "edge.daemon" and first["level"] == "info"
     assert first["frames"] == "tcp://*:5555" and first["timestamp"].endswith("Z")
-    assert second == {"event": "Executing <Task> took 0.200 seconds", "level": "warning", "logger": "asyncio",
-                      "timestamp": second["timestamp"]}
+    assert second == {
+        "event": "Executing <Task> took 0.200 seconds",
+        "level": "warning",
+        "logger": "asyncio",
+        "timestamp": second["timestamp"],
+    }
 
 
 def test_exceptions_are_structured_and_keep_no_locals(lines):

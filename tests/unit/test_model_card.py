@@ -11,18 +11,38 @@ from tools.precision_gate import Choice
 from tools.reports.model_card import render_card
 
 CLASSIFIER = {
-    "accuracy": 0.97, "macro_f1": 0.96, "escape_rate": 0.01, "false_positive_rate": 0.02,
+    "accuracy": 0.97,
+    "macro_f1": 0.96,
+    "escape_rate": 0.01,
+    "false_positive_rate": 0.02,
     "modalities": {
-        "all": {"accuracy": 0.97, "macro_f1": 0.96, "escape_rate": 0.01, "false_positive_rate": 0.02,
-                "discolour": {"real_recall": 0.9, "cosmetic_passed": 0.95}},
-        "image_only": {"accuracy": 0.9, "macro_f1": 0.88, "escape_rate": 0.03, "false_positive_rate": 0.2,
-                       "discolour": {"real_recall": 0.4, "cosmetic_passed": 0.6}},
+        "all": {
+            "accuracy": 0.97,
+            "macro_f1": 0.96,
+            "escape_rate": 0.01,
+            "false_positive_rate": 0.02,
+            "discolour": {"real_recall": 0.9, "cosmetic_passed": 0.95},
+        },
+        "image_only": {
+            "accuracy": 0.9,
+            "macro_f1": 0.88,
+            "escape_rate": 0.03,
+            "false_positive_rate": 0.2,
+            "discolour": {"real_recall": 0.4, "cosmetic_passed": 0.6},
+        },
     },
-    "baseline_cnn": {"accuracy": 0.8, "macro_f1": 0.77, "escape_rate": 0.05, "false_positive_rate": 0.1,
-                     "discolour": {"real_recall": 0.3, "cosmetic_passed": 0.7}},
+    "baseline_cnn": {
+        "accuracy": 0.8,
+        "macro_f1": 0.77,
+        "escape_rate": 0.05,
+        "false_positive_rate": 0.1,
+        "discolour": {"real_recall": 0.3, "cosmetic_passed": 0.7},
+    },
     "confusion_matrix": {"classes": ["GOOD", "CRACK"], "rows_true_cols_pred": [[9, 1], [0, 5]]},
     "per_class_recall": {"GOOD": 0.99, "PART-SM": 0.81, "CRACK": 0.97},
-    "data": {"train_seed": 1, "heldout_seed": 1001}, "seconds": {"total": 100.0}, "budget": {"name": "full"},
+    "data": {"train_seed": 1, "heldout_seed": 1001},
+    "seconds": {"total": 100.0},
+    "budget": {"name": "full"},
 }
 
 
@@ -40,11 +60,17 @@ def test_classifier_card_has_metrics_weak_classes_and_latency_table():
 
 def test_anomaly_card_compares_with_the_pca_baseline():
     metrics = {
-        "auroc": 0.99, "auprc": 0.98, "fnr_at_fpr_5pct": 0.004, "pixel_auroc": 0.93, "auroc_image_mean": 0.8,
-        "pass_band": 0.01, "reject_band": 0.02, "per_class": {"GOOD": {"at_or_above_pass": 0.01},
-                                                             "BRIDGE": {"at_or_above_pass": 0.3}},
+        "auroc": 0.99,
+        "auprc": 0.98,
+        "fnr_at_fpr_5pct": 0.004,
+        "pixel_auroc": 0.93,
+        "auroc_image_mean": 0.8,
+        "pass_band": 0.01,
+        "reject_band": 0.02,
+        "per_class": {"GOOD": {"at_or_above_pass": 0.01}, "BRIDGE": {"at_or_above_pass": 0.3}},
         "pca_baseline": {"50": {"auroc": 0.7, "auprc": 0.8, "fnr_at_fpr_5pct": 0.6, "auroc_image_mean": 0.6}},
-        "data": {"train_seed": 1}, "seconds": {"total": 10.0},
+        "data": {"train_seed": 1},
+        "seconds": {"total": 10.0},
     }
     text = render_card("anomaly", metrics, None, [], {1: 1.0}, "test host")
     assert "| fnr_at_fpr_5pct | 0.004 | < 0.005 |" in text and "| pixel_auroc | 0.93 | > 0.90 |" in text
@@ -88,16 +114,43 @@ def test_code_digest_changes_with_any_source_byte(tmp_path):
 
 
 def test_card_shows_seed_spread_gate_served_forms_and_provenance():
-    spread = {"seeds": [1, 2, 3], "budget": "full", "models": {"classifier": {
-        p: {"figures": {"escape_rate": {"mean": 0.005, "sd": 0.002, "min": 0.003, "max": 0.007}},
-            "gate_passed": "3/3" if p != "int8" else "2/3"} for p in ("fp32", "fp16", "int8")}}}
-    precision = {"data": {"heldout": 960, "heldout_good": 480}, "models": {"classifier": {
-        "fp32": {"bytes": 5e6, "metrics": {"escape_rate": 0.005}, "gate": {"passed": True, "failures": []}},
-        "int8": {"bytes": 2e6, "metrics": {"escape_rate": 0.02}, "change_vs_fp32": {"escape_rate": 0.015},
-                 "gate": {"passed": False, "failures": ["escape_rate 0.005 -> 0.02 (allowed +0.005)"]}}}}}
+    spread = {
+        "seeds": [1, 2, 3],
+        "budget": "full",
+        "models": {
+            "classifier": {
+                p: {
+                    "figures": {"escape_rate": {"mean": 0.005, "sd": 0.002, "min": 0.003, "max": 0.007}},
+                    "gate_passed": "3/3" if p != "int8" else "2/3",
+                }
+                for p in ("fp32", "fp16", "int8")
+            }
+        },
+    }
+    precision = {
+        "data": {"heldout": 960, "heldout_good": 480},
+        "models": {
+            "classifier": {
+                "fp32": {"bytes": 5e6, "metrics": {"escape_rate": 0.005}, "gate": {"passed": True, "failures": []}},
+                "int8": {
+                    "bytes": 2e6,
+                    "metrics": {"escape_rate": 0.02},
+                    "change_vs_fp32": {"escape_rate": 0.015},
+                    "gate": {"passed": False, "failures": ["escape_rate 0.005 -> 0.02 (allowed +0.005)"]},
+                },
+            }
+        },
+    }
     served = {"GPU engines": Choice("int8", "fp16", "int8: escape_rate 0.005 -> 0.02 (allowed +0.005)")}
-    origin = {"code_digest": "a" * 64, "data_recipe_digest": "b" * 64, "budget": "full", "seed": 1,
-              "dependencies": {"torch": "2.13.0"}, "host": "x86_64", "sources": ["tools/train.py"]}
+    origin = {
+        "code_digest": "a" * 64,
+        "data_recipe_digest": "b" * 64,
+        "budget": "full",
+        "seed": 1,
+        "dependencies": {"torch": "2.13.0"},
+        "host": "x86_64",
+        "sources": ["tools/train.py"],
+    }
     text = render_card("classifier", CLASSIFIER, precision, [], {1: 2.0}, "host", served, spread, origin)
     assert "| escape_rate | 0.005 ± 0.002 (0.003-0.007) | 0.005 ± 0.002 (0.003-0.007) |" in text
     assert "| passed the precision gate | 3/3 | 3/3 | 2/3 |  |" in text

@@ -17,8 +17,11 @@ def test_bands_are_read_when_both_are_numbers():
 
 
 def test_precision_with_a_fallback_names_what_was_asked_and_why():
-    params = {"precision": "fp16", "precision_requested": "int8",
-              "precision_fallback": "int8: escape_rate 0.01 -> 0.02 (allowed +0.005)"}
+    params = {
+        "precision": "fp16",
+        "precision_requested": "int8",
+        "precision_fallback": "int8: escape_rate 0.01 -> 0.02 (allowed +0.005)",
+    }
     assert precision_from(params) == Precision("fp16", "int8", "int8: escape_rate 0.01 -> 0.02 (allowed +0.005)")
     assert precision_from({"precision": "fp32"}) == Precision("fp32", "fp32", None)
     assert precision_from({"pass_band": "0.1"}) is None  # a repository built before models declared it
@@ -36,5 +39,6 @@ def test_readyz_reports_the_served_precision_and_its_fallback():
 
     status, body = asyncio.run(scenario())
     assert status == 200
-    assert body["precision"] == {"classifier": {"served": "fp16", "requested": "int8",
-                                                "fallback": "int8: top1_changes 0 -> 0.3"}}
+    assert body["precision"] == {
+        "classifier": {"served": "fp16", "requested": "int8", "fallback": "int8: top1_changes 0 -> 0.3"}
+    }

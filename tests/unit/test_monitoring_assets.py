@@ -30,13 +30,32 @@ DASHBOARD = MONITORING / "edge-dashboard.json"
 # labels (prometheus.yml); `le` only on histogram buckets.
 TARGET_LABELS = frozenset({"job", "instance", "station"})
 # What the brief for fab ops asked to be alerted on; more alerts may join.
-REQUIRED_ALERTS = frozenset({
-    "EdgeDaemonDown", "EdgeLatencyP99OverBudget", "EdgeOutboxBacklogGrowing", "EdgeOutboxNearQuota",
-    "EdgeTritonNotReady", "EdgeBrokerDisconnected", "EdgeFprOverBudget", "EdgeDriftActive",
-    "EdgeFramesRejectedRateHigh", "EdgeFramesNotInspected", "EdgeMesContextMissing", "EdgeCriticalWaferAlert",
-})
-DASHBOARD_ROWS = ("Throughput", "Latency", "Outbox and broker", "Triton", "Calibration", "MES context", "Drift",
-                  "Wafers")
+REQUIRED_ALERTS = frozenset(
+    {
+        "EdgeDaemonDown",
+        "EdgeLatencyP99OverBudget",
+        "EdgeOutboxBacklogGrowing",
+        "EdgeOutboxNearQuota",
+        "EdgeTritonNotReady",
+        "EdgeBrokerDisconnected",
+        "EdgeFprOverBudget",
+        "EdgeDriftActive",
+        "EdgeFramesRejectedRateHigh",
+        "EdgeFramesNotInspected",
+        "EdgeMesContextMissing",
+        "EdgeCriticalWaferAlert",
+    }
+)
+DASHBOARD_ROWS = (
+    "Throughput",
+    "Latency",
+    "Outbox and broker",
+    "Triton",
+    "Calibration",
+    "MES context",
+    "Drift",
+    "Wafers",
+)
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
@@ -82,8 +101,7 @@ def exported_series() -> dict[str, frozenset[str]]:
     export what they collect."""
     metrics = Metrics()
     wrappers = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
-    families = {family.name for family in metrics.registry.collect()} | {
-        d.name for w in wrappers for d in w.describe()}
+    families = {family.name for family in metrics.registry.collect()} | {d.name for w in wrappers for d in w.describe()}
     own = {name for name in families if not name.startswith(STANDARD_COLLECTORS)}
     assert {w._name for w in wrappers} == own, "a registered metric is not an attribute of Metrics"
     assert families - own, "the process and Python collectors are registered"
@@ -93,12 +111,14 @@ def exported_series() -> dict[str, frozenset[str]]:
             series.update({sample.name: frozenset(sample.labels) for sample in family.samples})
     for w in wrappers:
         labels = frozenset(w._labelnames)
-        suffixes = {"counter": {"_total": labels, "_created": labels},
-                    "gauge": {"": labels},
-                    "stateset": {"": labels | {w._name}},
-                    "info": {},
-                    "histogram": {"_bucket": labels | {"le"}, "_sum": labels, "_count": labels, "_created": labels},
-                    "summary": {"": labels | {"quantile"}, "_sum": labels, "_count": labels, "_created": labels}}
+        suffixes = {
+            "counter": {"_total": labels, "_created": labels},
+            "gauge": {"": labels},
+            "stateset": {"": labels | {w._name}},
+            "info": {},
+            "histogram": {"_bucket": labels | {"le"}, "_sum": labels, "_count": labels, "_created": labels},
+            "summary": {"": labels | {"quantile"}, "_sum": labels, "_count": labels, "_created": labels},
+        }
         assert w._type in suffixes, f"{w._name}: metric type {w._type} not handled by this test"
         for suffix, names in suffixes[w._type].items():
             series[w._name + suffix] = frozenset(names)
@@ -119,7 +139,8 @@ def test_exported_series_follow_prometheus_client_naming() -> None:
 
 
 # ---- a small PromQL scanner: metric selectors, their matchers, and the label lists of by/without/on/... ---------
-TOKEN = re.compile(r"""
+TOKEN = re.compile(
+    r"""
     (?P<ws>\s+) | (?P<comment>\#[^\n]*)
   | (?P<string>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
   | (?P<range>\[[^\]]*\])
@@ -127,11 +148,29 @@ TOKEN = re.compile(r"""
   | (?P<number>0x[0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
   | (?P<op>=~|!~|!=|==|>=|<=|[-+*/%^=<>(){},@])
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 LABEL_LISTS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 KEYWORDS = LABEL_LISTS | {"bool", "and", "or", "unless", "offset", "atan2", "inf", "nan", "start", "end"}
-AGGREGATIONS = frozenset({"sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk",
-                          "quantile", "count_values", "limitk", "limit_ratio"})
+AGGREGATIONS = frozenset(
+    {
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "limitk",
+        "limit_ratio",
+    }
+)
 # Grafana's variables, replaced by what a query would get
 GRAFANA_INTERVALS = re.compile(r"\$__(?:rate_interval|interval|range)\b|\$\{__(?:rate_interval|interval|range)\}")
 
@@ -140,7 +179,7 @@ def tokens(expr: str) -> list[tuple[str, str]]:
     out, pos = [], 0
     while pos < len(expr):
         m = TOKEN.match(expr, pos)
-        assert m, f"cannot read PromQL at {expr[pos:pos + 40]!r} in {expr!r}"
+        assert m, f"cannot read PromQL at {expr[pos : pos + 40]!r} in {expr!r}"
         if m.lastgroup not in ("ws", "comment"):
             out.append((m.lastgroup, m.group()))
         pos = m.end()
@@ -185,7 +224,7 @@ class Query:
             if value in LABEL_LISTS:
                 if nxt == "(":
                     end = closing(toks, i + 1)
-                    labels = set(names_in(toks[i + 2:end]))
+                    labels = set(names_in(toks[i + 2 : end]))
                     inside_list.update(range(i + 1, end + 1))
                     self.grouping.append((value, labels, self._scope(toks, i)))
                     if value == "by":
@@ -199,9 +238,12 @@ class Query:
             matchers: set[str] = set()
             if nxt == "{":
                 end = closing(toks, i + 1)
-                body = toks[i + 2:end]
-                matchers = {v for j, (k, v) in enumerate(body) if k == "ident"
-                            and j + 1 < len(body) and body[j + 1][1] in ("=", "!=", "=~", "!~")}
+                body = toks[i + 2 : end]
+                matchers = {
+                    v
+                    for j, (k, v) in enumerate(body)
+                    if k == "ident" and j + 1 < len(body) and body[j + 1][1] in ("=", "!=", "=~", "!~")
+                }
                 inside_list.update(range(i + 1, end + 1))
             self.selectors.append((value, matchers))
 
@@ -223,7 +265,7 @@ class Query:
                     start -= 1
             else:
                 raise AssertionError(f"cannot place `{keyword}` in {' '.join(v for _, v in toks)}")
-            span = toks[start:closing(toks, start) + 1]
+            span = toks[start : closing(toks, start) + 1]
         else:
             span = toks
         found, skip = set(), ""
@@ -254,14 +296,18 @@ def check_query(expr: str, series: dict[str, frozenset[str]], where: str) -> lis
         carried = frozenset().union(*known) | TARGET_LABELS
         unknown = labels - carried
         if unknown:
-            problems.append(f"{where}: {keyword} ({', '.join(sorted(labels))}): no metric among {sorted(scope)} "
-                            f"has {sorted(unknown)}")
+            problems.append(
+                f"{where}: {keyword} ({', '.join(sorted(labels))}): no metric among {sorted(scope)} "
+                f"has {sorted(unknown)}"
+            )
     return problems
 
 
 def test_the_scanner_finds_metrics_matchers_and_label_lists() -> None:
-    q = Query('histogram_quantile(0.99, sum by (station, le) (rate(edge_e2e_latency_seconds_bucket'
-              '{job="edge-inspect", station=~"$station"}[$__rate_interval]))) > 0.2')
+    q = Query(
+        "histogram_quantile(0.99, sum by (station, le) (rate(edge_e2e_latency_seconds_bucket"
+        '{job="edge-inspect", station=~"$station"}[$__rate_interval]))) > 0.2'
+    )
     assert q.selectors == [("edge_e2e_latency_seconds_bucket", {"job", "station"})]
     assert q.grouping == [("by", {"station", "le"}, {"edge_e2e_latency_seconds_bucket"})]
     q = Query('sum(rate(a_total{x="1"}[5m])) by (tool) / on (tool) group_left b offset 5m and bool c')
@@ -284,7 +330,7 @@ def rule_blocks() -> Iterator[tuple[str, str, str]]:
     for n, m in enumerate(starts):
         end = starts[n + 1].start() if n + 1 < len(starts) else len(text)
         end = min([g for g in group_starts if m.start() < g < end] or [end])
-        yield m.group(1), m.group(2), text[m.start():end]
+        yield m.group(1), m.group(2), text[m.start() : end]
 
 
 def block_expr(block: str) -> str:
@@ -296,7 +342,7 @@ def block_expr(block: str) -> str:
         indent, rest = len(m.group(1)), m.group(2)
         if rest in ("|", "|-", ">", ">-"):
             body = []
-            for more in lines[i + 1:]:
+            for more in lines[i + 1 :]:
                 if more.strip() and len(more) - len(more.lstrip()) <= indent:
                     break
                 body.append(more.strip())

@@ -50,8 +50,10 @@ def test_a_resent_frame_keeps_its_first_result(tmp_path):
 
 def test_prune_drops_old_results_and_acknowledged_events_but_never_unacknowledged_ones(tmp_path):
     box = Outbox(tmp_path / "o.sqlite")
-    box.record([ResultRow("T1", "old", "DEFECT", "e1", b"r")],
-               [EventRow("e1", "t", "DEFECT", "{}"), EventRow("e2", "t", "DEFECT", "{}")])
+    box.record(
+        [ResultRow("T1", "old", "DEFECT", "e1", b"r")],
+        [EventRow("e1", "t", "DEFECT", "{}"), EventRow("e2", "t", "DEFECT", "{}")],
+    )
     box.mark_delivered([box.pending(0, 10)[0].seq])  # e1 acknowledged, e2 not
     cutoff = time.time() + 1  # everything so far is "old"
     box.record([ResultRow("T1", "new", "PASS", None, b"n")], [])
@@ -100,8 +102,11 @@ def test_a_wafer_end_is_kept_until_its_summary_or_the_retention(tmp_path):
     box.end_wafers([(("T9", "L1", "W7"), "wafer_end")])  # its dies are gone (say, pruned)
     box.close()
     box = Outbox(path)
-    assert box.wafer_ends() == [(("T1", "L1", "W1"), "wafer_end"), (("T1", "L1", "W2"), "lot_end"),
-                                (("T9", "L1", "W7"), "wafer_end")]
+    assert box.wafer_ends() == [
+        (("T1", "L1", "W1"), "wafer_end"),
+        (("T1", "L1", "W2"), "lot_end"),
+        (("T9", "L1", "W7"), "wafer_end"),
+    ]
     box.record([], [EventRow("s1", "p/s/wafers/T1", "WAFER", "{}")], summarised=[("T1", "L1", "W1")])
     assert [key for key, _ in box.wafer_ends()] == [("T1", "L1", "W2"), ("T9", "L1", "W7")]
     assert box.prune(time.time() - 3600)["wafer_ends"] == 0  # recent: kept

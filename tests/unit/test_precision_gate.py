@@ -48,9 +48,7 @@ def test_the_collapse_this_gate_exists_for_fails_on_every_count_it_touches() -> 
     assert "false_positive_rate 0.04 -> 0.537 (allowed +0.02)" in failures
 
 
-@pytest.mark.parametrize(
-    ("metric", "value"), [("fnr_at_fpr_5pct", 0.0065), ("auroc", 0.99), ("band_changes", 0.02)]
-)
+@pytest.mark.parametrize(("metric", "value"), [("fnr_at_fpr_5pct", 0.0065), ("auroc", 0.99), ("band_changes", 0.02)])
 def test_each_anomaly_tolerance_fails_on_its_own(metric: str, value: float) -> None:
     failures = judge("anomaly", ANOMALY_FP32, {**ANOMALY_FP32, metric: value})
     assert len(failures) == 1 and failures[0].startswith(metric)
@@ -135,7 +133,6 @@ def flip_last_weights(path: Path) -> None:
     scale = inits[dequant.input[1]]
     scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale).astype(np.float32), scale.name))
     onnx.save(model, str(path))
-
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,10 @@ class RecordingLink:
 
 def record(outbox: Outbox, n: int) -> None:
     ids = [f"e{i}" for i in range(n)]
-    outbox.record([ResultRow("T1", f"f{i}", "DEFECT", e, b"r") for i, e in enumerate(ids)],
-                  [EventRow(e, "fab/edge/ST/events/T1", "DEFECT", json.dumps({"event_id": e})) for e in ids])
+    outbox.record(
+        [ResultRow("T1", f"f{i}", "DEFECT", e, b"r") for i, e in enumerate(ids)],
+        [EventRow(e, "fab/edge/ST/events/T1", "DEFECT", json.dumps({"event_id": e})) for e in ids],
+    )
 
 
 def pending_ids(outbox: Outbox) -> list[str]:

@@ -53,8 +53,15 @@ def test_a_folder_from_other_code_or_another_seed_is_trained_again(
 
     def fake_train(folder: Path, seed: int, quick: bool) -> None:
         trained.append(seed)
-        (folder / provenance.RECORD).write_text(json.dumps({**json.loads((folder / provenance.RECORD).read_text()),
-                                                            "code_digest": provenance.code_digest(), "seed": seed}))
+        (folder / provenance.RECORD).write_text(
+            json.dumps(
+                {
+                    **json.loads((folder / provenance.RECORD).read_text()),
+                    "code_digest": provenance.code_digest(),
+                    "seed": seed,
+                }
+            )
+        )
 
     monkeypatch.setattr(seed_spread, "train_seed", fake_train)
     assert seed_spread.main(["--seeds", "4", "5", "--out", str(tmp_path / "seeds"), "--reference", str(tmp_path)]) == 0

@@ -415,8 +415,9 @@ def test_summaries_of_small_square_grids_with_mixed_decisions_are_plain_json(sid
     """Evidence flags come out of numpy comparisons: every one must still be a plain bool."""
     for seed in range(60):
         rng = np.random.default_rng(seed)
-        decisions = rng.choice(["DEFECT", "PASS", "REVIEW", "AUDIT", "NOT_INSPECTED"], side * side,
-                               p=[0.25, 0.55, 0.1, 0.05, 0.05])
+        decisions = rng.choice(
+            ["DEFECT", "PASS", "REVIEW", "AUDIT", "NOT_INSPECTED"], side * side, p=[0.25, 0.55, 0.1, 0.05, 0.05]
+        )
         dies = [DieResult(i % side, i // side, str(d), "CRACK") for i, d in enumerate(decisions)]
         summary = summarise(dies)
         assert json.loads(json.dumps(summary)) == summary

@@ -6,13 +6,29 @@ import pytest
 from edge.flow import FrameHeader, Rejected
 from edge.ingest.wire import REJECT_REASONS, Limits, parse_frame
 
-LIMITS = Limits(max_header_bytes=4096, max_payload_bytes=300_000, max_image_pixels=512 * 512,
-                tools=frozenset({"AOI-01"}), recipes=frozenset({"R1"}))
+LIMITS = Limits(
+    max_header_bytes=4096,
+    max_payload_bytes=300_000,
+    max_image_pixels=512 * 512,
+    tools=frozenset({"AOI-01"}),
+    recipes=frozenset({"R1"}),
+)
 
 
 def header(**overrides):
-    h = {"v": 1, "frame_id": "f-1", "tool_id": "AOI-01", "recipe_id": "R1", "lot_id": "L1", "wafer_id": "W1",
-         "die": [3, 4], "ts": 1_700_000_000.5, "encoding": "raw", "shape": [256, 256, 3], "dtype": "uint8"}
+    h = {
+        "v": 1,
+        "frame_id": "f-1",
+        "tool_id": "AOI-01",
+        "recipe_id": "R1",
+        "lot_id": "L1",
+        "wafer_id": "W1",
+        "die": [3, 4],
+        "ts": 1_700_000_000.5,
+        "encoding": "raw",
+        "shape": [256, 256, 3],
+        "dtype": "uint8",
+    }
     h.update(overrides)
     return {k: v for k, v in h.items() if v is not _DROP}
 

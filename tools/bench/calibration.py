@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                    _ci(m["escape"], 100, 2), _ci(m["penalty"], 100, 2), _ci(m["certify"], 1, 1), lag,
                    _ci(m["tv"], 1, 2), int(m["violations"].sum()))  # fmt: skip
             print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
-    print(f"\n{args.seeds} seeds x {args.lots} lots per run, budget {BUDGET:.1%}, production lots after "
-          f"{STAGES.initial_lots} calibration lots; {time.monotonic() - started:.0f} s")
+    print(
+        f"\n{args.seeds} seeds x {args.lots} lots per run, budget {BUDGET:.1%}, production lots after "
+        f"{STAGES.initial_lots} calibration lots; {time.monotonic() - started:.0f} s"
+    )
     return 0
 
 

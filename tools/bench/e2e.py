@@ -59,8 +59,22 @@ async def raw_triton(url: str, n: int, inflight: int) -> dict:
 def plan_frames(seed: int, n: int) -> list:
     dies = 50
     lots = max(1, -(-n // (dies * 2)))
-    return aoi_sim.plan_frames(["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots),
-                                "--wafers-per-lot", "2", "--dies-per-wafer", str(dies)])[:n]
+    return aoi_sim.plan_frames(
+        [
+            "--seed",
+            str(seed),
+            "--recipe",
+            RECIPE,
+            "--tools",
+            *TOOLS,
+            "--lots",
+            str(lots),
+            "--wafers-per-lot",
+            "2",
+            "--dies-per-wafer",
+            str(dies),
+        ]
+    )[:n]
 
 
 def daemon_e2e(st: Station, n: int, inflight: int) -> dict:
@@ -71,8 +85,12 @@ def daemon_e2e(st: Station, n: int, inflight: int) -> dict:
     finally:
         tools.close()
     report = aoi_sim.summarise(tally)
-    return {"frames_per_s": report["frames_per_s"], "latency_ms": report["latency_ms"],
-            "replies": report["replies"], "unanswered": len(report["unanswered"])}
+    return {
+        "frames_per_s": report["frames_per_s"],
+        "latency_ms": report["latency_ms"],
+        "replies": report["replies"],
+        "unanswered": len(report["unanswered"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,10 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         raw = asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))
         daemon = daemon_e2e(st, args.frames, args.inflight)
     result = {
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "processor": platform.processor() or platform.machine()},
-        "frames": args.frames, "inflight": args.inflight,
-        "raw_triton": raw, "daemon_e2e": daemon,
+        "host": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "frames": args.frames,
+        "inflight": args.inflight,
+        "raw_triton": raw,
+        "daemon_e2e": daemon,
         "throughput_ratio_daemon_over_raw": round(daemon["frames_per_s"] / raw["frames_per_s"], 3),
         "p50_ratio_daemon_over_raw": round(daemon["latency_ms"]["p50"] / raw["latency_ms"]["p50"], 3),
     }

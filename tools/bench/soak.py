@@ -142,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-min", type=float, default=5.0, help="left out of the growth fit")
     parser.add_argument("--workdir", type=Path, help="default: a fresh temporary directory")
     parser.add_argument("--report", type=Path, help="write the summary and every sample as JSON here")
-    parser.add_argument("--config-extra", default="", help="TOML appended to the station's daemon config, e.g. "
-                        "'[join]\\ncache_max_wafers = 500' to reach the context cache's bound within the run")
+    parser.add_argument(
+        "--config-extra",
+        default="",
+        help="TOML appended to the station's daemon config, e.g. "
+        "'[join]\\ncache_max_wafers = 500' to reach the context cache's bound within the run",
+    )
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edge-soak-"))
-    pool = Pool(11, TOOLS, lots=2, wafers_per_lot=3, dies_per_wafer=25, defect_rate=0.3, recipe=RECIPE,
-                encoding="png")
+    pool = Pool(11, TOOLS, lots=2, wafers_per_lot=3, dies_per_wafer=25, defect_rate=0.3, recipe=RECIPE, encoding="png")
     samples: list[Sample] = []
     extra = args.config_extra.replace("\\n", "\n")
     with Station(workdir, args.repository.resolve(), config_extra=extra) as st:
@@ -162,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupted)
         try:
             while time.monotonic() < end and feeder.is_alive():
-                samples.append(sample(time.monotonic() - start, st.daemon.pid, st.triton.pid,
-                                      st.workdir / "outbox.sqlite"))
+                samples.append(
+                    sample(time.monotonic() - start, st.daemon.pid, st.triton.pid, st.workdir / "outbox.sqlite")
+                )
                 print(json.dumps(samples[-1].__dict__), flush=True)
                 time.sleep(min(args.sample_s, max(0.0, end - time.monotonic())))
         except KeyboardInterrupt:
@@ -188,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": latency_percentiles(feed.latencies_ms),
         "events_replied": len(feed.event_ids),
         "events_lost": len(feed.event_ids - received),
-        "growth_per_hour": {name: round(per_hour(samples, name, warmup), 2)
-                            for name in ("daemon_rss_mb", "daemon_fds", "daemon_threads", "triton_rss_mb",
-                                         "outbox_mb")},
+        "growth_per_hour": {
+            name: round(per_hour(samples, name, warmup), 2)
+            for name in ("daemon_rss_mb", "daemon_fds", "daemon_threads", "triton_rss_mb", "outbox_mb")
+        },
         "first": samples[0].__dict__,
         "after_warmup": next((s.__dict__ for s in samples if s.t_s >= warmup), samples[-1].__dict__),
         "last": samples[-1].__dict__,

@@ -148,9 +148,7 @@ def with_max_batch(config: str, max_batch: int) -> str:
     return re.sub(r"\bbatch_size:\s*(\d+)", lambda m: f"batch_size: {min(int(m.group(1)), max_batch)}", text)
 
 
-def gpu_config(
-    name: str, source: Path, models: Path, max_batch: int = MAX_BATCH, choice: Choice | None = None
-) -> str:
+def gpu_config(name: str, source: Path, models: Path, max_batch: int = MAX_BATCH, choice: Choice | None = None) -> str:
     """The served config.pbtxt of ``name``: ``<source>/<name>/config.pbtxt`` for ``max_batch``, anomaly bands and
     the precision ``choice`` added as parameters."""
     text = with_max_batch((source / name / "config.pbtxt").read_text(), max_batch)

@@ -32,23 +32,39 @@ from tools.synth import make_dataset
 BATCHES = (1, 8, 16, 32)
 PURPOSE = {
     "anomaly": "Convolutional VAE (latent 128, Bernoulli decoder, full 256x256 resolution) trained on good dies "
-               "only. HEATMAP is the squared reconstruction error averaged over 8x8 cells; SCORE is the worst "
-               "window of 8, 32 or 64 pixels, the larger windows weighted to the cells' scale by the 99th "
-               "percentiles of good validation dies. The daemon compares SCORE with the recipe x tool bands.",
+    "only. HEATMAP is the squared reconstruction error averaged over 8x8 cells; SCORE is the worst "
+    "window of 8, 32 or 64 pixels, the larger windows weighted to the cells' scale by the 99th "
+    "percentiles of good validation dies. The daemon compares SCORE with the recipe x tool bands.",
     "classifier": "Multimodal defect classifier: a small hybrid ViT over 8x8 image patches, the MES process vector "
-                  "and operator-note tokens read through gated cross-attention (gates start at zero, so a missing "
-                  "modality contributes nothing); trained with focal loss, image/process contrastive alignment, "
-                  "an attention-entropy penalty and a process probe (dropped after training). Softmax over GOOD and "
-                  "15 defect classes, attention over patches.",
+    "and operator-note tokens read through gated cross-attention (gates start at zero, so a missing "
+    "modality contributes nothing); trained with focal loss, image/process contrastive alignment, "
+    "an attention-entropy penalty and a process probe (dropped after training). Softmax over GOOD and "
+    "15 defect classes, attention over patches.",
 }
 # Targets of the seed case studies (VAE: 004, multimodal classifier: 003).
 TARGETS = {
-    "auroc": "> 0.95", "auprc": "> 0.85", "auprc_at_production_prevalence": "> 0.85", "fnr_at_fpr_5pct": "< 0.005",
-    "pixel_auroc": "> 0.90", "escape_rate": "< 0.01", "false_positive_rate": "< 0.15", "macro_f1": "> 0.71",
+    "auroc": "> 0.95",
+    "auprc": "> 0.85",
+    "auprc_at_production_prevalence": "> 0.85",
+    "fnr_at_fpr_5pct": "< 0.005",
+    "pixel_auroc": "> 0.90",
+    "escape_rate": "< 0.01",
+    "false_positive_rate": "< 0.15",
+    "macro_f1": "> 0.71",
 }
 HEADLINE = {
-    "anomaly": ("auroc", "auprc", "auprc_at_production_prevalence", "fnr_at_fpr_5pct", "pixel_auroc",
-                "auroc_image_mean", "pass_band", "reject_band", "good_fpr_at_pass", "good_fpr_at_reject"),
+    "anomaly": (
+        "auroc",
+        "auprc",
+        "auprc_at_production_prevalence",
+        "fnr_at_fpr_5pct",
+        "pixel_auroc",
+        "auroc_image_mean",
+        "pass_band",
+        "reject_band",
+        "good_fpr_at_pass",
+        "good_fpr_at_reject",
+    ),
     "classifier": ("accuracy", "macro_f1", "escape_rate", "false_positive_rate"),
 }
 
@@ -61,8 +77,11 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 
 def _io(model_path: Path) -> list[tuple]:
     sess = session(model_path)
-    return [(kind, n.name, n.type, n.shape) for kind, nodes in (("input", sess.get_inputs()),
-                                                               ("output", sess.get_outputs())) for n in nodes]
+    return [
+        (kind, n.name, n.type, n.shape)
+        for kind, nodes in (("input", sess.get_inputs()), ("output", sess.get_outputs()))
+        for n in nodes
+    ]
 
 
 def headline_rows(name: str, metrics: dict) -> list[tuple]:
@@ -74,15 +93,27 @@ def comparison_rows(name: str, metrics: dict) -> tuple[tuple[str, ...], list[tup
     if name == "anomaly":
         header = ("model", "AUROC", "AUPRC", "FNR at FPR 5%", "AUROC of the image-mean error")
         rows = [("VAE", metrics["auroc"], metrics["auprc"], metrics["fnr_at_fpr_5pct"], metrics["auroc_image_mean"])]
-        rows += [(f"PCA, {k} components", b["auroc"], b["auprc"], b["fnr_at_fpr_5pct"], b["auroc_image_mean"])
-                 for k, b in metrics.get("pca_baseline", {}).items()]
+        rows += [
+            (f"PCA, {k} components", b["auroc"], b["auprc"], b["fnr_at_fpr_5pct"], b["auroc_image_mean"])
+            for k, b in metrics.get("pca_baseline", {}).items()
+        ]
         return header, rows
     header = ("model, inputs", "accuracy", "macro-F1", "escape", "FPR", "DISCOLOR found", "cosmetic passed")
     runs = {f"multimodal, {k}": v for k, v in metrics.get("modalities", {}).items()}
     if "baseline_cnn" in metrics:
         runs["vision-only CNN baseline"] = metrics["baseline_cnn"]
-    rows = [(label, r["accuracy"], r["macro_f1"], r["escape_rate"], r["false_positive_rate"],
-             r["discolour"]["real_recall"], r["discolour"]["cosmetic_passed"]) for label, r in runs.items()]
+    rows = [
+        (
+            label,
+            r["accuracy"],
+            r["macro_f1"],
+            r["escape_rate"],
+            r["false_positive_rate"],
+            r["discolour"]["real_recall"],
+            r["discolour"]["cosmetic_passed"],
+        )
+        for label, r in runs.items()
+    ]
     return header, rows
 
 
@@ -92,15 +123,17 @@ def confusion_lines(metrics: dict) -> list[str]:
         return []
     classes = cm["classes"]
     rows = [(c, *counts) for c, counts in zip(classes, cm["rows_true_cols_pred"])]
-    return ["## Confusion matrix (rows: truth, columns: prediction)", "",
-            *_table(("", *classes), rows), ""]
+    return ["## Confusion matrix (rows: truth, columns: prediction)", "", *_table(("", *classes), rows), ""]
 
 
 def weaknesses(name: str, metrics: dict) -> list[str]:
     """Classes the model handles worst, read from its own held-out metrics."""
     if name == "anomaly":
-        weak = {c: v["at_or_above_pass"] for c, v in metrics["per_class"].items() if c != "GOOD"
-                and v["at_or_above_pass"] < 0.5}
+        weak = {
+            c: v["at_or_above_pass"]
+            for c, v in metrics["per_class"].items()
+            if c != "GOOD" and v["at_or_above_pass"] < 0.5
+        }
         what = "share of defect dies at or above the pass band"
     else:
         weak = {c: r for c, r in metrics["per_class_recall"].items() if r < 0.95}
@@ -113,10 +146,13 @@ def _evaluated(metrics: dict) -> list[str]:
     ev = metrics.get("evaluated")
     if not ev:
         return []
-    return [f"Positives: {ev['positives']} dies showing a defect; negatives: {ev['negatives']} clean GOOD dies. "
-            f"The {ev['left_out_discolour_look']} dies with the discolouration look are left out: in grey the tint is "
-            "faint, and whether it is a defect depends on the process log, which is the classifier's job. "
-            f"SCORE: {metrics.get('score', 'see the interface')}.", ""]
+    return [
+        f"Positives: {ev['positives']} dies showing a defect; negatives: {ev['negatives']} clean GOOD dies. "
+        f"The {ev['left_out_discolour_look']} dies with the discolouration look are left out: in grey the tint is "
+        "faint, and whether it is a defect depends on the process log, which is the classifier's job. "
+        f"SCORE: {metrics.get('score', 'see the interface')}.",
+        "",
+    ]
 
 
 def _comparison(name: str, metrics: dict) -> list[str]:
@@ -181,41 +217,81 @@ def provenance_lines(origin: dict | None) -> list[str]:
     if not origin:
         return []
     deps = ", ".join(f"{k} {v}" for k, v in origin["dependencies"].items())
-    return ["## Provenance", "",
-            *_table(("", "value"), [("code digest", f"`{origin['code_digest']}`"),
-                                    ("data recipe digest", f"`{origin['data_recipe_digest']}`"),
-                                    ("budget, seed", f"{origin['budget']}, {origin['seed']}"),
-                                    ("dependencies", deps), ("trained on", origin["host"])]), "",
-            f"The code digest covers {len(origin['sources'])} files (`python -m tools.provenance sources`).", ""]
+    return [
+        "## Provenance",
+        "",
+        *_table(
+            ("", "value"),
+            [
+                ("code digest", f"`{origin['code_digest']}`"),
+                ("data recipe digest", f"`{origin['data_recipe_digest']}`"),
+                ("budget, seed", f"{origin['budget']}, {origin['seed']}"),
+                ("dependencies", deps),
+                ("trained on", origin["host"]),
+            ],
+        ),
+        "",
+        f"The code digest covers {len(origin['sources'])} files (`python -m tools.provenance sources`).",
+        "",
+    ]
 
 
-def render_card(name: str, metrics: dict, precision: dict | None, io_rows: list[tuple],
-                latency: dict[int, float], host: str, served: dict[str, Choice] | None = None,
-                spread: dict | None = None, origin: dict | None = None) -> str:
+def render_card(
+    name: str,
+    metrics: dict,
+    precision: dict | None,
+    io_rows: list[tuple],
+    latency: dict[int, float],
+    host: str,
+    served: dict[str, Choice] | None = None,
+    spread: dict | None = None,
+    origin: dict | None = None,
+) -> str:
     """The card's Markdown text (pure)."""
     data = metrics["data"]
-    lines = [f"# Model card: `{name}`", "",
-             "Generated by `make cards` (`python -m tools.reports.model_card`); do not edit by hand.", "",
-             "## What it does", "", PURPOSE[name], "",
-             "## Interface (Triton, ONNX opset 17, dynamic batch)", "",
-             *_table(("", "name", "type", "shape"), io_rows), "",
-             "## Data", "",
-             "Synthetic dies from the seeded generator (`tools/synth.py`): nothing is downloaded.", "",
-             *_table(("split", "value"), [(k, v) for k, v in data.items()]), "",
-             f"Training budget: `{json.dumps(metrics.get('budget', {}))}`; training took "
-             f"{metrics['seconds']['total']} s on the build host.", "",
-             "## Held-out metrics (another seed, shifted tool optics)", "",
-             *_evaluated(metrics),
-             *_table(("metric", "value", "case-study target"), headline_rows(name, metrics)), "",
-             *_comparison(name, metrics),
-             *confusion_lines(metrics),
-             "## Weakest classes", "", *weaknesses(name, metrics), ""]
+    lines = [
+        f"# Model card: `{name}`",
+        "",
+        "Generated by `make cards` (`python -m tools.reports.model_card`); do not edit by hand.",
+        "",
+        "## What it does",
+        "",
+        PURPOSE[name],
+        "",
+        "## Interface (Triton, ONNX opset 17, dynamic batch)",
+        "",
+        *_table(("", "name", "type", "shape"), io_rows),
+        "",
+        "## Data",
+        "",
+        "Synthetic dies from the seeded generator (`tools/synth.py`): nothing is downloaded.",
+        "",
+        *_table(("split", "value"), [(k, v) for k, v in data.items()]),
+        "",
+        f"Training budget: `{json.dumps(metrics.get('budget', {}))}`; training took "
+        f"{metrics['seconds']['total']} s on the build host.",
+        "",
+        "## Held-out metrics (another seed, shifted tool optics)",
+        "",
+        *_evaluated(metrics),
+        *_table(("metric", "value", "case-study target"), headline_rows(name, metrics)),
+        "",
+        *_comparison(name, metrics),
+        *confusion_lines(metrics),
+        "## Weakest classes",
+        "",
+        *weaknesses(name, metrics),
+        "",
+    ]
     lines += precision_lines(name, precision, served or {})
     lines += spread_lines(name, spread)
     lines += provenance_lines(origin)
-    lines += [f"## Latency per batch size (FP32, ONNX Runtime CPU, {host})", "",
-              *_table(("batch", "ms per batch", "ms per die"),
-                      [(b, ms, round(ms / b, 2)) for b, ms in latency.items()]), ""]
+    lines += [
+        f"## Latency per batch size (FP32, ONNX Runtime CPU, {host})",
+        "",
+        *_table(("batch", "ms per batch", "ms per die"), [(b, ms, round(ms / b, 2)) for b, ms in latency.items()]),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -223,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.reports.model_card", description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=Path, default=Path("build/models"))
     parser.add_argument("--out", type=Path, default=Path("model_repository/cards"))
-    parser.add_argument("--spread", type=Path, default=Path("build/seeds") / SPREAD,
-                        help="tools.reports.seed_spread output")
+    parser.add_argument(
+        "--spread", type=Path, default=Path("build/seeds") / SPREAD, help="tools.reports.seed_spread output"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -238,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         path = args.models / f"{name}.onnx"
         metrics = json.loads((args.models / f"{name}_metrics.json").read_text())
         latency = {b: latency_ms(path, feeds(name, dies), b, runs=5, threads=args.threads) for b in BATCHES}
-        served = {variant: served_precision(name, args.models, asked[name])
-                  for variant, asked in (("CPU repository", CPU_PRECISION), ("GPU engines", GPU_PRECISION))}
+        served = {
+            variant: served_precision(name, args.models, asked[name])
+            for variant, asked in (("CPU repository", CPU_PRECISION), ("GPU engines", GPU_PRECISION))
+        }
         card = args.out / f"{name}.md"
         card.write_text(render_card(name, metrics, precision, _io(path), latency, host, served, spread, origin))
         print(f"wrote {card}")

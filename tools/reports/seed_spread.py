@@ -88,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.reports.seed_spread", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--out", type=Path, default=Path("build/seeds"))
-    parser.add_argument("--reference", type=Path, default=Path("build/models"),
-                        help="models already trained by `make models`, counted for their own seed when current")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=Path("build/models"),
+        help="models already trained by `make models`, counted for their own seed when current",
+    )
     parser.add_argument("--quick", action="store_true", help="the QUICK budget (for a trial of the tool)")
     args = parser.parse_args(argv)
     budget = "quick" if args.quick else "full"

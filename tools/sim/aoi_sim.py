@@ -79,20 +79,31 @@ def build_frames(args: argparse.Namespace) -> list[tuple[str, Pending]]:
         for die in wafer.dies:
             image = fab.render(die, wafer).image
             payload, extra = encode_image(image, args.encoding)
-            header = {"v": 1, "frame_id": die.frame_id, "tool_id": wafer.tool_id, "recipe_id": args.recipe,
-                      "lot_id": wafer.lot_id, "wafer_id": wafer.wafer_id, "die": list(die.die),
-                      "ts": time.time(), "encoding": args.encoding, **extra}
+            header = {
+                "v": 1,
+                "frame_id": die.frame_id,
+                "tool_id": wafer.tool_id,
+                "recipe_id": args.recipe,
+                "lot_id": wafer.lot_id,
+                "wafer_id": wafer.wafer_id,
+                "die": list(die.die),
+                "ts": time.time(),
+                "encoding": args.encoding,
+                **extra,
+            }
             if wafer.note:
                 header["notes"] = wafer.note
-            frames.append((wafer.tool_id, Pending(die.frame_id, [encode_header(header), payload], die.label,
-                                                  die.look, 0.0, 0.0)))
+            frames.append(
+                (wafer.tool_id, Pending(die.frame_id, [encode_header(header), payload], die.label, die.look, 0.0, 0.0))
+            )
             n += 1
             if args.malformed_every and n % args.malformed_every == 0:
                 kind = MALFORMED_KINDS[(n // args.malformed_every) % len(MALFORMED_KINDS)]
                 frame_id = f"bad-{wafer.tool_id}-{n}"
                 parts, reason = malformed_frame(kind, frame_id, header, image)
-                frames.append((wafer.tool_id, Pending(frame_id, parts, "MALFORMED", kind, 0.0, 0.0,
-                                                      expect_reason=reason)))
+                frames.append(
+                    (wafer.tool_id, Pending(frame_id, parts, "MALFORMED", kind, 0.0, 0.0, expect_reason=reason))
+                )
     return frames
 
 
@@ -123,8 +134,15 @@ class CurveClient:
 class AoiTools:
     """One DEALER per tool, sharing one poll loop; CURVE clients when ``curve`` is given."""
 
-    def __init__(self, endpoint: str, tools: list[str], window: int, reply_timeout_s: float, max_tries: int,
-                 curve: CurveClient | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        tools: list[str],
+        window: int,
+        reply_timeout_s: float,
+        max_tries: int,
+        curve: CurveClient | None = None,
+    ):
         self.ctx = zmq.Context.instance()
         self.socks: dict[str, zmq.Socket] = {}
         for tool in tools:
@@ -216,9 +234,19 @@ class AoiTools:
         tally.decisions[decision] += 1
         if reply.get("event_id"):
             tally.events[reply["event_id"]] = frame_id
-        tally.outcomes.append({"frame_id": frame_id, "label": frame.label, "look": frame.look, "status": status,
-                               "decision": decision, "event_id": reply.get("event_id"), "latency_ms": latency,
-                               "reason": reply.get("reason"), "replied_at": time.monotonic()})
+        tally.outcomes.append(
+            {
+                "frame_id": frame_id,
+                "label": frame.label,
+                "look": frame.look,
+                "status": status,
+                "decision": decision,
+                "event_id": reply.get("event_id"),
+                "latency_ms": latency,
+                "reason": reply.get("reason"),
+                "replied_at": time.monotonic(),
+            }
+        )
 
 
 def latency_percentiles(ms: list[float]) -> dict[str, float]:
@@ -255,9 +283,12 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wafers-per-lot", type=int, default=3)
     parser.add_argument("--dies-per-wafer", type=int, default=40)
     parser.add_argument("--defect-rate", type=float, default=0.3)
-    parser.add_argument("--wafer-patterns", action="store_true",
-                        help="draw each wafer's defects in a spatial pattern (random, edge ring, centre, scratch, "
-                        "cluster in turn) instead of uniformly")
+    parser.add_argument(
+        "--wafer-patterns",
+        action="store_true",
+        help="draw each wafer's defects in a spatial pattern (random, edge ring, centre, scratch, "
+        "cluster in turn) instead of uniformly",
+    )
 
 
 def plan_frames(plan_argv: list[str], encoding: str = "png", malformed_every: int = 0) -> list[tuple[str, Pending]]:
@@ -283,9 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="write the summary as JSON here")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary")
     parser.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the daemon's public certificate (.key)")
-    parser.add_argument("--curve-client-key", metavar="FILE",
-                        help="CURVE: the tools' secret certificate (.key_secret), shared by all simulated tools "
-                        "(the daemon needs its .key filed under each tool id)")
+    parser.add_argument(
+        "--curve-client-key",
+        metavar="FILE",
+        help="CURVE: the tools' secret certificate (.key_secret), shared by all simulated tools "
+        "(the daemon needs its .key filed under each tool id)",
+    )
     args = parser.parse_args(argv)
     curve = None
     if (args.curve_server_key is None) != (args.curve_client_key is None):

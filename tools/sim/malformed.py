@@ -8,8 +8,15 @@ import numpy as np
 from edge.ingest.wire import encode_header
 
 MALFORMED_KINDS = (
-    "bad_msgpack", "missing_key", "unknown_tool", "bad_size", "undecodable", "image_too_large",
-    "wrong_dimensions", "bad_multipart", "bad_version",
+    "bad_msgpack",
+    "missing_key",
+    "unknown_tool",
+    "bad_size",
+    "undecodable",
+    "image_too_large",
+    "wrong_dimensions",
+    "bad_multipart",
+    "bad_version",
 )
 ANONYMOUS = ("bad_msgpack", "bad_multipart")  # the daemon cannot read a frame id from these
 

@@ -61,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "process":
                 peer.publish(f"{args.topic_prefix}/process/{wafer.tool_id}", fab.process_log(wafer, time.time()))
             else:
-                body = {"event": kind, "lot_id": wafer.lot_id, "recipe_id": args.recipe, "tool_id": wafer.tool_id,
-                        "ts": time.time()}
+                body = {
+                    "event": kind,
+                    "lot_id": wafer.lot_id,
+                    "recipe_id": args.recipe,
+                    "tool_id": wafer.tool_id,
+                    "ts": time.time(),
+                }
                 if kind == "wafer_end":
                     body["wafer_id"] = wafer.wafer_id
                 peer.publish(f"{args.topic_prefix}/lot/{wafer.tool_id}", body)

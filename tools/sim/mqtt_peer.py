@@ -17,16 +17,25 @@ class Peer:
     ``username`` / ``password``: log in with them; ``clean_session=False``: a durable session (the
     broker queues QoS 1 messages for it while it is away)."""
 
-    def __init__(self, host: str, port: int, client_id: str, subscribe: tuple[str, ...] = (),
-                 on_message: Callable[[str, bytes], None] | None = None, *, tls: ssl.SSLContext | None = None,
-                 username: str | None = None, password: str | None = None, clean_session: bool = True) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        subscribe: tuple[str, ...] = (),
+        on_message: Callable[[str, bytes], None] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        clean_session: bool = True,
+    ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.RLock()  # a wait_for predicate may read json_messages()
         self._connected = threading.Event()
         self._subscribe = subscribe
         self._on_message = on_message
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=clean_session)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         self.client.on_connect = self._connected_cb
         self.client.on_disconnect = lambda *a: self._connected.clear()
         self.client.on_message = self._message_cb

@@ -35,9 +35,21 @@ class Cycle:
 
 
 class Pool:
-    def __init__(self, seed: int, tools: tuple[str, ...], *, lots: int, wafers_per_lot: int, dies_per_wafer: int,
-                 defect_rate: float, recipe: str, encoding: str = "raw", mes_prefix: str = "fab/mes",
-                 excursion_rate: float = 0.1, drift: Mapping[str, Drift] | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        tools: tuple[str, ...],
+        *,
+        lots: int,
+        wafers_per_lot: int,
+        dies_per_wafer: int,
+        defect_rate: float,
+        recipe: str,
+        encoding: str = "raw",
+        mes_prefix: str = "fab/mes",
+        excursion_rate: float = 0.1,
+        drift: Mapping[str, Drift] | None = None,
+    ) -> None:
         self.fab = Fab(seed, recipe_id=recipe, tool_ids=tools, excursion_rate=excursion_rate)
         for tool, tool_drift in (drift or {}).items():
             self.fab.set_drift(tool, tool_drift)
@@ -69,8 +81,9 @@ class Pool:
                 wafer = replace(wafer, lot_id=renamed)
                 before.append(MesMessage(f"{self.mes_prefix}/process/{tool}", self.fab.process_log(wafer, time.time())))
                 frames += [(tool, self._frame(wafer, die, n)) for die in wafer.dies]
-                after.append(MesMessage(lot_topic, {**self._lot_event("wafer_end", renamed, tool),
-                                                    "wafer_id": wafer.wafer_id}))
+                after.append(
+                    MesMessage(lot_topic, {**self._lot_event("wafer_end", renamed, tool), "wafer_id": wafer.wafer_id})
+                )
             after.append(MesMessage(lot_topic, self._lot_event("lot_end", renamed, tool)))
         return Cycle(frames, before, after)
 
@@ -80,9 +93,18 @@ class Pool:
     def _frame(self, wafer: WaferPlan, die, n: int) -> Pending:
         payload, extra = self._payloads[die.frame_id]
         frame_id = f"{die.frame_id}-c{n}"
-        header = {"v": 1, "frame_id": frame_id, "tool_id": wafer.tool_id, "recipe_id": self.recipe,
-                  "lot_id": wafer.lot_id, "wafer_id": wafer.wafer_id, "die": list(die.die), "ts": time.time(),
-                  "encoding": self.encoding, **extra}
+        header = {
+            "v": 1,
+            "frame_id": frame_id,
+            "tool_id": wafer.tool_id,
+            "recipe_id": self.recipe,
+            "lot_id": wafer.lot_id,
+            "wafer_id": wafer.wafer_id,
+            "die": list(die.die),
+            "ts": time.time(),
+            "encoding": self.encoding,
+            **extra,
+        }
         if wafer.note:
             header["notes"] = wafer.note
         return Pending(frame_id, [encode_header(header), payload], die.label, die.look, 0.0, 0.0)

@@ -55,15 +55,28 @@ def make_ca(directory: Path, name: str) -> KeyPair:
     """A self-signed authority ``name`` (its files: ``{name}.crt``, ``{name}.key``)."""
     directory.mkdir(parents=True, exist_ok=True)
     pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
-    _openssl("req", "-x509", *_KEY, "-nodes", "-days", DAYS, "-subj", f"/O=edge-inspect test/CN={name}",
-             "-keyout", str(pair.key), "-out", str(pair.cert),
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(
+        "req",
+        "-x509",
+        *_KEY,
+        "-nodes",
+        "-days",
+        DAYS,
+        "-subj",
+        f"/O=edge-inspect test/CN={name}",
+        "-keyout",
+        str(pair.key),
+        "-out",
+        str(pair.cert),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     return pair
 
 
-def issue(ca: KeyPair, directory: Path, name: str, *, server: bool = False,
-          passphrase: str | None = None) -> KeyPair:
+def issue(ca: KeyPair, directory: Path, name: str, *, server: bool = False, passphrase: str | None = None) -> KeyPair:
     """A leaf certificate with common name ``name``, signed by ``ca``.
 
     ``server``: for a broker on this host (subjectAltName 127.0.0.1 and localhost, serverAuth);
@@ -75,21 +88,60 @@ def issue(ca: KeyPair, directory: Path, name: str, *, server: bool = False,
     request = directory / f"{name}.csr"
     extensions = directory / f"{name}.ext"
     usage = "serverAuth" if server else "clientAuth"
-    lines = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature",
-             f"extendedKeyUsage={usage}", "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid:always"]
+    lines = [
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature",
+        f"extendedKeyUsage={usage}",
+        "subjectKeyIdentifier=hash",
+        "authorityKeyIdentifier=keyid:always",
+    ]
     if server:
         lines.append("subjectAltName=IP:127.0.0.1,DNS:localhost")
     extensions.write_text("\n".join(lines) + "\n")
-    _openssl("req", "-new", *_KEY, "-nodes", "-subj", f"/O=edge-inspect test/CN={name}",
-             "-keyout", str(pair.key), "-out", str(request))
-    _openssl("x509", "-req", "-in", str(request), "-CA", str(ca.cert), "-CAkey", str(ca.key),
-             "-set_serial", f"0x{secrets.token_hex(16)}", "-days", DAYS, "-extfile", str(extensions),
-             "-out", str(pair.cert))
+    _openssl(
+        "req",
+        "-new",
+        *_KEY,
+        "-nodes",
+        "-subj",
+        f"/O=edge-inspect test/CN={name}",
+        "-keyout",
+        str(pair.key),
+        "-out",
+        str(request),
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(request),
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-set_serial",
+        f"0x{secrets.token_hex(16)}",
+        "-days",
+        DAYS,
+        "-extfile",
+        str(extensions),
+        "-out",
+        str(pair.cert),
+    )
     if passphrase is not None:
         plain = pair.key.with_suffix(".plain")
         pair.key.rename(plain)
-        _openssl("pkey", "-in", str(plain), "-aes256", "-passout", "env:EDGE_KEY_PASSPHRASE", "-out", str(pair.key),
-                 env={**os.environ, "EDGE_KEY_PASSPHRASE": passphrase})
+        _openssl(
+            "pkey",
+            "-in",
+            str(plain),
+            "-aes256",
+            "-passout",
+            "env:EDGE_KEY_PASSPHRASE",
+            "-out",
+            str(pair.key),
+            env={**os.environ, "EDGE_KEY_PASSPHRASE": passphrase},
+        )
         plain.unlink()
     pair.key.chmod(0o600)
     request.unlink()
@@ -101,8 +153,13 @@ def make_pki(directory: Path) -> Pki:
     """Authority, broker and client, plus an authority the broker does not trust and its client."""
     ca = make_ca(directory, "ca")
     rogue_ca = make_ca(directory / "rogue", "rogue-ca")
-    return Pki(ca=ca, server=issue(ca, directory, "broker", server=True), client=issue(ca, directory, "edge-ST"),
-               rogue_ca=rogue_ca, rogue_client=issue(rogue_ca, directory / "rogue", "edge-ST"))
+    return Pki(
+        ca=ca,
+        server=issue(ca, directory, "broker", server=True),
+        client=issue(ca, directory, "edge-ST"),
+        rogue_ca=rogue_ca,
+        rogue_client=issue(rogue_ca, directory / "rogue", "edge-ST"),
+    )
 
 
 def client_context(ca: Path, pair: KeyPair | None = None) -> ssl.SSLContext:

@@ -32,19 +32,28 @@ def print_event(topic: str, payload: bytes) -> None:
         return
     e = json.loads(payload)
     if kind == "wafers":
-        print(f"  WAFER {e['tool_id']} {e['lot_id']}/{e['wafer_id']} dies={e['dies_inspected']} "
-              f"defective={len(e['defect_map'])} clusters={len(e['clusters'])} "
-              f"pattern={e['signature']['pattern']} severity={e['severity']} ({e['ended_by']})", flush=True)
+        print(
+            f"  WAFER {e['tool_id']} {e['lot_id']}/{e['wafer_id']} dies={e['dies_inspected']} "
+            f"defective={len(e['defect_map'])} clusters={len(e['clusters'])} "
+            f"pattern={e['signature']['pattern']} severity={e['severity']} ({e['ended_by']})",
+            flush=True,
+        )
         return
     if kind in ("alerts", "drift"):
-        detail = (f"severity={e['severity']} pattern={e['pattern']}" if kind == "alerts"
-                  else f"{e['kind']} {e['state']} statistic={e['statistic']}")
+        detail = (
+            f"severity={e['severity']} pattern={e['pattern']}"
+            if kind == "alerts"
+            else f"{e['kind']} {e['state']} statistic={e['statistic']}"
+        )
         print(f"  {kind.upper().rstrip('S')} {e['tool_id']} {detail}", flush=True)
         return
     score = e["anomaly"]["score"]
-    print(f"  EVENT {e['decision']:<13} {e['defect_class']!s:<12} p={e['confidence'] or 0:.2f} "
-          f"score={score if score is None else round(score, 5)} {e['tool_id']} {e['lot_id']}/{e['wafer_id']} "
-          f"die={e['die']} frame={e['frame_id']} total={e['latency_ms'].get('total')}ms", flush=True)
+    print(
+        f"  EVENT {e['decision']:<13} {e['defect_class']!s:<12} p={e['confidence'] or 0:.2f} "
+        f"score={score if score is None else round(score, 5)} {e['tool_id']} {e['lot_id']}/{e['wafer_id']} "
+        f"die={e['die']} frame={e['frame_id']} total={e['latency_ms'].get('total')}ms",
+        flush=True,
+    )
 
 
 def follow_feed(endpoint: str, stop: threading.Event) -> None:
@@ -68,7 +77,9 @@ def summary(report: dict, events: list[dict]) -> str:
     defects = [o for o in outcomes if o["event_id"] in named]
     right = sum(named[o["event_id"]] == o["label"] for o in defects)
     lines = [
-        "", "=" * 78, "demo summary",
+        "",
+        "=" * 78,
+        "demo summary",
         f"  frames sent {report['frames_sent']}, replies {report['replies']}, resent {report['resent']}, "
         f"unanswered {len(report['unanswered'])}",
         f"  malformed frames rejected with the expected reason: {report['malformed_rejected_as_expected']}",
@@ -96,33 +107,72 @@ def main(argv: list[str] | None = None) -> int:
     dies_per_wafer = 49  # a 7 x 7 grid: enough for the wafer summaries' spatial patterns
     wafers = max(1, round(args.duration_s * args.rate / dies_per_wafer))
     lots = max(1, wafers // 4)
-    plan = ["--seed", str(args.seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots),
-            "--wafers-per-lot", str(max(1, wafers // lots)), "--dies-per-wafer", str(dies_per_wafer),
-            "--wafer-patterns"]
+    plan = [
+        "--seed",
+        str(args.seed),
+        "--recipe",
+        RECIPE,
+        "--tools",
+        *TOOLS,
+        "--lots",
+        str(lots),
+        "--wafers-per-lot",
+        str(max(1, wafers // lots)),
+        "--dies-per-wafer",
+        str(dies_per_wafer),
+        "--wafer-patterns",
+    ]
     print(f"demo: starting Triton, the daemon in {args.workdir} ...", flush=True)
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: the same seed reuses frame ids
     t0 = time.monotonic()
     with Station(args.workdir, args.repository) as st:
-        print(f"demo: station up in {time.monotonic() - t0:.1f} s; frames {st.daemon_frames}, "
-              f"metrics http://127.0.0.1:{st.http_port}/metrics, "
-              f"MQTT {'127.0.0.1:' + str(st.mqtt_port) if st.mqtt_port else 'off (no mosquitto): ZeroMQ feed'}",
-              flush=True)
+        print(
+            f"demo: station up in {time.monotonic() - t0:.1f} s; frames {st.daemon_frames}, "
+            f"metrics http://127.0.0.1:{st.http_port}/metrics, "
+            f"MQTT {'127.0.0.1:' + str(st.mqtt_port) if st.mqtt_port else 'off (no mosquitto): ZeroMQ feed'}",
+            flush=True,
+        )
         stop = threading.Event()
         mes_sub = None
         if st.mqtt_port:
-            mes_sub = Peer("127.0.0.1", st.mqtt_port, "demo-mes-subscriber", ("fab/edge/#",),
-                           on_message=print_event).wait_connected()
+            mes_sub = Peer(
+                "127.0.0.1", st.mqtt_port, "demo-mes-subscriber", ("fab/edge/#",), on_message=print_event
+            ).wait_connected()
         else:
             threading.Thread(target=follow_feed, args=(st.event_feed, stop), daemon=True).start()
         start_at = time.time() + 2.0
         mes = None
         if st.mqtt_port:
-            mes = subprocess.Popen([sys.executable, "-m", "tools.sim.mes_sim", *plan, "--port", str(st.mqtt_port),
-                                    "--start-at", str(start_at), "--rate", str(args.rate)])
+            mes = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tools.sim.mes_sim",
+                    *plan,
+                    "--port",
+                    str(st.mqtt_port),
+                    "--start-at",
+                    str(start_at),
+                    "--rate",
+                    str(args.rate),
+                ]
+            )
         time.sleep(max(0.0, start_at - time.time()))
         report_path = args.workdir / "aoi_report.json"
-        aoi_sim.main([*plan, "--endpoint", st.daemon_frames, "--rate", str(args.rate), "--malformed-every", "50",
-                      "--report", str(report_path), "--quiet"])
+        aoi_sim.main(
+            [
+                *plan,
+                "--endpoint",
+                st.daemon_frames,
+                "--rate",
+                str(args.rate),
+                "--malformed-every",
+                "50",
+                "--report",
+                str(report_path),
+                "--quiet",
+            ]
+        )
         if mes:
             mes.wait(timeout=60)
         time.sleep(1.0)

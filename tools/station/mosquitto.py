@@ -31,9 +31,7 @@ from edge.serving.tritonserver import die_with_parent, free_port  # one place fo
 
 
 def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 
 @dataclass(frozen=True)
@@ -47,8 +45,16 @@ class TlsFiles:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, *, tls: TlsFiles | None = None,
-                 users: Mapping[str, str] | None = None, persistent: bool = False, autosave_s: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        tls: TlsFiles | None = None,
+        users: Mapping[str, str] | None = None,
+        persistent: bool = False,
+        autosave_s: int = 1,
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -58,10 +64,18 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
-        persistence = (["persistence true", f"persistence_location {workdir}/", f"autosave_interval {autosave_s}"]
-                       if persistent else ["persistence false"])
-        lines = [f"listener {self.port} 127.0.0.1", *persistence, "max_inflight_messages 0",
-                 "max_queued_messages 100000", f"log_dest file {self.log_path}"]
+        persistence = (
+            ["persistence true", f"persistence_location {workdir}/", f"autosave_interval {autosave_s}"]
+            if persistent
+            else ["persistence false"]
+        )
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            *persistence,
+            "max_inflight_messages 0",
+            "max_queued_messages 100000",
+            f"log_dest file {self.log_path}",
+        ]
         if os.geteuid() == 0:  # as root, mosquitto would become `mosquitto` before opening its log and TLS
             lines.append("user root")  # files, and could read neither in a private test directory
         if tls is not None:
@@ -92,14 +106,19 @@ class Mosquitto:
     def start(self, timeout_s: float = 10.0) -> Mosquitto:
 
         self._process = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=functools.partial(die_with_parent, os.getpid()), start_new_session=True,
+            [self.binary, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self._process.returncode}: "
-                                   f"{self.log_path.read_text() if self.log_path.exists() else ''}")
+                raise RuntimeError(
+                    f"mosquitto exited with {self._process.returncode}: "
+                    f"{self.log_path.read_text() if self.log_path.exists() else ''}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self

@@ -25,15 +25,29 @@ RECIPE = "R-7NM-L4"
 TOOLS = ("AOI-01", "AOI-02")
 
 
-def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_url: str, mqtt_port: int | None,
-                 outbox: Path, tools: tuple[str, ...] = TOOLS, recipes: tuple[str, ...] = (RECIPE,),
-                 extra: str = "", ingest: str = "") -> str:
+def station_toml(
+    *,
+    station: str,
+    frames: str,
+    feed: str,
+    http_port: int,
+    grpc_url: str,
+    mqtt_port: int | None,
+    outbox: Path,
+    tools: tuple[str, ...] = TOOLS,
+    recipes: tuple[str, ...] = (RECIPE,),
+    extra: str = "",
+    ingest: str = "",
+) -> str:
     """A daemon config for this machine's loopback services; ``extra`` is appended, ``ingest`` goes into
     ``[ingest]`` (e.g. CURVE keys)."""
     tool_lines = "".join(f'[[tools]]\nid = "{t}"\n' for t in tools)
     recipe_lines = "".join(f'[recipes."{r}"]\n' for r in recipes)
-    mqtt = (f'[mqtt]\nenabled = true\nport = {mqtt_port}\nprefix = "fab/edge"\n' if mqtt_port
-            else "[mqtt]\nenabled = false\n")
+    mqtt = (
+        f'[mqtt]\nenabled = true\nport = {mqtt_port}\nprefix = "fab/edge"\n'
+        if mqtt_port
+        else "[mqtt]\nenabled = false\n"
+    )
     store = outbox.with_name("calibration.sqlite")
     calibration = "" if "[calibration]" in extra else f'[calibration]\npath = "{store}"\n'
     outbox_section = "" if "[outbox]" in extra else f'[outbox]\npath = "{outbox}"\n'
@@ -42,17 +56,26 @@ def station_toml(*, station: str, frames: str, feed: str, http_port: int, grpc_u
         f'station = "{station}"\n{tool_lines}{recipe_lines}'
         f'[ingest]\nbind = "{frames}"\n{ingest}'
         f'[triton]\nurl = "{grpc_url}"\n'
-        f'{mqtt}'
+        f"{mqtt}"
         f'[local_pub]\nbind = "{feed}"\n'
-        f'{outbox_section}'
-        f'[http]\nport = {http_port}\n'
+        f"{outbox_section}"
+        f"[http]\nport = {http_port}\n"
         f"{calibration}{extra}"
     )
 
 
 class Station:
-    def __init__(self, workdir: Path, repository: Path, *, with_broker: bool | None = None, station: str = "ST-01",
-                 config_extra: str = "", ingest_extra: str = "", persistent_broker: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        repository: Path,
+        *,
+        with_broker: bool | None = None,
+        station: str = "ST-01",
+        config_extra: str = "",
+        ingest_extra: str = "",
+        persistent_broker: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository = repository
@@ -88,8 +111,9 @@ class Station:
     def start_triton(self) -> None:
         if not (self.repository / "anomaly").is_dir():
             raise FileNotFoundError(f"no model repository at {self.repository}: run `make models` first")
-        settings = wheel_settings(self.repository, free_port(), free_port(), free_port(),
-                                  self.workdir / "triton-backends")
+        settings = wheel_settings(
+            self.repository, free_port(), free_port(), free_port(), self.workdir / "triton-backends"
+        )
         self.triton = TritonServer(settings, self.workdir / "tritonserver.log", ready_timeout_s=180)
         self.triton.start()
         self.triton.wait_ready()
@@ -100,11 +124,19 @@ class Station:
 
     def write_config(self) -> Path:
         assert self.triton is not None
-        self.config_path.write_text(station_toml(
-            station=self.station, frames=self.daemon_frames, feed=self.event_feed, http_port=self.http_port,
-            grpc_url=self.triton.grpc_url, mqtt_port=self.mqtt_port, outbox=self.workdir / "outbox.sqlite",
-            extra=self.config_extra, ingest=self.ingest_extra,
-        ))
+        self.config_path.write_text(
+            station_toml(
+                station=self.station,
+                frames=self.daemon_frames,
+                feed=self.event_feed,
+                http_port=self.http_port,
+                grpc_url=self.triton.grpc_url,
+                mqtt_port=self.mqtt_port,
+                outbox=self.workdir / "outbox.sqlite",
+                extra=self.config_extra,
+                ingest=self.ingest_extra,
+            )
+        )
         return self.config_path
 
     def start_daemon(self, timeout_s: float = 60.0, ready: bool = True) -> None:
@@ -114,7 +146,9 @@ class Station:
         log = open(self.daemon_log, "ab")  # noqa: SIM115 - the child keeps it open
         self.daemon = subprocess.Popen(
             [sys.executable, "-m", "edge", "run", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=functools.partial(die_with_parent, os.getpid()),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         log.close()
         deadline = time.monotonic() + timeout_s
