@@ -41,6 +41,7 @@ from edge.publish.mqtt import MqttLink, tls_context
 from edge.publish.outbox import Outbox
 from edge.publish.publisher import Publisher
 from edge.publish.recorder import Recorder
+from edge.shared import Shared
 from edge.watch.guard import GuardedWatch
 from edge.watch.line_watch import LineWatch
 
@@ -63,13 +64,15 @@ class Daemon:
         self.health = Health(broker_required=cfg.mqtt.enabled)
         self.db = AsyncDb()
         self.tasks = Supervisor(self._critical_ended, self.metrics.task_restarts)
-        self.log_limiter = RateLimited(10.0)  # bad input and repeated defects: a log line per kind and interval
         self.inflight: Inflight[Frame] = Inflight()
+        # bad input and repeated defects: one log line per kind and interval
+        limiter = RateLimited(10.0)
+        self.shared = Shared(cfg, self.metrics, self.health, self.db, limiter, self.inflight, self.tasks.spawn)
         self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set (or a critical task ends: then ``CriticalTaskDied``, a non-zero exit)."""
-        cfg = self.cfg
+        cfg, shared = self.cfg, self.shared
         preflight(cfg)
         self._stop = stop
         async with AsyncExitStack() as opened:
@@ -77,18 +80,15 @@ class Daemon:
             self.outbox = await self.db(Outbox, cfg.outbox.path)
             opened.push_async_callback(self.db, self.outbox.close)
             ids = EventIds()
-            watch = GuardedWatch(
-                LineWatch(cfg, self.metrics, ids), self.db, self.outbox, self.metrics, self.log_limiter
-            )
+            watch = GuardedWatch(shared, LineWatch(cfg, self.metrics, ids), self.outbox)
             await watch.restore()
             self.calibration = await self.db(Calibration, cfg, self.metrics)
             opened.push_async_callback(self.db, self.calibration.close)
-            triton = self.triton = TritonClient(
-                cfg.triton.url, cfg.triton.anomaly_model, cfg.triton.classifier_model, cfg.triton.timeout_ms / 1000
-            )
+            t = cfg.triton
+            triton = self.triton = TritonClient(t.url, t.anomaly_model, t.classifier_model, t.timeout_ms / 1000)
             opened.push_async_callback(triton.close)
-            inspector = Inspector(cfg, triton, self.calibration.threshold, self.metrics, self.log_limiter)
-            models = ModelWatch(cfg, triton, inspector, self.health, self.metrics)
+            inspector = Inspector(cfg, triton, self.calibration.threshold, self.metrics, shared.log_limiter)
+            models = ModelWatch(shared, triton, inspector)
             http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
             http_port = await http.start()  # /healthz answers, /readyz says 503, while the models load
             opened.push_async_callback(http.close)
@@ -96,23 +96,14 @@ class Daemon:
                 await self._serve(opened, watch, ids, inspector, models, http_port)
 
     async def _serve(
-        self,
-        opened: AsyncExitStack,
-        watch: GuardedWatch,
-        ids: EventIds,
-        inspector: Inspector,
-        models: ModelWatch,
+        self, opened: AsyncExitStack, watch: GuardedWatch, ids: EventIds, inspector: Inspector, models: ModelWatch,
         http_port: int,
-    ) -> None:
-        cfg, metrics, spawn = self.cfg, self.metrics, self.tasks.spawn
+    ) -> None:  # fmt: skip
+        cfg, shared, ing = self.cfg, self.shared, self.cfg.ingest
         sock = FrameSocket(
-            context(),
-            cfg.ingest.bind,
-            2 * (cfg.ingest.max_payload_bytes + cfg.ingest.max_header_bytes),
-            hwm=cfg.ingest.max_inflight_frames * 2,
-            curve_secret_key_file=cfg.ingest.curve_secret_key_file,
-            curve_authorized_keys=cfg.ingest.curve_authorized_keys,
-        )
+            context(), ing.bind, 2 * (ing.max_payload_bytes + ing.max_header_bytes), hwm=ing.max_inflight_frames * 2,
+            curve_secret_key_file=ing.curve_secret_key_file, curve_authorized_keys=ing.curve_authorized_keys,
+        )  # fmt: skip
         opened.callback(sock.close)
         feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
         if feed:
@@ -120,115 +111,55 @@ class Daemon:
 
         def announce(rows: list[EventRow]) -> None:
             """Recorded rows go to the local feed at once, and to MQTT by the publisher."""
-            if not rows:
-                return
             if feed is not None:
                 for row in rows:
                     feed.publish(row.topic, row.payload)
-            publisher.wake()
+            if rows:
+                publisher.wake()
 
         turnaround = Turnaround()
-        recorder = Recorder(
-            cfg,
-            self.db,
-            self.outbox,
-            sock,
-            self.inflight,
-            turnaround,
-            self.calibration,
-            watch,
-            ids,
-            metrics,
-            announce,
-            lambda: self.health.models,
-        )
-        batching = Batching(
-            cfg,
-            Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s)),
-            inspector,
-            recorder,
-            self.inflight,
-            spawn,
-            metrics,
-        )
-        calibration = CalibrationLoop(self.calibration, self.db, metrics, self.log_limiter)
-        mes = MesMessages(
-            cfg,
-            watch,
-            batching.on_log,
-            calibration,
-            recorder.record_rows,
-            self.db,
-            self.outbox,
-            spawn,
-            metrics,
-            self.log_limiter,
-        )
+        recorder = Recorder(shared, self.outbox, sock, turnaround, self.calibration, watch, ids, announce)
+        joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
+        batching = Batching(shared, joiner, inspector, recorder)
+        calibration = CalibrationLoop(shared, self.calibration)
+        mes = MesMessages(shared, watch, batching.on_log, calibration, recorder.record_rows, self.outbox)
         link = None
         if cfg.mqtt.enabled:
             link = MqttLink(
-                cfg.mqtt,
-                cfg.station,
-                asyncio.get_running_loop(),
-                mes.router.on_message,
-                lambda mid: publisher.on_ack(mid),
-                self._on_broker,
-                mes.router.filters,
-            )
+                cfg.mqtt, cfg.station, asyncio.get_running_loop(), mes.router.on_message,
+                lambda mid: publisher.on_ack(mid), self._on_broker, mes.router.filters,
+            )  # fmt: skip
         publisher = self.publisher = Publisher(
-            self.outbox, link, metrics, self.db, cfg.mqtt.max_inflight, cfg.mqtt.replay_acked_s
+            self.outbox, link, self.metrics, self.db, cfg.mqtt.max_inflight, cfg.mqtt.replay_acked_s
         )
         if link:
             link.start()
             opened.callback(link.stop)
-        housekeeping = Housekeeping(cfg, self.db, self.outbox, self.calibration, publisher, self.health, metrics)
-        intake = Intake(
-            cfg,
-            sock,
-            self.inflight,
-            turnaround,
-            lambda tool, frame_id: self.db(self.outbox.recorded_reply, tool, frame_id),
-            batching.submit,
-            self.health,
-            metrics,
-            self.log_limiter,
-        )
+        housekeeping = Housekeeping(shared, self.outbox, self.calibration, publisher)
+
+        async def recorded_reply(tool: str, frame_id: str) -> bytes | None:
+            return await self.db(self.outbox.recorded_reply, tool, frame_id)
 
         async def gauges() -> None:
-            metrics.inflight.set(len(self.inflight))
+            self.metrics.inflight.set(len(self.inflight))
 
+        intake = Intake(shared, sock, turnaround, recorded_reply, batching.submit)
         notifier = Notifier()
+        rounds = [models.check, housekeeping.check_outbox, recorder.flush_wafers, gauges]
         opened.push_async_callback(self.tasks.stop)
         self.tasks.critical("publisher", publisher.run())
         publisher.wake()  # replay what a previous run left undelivered
         self.tasks.critical("batch_loop", batching.run())
-        self.tasks.critical(
-            "health_loop",
-            health_loop(
-                cfg.triton.health_interval_s,
-                notifier,
-                self.health,
-                [models.check, housekeeping.check_outbox, recorder.flush_wafers, gauges],
-            ),
-        )
+        self.tasks.critical("health_loop", health_loop(cfg.triton.health_interval_s, notifier, self.health, rounds))
         self.tasks.every("calibration_reload", cfg.calibration.refresh_s, calibration.reload)
         self.tasks.every("prune", cfg.outbox.prune_interval_s, housekeeping.prune, at_start=True)
         self.tasks.every("line_watch_save", cfg.drift.save_interval_s, watch.save)
         if cfg.process.zmq_connect:
-            spawn(
-                mes.run_zmq(
-                    MesFeed(context(), cfg.process.zmq_connect, (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic))
-                )
-            )
+            topics = (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic)
+            shared.spawn(mes.run_zmq(MesFeed(context(), cfg.process.zmq_connect, topics)))
         receiving = self.tasks.critical("intake", intake.run())
-        log.info(
-            "started",
-            frames=sock.endpoint,
-            http_port=http_port,
-            models=self.health.models,
-            triton=cfg.triton.url,
-            mqtt=cfg.mqtt.enabled,
-        )
+        log.info("started", frames=sock.endpoint, http_port=http_port, models=self.health.models,
+                 triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)  # fmt: skip
         notifier.ready()
         await self._stop.wait()
 
@@ -253,7 +184,6 @@ class Daemon:
     def _on_broker(self, connected: bool) -> None:
         self.health.broker_connected = connected
         self.metrics.broker_up.set(int(connected))
-        log.info(
-            "mqtt_connected" if connected else "mqtt_disconnected", host=self.cfg.mqtt.host, port=self.cfg.mqtt.port
-        )
+        state = "mqtt_connected" if connected else "mqtt_disconnected"
+        log.info(state, host=self.cfg.mqtt.host, port=self.cfg.mqtt.port)
         self.publisher.on_link(connected)

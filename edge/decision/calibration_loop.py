@@ -7,19 +7,18 @@ from __future__ import annotations
 from calibration.errors import CalibrationError
 from edge.decision.thresholds import Calibration
 from edge.flow import LotEvent
-from edge.ops.async_db import AsyncDb
-from edge.ops.logs import RateLimited, get
-from edge.ops.metrics import Metrics
+from edge.ops.logs import get
+from edge.shared import Shared
 
 log = get("edge.decision.calibration_loop")
 
 
 class CalibrationLoop:
-    def __init__(self, calibration: Calibration, db: AsyncDb, metrics: Metrics, log_limiter: RateLimited) -> None:
+    def __init__(self, shared: Shared, calibration: Calibration) -> None:
         self._calibration = calibration
-        self._db = db
-        self._metrics = metrics
-        self._log_limiter = log_limiter
+        self._db = shared.db
+        self._metrics = shared.metrics
+        self._log_limiter = shared.log_limiter
 
     async def review(self, payload: bytes) -> None:
         """A disposition of a flagged event (``{"event_id", "disposition"}``), counted by its result."""

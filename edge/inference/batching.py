@@ -6,42 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
 
-from edge.config import Config
 from edge.flow import Frame, ProcessLog
 from edge.inference.batcher import Batcher
 from edge.inference.inspector import Inspector, not_inspected
-from edge.ingest.admission import Inflight
 from edge.mes.join import Joiner
 from edge.ops.logs import get
-from edge.ops.metrics import Metrics
 from edge.publish.recorder import Recorder
+from edge.shared import Shared
 
 log = get("edge.inference.batching")
 
-Spawn = Callable[[Coroutine[Any, Any, None]], object]
-
 
 class Batching:
-    def __init__(
-        self,
-        cfg: Config,
-        joiner: Joiner,
-        inspector: Inspector,
-        recorder: Recorder,
-        inflight: Inflight[Frame],
-        spawn: Spawn,
-        metrics: Metrics,
-    ) -> None:
-        self.cfg = cfg
+    def __init__(self, shared: Shared, joiner: Joiner, inspector: Inspector, recorder: Recorder) -> None:
+        self.cfg = cfg = shared.cfg
         self._joiner = joiner
         self._inspector = inspector
         self._recorder = recorder
-        self._inflight = inflight
-        self._spawn = spawn
-        self._metrics = metrics
+        self._inflight = shared.inflight
+        self._spawn = shared.spawn
+        self._metrics = shared.metrics
         self._batcher: Batcher[Frame] = Batcher(cfg.batching.max_batch, cfg.batching.max_delay_ms / 1000)
         self._ready = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)

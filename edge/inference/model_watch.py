@@ -8,13 +8,11 @@ import time
 from typing import Protocol
 
 from calibration.table import Bands, BandTable
-from edge.config import Config
 from edge.errors import ConfigError, EdgeError, TritonUnavailable
 from edge.inference.inspector import Inspector
 from edge.inference.model_facts import bands_from, precision_from
-from edge.ops.http import Health
 from edge.ops.logs import get
-from edge.ops.metrics import Metrics
+from edge.shared import Shared
 
 log = get("edge.inference.model_watch")
 
@@ -33,12 +31,12 @@ class Served(Protocol):
 
 
 class ModelWatch:
-    def __init__(self, cfg: Config, triton: Served, inspector: Inspector, health: Health, metrics: Metrics) -> None:
-        self.cfg = cfg
+    def __init__(self, shared: Shared, triton: Served, inspector: Inspector) -> None:
+        self.cfg = shared.cfg
         self.triton = triton
         self._inspector = inspector
-        self._health = health
-        self._metrics = metrics
+        self._health = shared.health
+        self._metrics = shared.metrics
 
     async def wait_ready(self, stop: asyncio.Event) -> bool:
         """False when asked to stop first; ``TritonUnavailable`` when the models are not ready in time."""

@@ -12,16 +12,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from edge.config import Config
 from edge.errors import OutboxError
 from edge.flow import Frame, Rejected
-from edge.ingest.admission import Inflight, Turnaround, busy_reason, retry_after_ms
 from edge.ingest.admission import Limits as AdmissionLimits
+from edge.ingest.admission import Turnaround, busy_reason, retry_after_ms
 from edge.ingest.imaging import decode
 from edge.ingest.wire import Limits, encode_reply, error_reply, parse_frame
-from edge.ops.http import Health
-from edge.ops.logs import RateLimited, get
-from edge.ops.metrics import Metrics
+from edge.ops.logs import get
+from edge.shared import Shared
 
 log = get("edge.ingest.intake")
 
@@ -39,25 +37,21 @@ class ToolSocket(Protocol):
 class Intake:
     def __init__(
         self,
-        cfg: Config,
+        shared: Shared,
         socket: ToolSocket,
-        inflight: Inflight[Frame],
         turnaround: Turnaround,
         recorded_reply: RecordedReply,
         submit: Callable[[Frame], None],
-        health: Health,
-        metrics: Metrics,
-        log_limiter: RateLimited,
     ) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = shared.cfg
         self._socket = socket
-        self._inflight = inflight
+        self._inflight = shared.inflight
         self._turnaround = turnaround
         self._recorded_reply = recorded_reply
         self._submit = submit
-        self._health = health  # draining (shutting down) and outbox_full turn frames away
-        self._metrics = metrics
-        self._log_limiter = log_limiter
+        self._health = shared.health  # draining (shutting down) and outbox_full turn frames away
+        self._metrics = shared.metrics
+        self._log_limiter = shared.log_limiter
         ing = cfg.ingest
         self._limits = Limits(
             ing.max_header_bytes, ing.max_payload_bytes, ing.max_image_pixels, cfg.tool_ids, frozenset(cfg.recipes)

@@ -8,49 +8,41 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from edge.config import Config
 from edge.decision.calibration_loop import CalibrationLoop
 from edge.errors import OutboxError
 from edge.flow import EventRow, LotEvent, ProcessLog, Rejected, WaferKey
 from edge.ingest.zmq_sockets import MesFeed
 from edge.mes.context import parse_lot_event, parse_process_log
 from edge.mes.router import MessageRouter
-from edge.ops.async_db import AsyncDb
-from edge.ops.logs import RateLimited, get
-from edge.ops.metrics import Metrics
+from edge.ops.logs import get
 from edge.publish.outbox import Outbox
+from edge.shared import Shared
 from edge.watch import rebaseline
 from edge.watch.guard import GuardedWatch
 
 log = get("edge.mes.messages")
 
-Spawn = Callable[[Coroutine[Any, Any, None]], object]
-
 
 class MesMessages:
     def __init__(
         self,
-        cfg: Config,
+        shared: Shared,
         watch: GuardedWatch,
         joined: Callable[[ProcessLog], None],
         calibration: CalibrationLoop,
         record_rows: Callable[[list[EventRow]], Coroutine[Any, Any, None]],
-        db: AsyncDb,
         outbox: Outbox,
-        spawn: Spawn,
-        metrics: Metrics,
-        log_limiter: RateLimited,
     ) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = shared.cfg
         self._watch = watch
         self._joined = joined
         self._calibration = calibration
         self._record_rows = record_rows
-        self._db = db
+        self._db = shared.db
         self._outbox = outbox
-        self._spawn = spawn
-        self._metrics = metrics
-        self._log_limiter = log_limiter
+        self._spawn = shared.spawn
+        self._metrics = shared.metrics
+        self._log_limiter = shared.log_limiter
         own = f"{cfg.mqtt.prefix}/{cfg.station}"
         self.router = MessageRouter(
             [

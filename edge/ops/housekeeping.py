@@ -7,37 +7,25 @@ from __future__ import annotations
 import time
 
 from calibration.errors import CalibrationError
-from edge.config import Config
 from edge.decision.thresholds import Calibration
 from edge.errors import OutboxError
-from edge.ops.async_db import AsyncDb
-from edge.ops.http import Health
 from edge.ops.logs import get
-from edge.ops.metrics import Metrics
 from edge.publish.outbox import Outbox
 from edge.publish.publisher import Publisher
+from edge.shared import Shared
 
 log = get("edge.ops.housekeeping")
 
 
 class Housekeeping:
-    def __init__(
-        self,
-        cfg: Config,
-        db: AsyncDb,
-        outbox: Outbox,
-        calibration: Calibration,
-        publisher: Publisher,
-        health: Health,
-        metrics: Metrics,
-    ) -> None:
-        self.cfg = cfg
-        self._db = db
+    def __init__(self, shared: Shared, outbox: Outbox, calibration: Calibration, publisher: Publisher) -> None:
+        self.cfg = cfg = shared.cfg
+        self._db = shared.db
         self._outbox = outbox
         self._calibration = calibration
         self._publisher = publisher
-        self._health = health
-        self._metrics = metrics
+        self._health = shared.health
+        self._metrics = metrics = shared.metrics
         metrics.outbox_quota.set(cfg.outbox.max_bytes)
 
     async def check_outbox(self) -> None:

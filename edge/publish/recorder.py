@@ -9,22 +9,20 @@ nothing is recorded and every frame is answered ``busy outbox_unavailable``: the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Protocol
 
 from calibration.errors import CalibrationError
-from edge.config import Config
 from edge.decision.thresholds import Calibration
 from edge.errors import OutboxError
 from edge.flow import EventRow, Frame, Outcome, WaferKey
-from edge.ingest.admission import Inflight, Turnaround
+from edge.ingest.admission import Turnaround
 from edge.ingest.wire import encode_reply, error_reply
-from edge.ops.async_db import AsyncDb
 from edge.ops.logs import get
-from edge.ops.metrics import Metrics
 from edge.publish.events import EventIds
 from edge.publish.outbox import Outbox
 from edge.publish.records import Stamp, records
+from edge.shared import Shared
 from edge.watch.guard import GuardedWatch
 from edge.watch.line_watch import Summaries, die_row
 
@@ -38,36 +36,32 @@ class ReplySocket(Protocol):
 class Recorder:
     def __init__(
         self,
-        cfg: Config,
-        db: AsyncDb,
+        shared: Shared,
         outbox: Outbox,
         socket: ReplySocket,
-        inflight: Inflight[Frame],
         turnaround: Turnaround,
         calibration: Calibration,
         watch: GuardedWatch,
         ids: EventIds,
-        metrics: Metrics,
         announce: Callable[[list[EventRow]], None],
-        models: Callable[[], Mapping[str, str]],
     ) -> None:
-        self.cfg = cfg
-        self._db = db
+        self.cfg = shared.cfg
+        self._db = shared.db
         self._outbox = outbox
         self._socket = socket
-        self._inflight = inflight
+        self._inflight = shared.inflight
         self._turnaround = turnaround
         self._calibration = calibration
         self._watch = watch
         self._ids = ids
-        self._metrics = metrics
+        self._metrics = shared.metrics
         self._announce = announce
-        self._models = models
+        self._health = shared.health  # the models Triton serves, for the events
 
     async def record_and_answer(self, outcomes: list[Outcome]) -> None:
         """Record a batch's outcomes, then answer each frame's tool, then announce the events."""
         cfg = self.cfg
-        stamp = Stamp(cfg.station, cfg.mqtt.prefix, dict(self._models()), time.monotonic(), time.time())
+        stamp = Stamp(cfg.station, cfg.mqtt.prefix, dict(self._health.models), time.monotonic(), time.time())
         results, events, event_ids = [], [], []
         for outcome in outcomes:
             event_id = self._ids.new() if outcome.event_decision else None

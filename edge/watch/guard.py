@@ -11,10 +11,9 @@ from collections.abc import Callable
 from typing import TypeVar, TypeVarTuple
 
 from edge.errors import OutboxError
-from edge.ops.async_db import AsyncDb
-from edge.ops.logs import RateLimited, get
-from edge.ops.metrics import Metrics
+from edge.ops.logs import get
 from edge.publish.outbox import Outbox
+from edge.shared import Shared
 from edge.watch.line_watch import LineWatch
 
 log = get("edge.watch.guard")
@@ -24,14 +23,12 @@ _Ts = TypeVarTuple("_Ts")
 
 
 class GuardedWatch:
-    def __init__(
-        self, watch: LineWatch, db: AsyncDb, outbox: Outbox, metrics: Metrics, log_limiter: RateLimited
-    ) -> None:
+    def __init__(self, shared: Shared, watch: LineWatch, outbox: Outbox) -> None:
         self.watch = watch
-        self._db = db
+        self._db = shared.db
         self._outbox = outbox
-        self._metrics = metrics
-        self._log_limiter = log_limiter
+        self._metrics = shared.metrics
+        self._log_limiter = shared.log_limiter
 
     def __call__(self, fn: Callable[[*_Ts], _R], *args: *_Ts) -> _R | None:
         """``fn(*args)``, a piece of line watching; None when it raised."""

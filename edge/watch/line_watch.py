@@ -22,7 +22,8 @@ from edge.flow import PASS, DieRow, EventRow, LotEvent, Outcome, ProcessLog, Waf
 from edge.ops.metrics import Metrics
 from edge.publish.events import EventIds
 from edge.watch import reports, state_codec
-from edge.watch.drift import PROCESS, SCORE, Change, ParamDrift, ScoreDrift
+from edge.watch.drift import PROCESS, SCORE, Change, ScoreDrift
+from edge.watch.param_drift import ParamDrift
 from edge.watch.process_stats import ProcessStats
 from edge.watch.rebaseline import Rebaseline
 from edge.watch.wafer_map import DieResult, summarise

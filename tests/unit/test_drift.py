@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.process_params import DEFAULT_PARAMETERS
-from edge.watch.drift import PROCESS, SCORE, Change, ParamDrift, ScoreDrift, ks_statistic
+from edge.watch.drift import PROCESS, SCORE, Change, ScoreDrift, ks_statistic
+from edge.watch.param_drift import ParamDrift
 
 KEY = ("RCP-A", "AOI-1")
 OTHER = ("RCP-A", "AOI-2")

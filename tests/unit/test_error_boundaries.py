@@ -142,16 +142,9 @@ async def _a_failed_outbox_read_answers_outbox_unavailable(tmp_path):
     outbox = broken_outbox(tmp_path)
     sock = OneFrameSocket([msgpack.packb(header(recipe_id="R1")), RAW])
     intake = Intake(
-        daemon.cfg,
-        sock,
-        daemon.inflight,
-        Turnaround(),
-        lambda tool, frame_id: daemon.db(outbox.recorded_reply, tool, frame_id),
+        daemon.shared, sock, Turnaround(), lambda tool, frame_id: daemon.db(outbox.recorded_reply, tool, frame_id),
         daemon.inflight.add,
-        daemon.health,
-        daemon.metrics,
-        daemon.log_limiter,
-    )
+    )  # fmt: skip
     receiving = asyncio.create_task(intake.run())
     await asyncio.wait_for(sock.answered.wait(), 5)
     assert not receiving.done()  # the intake goes on to the next frame
@@ -175,15 +168,8 @@ async def _the_health_loop_survives_a_failing_outbox(tmp_path):
     daemon = Daemon(parse_config(MINIMAL))
     outbox = broken_outbox(tmp_path)
     publisher = Publisher(outbox, None, daemon.metrics, daemon.db, 8, 1.0)
-    housekeeping = Housekeeping(
-        daemon.cfg,
-        daemon.db,
-        outbox,
-        None,
-        publisher,  # type: ignore[arg-type]
-        daemon.health,
-        daemon.metrics,
-    )
+    no_store = None  # the outbox's reads fail first: the calibration store is not reached
+    housekeeping = Housekeeping(daemon.shared, outbox, no_store, publisher)  # type: ignore[arg-type]
     loop = asyncio.create_task(health_loop(0.01, Notifier(), daemon.health, [housekeeping.check_outbox]))
     for _ in range(500):
         await asyncio.sleep(0.01)

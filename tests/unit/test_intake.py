@@ -19,6 +19,7 @@ from edge.ingest.wire import encode_reply
 from edge.ops.http import Health
 from edge.ops.logs import RateLimited
 from edge.ops.metrics import Metrics
+from edge.shared import Shared
 from tests.unit.test_wire import RAW, header
 
 CONFIG = {
@@ -54,17 +55,9 @@ class Station:
         self.health = Health(broker_required=False)
         self.metrics = Metrics()
         self.fail_outbox, self.fail_submit = fail_outbox, fail_submit
-        self.intake = Intake(
-            self.cfg,
-            self.socket,
-            self.inflight,
-            Turnaround(),
-            self._recorded_reply,
-            self._submit,
-            self.health,
-            self.metrics,
-            RateLimited(10.0),
-        )
+        no_db = no_tasks = None  # the intake reaches the outbox through recorded_reply only, and spawns nothing
+        shared = Shared(self.cfg, self.metrics, self.health, no_db, RateLimited(10.0), self.inflight, no_tasks)  # type: ignore[arg-type]
+        self.intake = Intake(shared, self.socket, Turnaround(), self._recorded_reply, self._submit)
 
     async def _recorded_reply(self, tool: str, frame_id: str) -> bytes | None:
         if self.fail_outbox:
