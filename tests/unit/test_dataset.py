@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.dataset import check
+from tools.dataset import check, second_fab
 from tools.dataset.folder import DataSetRefused, load, validate
 from tools.dataset.split import SPLITS, missing, split_by_wafer
 
@@ -238,3 +238,18 @@ def test_the_check_command_prints_errors_and_a_summary(tmp_path, capsys):
     assert check.main(["--data", str(root), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is False and doc["errors"][0].startswith("labels.csv:2: unknown split")
+
+
+def test_the_second_fab_writes_a_valid_folder_of_its_own_look(tmp_path):
+    root = second_fab.generate(tmp_path, 600, seed=3)
+    data, report = load(root)
+    assert report.ok and data.split_given and len(data.dies) == 600
+    assert set(data.classes) == set(second_fab.CLASS_SHARES) and data.parameters == tuple(second_fab.PARAMETERS)
+    image = cv2.imread(str(data.dies[0].path), cv2.IMREAD_UNCHANGED)
+    assert image.shape == second_fab.SHAPE and image.dtype == np.uint8
+    bake = data.parameters.index("bake_temp_c")
+    nominal, sigma, _ = second_fab.PARAMETERS["bake_temp_c"]
+    hot = {key for key, values in data.process.items() if values[bake] > nominal + 4 * sigma}
+    haze = {d.process_key for d in data.dies if d.cls == "HAZE"}
+    assert haze and haze <= hot  # HAZE is a defect only after a hot bake
+    assert {d.tool_id for d in data.dies} == set(second_fab.TOOLS)
