@@ -253,3 +253,18 @@ def test_the_second_fab_writes_a_valid_folder_of_its_own_look(tmp_path):
     haze = {d.process_key for d in data.dies if d.cls == "HAZE"}
     assert haze and haze <= hot  # HAZE is a defect only after a hot bake
     assert {d.tool_id for d in data.dies} == set(second_fab.TOOLS)
+
+
+def test_a_notes_column_is_the_wafers_note_not_a_parameter(tmp_path):
+    root = make_folder(tmp_path)
+    rows = read_rows(root / "process.csv")
+    rows[0].append("notes")
+    for i, row in enumerate(rows[1:]):
+        row.append("rework after a slow etch" if i == 0 else "")
+    write_csv(root / "process.csv", rows[0], rows[1:])
+    data, _ = load(root)
+    assert data.parameters == ("dose", "temp")
+    assert data.notes == {("L1", "W0", "R1", "AOI-1"): "rework after a slow etch"}
+    rows[2][-1] = "x" * 2001
+    write_csv(root / "process.csv", rows[0], rows[1:])
+    assert "process.csv:3: note of 2001 characters (at most 2000)" in errors(root)

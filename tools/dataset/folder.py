@@ -2,7 +2,7 @@
 
     DIR/images/<split>/<class>/<id>.png   8- or 16-bit PNG, grey or RGB, at most 2048 px a side
     DIR/labels.csv    id,split,class,tool_id,recipe_id,lot_id,wafer_id,die_x,die_y,path   (path relative to DIR)
-    DIR/process.csv   lot_id,wafer_id,recipe_id,tool_id,<parameter columns>             (optional)
+    DIR/process.csv   lot_id,wafer_id,recipe_id,tool_id,<parameter columns>[,notes]     (optional)
 
 ``validate`` returns the set and a report: every error that refuses the set (by file and line, the header being
 line 1) and every warning about data that is usable but suspicious. ``split`` is given on every row or on none;
@@ -31,6 +31,8 @@ LABELS = "labels.csv"
 PROCESS = "process.csv"
 LABEL_COLUMNS = ("id", "split", "class", "tool_id", "recipe_id", "lot_id", "wafer_id", "die_x", "die_y", "path")
 PROCESS_KEYS = ("lot_id", "wafer_id", "recipe_id", "tool_id")
+NOTES = "notes"  # an optional process.csv column: the operator's free-text note on the wafer, not a parameter
+MAX_NOTE = 2000  # characters, as on the wire
 REQUIRED = ("id", "class", "tool_id", "recipe_id", "lot_id", "wafer_id", "path")
 MAX_SIDE = 2048
 MAX_CLASSES = 64
@@ -103,6 +105,7 @@ class DataSet:
     classes: tuple[str, ...]  # GOOD first, then by name
     parameters: tuple[str, ...]  # process.csv's header order
     process: Mapping[ProcessKey, tuple[float, ...]]  # NaN where a cell is empty
+    notes: Mapping[ProcessKey, str]  # the wafers whose row has a note
     split_given: bool
 
     def split(self, name: str) -> list[Die]:
@@ -128,13 +131,13 @@ def validate(root: Path, seed: int = 0, images: bool = True) -> tuple[DataSet | 
     dies = _dies(root, rows, report)
     if images:
         _check_images(root, dies, report)
-    parameters, process = _process(root, report)
+    parameters, process, notes = _process(root, report)
     classes = _classes(dies, report)
     split_given, dies = _split(dies, report, seed)
     _warn(dies, parameters, process, report, process_file=(root / PROCESS).is_file())
     if not report.ok:
         return None, report
-    return DataSet(root, tuple(dies), classes, parameters, process, split_given), report
+    return DataSet(root, tuple(dies), classes, parameters, process, notes, split_given), report
 
 
 def _read_csv(path: Path, name: str, report: Report) -> tuple[list[str], Iterator[tuple[int, list[str]]]] | None:
@@ -243,12 +246,16 @@ def _check_images(root: Path, dies: list[Die], report: Report) -> None:
             report.errors.append(Problem(LABELS, die.line, f"{problem}: {die.path.relative_to(root)}"))
 
 
-def _process(root: Path, report: Report) -> tuple[tuple[str, ...], dict[ProcessKey, tuple[float, ...]]]:
+Process = tuple[tuple[str, ...], dict[ProcessKey, tuple[float, ...]], dict[ProcessKey, str]]
+
+
+def _process(root: Path, report: Report) -> Process:
+    """Parameter names, each wafer's values, and the wafers' notes."""
     if not (root / PROCESS).is_file():
-        return (), {}
+        return (), {}, {}
     read = _read_csv(root / PROCESS, PROCESS, report)
     if read is None:
-        return (), {}
+        return (), {}, {}
     header, rows = read
     absent = [c for c in PROCESS_KEYS if c not in header]
     repeated = sorted(n for n, k in Counter(header).items() if k > 1)
@@ -257,9 +264,10 @@ def _process(root: Path, report: Report) -> tuple[tuple[str, ...], dict[ProcessK
         why += [f"repeats {', '.join(repeated)}"] if repeated else []
         why += ["has an unnamed column"] if "" in header else []
         report.errors.append(Problem(PROCESS, 1, f"header {'; '.join(why)}"))
-        return (), {}
-    names = tuple(h for h in header if h not in PROCESS_KEYS)
+        return (), {}, {}
+    names = tuple(h for h in header if h not in (*PROCESS_KEYS, NOTES))
     process: dict[ProcessKey, tuple[float, ...]] = {}
+    notes: dict[ProcessKey, str] = {}
     first: dict[ProcessKey, int] = {}
     for line, row in rows:
         if len(row) != len(header):
@@ -276,11 +284,16 @@ def _process(root: Path, report: Report) -> tuple[tuple[str, ...], dict[ProcessK
             if value is None:
                 problems.append(f"parameter {name!r}: {cells[name]!r} is not a number")
             values.append(math.nan if value is None else value)
+        note = cells.get(NOTES, "")
+        if len(note) > MAX_NOTE:
+            problems.append(f"note of {len(note)} characters (at most {MAX_NOTE})")
         report.errors.extend(Problem(PROCESS, line, p) for p in problems)
         first.setdefault(key, line)
         if not problems:
             process[key] = tuple(values)
-    return names, process
+            if note:
+                notes[key] = note
+    return names, process, notes
 
 
 def _number(cell: str) -> float | None:
