@@ -4,7 +4,7 @@ in work, its verdict and outcome, and the rows the outbox keeps. Pure data, impo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -17,10 +17,24 @@ NOT_INSPECTED = "NOT_INSPECTED"
 DECISIONS = (PASS, DEFECT, REVIEW, AUDIT, NOT_INSPECTED)
 WaferKey = tuple[str, str, str]  # (tool_id, lot_id, wafer_id), as Frame.wafer_key
 
+# Why a frame is rejected (``rejected`` reply, ``edge_frames_rejected_total{reason}``); tool_key_mismatch: the
+# sender's CURVE key does not speak for the header's tool_id
+FrameRejectReason = Literal[
+    "bad_multipart", "header_too_large", "bad_msgpack", "missing_key", "bad_value", "bad_version", "unknown_tool",
+    "tool_key_mismatch", "unknown_recipe", "bad_encoding", "bad_shape", "payload_too_large", "image_too_large",
+    "bad_size", "undecodable", "wrong_dimensions",
+]  # fmt: skip
+# Why an MES message, a review or a re-baseline command is refused (``edge_mes_rejected_total{reason}``)
+MesRejectReason = Literal["bad_json", "not_an_object", "missing_key", "bad_value", "unknown_tool", "unknown_recipe",
+                          "bad_multipart"]  # fmt: skip
+RejectReason = FrameRejectReason | MesRejectReason
+# Why a frame was accepted and still not inspected (``not_inspected`` reply)
+NotInspectedReason = Literal["deadline_passed", "triton_unavailable", "inference_failed"]
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    reason: str
+    reason: RejectReason
     detail: str
     frame_id: str | None = None
 
@@ -131,7 +145,7 @@ class Outcome:
     verdict: Verdict | None
     score: float = 0.0
     hot: HotRegion | None = None
-    reason: str | None = None
+    reason: NotInspectedReason | None = None
 
     @property
     def decision(self) -> str:

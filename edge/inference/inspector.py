@@ -20,7 +20,7 @@ from calibration.table import BandTable
 from edge.config import Config
 from edge.decision import rule
 from edge.errors import InferenceFailed, TritonUnavailable
-from edge.flow import Frame, Outcome
+from edge.flow import Frame, NotInspectedReason, Outcome
 from edge.inference.inputs import batch_inputs, hot_region
 from edge.inference.triton_client import AnomalyOut, ClassifierOut
 from edge.ops.logs import RateLimited, get
@@ -101,12 +101,12 @@ class Inspector:
         self._metrics.stage_latency.labels("decide").observe(self._clock() - t0)
         return outcomes
 
-    async def _infer(self, frames: list[Frame]) -> tuple[AnomalyOut, ClassifierOut] | str:
+    async def _infer(self, frames: list[Frame]) -> tuple[AnomalyOut, ClassifierOut] | NotInspectedReason:
         """Both models' outputs, or why they could not be had."""
         inputs = batch_inputs(frames, self._parameters)
         backoff = self.cfg.triton.retry_backoff_ms / 1000
         deadline = min(f.deadline for f in frames)
-        reason = "triton_unavailable"
+        reason: NotInspectedReason = "triton_unavailable"
         for attempt in range(self.cfg.triton.retries + 1):
             try:
                 anomaly, classes = await asyncio.gather(
@@ -139,5 +139,5 @@ class Inspector:
         return reason
 
 
-def not_inspected(frame: Frame, reason: str) -> Outcome:
+def not_inspected(frame: Frame, reason: NotInspectedReason) -> Outcome:
     return Outcome(frame, None, reason=reason)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar, get_args
 
 
 class _Keyed(Protocol):
@@ -26,7 +26,8 @@ class _Keyed(Protocol):
 
 F = TypeVar("F", bound=_Keyed)
 
-BUSY_REASONS = ("shutting_down", "outbox_full", "queue_full", "tool_share_full")
+BusyReason = Literal["shutting_down", "outbox_full", "queue_full", "tool_share_full"]
+BUSY_REASONS: tuple[BusyReason, ...] = get_args(BusyReason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,9 @@ class Inflight(Generic[F]):
         return frame
 
 
-def busy_reason(held: int, held_by_tool: int, limits: Limits, *, accepting: bool, outbox_full: bool) -> str | None:
+def busy_reason(
+    held: int, held_by_tool: int, limits: Limits, *, accepting: bool, outbox_full: bool
+) -> BusyReason | None:
     """Why a new frame must wait (one of ``BUSY_REASONS``), or None when it may join."""
     if not accepting:
         return "shutting_down"
@@ -109,7 +112,9 @@ class Turnaround:
         return self._mean.get(tool)
 
 
-def retry_after_ms(reason: str, turnaround_s: float | None, floor_ms: int, ceiling_ms: int, jitter: float) -> int:
+def retry_after_ms(
+    reason: BusyReason, turnaround_s: float | None, floor_ms: int, ceiling_ms: int, jitter: float
+) -> int:
     """The retry hint for a busy reply: ``turnaround_s x jitter`` (jitter drawn from [0.5, 1.5)) within
     [floor, ceiling] when the tool or station is at its limit, else the floor (outbox full, shutting down:
     their end does not follow from the frames' turnaround)."""

@@ -8,33 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import msgpack
 
-from edge.flow import FrameHeader, Rejected
+from edge.flow import FrameHeader, FrameRejectReason, Rejected
 
 SCHEMA_VERSION = 1
 ENCODINGS = ("raw", "png", "jpeg")
 
-REJECT_REASONS = (
-    "bad_multipart",
-    "header_too_large",
-    "bad_msgpack",
-    "missing_key",
-    "bad_value",
-    "bad_version",
-    "unknown_tool",
-    "tool_key_mismatch",  # CURVE: the sender's key does not speak for the header's tool_id
-    "unknown_recipe",
-    "bad_encoding",
-    "bad_shape",
-    "payload_too_large",
-    "image_too_large",
-    "bad_size",
-    "undecodable",
-    "wrong_dimensions",
-)
+REJECT_REASONS: tuple[FrameRejectReason, ...] = get_args(FrameRejectReason)
 
 REQUIRED = ("v", "frame_id", "tool_id", "recipe_id", "lot_id", "wafer_id", "die", "ts", "encoding")
 _MAX_ID = 128
@@ -58,7 +41,7 @@ def _text(header: dict[str, Any], key: str, max_len: int = _MAX_ID) -> str:
 
 
 class _Bad(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: FrameRejectReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail

@@ -6,11 +6,11 @@ import json
 import math
 import sys
 from collections import OrderedDict
-from typing import Any
+from typing import Any, get_args
 
-from edge.flow import LotEvent, ProcessLog, Rejected
+from edge.flow import LotEvent, MesRejectReason, ProcessLog, Rejected
 
-MES_REJECT_REASONS = ("bad_json", "not_an_object", "missing_key", "bad_value")
+MES_REJECT_REASONS: tuple[MesRejectReason, ...] = get_args(MesRejectReason)
 _IDS = ("lot_id", "wafer_id", "recipe_id", "tool_id")
 _MAX_PARAMS = 512
 
