@@ -8,7 +8,7 @@ models="${EDGE_MODELS:-/opt/edge-inspect/models}"                        # ONNX 
 repository="${EDGE_MODEL_REPOSITORY:-/var/lib/edge-inspect/model_repository}"  # plans and configs (state volume)
 edge-inspect check-config "$config"
 trap 'kill -TERM ${builder:-} ${triton:-} ${daemon:-} 2>/dev/null; wait' TERM INT
-(cd /opt/edge-inspect && exec python -m tools.build_engines --models "$models" --out "$repository") &
+(cd /opt/edge-inspect && exec python -m tools.gpu.build_engines --models "$models" --out "$repository") &
 builder=$!
 wait "$builder"
 builder=
