@@ -1,11 +1,12 @@
 """``edge-inspect``: run the daemon, validate a config, run a local Triton server, calibrate thresholds,
-re-baseline a tool's drift after a service, make CURVE keys."""
+re-baseline a tool's drift after a service, make CURVE keys, check a fab's labelled data."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
+import importlib
 import json
 import re
 import signal
@@ -144,6 +145,22 @@ def _rebaseline(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands whose code ships in the project's `tools` package (training and data), imported by name when asked for:
+# the daemon's own modules never import them, and a station installed for serving only says what is missing.
+DATA_COMMANDS = {"check": "tools.dataset.check"}
+
+
+def _data(args: argparse.Namespace) -> int:
+    module = DATA_COMMANDS[args.data_command]
+    try:
+        command = importlib.import_module(module)
+    except ImportError as err:
+        print(f"edge-inspect data {args.data_command} needs the project's tools ({module}): {err}", file=sys.stderr)
+        return 2
+    code: int = command.main(args.rest)
+    return code
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="edge-inspect", description=__doc__)
     top.add_argument("--version", action="version", version=f"edge-inspect {__version__}")
@@ -174,6 +191,10 @@ def parser() -> argparse.ArgumentParser:
     keygen.add_argument("directory", help="where to write them (created owner-only if missing)")
     keygen.add_argument("name", help="file name stem, e.g. the station or tool id")
     keygen.set_defaults(func=_curve_keygen)
+    data = sub.add_parser("data", help="a fab's labelled dies: check a folder against the own-data contract")
+    data.add_argument("data_command", choices=sorted(DATA_COMMANDS), help="check: every problem, by file and line")
+    data.add_argument("rest", nargs=argparse.REMAINDER, help="its options (edge-inspect data check --help)")
+    data.set_defaults(func=_data)
     return top
 
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge import cli
 from tools.dataset import check, second_fab
 from tools.dataset.folder import DataSetRefused, load, validate
 from tools.dataset.split import SPLITS, missing, split_by_wafer
@@ -235,7 +236,7 @@ def test_the_check_command_prints_errors_and_a_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "36 dies on 6 wafers, split given; tools AOI-1, AOI-2; 2 process parameters" in out
     edit_labels(root, 2, split="holdout")
-    assert check.main(["--data", str(root), "--json"]) == 1
+    assert cli.main(["data", "check", "--data", str(root), "--json"]) == 1  # the installed command
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is False and doc["errors"][0].startswith("labels.csv:2: unknown split")
 
@@ -268,3 +269,9 @@ def test_a_notes_column_is_the_wafers_note_not_a_parameter(tmp_path):
     rows[2][-1] = "x" * 2001
     write_csv(root / "process.csv", rows[0], rows[1:])
     assert "process.csv:3: note of 2001 characters (at most 2000)" in errors(root)
+
+
+def test_the_data_command_says_what_is_missing_on_a_serving_only_install(monkeypatch, capsys):
+    monkeypatch.setitem(cli.DATA_COMMANDS, "check", "tools.not_installed_here")
+    assert cli.main(["data", "check", "--data", "."]) == 2
+    assert "needs the project's tools (tools.not_installed_here)" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Check a labelled folder against the own-data contract without training anything.
 
-    python -m tools.dataset.check --data DIR [--json] [--seed N]
+    edge-inspect data check --data DIR [--json] [--seed N]     (or: python -m tools.dataset.check ...)
 
 Prints every error (by file and line) and warning, and a summary of the set: classes with their dies per split,
 tools, recipes, wafers, parameters. Exit status 0 when the set can train, 1 when it is refused.
@@ -49,8 +49,10 @@ def render(data: DataSet | None, report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "edge-inspect data check") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="the labelled folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split by wafer, when the folder gives none")
     parser.add_argument("--json", action="store_true", help="the report and the summary as JSON")
