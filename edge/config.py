@@ -25,7 +25,10 @@ class IngestConfig(_Strict):
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="largest declared h*w, checked before decoding")
     image_height: int = Field(256, gt=0, description="height the models take")
     image_width: int = Field(256, gt=0, description="width the models take")
-    resize: bool = Field(False, description="resize frames of another size instead of rejecting them")
+    resize: bool = Field(
+        False,
+        description="fit frames of another size by the input rule (edge.contract.images) instead of rejecting them",
+    )
     max_inflight_frames: int = Field(256, gt=0, description="accepted frames not yet answered; beyond it: busy")
     max_inflight_per_tool: int | None = Field(
         None,

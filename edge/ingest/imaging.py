@@ -1,5 +1,6 @@
 """Image payloads to model tensors. Dimensions are read from the PNG/JPEG header and checked
-against the limit before anything is decoded, so a decompression bomb costs nothing."""
+against the limit before anything is decoded, so a decompression bomb costs nothing. The decoded image becomes
+the models' input by the rule training applies too (``edge.contract.images``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import cast
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 
+from edge.contract.images import Image, model_input
 from edge.flow import FrameHeader, Rejected, Tensors
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +71,7 @@ def decode(
     """Decode a payload into the models' tensors, or a rejection with its reason."""
     if header.encoding == "raw":
         assert header.shape is not None  # wire.parse_frame guarantees it
-        image = np.frombuffer(payload, dtype=np.uint8).reshape(header.shape)
+        image: Image = np.frombuffer(payload, dtype=np.uint8).reshape(header.shape)
     else:
         dims = png_size(payload) if header.encoding == "png" else jpeg_size(payload)
         if dims is None:
@@ -81,28 +82,27 @@ def decode(
             )
         if header.encoding == "png" and not png_chunks_complete(payload):
             return Rejected("undecodable", "png chunks run past the end of the payload", header.frame_id)
-        # cv2's stub leaves out the None that imdecode returns for undecodable data; IMREAD_COLOR decodes to 8-bit
-        decoded = cast(
-            "npt.NDArray[np.uint8] | None", cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
-        )
+        # IMREAD_UNCHANGED keeps a 16-bit PNG's depth for the input rule; cv2's stub leaves out the None it returns
+        decoded = cast("Image | None", cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED))
         if decoded is None:
             return Rejected("undecodable", f"{header.encoding} payload could not be decoded", header.frame_id)
-        image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)  # type: ignore[assignment]  # cv2 stub: MatLike; uint8 stays
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.shape[:2] != size:
-        if not resize:
-            return Rejected(
-                "wrong_dimensions",
-                f"image is {image.shape[0]}x{image.shape[1]}, models take {size[0]}x{size[1]}",
-                header.frame_id,
-            )
-        image = cv2.resize(  # type: ignore[assignment]  # cv2's stub returns MatLike; a uint8 image stays uint8
-            image, (size[1], size[0]), interpolation=cv2.INTER_AREA
+        image = _rgb_order(decoded)
+    if image.shape[:2] != size and not resize:
+        return Rejected(
+            "wrong_dimensions",
+            f"image is {image.shape[0]}x{image.shape[1]}, models take {size[0]}x{size[1]}",
+            header.frame_id,
         )
-    grey: npt.NDArray[np.uint8] = cv2.cvtColor(  # type: ignore[assignment]  # cv2's stub returns MatLike; uint8 stays
-        np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY
-    )
-    return Tensors(rgb=np.ascontiguousarray(image.transpose(2, 0, 1)), grey=grey[None])
+    try:
+        return model_input(image, size)  # edge.contract.images: the rule training applies too
+    except ValueError as err:
+        return Rejected("undecodable", str(err), header.frame_id)
+
+
+def _rgb_order(image: Image) -> Image:
+    """OpenCV decodes colour as BGR(A): RGB, without an alpha channel; grey as it is."""
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cast("Image", cv2.cvtColor(image, cv2.COLOR_BGRA2RGB))
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cast("Image", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return image

@@ -1,0 +1,59 @@
+"""The rule that turns a die image into the models' input tensors, the same in training and in serving (pure).
+
+1. Depth: a 16-bit image keeps its top 8 bits (``value >> 8``); an 8-bit one is as it is.
+2. Channels: a grey image (2-D, or one channel) is repeated into RGB; RGB stays RGB (channel order R, G, B).
+3. Size: an image of the models' size is as it is. Any other is scaled by the one factor that fits it whole
+   inside the models' size (the aspect ratio kept: INTER_AREA when shrinking, INTER_LINEAR when enlarging), then
+   padded to that size on both sides equally (the odd pixel at the bottom or right) by repeating its border rows
+   and columns, so the padding adds no edge of its own.
+4. The grey tensor is the RGB one converted by OpenCV's RGB-to-grey weights.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.flow import Tensors
+
+Image = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
+
+
+def to_eight_bit_rgb(image: Image) -> npt.NDArray[np.uint8]:
+    """Steps 1 and 2: (H, W, 3) uint8 RGB."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise ValueError(f"{image.dtype} pixels: 8- or 16-bit only")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"shape {image.shape}: grey or RGB only")
+    return cast("npt.NDArray[np.uint8]", image)
+
+
+def fit(rgb: npt.NDArray[np.uint8], size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """Step 3: ``rgb`` (H, W, 3) at ``size`` (height, width)."""
+    h, w = rgb.shape[:2]
+    if (h, w) == size:
+        return rgb
+    scale = min(size[0] / h, size[1] / w)
+    inner = (min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale))))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(rgb, (inner[1], inner[0]), interpolation=interpolation)
+    top, left = (size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2
+    padded = cv2.copyMakeBorder(scaled, top, size[0] - inner[0] - top, left, size[1] - inner[1] - left,
+                                cv2.BORDER_REPLICATE)  # fmt: skip
+    return cast("npt.NDArray[np.uint8]", padded)
+
+
+def model_input(image: Image, size: tuple[int, int]) -> Tensors:
+    """The whole rule: the (3, H, W) RGB and (1, H, W) grey uint8 tensors of ``image`` at ``size``."""
+    rgb = np.ascontiguousarray(fit(to_eight_bit_rgb(image), size))
+    grey = cast("npt.NDArray[np.uint8]", cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    return Tensors(rgb=np.ascontiguousarray(rgb.transpose(2, 0, 1)), grey=grey[None])
