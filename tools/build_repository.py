@@ -7,7 +7,10 @@ For each model: `<out>/<name>/config.pbtxt` and `<out>/<name>/1/{model.py, ort_m
 `model.onnx` is the precision form asked for if it passed the precision gate (`tools.precision_gate`, on the
 verdicts `tools.quantize` recorded), else the form it falls back to. The config carries the model's facts as
 parameters: the anomaly bands (`pass_band` / `reject_band` from `<models>/anomaly_metrics.json`) and the precision
-served, asked for and why they differ (`precision`, `precision_requested`, `precision_fallback`).
+served, asked for and why they differ (`precision`, `precision_requested`, `precision_fallback`); and the
+classifier's contract, its classes (output order) and process parameters (input order) as JSON lists (`classes`,
+`process_parameters`), which the daemon checks its configuration against. The reference models are trained on the
+synthetic fab's taxonomy and process log (`edge.taxonomy`, `edge.process_params`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelRepositoryError
+from edge.process_params import DEFAULT_PARAMETERS
+from edge.taxonomy import DEFAULT_CLASSES
 from tools.precision_gate import Choice, choose_precision, load_report, onnx_path, parse_precisions
 
 MODELS = ("anomaly", "classifier")
@@ -57,17 +62,25 @@ def config_text(base: str, parameters: Mapping[str, float | str]) -> str:
 
 
 def model_parameters(name: str, models: Path, choice: Choice | None = None) -> dict[str, float | str]:
-    """Config parameters a model carries: the anomaly bands from `<models>/anomaly_metrics.json` and, given the
-    precision ``choice``, the precision served (with what was asked and why they differ)."""
+    """Config parameters a model carries: the anomaly bands from `<models>/anomaly_metrics.json`, the classifier's
+    contract and, given the precision ``choice``, the precision served (with what was asked and why they differ)."""
     parameters: dict[str, float | str] = {}
     if name == "anomaly":
         metrics = models / "anomaly_metrics.json"
         if not metrics.is_file():
             raise ModelRepositoryError(f"{metrics} is missing: it holds the anomaly decision bands")
         parameters.update(band_parameters(json.loads(metrics.read_text())))
+    if name == "classifier":
+        parameters.update(contract_parameters(DEFAULT_CLASSES, DEFAULT_PARAMETERS))
     if choice is not None:
         parameters.update(choice.parameters())
     return parameters
+
+
+def contract_parameters(classes: Sequence[str], process_parameters: Sequence[str]) -> dict[str, str]:
+    """The classifier's contract as config parameters: JSON lists of names, in the model's output / input order."""
+    return {"classes": json.dumps(list(classes), separators=(",", ":")),
+            "process_parameters": json.dumps(list(process_parameters), separators=(",", ":"))}  # fmt: skip
 
 
 def served_precision(name: str, models: Path, requested: str) -> Choice:

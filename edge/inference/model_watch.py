@@ -10,7 +10,7 @@ from typing import Protocol
 from calibration.table import Bands, BandTable
 from edge.errors import ConfigError, EdgeError, TritonUnavailable
 from edge.inference.inspector import Inspector
-from edge.inference.model_facts import bands_from, precision_from
+from edge.inference.model_facts import bands_from, contract_from, mismatches, precision_from
 from edge.ops.logs import get
 from edge.shared import Shared
 
@@ -59,8 +59,9 @@ class ModelWatch:
             try:
                 await self.learn()
                 log.info("triton_recovered", models=self._health.models)
-            except EdgeError as err:
-                log.warning("triton_model_info_failed", error=str(err))
+            except EdgeError as err:  # not ready until what it serves is known and fits: tried again next round
+                log.error("triton_model_info_failed", error=str(err))
+                ready = False
         elif not ready and self._health.triton_ready:
             log.warning("triton_not_ready", url=self.cfg.triton.url)
         self._health.triton_ready = ready
@@ -73,6 +74,7 @@ class ModelWatch:
             name: await self.triton.config_parameters(name)
             for name in (self.triton.anomaly_model, self.triton.classifier_model)
         }
+        self._check_contract(params[self.triton.classifier_model])
         self._health.triton_ready = True
         self._health.models = models
         self._metrics.model_info.clear()  # a model Triton swapped no longer shows its old version
@@ -98,3 +100,15 @@ class ModelWatch:
                 "no anomaly bands: the anomaly model declares none and decision.bands has no recipe='*', tool='*' entry"
             )
         self._inspector.bands = BandTable(default, entries)
+
+    def _check_contract(self, classifier_params: dict[str, str]) -> None:
+        """``ConfigError`` naming each difference when the classifier declares classes or process parameters the
+        configuration does not match (a model trained on other classes or another process log)."""
+        try:
+            contract = contract_from(classifier_params)
+        except ValueError as err:
+            raise ConfigError(f"the classifier's config: {err}") from None
+        recipes = {rid: recipe.parameters for rid, recipe in self.cfg.recipes.items()}
+        found = mismatches(contract, self.cfg.decision.classes, recipes)
+        if found:
+            raise ConfigError("the configuration does not fit the served classifier: " + "; ".join(found))
