@@ -22,6 +22,23 @@ from edge.flow import Tensors
 Image = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
 
 
+def from_opencv(image: Image) -> Image:
+    """An image as OpenCV decodes it (colour as BGR or BGRA) in RGB order, without an alpha channel; grey as is."""
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cast("Image", cv2.cvtColor(image, cv2.COLOR_BGRA2RGB))
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cast("Image", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return image
+
+
+def read(path: str) -> Image:
+    """The image file at ``path`` as the rule takes it (RGB or grey, its own depth); ``ValueError`` if unreadable."""
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read an image from {path}")
+    return from_opencv(cast("Image", image))
+
+
 def to_eight_bit_rgb(image: Image) -> npt.NDArray[np.uint8]:
     """Steps 1 and 2: (H, W, 3) uint8 RGB."""
     if image.dtype == np.uint16:

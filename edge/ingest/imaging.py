@@ -10,7 +10,7 @@ from typing import cast
 import cv2
 import numpy as np
 
-from edge.contract.images import Image, model_input
+from edge.contract.images import Image, from_opencv, model_input
 from edge.flow import FrameHeader, Rejected, Tensors
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +86,7 @@ def decode(
         decoded = cast("Image | None", cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED))
         if decoded is None:
             return Rejected("undecodable", f"{header.encoding} payload could not be decoded", header.frame_id)
-        image = _rgb_order(decoded)
+        image = from_opencv(decoded)
     if image.shape[:2] != size and not resize:
         return Rejected(
             "wrong_dimensions",
@@ -97,12 +97,3 @@ def decode(
         return model_input(image, size)  # edge.contract.images: the rule training applies too
     except ValueError as err:
         return Rejected("undecodable", str(err), header.frame_id)
-
-
-def _rgb_order(image: Image) -> Image:
-    """OpenCV decodes colour as BGR(A): RGB, without an alpha channel; grey as it is."""
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cast("Image", cv2.cvtColor(image, cv2.COLOR_BGRA2RGB))
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cast("Image", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    return image

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from edge import cli
+from edge.contract.images import model_input, read
 from tools.dataset import check, second_fab
+from tools.dataset.arrays import arrays
 from tools.dataset.folder import DataSetRefused, load, validate
 from tools.dataset.split import SPLITS, missing, split_by_wafer
 
@@ -275,3 +277,24 @@ def test_the_data_command_says_what_is_missing_on_a_serving_only_install(monkeyp
     monkeypatch.setitem(cli.DATA_COMMANDS, "check", "tools.not_installed_here")
     assert cli.main(["data", "check", "--data", "."]) == 2
     assert "needs the project's tools (tools.not_installed_here)" in capsys.readouterr().err
+
+
+def test_a_split_becomes_the_arrays_training_takes_by_the_serving_rules(tmp_path):
+    root = make_folder(tmp_path)
+    rows = read_rows(root / "process.csv")
+    rows[0].append("notes")
+    for i, row in enumerate(rows[1:]):
+        row.append("slow etch" if i == 4 else "")
+    write_csv(root / "process.csv", rows[0], rows[2:])  # W0 has no process row
+    data, _ = load(root)
+    train, val = arrays(data, "train"), arrays(data, "val")
+    assert len(train) == 24 and train.images.shape == (24, 256, 256, 3) and train.process.shape == (24, 2)
+    first = data.split("train")[0]
+    assert np.array_equal(train.images[0], model_input(read(str(first.path)), (256, 256)).rgb.transpose(1, 2, 0))
+    assert [data.classes[i] for i in train.labels[:6]] == [d.cls for d in data.split("train")[:6]]
+    w0 = [i for i, d in enumerate(data.split("train")) if d.wafer_id == "W0"]
+    assert not train.present[w0, 0].any() and not train.process[w0].any()  # no row: the modality absent
+    w1 = [i for i, d in enumerate(data.split("train")) if d.wafer_id == "W1"]
+    assert train.present[w1, 0].all() and train.process[w1[0]].tolist() == [2.0, 21.0]
+    assert val.present[:, 1].all() and not train.present[:, 1].any()  # the note is on W4, a val wafer
+    assert set(train.tool.tolist()) == {0, 1}
