@@ -7,11 +7,11 @@ from dataclasses import asdict
 from typing import Any
 
 from calibration.controller import ClassSettings, ClassState, LotCounts
+from calibration.engineer import State
 from calibration.statistical_controller import Reviewed, StatSettings, StatState
 
 SEED, STATISTICAL = "seed", "statistical"
 CONTROLLERS = (SEED, STATISTICAL)
-State = ClassState | StatState
 
 
 def dumps(state: State) -> str:

@@ -17,12 +17,8 @@ Thresholds never leave the engineer bounds, which never leave the hard bounds 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from calibration.table import MAX_THRESHOLD, MIN_THRESHOLD
-
-if TYPE_CHECKING:
-    from calibration.statistical_controller import StatState
 
 CALIBRATING, ADJUSTING, STABLE, LOCKED, REVALIDATING = "calibrating", "adjusting", "stable", "locked", "revalidating"
 STATUSES = (CALIBRATING, ADJUSTING, STABLE, LOCKED, REVALIDATING)
@@ -150,28 +146,6 @@ def after_lot(state: ClassState, counts: LotCounts, stages: Stages = DEFAULT_STA
     under = s.fpr_window <= budget
     clean = s.clean_lots + 1 if under else 0
     return replace(s, threshold=threshold, status=next_status(s.status, under, clean, stages), clean_lots=clean)
-
-
-def override(state: ClassState | StatState, threshold: float, lock_lots: int) -> ClassState | StatState:
-    """An engineer's value, held for ``lock_lots`` lots (0: not locked, the controller continues from it)."""
-    if not state.settings.lower <= threshold <= state.settings.upper:
-        raise ValueError(f"threshold {threshold} is outside the bounds {state.settings.lower}..{state.settings.upper}")
-    if lock_lots < 0:
-        raise ValueError("lock_lots must be >= 0")
-    if lock_lots == 0:
-        return replace(state, threshold=threshold)
-    return replace(state, threshold=threshold, status=LOCKED, lock_until=state.lots_seen + lock_lots)
-
-
-def unlock(state: ClassState | StatState) -> ClassState | StatState:
-    if state.status != LOCKED:
-        return state
-    return replace(state, status=ADJUSTING, lock_until=None)
-
-
-def with_settings(state: ClassState | StatState, settings: ClassSettings) -> ClassState | StatState:
-    """New engineer settings; the threshold is pulled inside the new bounds."""
-    return replace(state, settings=settings, threshold=settings.clamp(state.threshold))
 
 
 def transferred(state: ClassState) -> ClassState:

@@ -21,10 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from calibration import controller
+from calibration import controller, engineer
 from calibration import statistical_controller as statistical
-from calibration.codec import SEED, State, dumps, loads, start
+from calibration.codec import SEED, dumps, loads, start
 from calibration.controller import ClassSettings, LotCounts, Stages
+from calibration.engineer import State
 from calibration.errors import CalibrationError, RequestRefused, StoreUnavailable, UnknownEvent
 
 __all__ = [
@@ -264,7 +265,7 @@ class CalibrationStore:
                 settings = replace(state.settings, **changes)
             except (TypeError, ValueError) as exc:
                 raise RequestRefused(str(exc)) from exc
-            new = controller.with_settings(state, settings)
+            new = engineer.with_settings(state, settings)
             for key, value in changes.items():
                 self._audit(db, recipe, tool, defect_class, who, key, str(getattr(state.settings, key)), str(value),
                             reason)  # fmt: skip
@@ -275,7 +276,7 @@ class CalibrationStore:
         with self._tx() as db:
             state = self._state(db, recipe, tool, defect_class)
             try:
-                new = controller.override(state, threshold, lock_lots)
+                new = engineer.override(state, threshold, lock_lots)
             except ValueError as exc:
                 raise RequestRefused(f"threshold: {exc}") from exc
             self._save(db, recipe, tool, defect_class, state, new, who, f"{reason} (lock {lock_lots} lots)")
@@ -283,7 +284,7 @@ class CalibrationStore:
     def unlock(self, recipe: str, tool: str, defect_class: str, who: str, reason: str) -> None:
         with self._tx() as db:
             state = self._state(db, recipe, tool, defect_class)
-            self._save(db, recipe, tool, defect_class, state, controller.unlock(state), who, reason)
+            self._save(db, recipe, tool, defect_class, state, engineer.unlock(state), who, reason)
 
     def transfer(self, recipe: str, source: str, target: str, who: str, reason: str) -> None:
         """Copy ``source``'s profile to ``target`` (a tool swap); every class starts there ``revalidating``."""

@@ -15,11 +15,9 @@ from calibration.controller import (
     LotCounts,
     Stages,
     after_lot,
-    override,
     transferred,
-    unlock,
-    with_settings,
 )
+from calibration.engineer import override, unlock, with_settings
 
 STAGES = Stages(initial_lots=3, window_lots=3)
 CLEAN = LotCounts(negatives=1000, false_positives=0, confirmed_real=2)

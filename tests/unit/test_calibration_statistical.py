@@ -90,7 +90,8 @@ def test_change_detection_shortens_the_memory() -> None:
 
 
 def test_engineer_lock_holds_the_statistical_controller_too() -> None:
-    from calibration.controller import LOCKED, override, unlock
+    from calibration.controller import LOCKED
+    from calibration.engineer import override, unlock
 
     state = run(StatState.start(ClassSettings(initial_threshold=0.55)), [(3000, ()), (3000, ())])
     locked = override(state, 0.9, lock_lots=3)
