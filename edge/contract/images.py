@@ -39,18 +39,27 @@ def read(path: str) -> Image:
     return from_opencv(cast("Image", image))
 
 
+def unusable(image: npt.NDArray[np.generic]) -> str | None:
+    """Why the rule cannot take ``image`` (its depth or its channels); None when it can."""
+    if image.dtype not in (np.uint8, np.uint16):
+        return f"{image.dtype} pixels: 8- or 16-bit only"
+    channels = 1 if image.ndim == 2 else (image.shape[2] if image.ndim == 3 else 0)
+    if channels not in (1, 3):
+        return f"{channels} channels: grey or RGB only"
+    return None
+
+
 def to_eight_bit_rgb(image: Image) -> npt.NDArray[np.uint8]:
-    """Steps 1 and 2: (H, W, 3) uint8 RGB."""
+    """Steps 1 and 2: (H, W, 3) uint8 RGB; ``ValueError`` saying why for an image the rule cannot take."""
+    reason = unusable(image)
+    if reason is not None:
+        raise ValueError(reason)
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
-    if image.dtype != np.uint8:
-        raise ValueError(f"{image.dtype} pixels: 8- or 16-bit only")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
+    if image.ndim == 3:
+        image = image if image.shape[2] == 3 else image[:, :, 0]
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"shape {image.shape}: grey or RGB only")
     return cast("npt.NDArray[np.uint8]", image)
 
 

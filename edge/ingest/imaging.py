@@ -13,13 +13,13 @@ import numpy as np
 from edge.contract.images import Image, from_opencv, model_input
 from edge.flow import FrameHeader, Rejected, Tensors
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) from a PNG's IHDR chunk, or None if it is not a PNG."""
-    if len(data) < 24 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
+    if len(data) < 24 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
         return None
     width, height = struct.unpack(">II", data[16:24])
     return height, width
@@ -28,7 +28,7 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 def png_chunks_complete(data: bytes) -> bool:
     """Whether every chunk of a PNG lies inside the payload, up to IEND. A chunk whose length runs past the end
     makes the decoder stall for about a second on a 100-byte payload; this walk refuses it in microseconds."""
-    offset = len(_PNG_MAGIC)
+    offset = len(PNG_MAGIC)
     while offset + 12 <= len(data):
         (length,) = struct.unpack(">I", data[offset : offset + 4])
         end = offset + 12 + length

@@ -61,7 +61,7 @@ class Recorder:
     async def record_and_answer(self, outcomes: list[Outcome]) -> None:
         """Record a batch's outcomes, then answer each frame's tool, then announce the events."""
         cfg = self.cfg
-        stamp = Stamp(cfg.station, cfg.mqtt.prefix, dict(self._health.models), time.monotonic(), time.time())
+        stamp = Stamp(cfg.station, cfg.mqtt.prefix, self._health.models, time.monotonic(), time.time())
         results, events, event_ids = [], [], []
         for outcome in outcomes:
             event_id = self._ids.new() if outcome.event_decision else None

@@ -12,23 +12,35 @@ import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tools.dataset.folder import DataSet, Report, validate
 from tools.dataset.split import SPLITS
 
 
-def summary(data: DataSet) -> dict[str, object]:
+@dataclass(frozen=True)
+class Summary:
+    dies: int
+    split: str  # given | made by wafer
+    classes: dict[str, dict[str, int]]  # dies per class and split
+    tools: list[str]
+    recipes: list[str]
+    wafers: int
+    parameters: list[str]
+
+
+def summary(data: DataSet) -> Summary:
     per = Counter((d.cls, d.split) for d in data.dies)
-    return {
-        "dies": len(data.dies),
-        "split": "given" if data.split_given else "made by wafer",
-        "classes": {c: {s: per[(c, s)] for s in SPLITS} for c in data.classes},
-        "tools": sorted({d.tool_id for d in data.dies}),
-        "recipes": sorted({d.recipe_id for d in data.dies}),
-        "wafers": len({d.wafer for d in data.dies}),
-        "parameters": list(data.parameters),
-    }
+    return Summary(
+        dies=len(data.dies),
+        split="given" if data.split_given else "made by wafer",
+        classes={c: {s: per[(c, s)] for s in SPLITS} for c in data.classes},
+        tools=sorted({d.tool_id for d in data.dies}),
+        recipes=sorted({d.recipe_id for d in data.dies}),
+        wafers=len({d.wafer for d in data.dies}),
+        parameters=list(data.parameters),
+    )
 
 
 def render(data: DataSet | None, report: Report) -> str:
@@ -36,16 +48,14 @@ def render(data: DataSet | None, report: Report) -> str:
     if data is None:
         lines.append(f"refused: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
         return "\n".join(lines)
-    tools = sorted({d.tool_id for d in data.dies})
-    wafers = len({d.wafer for d in data.dies})
+    s = summary(data)
     lines.append(
-        f"{len(data.dies)} dies on {wafers} wafers, split {'given' if data.split_given else 'made by wafer'}; "
-        f"tools {', '.join(tools)}; {len(data.parameters)} process parameters"
+        f"{s.dies} dies on {s.wafers} wafers, split {s.split}; tools {', '.join(s.tools)}; "
+        f"{len(s.parameters)} process parameters"
     )
-    per = Counter((d.cls, d.split) for d in data.dies)
-    width = max(len(c) for c in (*data.classes, "class"))
+    width = max(len(c) for c in (*s.classes, "class"))
     lines.append(f"  {'class':<{width}}  " + "  ".join(f"{sp:>6}" for sp in SPLITS))
-    lines += [f"  {c:<{width}}  " + "  ".join(f"{per[(c, sp)]:>6}" for sp in SPLITS) for c in data.classes]
+    lines += [f"  {c:<{width}}  " + "  ".join(f"{n[sp]:>6}" for sp in SPLITS) for c, n in s.classes.items()]
     return "\n".join(lines)
 
 
@@ -59,7 +69,11 @@ def main(argv: list[str] | None = None, prog: str = "edge-inspect data check") -
     args = parser.parse_args(argv)
     data, report = validate(args.data, args.seed)
     if args.json:
-        print(json.dumps({"ok": report.ok, **report.as_dict(), "summary": summary(data) if data else None}, indent=2))
+        print(
+            json.dumps(
+                {"ok": report.ok, **report.as_dict(), "summary": asdict(summary(data)) if data else None}, indent=2
+            )
+        )
     else:
         print(render(data, report))
     return 0 if report.ok else 1

@@ -23,7 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.contract.images import unusable
 from edge.errors import EdgeError
+from edge.ingest.imaging import PNG_MAGIC
 from edge.taxonomy import GOOD
 from tools.dataset.split import SPLITS, missing, split_by_wafer
 
@@ -38,7 +40,6 @@ MAX_SIDE = 2048
 MAX_CLASSES = 64
 MAX_NAME = 64
 MIN_TRAIN = 5  # training images a class needs
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 ProcessKey = tuple[str, str, str, str]  # (lot_id, wafer_id, recipe_id, tool_id)
 
@@ -61,6 +62,12 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def error(self, file: str, line: int | None, message: str) -> None:
+        self.errors.append(Problem(file, line, message))
+
+    def warn(self, file: str, line: int | None, message: str) -> None:
+        self.warnings.append(Problem(file, line, message))
 
     def as_dict(self) -> dict[str, list[str]]:
         return {"errors": [str(p) for p in self.errors], "warnings": [str(p) for p in self.warnings]}
@@ -125,7 +132,7 @@ def validate(root: Path, seed: int = 0, images: bool = True) -> tuple[DataSet | 
     report = Report()
     root = root.resolve()
     if not root.is_dir():
-        report.errors.append(Problem(str(root), None, "not a folder"))
+        report.error(str(root), None, "not a folder")
         return None, report
     rows = _label_rows(root, report)
     dies = _dies(root, rows, report)
@@ -144,10 +151,10 @@ def _read_csv(path: Path, name: str, report: Report) -> tuple[list[str], Iterato
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        report.errors.append(Problem(name, None, "missing"))
+        report.error(name, None, "missing")
         return None
     except (OSError, UnicodeDecodeError) as err:
-        report.errors.append(Problem(name, None, f"unreadable: {err}"))
+        report.error(name, None, f"unreadable: {err}")
         return None
     reader = csv.reader(text.splitlines())
     header = [h.strip() for h in next(reader, [])]
@@ -161,12 +168,12 @@ def _label_rows(root: Path, report: Report) -> list[tuple[int, dict[str, str]]]:
     header, rows = read
     absent = [c for c in LABEL_COLUMNS if c not in header]
     if absent:
-        report.errors.append(Problem(LABELS, 1, f"header lacks {', '.join(absent)} (needs {','.join(LABEL_COLUMNS)})"))
+        report.error(LABELS, 1, f"header lacks {', '.join(absent)} (needs {','.join(LABEL_COLUMNS)})")
         return []
     out = []
     for line, row in rows:
         if len(row) != len(header):
-            report.errors.append(Problem(LABELS, line, f"{len(row)} fields, the header has {len(header)}"))
+            report.error(LABELS, line, f"{len(row)} fields, the header has {len(header)}")
             continue
         out.append((line, {k: v.strip() for k, v in zip(header, row, strict=True)}))
     return out
@@ -228,11 +235,9 @@ def _image_problem(path: Path) -> str | None:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         return "image unreadable (truncated or corrupt PNG)"
-    if image.dtype not in (np.uint8, np.uint16):
-        return f"{image.dtype} pixels: 8- or 16-bit PNG only"
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels not in (1, 3):
-        return f"{channels} channels: grey or RGB only"
+    reason = unusable(image)  # the serving rule's own test of depth and channels
+    if reason is not None:
+        return reason
     if max(image.shape[:2]) > MAX_SIDE:
         return f"{image.shape[0]}x{image.shape[1]} px: at most {MAX_SIDE} px a side"
     return None
@@ -243,7 +248,7 @@ def _check_images(root: Path, dies: list[Die], report: Report) -> None:
         found = list(pool.map(_image_problem, [d.path for d in dies]))
     for die, problem in zip(dies, found, strict=True):
         if problem:
-            report.errors.append(Problem(LABELS, die.line, f"{problem}: {die.path.relative_to(root)}"))
+            report.error(LABELS, die.line, f"{problem}: {die.path.relative_to(root)}")
 
 
 Process = tuple[tuple[str, ...], dict[ProcessKey, tuple[float, ...]], dict[ProcessKey, str]]
@@ -263,7 +268,7 @@ def _process(root: Path, report: Report) -> Process:
         why = [f"lacks {', '.join(absent)}"] if absent else []
         why += [f"repeats {', '.join(repeated)}"] if repeated else []
         why += ["has an unnamed column"] if "" in header else []
-        report.errors.append(Problem(PROCESS, 1, f"header {'; '.join(why)}"))
+        report.error(PROCESS, 1, f"header {'; '.join(why)}")
         return (), {}, {}
     names = tuple(h for h in header if h not in (*PROCESS_KEYS, NOTES))
     process: dict[ProcessKey, tuple[float, ...]] = {}
@@ -271,7 +276,7 @@ def _process(root: Path, report: Report) -> Process:
     first: dict[ProcessKey, int] = {}
     for line, row in rows:
         if len(row) != len(header):
-            report.errors.append(Problem(PROCESS, line, f"{len(row)} fields, the header has {len(header)}"))
+            report.error(PROCESS, line, f"{len(row)} fields, the header has {len(header)}")
             continue
         cells = dict(zip(header, (c.strip() for c in row), strict=True))
         key = (cells["lot_id"], cells["wafer_id"], cells["recipe_id"], cells["tool_id"])
@@ -310,9 +315,9 @@ def _number(cell: str) -> float | None:
 def _classes(dies: list[Die], report: Report) -> tuple[str, ...]:
     names = sorted({d.cls for d in dies})
     if dies and GOOD not in names:
-        report.errors.append(Problem(LABELS, None, f"no {GOOD} dies: the anomaly model trains on {GOOD} only"))
+        report.error(LABELS, None, f"no {GOOD} dies: the anomaly model trains on {GOOD} only")
     if len(names) > MAX_CLASSES:
-        report.errors.append(Problem(LABELS, None, f"{len(names)} classes: at most {MAX_CLASSES}"))
+        report.error(LABELS, None, f"{len(names)} classes: at most {MAX_CLASSES}")
     return tuple([GOOD] * (GOOD in names) + [n for n in names if n != GOOD])
 
 
@@ -320,13 +325,11 @@ def _split(dies: list[Die], report: Report, seed: int) -> tuple[bool, list[Die]]
     given = [d for d in dies if d.split]
     if given and len(given) < len(dies):
         empty = [d.line for d in dies if not d.split]
-        report.errors.append(
-            Problem(
-                LABELS,
-                empty[0],
-                f"split is empty on {len(empty)} rows (lines {_lines(empty)}) "
-                "and given on others: give it on every row or on none",
-            )
+        report.error(
+            LABELS,
+            empty[0],
+            f"split is empty on {len(empty)} rows (lines {_lines(empty)}) "
+            "and given on others: give it on every row or on none",
         )
         return True, dies
     if given:
@@ -336,36 +339,31 @@ def _split(dies: list[Die], report: Report, seed: int) -> tuple[bool, list[Die]]
         for (lot, wafer), where in sorted(splits_of.items()):
             if len(where) > 1:
                 placed = "; ".join(f"{s} (lines {_lines(lines)})" for s, lines in sorted(where.items()))
-                report.errors.append(
-                    Problem(
-                        LABELS,
-                        min(min(v) for v in where.values()),
-                        f"wafer {wafer} of lot {lot} is in more than one split: {placed}",
-                    )
+                report.error(
+                    LABELS,
+                    min(min(v) for v in where.values()),
+                    f"wafer {wafer} of lot {lot} is in more than one split: {placed}",
                 )
     else:
         pairs = [(d.wafer, d.cls) for d in dies]
         assignment = split_by_wafer(pairs, seed)
         for cls, absent in missing(assignment, pairs).items():
             wafers = len({w for w, c in pairs if c == cls})
-            report.errors.append(
-                Problem(
-                    LABELS,
-                    None,
-                    f"class {cls!r} is on {wafers} wafer(s): a split by wafer cannot "
-                    f"put it in {', '.join(absent)} (it needs dies on at least 3 wafers)",
-                )
+            report.error(
+                LABELS,
+                None,
+                f"class {cls!r} is on {wafers} wafer(s): a split by wafer cannot "
+                f"put it in {', '.join(absent)} (it needs dies on at least 3 wafers)",
             )
         dies = [replace(d, split=assignment[d.wafer]) for d in dies]
     train = Counter(d.cls for d in dies if d.split == "train")
+    held = {(d.cls, d.split) for d in dies}
     for cls in sorted({d.cls for d in dies}):
         if train[cls] < MIN_TRAIN:
-            report.errors.append(
-                Problem(LABELS, None, f"class {cls!r} has {train[cls]} training images (at least {MIN_TRAIN})")
-            )
+            report.error(LABELS, None, f"class {cls!r} has {train[cls]} training images (at least {MIN_TRAIN})")
         for split in ("val", "test"):
-            if given and not any(d.cls == cls and d.split == split for d in dies):
-                report.warnings.append(Problem(LABELS, None, f"class {cls!r} has no {split} images"))
+            if given and (cls, split) not in held:
+                report.warn(LABELS, None, f"class {cls!r} has no {split} images")
     return bool(given), dies
 
 
@@ -377,23 +375,20 @@ def _warn(
     process_file: bool,
 ) -> None:
     if not process_file:
-        report.warnings.append(Problem(PROCESS, None, "missing: the classifier trains without the process log"))
+        report.warn(PROCESS, None, "missing: the classifier trains without the process log")
     elif process:
         columns = np.array(list(process.values()), dtype=np.float64).reshape(len(process), len(parameters))
         for name, column in zip(parameters, columns.T, strict=True):
             present = column[~np.isnan(column)]
             if len(present) > 1 and np.all(present == present[0]):
-                report.warnings.append(Problem(PROCESS, None, f"parameter {name!r} is constant ({present[0]:g})"))
+                report.warn(PROCESS, None, f"parameter {name!r} is constant ({present[0]:g})")
         without = [d for d in dies if d.process_key not in process]
         if without:
             wafers = len({d.process_key for d in without})
-            report.warnings.append(
-                Problem(
-                    LABELS,
-                    None,
-                    f"{len(without)} dies on {wafers} wafer(s) have no process "
-                    "row: they train with the process log absent",
-                )
+            report.warn(
+                LABELS,
+                None,
+                f"{len(without)} dies on {wafers} wafer(s) have no process row: they train with the process log absent",
             )
     tools_of: dict[str, set[str]] = defaultdict(set)
     for d in dies:
@@ -401,13 +396,10 @@ def _warn(
     if len({d.tool_id for d in dies}) > 1:
         for cls, tools in sorted(tools_of.items()):
             if len(tools) == 1:
-                report.warnings.append(
-                    Problem(
-                        LABELS,
-                        None,
-                        f"class {cls!r} is only on tool {next(iter(tools))}: "
-                        "the model may learn the tool, not the defect",
-                    )
+                report.warn(
+                    LABELS,
+                    None,
+                    f"class {cls!r} is only on tool {next(iter(tools))}: the model may learn the tool, not the defect",
                 )
 
 
