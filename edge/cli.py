@@ -148,17 +148,30 @@ def _rebaseline(args: argparse.Namespace) -> int:
 # Commands whose code ships in the project's `tools` package (training and data), imported by name when asked for:
 # the daemon's own modules never import them, and a station installed for serving only says what is missing.
 DATA_COMMANDS = {"check": "tools.dataset.check"}
+TRAIN_COMMAND = "tools.fab.train"
 
 
-def _data(args: argparse.Namespace) -> int:
-    module = DATA_COMMANDS[args.data_command]
+def _tool(module: str, name: str, argv: list[str]) -> int:
     try:
         command = importlib.import_module(module)
     except ImportError as err:
-        print(f"edge-inspect data {args.data_command} needs the project's tools ({module}): {err}", file=sys.stderr)
+        print(f"edge-inspect {name} needs the project's tools ({module}): {err}", file=sys.stderr)
         return 2
-    code: int = command.main(args.rest)
+    code: int = command.main(argv, prog=f"edge-inspect {name}")
     return code
+
+
+def _data(args: argparse.Namespace) -> int:
+    return _tool(DATA_COMMANDS[args.data_command], f"data {args.data_command}", args.rest)
+
+
+def _train(args: argparse.Namespace) -> int:
+    return _tool(TRAIN_COMMAND, "train", args.rest)
+
+
+def _passes_through(argv: list[str]) -> bool:
+    """``edge-inspect train ...``: every argument, ``--help`` included, belongs to the training command."""
+    return bool(argv) and argv[0] == "train"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -195,10 +208,17 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("data_command", choices=sorted(DATA_COMMANDS), help="check: every problem, by file and line")
     data.add_argument("rest", nargs=argparse.REMAINDER, help="its options (edge-inspect data check --help)")
     data.set_defaults(func=_data)
+    train = sub.add_parser("train", help="train both models on a labelled folder into a new repository version",
+                           add_help=False)  # fmt: skip
+    train.add_argument("rest", nargs=argparse.REMAINDER, help="its options (edge-inspect train --help)")
+    train.set_defaults(func=_train)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if _passes_through(argv):
+        return _tool(TRAIN_COMMAND, "train", argv[1:])
     args = parser().parse_args(argv)
     code: int = args.func(args)  # one of the sub-commands' functions, each returns an exit status
     return code

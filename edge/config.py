@@ -248,7 +248,12 @@ class ToolConfig(_Strict):
 
 
 class RecipeConfig(_Strict):
-    parameters: tuple[str, ...] = Field(DEFAULT_PARAMETERS, description="order of the classifier's process vector")
+    parameters: tuple[str, ...] = Field(
+        DEFAULT_PARAMETERS,
+        min_length=1,
+        description="order of the classifier's process vector; must be the served classifier's own "
+        "(its config's `process_parameters`), checked when the daemon starts",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> RecipeConfig:
@@ -280,9 +285,6 @@ class Config(_Strict):
         ids = [t.id for t in self.tools]
         if len(set(ids)) != len(ids):
             raise ValueError("tools: duplicate id")
-        for recipe in self.recipes.values():
-            if len(recipe.parameters) != 48:
-                raise ValueError("recipes: the classifier takes exactly 48 process parameters")
         entries: list[ThresholdEntry | BandEntry] = [*self.decision.thresholds, *self.decision.bands]
         for entry in entries:
             if entry.tool != "*" and entry.tool not in ids:

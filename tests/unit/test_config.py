@@ -33,11 +33,13 @@ def test_unknown_key_is_an_error_naming_the_key():
         ({"decision": {"thresholds": [{"class": "CRACK", "tool": "AOI-77", "threshold": 0.7}]}}, "unknown tool"),
         ({"decision": {"bands": [{"pass": 0.2, "reject": 0.1}]}}, "pass must be below reject"),
         ({"tools": [{"id": "A"}, {"id": "A"}]}, "duplicate"),
-        ({"recipes": {"R1": {"parameters": ["a", "b"]}}}, "48"),
+        ({"recipes": {"R1": {"parameters": ["a", "a"]}}}, "unique"),
+        ({"recipes": {"R1": {"parameters": []}}}, "at least 1"),
         ({"station": "bad station name"}, "station"),
     ],
 )
 def test_cross_field_rules_are_checked_at_load(extra, message):
+    """(Any number of process parameters is a valid recipe: the served classifier's contract decides, at start.)"""
     with pytest.raises(ConfigError, match=message):
         parse_config({**MINIMAL, **extra})
 

@@ -13,7 +13,9 @@ import pytest
 
 from edge import cli
 from edge.contract.images import model_input, read
-from tools.dataset import check, second_fab
+from edge.process_params import DEFAULT_PARAMETERS
+from edge.taxonomy import DEFAULT_CLASSES
+from tools.dataset import check, second_fab, synth_export
 from tools.dataset.arrays import arrays
 from tools.dataset.folder import DataSetRefused, load, validate
 from tools.dataset.split import SPLITS, missing, split_by_wafer
@@ -288,9 +290,10 @@ def test_a_split_becomes_the_arrays_training_takes_by_the_serving_rules(tmp_path
     write_csv(root / "process.csv", rows[0], rows[2:])  # W0 has no process row
     data, _ = load(root)
     train, val = arrays(data, "train"), arrays(data, "val")
-    assert len(train) == 24 and train.images.shape == (24, 256, 256, 3) and train.process.shape == (24, 2)
+    assert len(train) == 24 and train.images.shape == (24, 3, 256, 256) and train.process.shape == (24, 2)
     first = data.split("train")[0]
-    assert np.array_equal(train.images[0], model_input(read(str(first.path)), (256, 256)).rgb.transpose(1, 2, 0))
+    tensors = model_input(read(str(first.path)), (256, 256))
+    assert np.array_equal(train.images[0], tensors.rgb) and np.array_equal(train.grey[0], tensors.grey)
     assert [data.classes[i] for i in train.labels[:6]] == [d.cls for d in data.split("train")[:6]]
     w0 = [i for i, d in enumerate(data.split("train")) if d.wafer_id == "W0"]
     assert not train.present[w0, 0].any() and not train.process[w0].any()  # no row: the modality absent
@@ -298,3 +301,34 @@ def test_a_split_becomes_the_arrays_training_takes_by_the_serving_rules(tmp_path
     assert train.present[w1, 0].all() and train.process[w1[0]].tolist() == [2.0, 21.0]
     assert val.present[:, 1].all() and not train.present[:, 1].any()  # the note is on W4, a val wafer
     assert set(train.tool.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("cls", ["BRIDGE", "OPEN"])
+def test_the_second_fabs_bridges_span_a_gap_and_its_opens_cut_a_line(cls):
+    rng = np.random.default_rng(5)
+    for recipe in range(2):
+        layout = second_fab.layout(np.random.default_rng([7, recipe]))
+        for _ in range(20):
+            die = layout[: second_fab.SHAPE[0], : second_fab.SHAPE[1]].copy()
+            second_fab.draw_defect(die, cls, rng)
+            changed = die != layout[: second_fab.SHAPE[0], : second_fab.SHAPE[1]]
+            before = layout[: second_fab.SHAPE[0], : second_fab.SHAPE[1]][changed]
+            assert changed.sum() >= 9
+            if cls == "BRIDGE":  # metal laid over background only
+                assert np.all(before == 0.25) and np.all(die[changed] == 0.7)
+            else:  # metal removed from a line, and from nothing else
+                assert np.all((before > 0.6) & (before < 0.8)) and np.all(die[changed] == 0.25)
+
+
+def test_the_projects_generator_exports_in_the_own_data_format(tmp_path):
+    root = synth_export.export(tmp_path / "synth", 60, seed=3, split=True, process_rate=1.0)
+    rows = read_rows(root / "labels.csv")
+    assert rows[0] == HEADER and len(rows) == 1 + 75  # whole wafers of 25
+    assert {r[2] for r in rows[1:]} <= set(DEFAULT_CLASSES) and {r[1] for r in rows[1:]} == {"train"}  # one lot
+    image = read(str(root / rows[1][-1]))
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    process = read_rows(root / "process.csv")
+    assert process[0] == ["lot_id", "wafer_id", "recipe_id", "tool_id", *DEFAULT_PARAMETERS, "notes"]
+    assert len(process) == 1 + 3  # every wafer's log at rate 1
+    _, report = validate(root, images=False)
+    assert all("training images" in str(p) or "wafer(s)" in str(p) for p in report.errors)  # too few dies, only

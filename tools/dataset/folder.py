@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -145,6 +145,21 @@ def validate(root: Path, seed: int = 0, images: bool = True) -> tuple[DataSet | 
     if not report.ok:
         return None, report
     return DataSet(root, tuple(dies), classes, parameters, process, notes, split_given), report
+
+
+def write_csvs(
+    root: Path, labels: Sequence[Sequence[object]], process: Sequence[Mapping[str, object]], columns: Sequence[str]
+) -> None:
+    """Write ``labels.csv`` (rows in ``LABEL_COLUMNS`` order) and ``process.csv`` (dicts with ``PROCESS_KEYS`` and
+    ``columns``: the parameters, and ``notes`` if any) under ``root``: the generators' side of the contract."""
+    with (root / LABELS).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(LABEL_COLUMNS)
+        writer.writerows(labels)
+    with (root / PROCESS).open("w", newline="") as f:
+        rows = csv.DictWriter(f, [*PROCESS_KEYS, *columns])
+        rows.writeheader()
+        rows.writerows(process)
 
 
 def _read_csv(path: Path, name: str, report: Report) -> tuple[list[str], Iterator[tuple[int, list[str]]]] | None:

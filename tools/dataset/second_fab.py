@@ -10,7 +10,9 @@ around. What differs from ``tools.synth``:
 - two tools with their own optics: ``OPT-A`` sharp, ``OPT-B`` softer, darker, vignetted, noisier;
 - its own classes and their shares of the dies: GOOD 83%, PARTICLE 6%, BRIDGE 2% and OPEN 1.5% (rare),
   SCUFF 4%, HAZE 3.5%; HAZE is a soft bright tint that is a defect only on a wafer whose bake ran hot (a thermal
-  excursion in ``bake_temp_c``); the same tint on a wafer baked normally is cosmetic, labelled GOOD;
+  excursion in ``bake_temp_c``); the same tint on a wafer baked normally is cosmetic, labelled GOOD; a BRIDGE is
+  metal across the gap from one line to the next (3-16 px), an OPEN a 4 px cut across a line's whole width, so
+  every defect a label names is on the die;
 - its own 12 process parameters, correlated within their module.
 Wafers hold 20 dies; lots hold 5 wafers; every lot runs on one tool and one recipe.
 """
@@ -18,13 +20,14 @@ Wafers hold 20 dies; lots hold 5 wafers; every lot runs on one tool and one reci
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from tools.dataset.folder import write_csvs
 
 SHAPE = (240, 320)  # (height, width)
 TOOLS = ("OPT-A", "OPT-B")
@@ -71,10 +74,61 @@ def layout(rng: np.random.Generator) -> npt.NDArray[np.float32]:
     return image
 
 
-def _metal_point(die: npt.NDArray[np.float32], rng: np.random.Generator) -> tuple[int, int]:
-    ys, xs = np.nonzero((die > 0.6) & (die < 0.8))
-    i = int(rng.integers(0, len(ys))) if len(ys) else 0
-    return (int(xs[i]), int(ys[i])) if len(ys) else (SHAPE[1] // 2, SHAPE[0] // 2)
+METAL = (0.6, 0.8)  # grey levels of lines before optics (background 0.25, pads 0.85)
+GAP = (3, 16)  # pixels of background a bridge spans
+
+
+def _is_metal(die: npt.NDArray[np.float32], y: int, x: int) -> bool:
+    h, w = die.shape
+    return 0 <= y < h and 0 <= x < w and METAL[0] < die[y, x] < METAL[1]
+
+
+def _run(die: npt.NDArray[np.float32], y: int, x: int, dy: int, dx: int) -> int:
+    """Metal pixels from (y, x) onwards in direction (dy, dx), (y, x) included."""
+    n = 0
+    while _is_metal(die, y + n * dy, x + n * dx):
+        n += 1
+    return n
+
+
+def _bridge(die: npt.NDArray[np.float32], rng: np.random.Generator) -> bool:
+    """Metal across the gap between two lines: from a line's edge straight over background to the next metal."""
+    ys, xs = np.nonzero((die > METAL[0]) & (die < METAL[1]))
+    for _ in range(20_000):
+        i = int(rng.integers(0, len(ys)))
+        y, x = int(ys[i]), int(xs[i])
+        dy, dx = ((0, 1), (0, -1), (1, 0), (-1, 0))[int(rng.integers(0, 4))]
+        if _is_metal(die, y + dy, x + dx):
+            continue
+        k = 1
+        while k <= GAP[1] and not _is_metal(die, y + k * dy, x + k * dx) and 0 <= y + k * dy < die.shape[0] \
+                and 0 <= x + k * dx < die.shape[1]:  # fmt: skip
+            k += 1
+        if GAP[0] <= k - 1 and k <= GAP[1] and _is_metal(die, y + k * dy, x + k * dx):
+            end = (x + k * dx, y + k * dy)
+            half = (1 if dx == 0 else 0, 1 if dy == 0 else 0)  # 3 px wide across the walk
+            cv2.rectangle(die, (min(x, end[0]) - half[0], min(y, end[1]) - half[1]),
+                          (max(x, end[0]) + half[0], max(y, end[1]) + half[1]), 0.7, -1)  # fmt: skip
+            return True
+    return False
+
+
+def _open(die: npt.NDArray[np.float32], rng: np.random.Generator) -> bool:
+    """A cut through a line: a 4 px gap along it, across its whole width (and a pixel more each side)."""
+    ys, xs = np.nonzero((die > METAL[0]) & (die < METAL[1]))
+    for _ in range(20_000):
+        i = int(rng.integers(0, len(ys)))
+        y, x = int(ys[i]), int(xs[i])
+        left, right = _run(die, y, x, 0, -1), _run(die, y, x, 0, 1)
+        up, down = _run(die, y, x, -1, 0), _run(die, y, x, 1, 0)
+        across, along = up + down - 1, left + right - 1  # a horizontal line's width and length here
+        if along > 3 * across and 3 <= across <= 9:  # on a horizontal line, away from crossings
+            cv2.rectangle(die, (x - 2, y - up), (x + 1, y + down - 1), 0.25, -1)
+            return True
+        if across > 3 * along and 3 <= along <= 9:  # on a vertical line
+            cv2.rectangle(die, (x - left, y - 2), (x + right - 1, y + 1), 0.25, -1)
+            return True
+    return False
 
 
 def draw_defect(die: npt.NDArray[np.float32], cls: str, rng: np.random.Generator) -> None:
@@ -85,15 +139,8 @@ def draw_defect(die: npt.NDArray[np.float32], cls: str, rng: np.random.Generator
         pts = [(cx + int(r * np.cos(a)), cy + int(r * np.sin(a)))
                for a, r in zip(np.linspace(0, 2 * np.pi, 9)[:-1], rng.uniform(3, 9, 8), strict=True)]  # fmt: skip
         cv2.fillPoly(die, [np.array(pts, np.int32)], float(rng.uniform(0.02, 0.12)))
-    elif cls == "BRIDGE":  # metal across the gap next to a line
-        x, y = _metal_point(die, rng)
-        horizontal = rng.random() < 0.5
-        length = int(rng.integers(8, 16))
-        end = (x + length, y + 3) if horizontal else (x + 3, y + length)
-        cv2.rectangle(die, (x, y), end, 0.7, -1)
-    elif cls == "OPEN":  # a cut through a line
-        x, y = _metal_point(die, rng)
-        cv2.rectangle(die, (x - 3, y - 3), (x + 3, y + 3), 0.25, -1)
+    elif cls in ("BRIDGE", "OPEN") and not (_bridge if cls == "BRIDGE" else _open)(die, rng):
+        raise RuntimeError(f"no place for a {cls} on this layout")
     elif cls == "SCUFF":  # a long thin bright mark at an angle
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
         angle, length = rng.uniform(0, np.pi), int(rng.integers(60, 160))
@@ -164,15 +211,7 @@ def generate(out: Path, dies: int, seed: int = 7, split: bool = True) -> Path:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(out / rel), optics(die, tool, rng))
                 labels.append([die_id, part, cls, tool, recipe, lot_id, wafer_id, d % 5, d // 5, rel.as_posix()])
-    with (out / "labels.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "split", "class", "tool_id", "recipe_id", "lot_id", "wafer_id", "die_x", "die_y",
-                         "path"])  # fmt: skip
-        writer.writerows(labels)
-    with (out / "process.csv").open("w", newline="") as f:
-        dict_writer = csv.DictWriter(f, ["lot_id", "wafer_id", "recipe_id", "tool_id", *PARAMETERS])
-        dict_writer.writeheader()
-        dict_writer.writerows(process)
+    write_csvs(out, labels, process, list(PARAMETERS))
     return out
 
 

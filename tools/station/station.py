@@ -75,7 +75,10 @@ class Station:
         config_extra: str = "",
         ingest_extra: str = "",
         persistent_broker: bool = False,
+        tools: tuple[str, ...] = TOOLS,
+        recipes: tuple[str, ...] = (RECIPE,),
     ) -> None:
+        """``recipes``: the recipe tables written (none: ``config_extra`` brings its own, with their parameters)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository = repository
@@ -87,6 +90,7 @@ class Station:
         self.config_extra = config_extra
         self.ingest_extra = ingest_extra
         self.persistent_broker = persistent_broker
+        self.tools, self.recipes = tools, recipes
         self.triton: TritonServer | None = None
         self.broker: Mosquitto | None = None
         self.daemon: subprocess.Popen | None = None
@@ -135,6 +139,8 @@ class Station:
                 outbox=self.workdir / "outbox.sqlite",
                 extra=self.config_extra,
                 ingest=self.ingest_extra,
+                tools=self.tools,
+                recipes=self.recipes,
             )
         )
         return self.config_path
