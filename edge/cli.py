@@ -165,10 +165,6 @@ def _data(args: argparse.Namespace) -> int:
     return _tool(DATA_COMMANDS[args.data_command], f"data {args.data_command}", args.rest)
 
 
-def _train(args: argparse.Namespace) -> int:
-    return _tool(TRAIN_COMMAND, "train", args.rest)
-
-
 def _passes_through(argv: list[str]) -> bool:
     """``edge-inspect train ...``: every argument, ``--help`` included, belongs to the training command."""
     return bool(argv) and argv[0] == "train"
@@ -208,10 +204,9 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("data_command", choices=sorted(DATA_COMMANDS), help="check: every problem, by file and line")
     data.add_argument("rest", nargs=argparse.REMAINDER, help="its options (edge-inspect data check --help)")
     data.set_defaults(func=_data)
-    train = sub.add_parser("train", help="train both models on a labelled folder into a new repository version",
-                           add_help=False)  # fmt: skip
-    train.add_argument("rest", nargs=argparse.REMAINDER, help="its options (edge-inspect train --help)")
-    train.set_defaults(func=_train)
+    # listed for --help only: main() hands every argument after `train` to the training command
+    sub.add_parser("train", help="train both models on a labelled folder into a new repository version",
+                   add_help=False)  # fmt: skip
     return top
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -91,12 +92,19 @@ def _run(die: npt.NDArray[np.float32], y: int, x: int, dy: int, dx: int) -> int:
     return n
 
 
+def _metal_points(
+    die: npt.NDArray[np.float32], rng: np.random.Generator, tries: int = 20_000
+) -> Iterator[tuple[int, int]]:
+    """Up to ``tries`` metal pixels (y, x) of ``die``, drawn at random."""
+    ys, xs = np.nonzero((die > METAL[0]) & (die < METAL[1]))
+    for _ in range(tries):
+        i = int(rng.integers(0, len(ys)))
+        yield int(ys[i]), int(xs[i])
+
+
 def _bridge(die: npt.NDArray[np.float32], rng: np.random.Generator) -> bool:
     """Metal across the gap between two lines: from a line's edge straight over background to the next metal."""
-    ys, xs = np.nonzero((die > METAL[0]) & (die < METAL[1]))
-    for _ in range(20_000):
-        i = int(rng.integers(0, len(ys)))
-        y, x = int(ys[i]), int(xs[i])
+    for y, x in _metal_points(die, rng):
         dy, dx = ((0, 1), (0, -1), (1, 0), (-1, 0))[int(rng.integers(0, 4))]
         if _is_metal(die, y + dy, x + dx):
             continue
@@ -115,10 +123,7 @@ def _bridge(die: npt.NDArray[np.float32], rng: np.random.Generator) -> bool:
 
 def _open(die: npt.NDArray[np.float32], rng: np.random.Generator) -> bool:
     """A cut through a line: a 4 px gap along it, across its whole width (and a pixel more each side)."""
-    ys, xs = np.nonzero((die > METAL[0]) & (die < METAL[1]))
-    for _ in range(20_000):
-        i = int(rng.integers(0, len(ys)))
-        y, x = int(ys[i]), int(xs[i])
+    for y, x in _metal_points(die, rng):
         left, right = _run(die, y, x, 0, -1), _run(die, y, x, 0, 1)
         up, down = _run(die, y, x, -1, 0), _run(die, y, x, 1, 0)
         across, along = up + down - 1, left + right - 1  # a horizontal line's width and length here

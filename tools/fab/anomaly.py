@@ -5,9 +5,8 @@ A fab's die has a fixed layout, and a VAE reconstructs some places of it (line e
 well than others on every die, GOOD or not; a small bridge or open then scores no higher than an ordinary edge. So
 the served HEATMAP is standardised per cell: a cell's reconstruction error in standard deviations above the mean of
 GOOD dies at that cell (the deviation floored at the median cell's, so a cell that barely varies on GOOD dies does
-not blow up; negative values, a cell better reconstructed than usual, are 0). On the second synthetic fab this lifted
-the AUROC of defect vs GOOD from 0.89 to 0.95 with the same VAE (BRIDGE 0.72 -> 0.84, SCUFF 0.85 -> 0.91).
-SCORE is ``tools.models.multiscale_score`` over that HEATMAP.
+not blow up; negative values, a cell better reconstructed than usual, are 0). SCORE is
+``tools.models.multiscale_score`` over that HEATMAP.
 
 The ``val`` GOOD dies are used in two halves: the first sets the per-cell mean and deviation, the second SCORE's
 window weights and the decision bands (on dies the standardisation has not seen, so the bands are not too tight).
@@ -26,10 +25,12 @@ from torch import nn
 
 from tools.export import _export
 from tools.fab.augment import VAE, augment, epoch_indices
-from tools.fab.loop import Schedule, fit, in_batches
+from tools.fab.loop import Schedule, fit
 from tools.metrics import decision_bands
 from tools.models import ConvVAE, cell_errors, multiscale_score, squared_error, vae_loss
-from tools.train_anomaly import score_weights, scores
+from tools.train_anomaly import heatmaps as reference_heatmaps
+from tools.train_anomaly import score_weights, scores, vae_error_map
+from tools.training import batches
 
 BATCH = 32
 RESIDUAL_CEILING = 8.0  # standard deviations over GOOD that the classifier's residual channel shows at full scale
@@ -37,12 +38,10 @@ BETA_MAX = 0.5  # KL weight after the warm-up (``tools.train_anomaly.train_vae``
 WARMUP = 0.4  # share of the steps over which beta rises from 0
 
 
-@torch.no_grad()
-def heatmaps(vae: ConvVAE, grey: npt.NDArray[np.uint8], batch: int = 64) -> npt.NDArray[np.float32]:
-    """HEATMAP (N, 32, 32) of grey dies (N, 1, 256, 256), as the served graph computes it."""
-    parts = [cell_errors(squared_error(vae, torch.from_numpy(grey[idx]).float() / 255.0)).numpy()
-             for idx in in_batches(len(grey), batch)]  # fmt: skip
-    return np.concatenate(parts) if parts else np.zeros((0, 32, 32), np.float32)
+def heatmaps(vae: ConvVAE, grey: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """HEATMAP (N, 32, 32) of grey dies (N, 1, 256, 256) as the reference graph computes it (not standardised)."""
+    cells: npt.NDArray[np.float32] = reference_heatmaps(vae_error_map(vae), grey)[0]
+    return cells
 
 
 def train(
@@ -124,5 +123,5 @@ def residual_channel(graph: StandardisedAnomaly, grey: torch.Tensor) -> torch.Te
 def residuals(graph: StandardisedAnomaly, grey: npt.NDArray[np.uint8], batch: int = 64) -> npt.NDArray[np.uint8]:
     """``residual_channel`` of grey uint8 dies (N, 1, H, W), as uint8."""
     parts = [residual_channel(graph, torch.from_numpy(grey[idx]).float()).to(torch.uint8).numpy()
-             for idx in in_batches(len(grey), batch)]  # fmt: skip
+             for idx in batches(len(grey), batch)]  # fmt: skip
     return np.concatenate(parts) if parts else np.zeros_like(grey)

@@ -6,9 +6,8 @@ It reads the die with a fourth channel beside RGB: the anomaly model's standardi
 (``tools.fab.anomaly.residual_channel``), computed inside the served graph from the same image, so the classifier
 sees where the die departs from the fab's GOOD dies and not only what it looks like. A fab's layout is the same on
 every die of a recipe; a particle, a bridge or an open is a small departure from it, which an image-only network
-must learn to find among the layout's own edges from a few dozen examples. On the second synthetic fab, four epochs
-on the same dies reached a validation macro-F1 of 0.73 with the channel and 0.34 without it (PARTICLE recall 0.97
-against 0.09). The served classifier thus also runs the VAE; the anomaly model's graph is frozen while it trains.
+must learn to find among the layout's own edges from a few dozen examples. The served classifier thus also runs
+the VAE; the anomaly model's graph is frozen while it trains.
 
 The losses are those of the reference training (``tools.train_classifier``): focal loss, the image-process
 alignment, an attention-entropy term and a probe on the process embedding that gives the process encoder a signal
@@ -31,7 +30,7 @@ from tools.dataset.arrays import Arrays
 from tools.export import _export
 from tools.fab.anomaly import StandardisedAnomaly, residual_channel, residuals
 from tools.fab.augment import CLASSIFIER, augment, epoch_indices, sample_weights
-from tools.fab.loop import Schedule, fit, in_batches
+from tools.fab.loop import Schedule, fit
 from tools.metrics import classification_report
 from tools.models import ALIGN_DIM, DefectClassifier, ProcessEncoder, normalise_image
 from tools.train_classifier import (
@@ -45,6 +44,7 @@ from tools.train_classifier import (
     focal_loss,
     robust_scale,
 )
+from tools.training import batches
 
 BATCH = 32
 DIM = 128  # DefectClassifier's default width
@@ -108,7 +108,7 @@ def predict(
     """PROBS (N, classes) and ATTENTION (N, 64) of the served graph; ``mask_process``: the log marked missing."""
     keep = torch.tensor([0.0 if mask_process else 1.0, 1.0])
     probs, attention = [], []
-    for idx in in_batches(len(data), batch):
+    for idx in batches(len(data), batch):
         image, process, present, notes = _inputs(data, idx)
         logits, att = model(normalise_image(image), *hide(process, present, notes, keep))
         probs.append(torch.softmax(logits, 1).numpy())

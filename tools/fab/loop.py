@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,9 +131,3 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return best, best_epoch
-
-
-def in_batches(n: int, size: int) -> Iterator[npt.NDArray[np.int64]]:
-    """Index batches over ``n`` items in order (evaluation)."""
-    for start in range(0, n, size):
-        yield np.arange(start, min(start + size, n))

@@ -20,7 +20,6 @@ served. The tensor dims of PROCESS and PROBS are the model's own.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -93,7 +92,3 @@ def write_version(
         tmp.write_text(cpu)
         os.replace(tmp, config)
     return served
-
-
-def names(values: list[str] | tuple[str, ...]) -> str:
-    return json.dumps(list(values), separators=(",", ":"))
