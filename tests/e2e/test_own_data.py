@@ -29,18 +29,24 @@ FAB_CLASSES = {"GOOD", "PARTICLE", "SCUFF", "HAZE", "BRIDGE", "OPEN"}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 600-die set, trained quick into a copy of the reference repository (which holds version 1)."""
+    """A 600-die set, trained quick (two seeds, the first served) into a copy of the reference repository (which
+    holds version 1)."""
     root = tmp_path_factory.mktemp("own-data")
     data, repository = root / "fab", root / "repository"
     assert second_fab.main(["--out", str(data), "--dies", "600", "--seed", "11", "--no-split"]) == 0
     shutil.copytree(served_repository(), repository, ignore=shutil.ignore_patterns("__pycache__"))
     done = subprocess.run(
         [sys.executable, "-m", "edge.cli", "train", "--data", str(data), "--out", str(repository),
-         "--budget", "quick"],
+         "--budget", "quick", "--spread", "2"],
         capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return {"data": data, "repository": repository, "log": done.stdout + done.stderr}
+    return {
+        "data": data,
+        "repository": repository,
+        "work": root / "repository-training",
+        "log": done.stdout + done.stderr,
+    }
 
 
 def test_training_writes_version_2_beside_version_1_with_its_card(trained):
@@ -57,6 +63,11 @@ def test_training_writes_version_2_beside_version_1_with_its_card(trained):
     assert set(test["per"]["tool"]) == {"OPT-A", "OPT-B"} and set(test["per"]["recipe"]) == {"M1-ROUTE", "M2-ROUTE"}
     assert "without_process_log" in test and metrics["anomaly"]["test"]["auroc_all_defects"] is not None
     assert "version 2 written" in trained["log"]
+    spread = metrics["seed_spread"]  # --spread 2: seed 1 served, seed 2 trained and measured beside it
+    assert spread["seeds"] == [1, 2] and (trained["work"] / "seed-2" / "models" / "classifier.onnx").is_file()
+    macro_f1 = spread["models"]["classifier"]["fp32"]["figures"]["macro_f1"]
+    assert macro_f1["values"][0] == test["macro_f1"] and macro_f1["min"] <= macro_f1["mean"] <= macro_f1["max"]
+    assert set(spread["per_class_recall"]) <= FAB_CLASSES and "## Seed spread" in (report / "card.md").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -175,6 +175,12 @@ def test_training_refuses_a_broken_folder_before_anything_runs(tmp_path, capsys)
     assert not out.exists() and not (tmp_path / "repository-training").exists()
 
 
+def test_a_spread_of_no_seed_is_refused_as_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fab_train.main(["--data", str(tmp_path), "--out", str(tmp_path / "repository"), "--spread", "0"])
+    assert exit_.value.code == 2 and "--spread: at least 1 seed" in capsys.readouterr().err
+
+
 # --- the repository version ------------------------------------------------------------------------------------
 
 
@@ -256,7 +262,7 @@ def test_the_served_classifier_reads_the_same_residual_it_was_trained_with():
                   notes=np.zeros((n, 32), np.int64), tool=np.zeros(n, np.int64), recipe=np.zeros(n, np.int64),
                   tools=("T",), recipes=("R",))  # fmt: skip
     four = classifier.with_residual(data, graph)
-    assert four.images.shape == (n, 4, 256, 256) and four.images[:, 3].any()
+    assert four.images.shape == (n, classifier.CHANNELS, 256, 256) and four.images[:, 3].any()
     model = classifier.build(3, 5).eval()
     trained_view, _ = classifier.predict(model, four)
     served = classifier.ResidualClassifierExport(graph, model)
@@ -265,8 +271,26 @@ def test_the_served_classifier_reads_the_same_residual_it_was_trained_with():
     assert probs.shape == (n, 3) and attention.shape == (n, 64)
     assert np.allclose(probs.numpy(), trained_view, atol=1e-5)
     blind = replace(four, images=four.images.copy())
-    blind.images[:, 3] = 0  # without the residual the classifier sees something else
+    blind.images[:, 3:] = 0  # without the residual maps the classifier sees something else
     assert not np.allclose(classifier.predict(model, blind)[0], trained_view, atol=1e-5)
+
+
+def test_the_signed_difference_shows_polarity_only_where_the_die_departs_from_good():
+    """The second residual map is 128 (no difference; 127 by rounding at most) wherever the first is 0, and
+    elsewhere on the side of 128 that the die is of its reconstruction: brighter above, darker below."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    graph, _ = anomaly.calibrate(ConvVAE().eval(), rng.integers(0, 256, (8, 1, 256, 256), dtype=np.uint8))
+    grey = torch.from_numpy(rng.integers(0, 256, (4, 1, 256, 256), dtype=np.uint8)).float()
+    with torch.no_grad():
+        where, how = anomaly.residual_channel(graph, grey).unbind(1)
+        recon, _ = graph.reconstruct(grey / 255.0)
+    assert where.min() >= 0 and where.max() <= 255 and how.min() >= 0 and how.max() <= 255
+    quiet = where == 0
+    assert quiet.any() and (~quiet).any() and (how[quiet] - 128).abs().max() <= 1
+    difference = (grey / 255.0 - recon)[:, 0]
+    shown = ((how - 128).abs() > 1) & (difference.abs() > 0.01)
+    assert shown.any() and torch.all((how[shown] > 128) == (difference[shown] > 0))
 
 
 def test_early_stopping_weighs_every_class_alike():

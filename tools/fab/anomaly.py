@@ -27,13 +27,15 @@ from tools.export import _export
 from tools.fab.augment import VAE, augment, epoch_indices
 from tools.fab.loop import Schedule, fit
 from tools.metrics import decision_bands
-from tools.models import ConvVAE, cell_errors, multiscale_score, squared_error, vae_loss
+from tools.models import ConvVAE, cell_errors, multiscale_score, vae_loss
 from tools.train_anomaly import heatmaps as reference_heatmaps
 from tools.train_anomaly import score_weights, scores, vae_error_map
 from tools.training import batches
 
 BATCH = 32
-RESIDUAL_CEILING = 8.0  # standard deviations over GOOD that the classifier's residual channel shows at full scale
+RESIDUAL_CEILING = 8.0  # standard deviations over GOOD that the first residual map shows at full scale
+GATE = 3.0  # standard deviations over GOOD from which the signed difference is shown in full
+DIFFERENCE_GAIN = 2.0  # the signed difference at full scale: half the grey range
 BETA_MAX = 0.5  # KL weight after the warm-up (``tools.train_anomaly.train_vae``)
 WARMUP = 0.4  # share of the steps over which beta rises from 0
 
@@ -81,9 +83,15 @@ class StandardisedAnomaly(nn.Module):
         self.register_buffer("scale", scale.to(torch.float32))
         self.register_buffer("weights", weights.to(torch.float32).reshape(-1))
 
+    def reconstruct(self, dies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grey dies in 0..1 (B, 1, H, W) -> their posterior-mean reconstruction and the standardised HEATMAP."""
+        mu, _ = self.vae.encode(dies)
+        recon = torch.sigmoid(self.vae.decode(mu))
+        cells = cell_errors((dies - recon) ** 2)
+        return recon, ((cells - self.center) / self.scale).clamp_min(0.0)
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cells = cell_errors(squared_error(self.vae, image.float() / 255.0))
-        heatmap = ((cells - self.center) / self.scale).clamp_min(0.0)
+        _, heatmap = self.reconstruct(image.float() / 255.0)
         return multiscale_score(heatmap, self.weights), heatmap
 
 
@@ -111,17 +119,25 @@ def export(graph: StandardisedAnomaly, grey: npt.NDArray[np.uint8], path: Path) 
 
 
 def residual_channel(graph: StandardisedAnomaly, grey: torch.Tensor) -> torch.Tensor:
-    """Grey dies (B, 1, H, W) as grey levels -> the standardised HEATMAP stretched over the die (bilinear), 0 to
-    ``RESIDUAL_CEILING`` deviations as grey levels 0..255: where the die departs from what GOOD dies look like, the
-    map the classifier reads beside the image."""
-    _, heat = graph(grey)
+    """Grey dies (B, 1, H, W) as grey levels -> two maps (B, 2, H, W) as grey levels, what the classifier reads
+    beside the image:
+    - where the die departs from GOOD dies: the standardised HEATMAP stretched over the die (bilinear), 0 to
+      ``RESIDUAL_CEILING`` deviations as 0..255;
+    - how: the die minus its reconstruction, signed (128 is none; brighter than expected above, darker below), shown
+      only where that HEATMAP is ``GATE`` deviations or more (a layout edge is reconstructed a little off on every
+      die). A bridge is metal where a gap was expected, an open a gap where metal was; the image shows both among
+      the layout's own edges, this map shows the defect's shape and polarity alone."""
+    dies = grey / 255.0
+    recon, heat = graph.reconstruct(dies)
     up = F.interpolate(heat[:, None], size=tuple(grey.shape[-2:]), mode="bilinear", align_corners=False)
-    return (up.clamp(0.0, RESIDUAL_CEILING) * (255.0 / RESIDUAL_CEILING)).round()
+    where = up.clamp(0.0, RESIDUAL_CEILING) * (255.0 / RESIDUAL_CEILING)
+    how = 127.5 + 127.5 * ((dies - recon) * DIFFERENCE_GAIN).clamp(-1.0, 1.0) * (up / GATE).clamp(0.0, 1.0)
+    return torch.cat([where, how], dim=1).round()
 
 
 @torch.no_grad()
 def residuals(graph: StandardisedAnomaly, grey: npt.NDArray[np.uint8], batch: int = 64) -> npt.NDArray[np.uint8]:
-    """``residual_channel`` of grey uint8 dies (N, 1, H, W), as uint8."""
+    """``residual_channel`` of grey uint8 dies (N, 1, H, W), as uint8 (N, 2, H, W)."""
     parts = [residual_channel(graph, torch.from_numpy(grey[idx]).float()).to(torch.uint8).numpy()
              for idx in batches(len(grey), batch)]  # fmt: skip
-    return np.concatenate(parts) if parts else np.zeros_like(grey)
+    return np.concatenate(parts) if parts else np.zeros((0, 2, *grey.shape[2:]), np.uint8)

@@ -24,6 +24,31 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _cell(summary: dict[str, Any]) -> str:
+    return f"{summary['mean']:.4f} ± {summary['sd']:.3f} ({summary['min']:.4f}-{summary['max']:.4f})"
+
+
+def _spread(spread: dict[str, Any] | None, classes: list[str]) -> list[str]:
+    """Each gated figure of each form, and each class's FP32 recall, over the seeds: mean ± sd (min-max)."""
+    if not spread:
+        return []
+    out = ["## Seed spread", "",
+           f"The same data and budget (`{spread['budget']}`) trained with seeds "
+           f"{', '.join(map(str, spread['seeds']))}, "
+           "each measured on the same test dies: mean ± standard deviation (min-max). Only the first seed is "
+           "served; a retrain of this data lands inside this spread, not on the figures above.", ""]  # fmt: skip
+    rows = []
+    for name, forms in spread["models"].items():
+        for figure in forms["fp32"]["figures"]:
+            rows.append([name, figure, *(_cell(forms[p]["figures"][figure]) if figure in forms[p]["figures"]
+                                         else "n/a" for p in forms)])  # fmt: skip
+        rows.append([name, "passed the precision gate", *(forms[p]["gate_passed"] for p in forms)])
+    out += _table(["model", "figure", *next(iter(spread["models"].values()))], rows)
+    recall = spread["per_class_recall"]
+    out += _table(["class", "recall (FP32)"], [[c, _cell(recall[c])] for c in classes if c in recall])
+    return out
+
+
 def render(m: dict[str, Any]) -> str:
     data, cls, anomaly = m["data"], m["classifier"]["test"], m["anomaly"]["test"]
     out = [f"# Model card: version {m['version']}, trained on `{data['name']}`", ""]
@@ -83,5 +108,6 @@ def render(m: dict[str, Any]) -> str:
             rows.append([name, form, f"{entry['bytes'] / 1e6:.1f} MB", shown, verdict])
     out += _table(["model", "form", "size", "figures", "gate"], rows)
     out += [f"Served: {'; '.join(m['served'].values())}.", ""]
+    out += _spread(m.get("seed_spread"), data["classes"])
     out += ["## Pictures", "", *(f"![{title}]({name})" for name, title in PICTURES.items()), ""]
     return "\n".join(out)

@@ -2,17 +2,19 @@
 process parameters), trained on ``train`` with class-balanced sampling and AOI augmentations, stopped early on the
 class-balanced likelihood of ``val`` (``balanced_nll``).
 
-It reads the die with a fourth channel beside RGB: the anomaly model's standardised HEATMAP stretched over the die
-(``tools.fab.anomaly.residual_channel``), computed inside the served graph from the same image, so the classifier
-sees where the die departs from the fab's GOOD dies and not only what it looks like. A fab's layout is the same on
-every die of a recipe; a particle, a bridge or an open is a small departure from it, which an image-only network
-must learn to find among the layout's own edges from a few dozen examples. The served classifier thus also runs
-the VAE; the anomaly model's graph is frozen while it trains.
+It reads the die with two more channels beside RGB, computed inside the served graph from the same image by the
+anomaly model (``tools.fab.anomaly.residual_channel``): where the die departs from the fab's GOOD dies (the
+standardised HEATMAP stretched over the die) and how (the die minus its reconstruction, signed, shown only there).
+A fab's layout is the same on every die of a recipe; a particle, a bridge or an open is a small departure from it,
+which an image-only network must learn to find among the layout's own edges from a few dozen examples, and whose
+kind (metal where a gap was, a gap where metal was) the signed map shows alone. The served classifier thus also
+runs the VAE; the anomaly model's graph is frozen while it trains.
 
 The losses are those of the reference training (``tools.train_classifier``): focal loss, the image-process
 alignment, an attention-entropy term and a probe on the process embedding that gives the process encoder a signal
-of its own, with modality dropout so a missing log or note is a normal input. The process normalisation (median
-and 1.4826 x MAD per parameter, over the training wafers that have a log) is stored in the graph.
+of its own, with modality dropout so a missing log or note is a normal input, and noise on the logged values
+(``PROCESS_JITTER``) so a rare class is not learnt as the exact logs of its few wafers. The process normalisation
+(median and 1.4826 x MAD per parameter, over the training wafers that have a log) is stored in the graph.
 """
 
 from __future__ import annotations
@@ -48,9 +50,13 @@ from tools.training import batches
 
 BATCH = 32
 DIM = 128  # DefectClassifier's default width
+# Training noise on each logged process value, in robust deviations of that parameter: a rare class seen on a
+# handful of wafers must not be learnt as those wafers' exact logs (a test wafer's log is always new), while an
+# excursion of several deviations stays plain.
+PROCESS_JITTER = 0.7
 
 
-CHANNELS = 4  # R, G, B and the residual
+CHANNELS = 5  # R, G, B and the two residual maps (``tools.fab.anomaly.residual_channel``)
 
 
 def build(n_classes: int, n_params: int) -> DefectClassifier:
@@ -64,7 +70,7 @@ def build(n_classes: int, n_params: int) -> DefectClassifier:
 
 
 def with_residual(data: Arrays, graph: StandardisedAnomaly) -> Arrays:
-    """``data`` with the residual channel after its RGB channels (the classifier's training input)."""
+    """``data`` with the two residual maps after its RGB channels (the classifier's training input)."""
     return replace(data, images=np.concatenate([data.images, residuals(graph, data.grey)], axis=1))
 
 
@@ -83,8 +89,8 @@ class ResidualClassifierExport(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rgb = image.float()
         grey = (0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]).round()
-        four = torch.cat([rgb, residual_channel(self.anomaly, grey)], dim=1)
-        logits, attention = self.model(normalise_image(four), process, present, notes)
+        dies = torch.cat([rgb, residual_channel(self.anomaly, grey)], dim=1)
+        logits, attention = self.model(normalise_image(dies), process, present, notes)
         return torch.softmax(logits, dim=1), attention
 
 
@@ -124,7 +130,7 @@ def balanced_nll(probs: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) 
     return float(np.mean([nll[labels == k].mean() for k in np.unique(labels)]))
 
 
-def train(  # ``train`` and ``val`` with the residual channel (``with_residual``)
+def train(  # ``train`` and ``val`` with the residual maps (``with_residual``)
     train: Arrays, val: Arrays, classes: tuple[str, ...], schedule: Schedule, checkpoint: Path, seed: int,
     resume: bool = False,
 ) -> tuple[DefectClassifier, dict[str, float]]:  # fmt: skip
@@ -146,6 +152,8 @@ def train(  # ``train`` and ``val`` with the residual channel (``with_residual``
         image, process, present, notes = _inputs(train, idx)
         keep = (torch.rand(present.shape, generator=gen) >= MODALITY_DROPOUT).float()
         process, present, notes = hide(process, present, notes, keep)
+        noise = torch.randn(process.shape, generator=gen) * model.process.scale * PROCESS_JITTER
+        process = process + noise * present[:, :1]
         y = labels[idx]
         varied = normalise_image(augment(image, gen, CLASSIFIER, photometric=3))
         logits, attention, v, p = model.features(varied, process, present, notes)

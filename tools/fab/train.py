@@ -1,7 +1,7 @@
 """Train both models on a fab's labelled folder and write them into a model repository as a new version.
 
     edge-inspect train --data DIR --out REPOSITORY [--budget quick|full] [--resume] [--work DIR] [--seed N]
-                       [--precision anomaly=fp32 classifier=int8]
+                       [--spread N] [--precision anomaly=fp32 classifier=int8]
 
 1. The folder is checked whole (``tools.dataset.folder``); a broken one is refused with every problem by file and
    line, before anything trains. Warnings are printed and go into the card.
@@ -12,7 +12,9 @@
 4. The FP32, FP16 and INT8 ONNX forms are written and measured on ``test`` (``tools.fab.forms``); the figures of
    the served FP32 graph on ``test``, overall, per tool, per recipe and without the process log, go into
    ``metrics.json``, the card and its pictures (``tools.fab.evaluate``, ``card``, ``figures``).
-5. A new numbered version is written into the repository (``tools.fab.version``), with a config fragment for the
+5. With ``--spread N``, N-1 more seeds are trained and measured the same way (not served): every gated figure of
+   every form, and each class's recall, as mean, deviation and range over the N seeds (metrics and card).
+6. A new numbered version is written into the repository (``tools.fab.version``), with a config fragment for the
    station (``station.toml``: the classes and each recipe's process parameters the daemon must be given).
 
 Work files (checkpoints after every epoch, the ONNX forms, the report) stay in ``--work`` (default: beside the
@@ -28,7 +30,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,13 @@ from tools.dataset.folder import DataSet, DataSetRefused, load
 from tools.dataset.split import SPLITS
 from tools.fab import anomaly, card, classifier, figures
 from tools.fab.evaluate import anomaly_figures, classifier_figures, targets
-from tools.fab.forms import feeds, make_forms, write_report
+from tools.fab.forms import Outputs, feeds, make_forms, write_report
 from tools.fab.loop import Schedule, log
 from tools.fab.version import next_version, write_version
+from tools.metrics import classification_report
 from tools.precision_gate import parse_precisions
 from tools.quantize import run_all
+from tools.reports.seed_spread import spread, summarise
 
 THREADS = 2
 
@@ -161,14 +165,42 @@ def fit(run: Run) -> tuple[anomaly.StandardisedAnomaly, dict[str, float]]:
     return graph, bands
 
 
+def forms(run: Run, bands: dict[str, float]) -> tuple[dict[str, Any], dict[str, Outputs]]:
+    """The FP16 and INT8 forms beside the FP32 graphs, all measured on ``test`` and gated (``precision_metrics.json``
+    in the models folder); the report entries and the FP32 outputs on ``test``, per model."""
+    entries, outputs = {}, {}
+    for name in ("anomaly", "classifier"):
+        entries[name], outputs[name] = make_forms(run.models, name, run.split["train"], run.split["test"],
+                                                  run.data.classes, bands, log)  # fmt: skip
+    write_report(run.models, entries, len(run.split["test"]))
+    return entries, outputs
+
+
+def seed_spread(run: Run, metrics: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """Train and measure ``seeds`` the way ``run`` was (each in ``<work>/seed-S``, resumable, nothing served) and
+    summarise every gated figure of every form, and each class's recall, over ``run``'s seed and these."""
+    reports = {run.seed: {"models": metrics["precision"]["models"],
+                          "recall": metrics["classifier"]["test"]["per_class_recall"]}}  # fmt: skip
+    test = run.split["test"]
+    for seed in seeds:
+        other = replace(run, work=run.work / f"seed-{seed}", seed=seed, seconds={}, facts={})
+        other.models.mkdir(parents=True, exist_ok=True)
+        log(f"seed {seed}: training into {other.work}")
+        _, bands = fit(other)
+        entries, outputs = forms(other, bands)
+        report = classification_report(outputs["classifier"]["PROBS"].argmax(1), test.labels, run.data.classes)
+        reports[seed] = {"models": entries, "recall": report["per_class_recall"]}
+    recall = {c: summarise([r["recall"][c] for r in reports.values()]) for c in run.data.classes
+              if all(r["recall"].get(c) is not None for r in reports.values())}  # fmt: skip
+    return {"seeds": list(reports), "budget": run.budget.name, "models": spread(reports),
+            "per_class_recall": recall}  # fmt: skip
+
+
 def measure(run: Run, bands: dict[str, float], report: Path) -> dict[str, Any]:
     """The forms, gated on ``test``; the figures of the FP32 graphs on ``test``; the card's pictures in ``report``."""
     classes, test = run.data.classes, run.split["test"]
     t0 = time.monotonic()
-    entries, outputs = {}, {}
-    for name in ("anomaly", "classifier"):
-        entries[name], outputs[name] = make_forms(run.models, name, run.split["train"], test, classes, bands, log)
-    write_report(run.models, entries, len(test))
+    entries, outputs = forms(run, bands)
     run.seconds["forms"] = time.monotonic() - t0
     probs, attention = outputs["classifier"]["PROBS"], outputs["classifier"]["ATTENTION"]
     probs_no_log = run_all(run.models / "classifier.onnx", _masked(test))["PROBS"]
@@ -221,6 +253,10 @@ def train(args: argparse.Namespace, data: DataSet, warnings: list[str]) -> int:
     metrics["anomaly"]["score_weights"] = [float(w) for w in graph.weights]
     version = next_version(args.out)
     precision = parse_precisions(args.precision, DEFAULT_PRECISION)
+    if args.spread > 1:
+        t0 = time.monotonic()
+        metrics["seed_spread"] = seed_spread(run, metrics, [args.seed + k for k in range(1, args.spread)])
+        run.seconds["seed_spread"] = time.monotonic() - t0
     run.seconds["total"] = time.monotonic() - started
     metrics = {
         "version": version, "seed": args.seed, "threads": THREADS, "budget": asdict(run.budget),
@@ -249,9 +285,14 @@ def main(argv: list[str] | None = None, prog: str = "edge-inspect train") -> int
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
     parser.add_argument("--work", type=Path, help="checkpoints, forms and report (default: <out>-training)")
     parser.add_argument("--seed", type=int, default=1, help="weights and batch order")
+    parser.add_argument("--spread", type=int, default=1, metavar="N",
+                        help="train N seeds in all (the next N-1 after --seed, not served) and report each figure's "
+                        "spread over them")  # fmt: skip
     parser.add_argument("--precision", nargs="*", default=[], metavar="MODEL=PRECISION",
                         help="the form each model serves (fp32, fp16 or int8; only if it passed the gate)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.spread < 1:
+        parser.error("--spread: at least 1 seed")
     try:
         parse_precisions(args.precision, DEFAULT_PRECISION)
     except ValueError as exc:
