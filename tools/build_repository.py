@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,13 @@ def config_text(base: str, parameters: Mapping[str, float | str]) -> str:
     for key, value in parameters.items():
         lines.append(f'parameters {{ key: "{key}", value: {{ string_value: "{_string(value)}" }} }}')
     return "\n".join(lines) + "\n"
+
+
+def config_parameters(text: str) -> dict[str, str]:
+    """The string parameters of config.pbtxt text, unescaped (as Triton hands them to the daemon): `config_text`'s
+    inverse."""
+    found = re.findall(r'parameters \{ key: "([^"]+)", value: \{ string_value: "((?:[^"\\]|\\.)*)" \} \}', text)
+    return {key: re.sub(r"\\(.)", r"\1", value) for key, value in found}
 
 
 def model_parameters(name: str, models: Path, choice: Choice | None = None) -> dict[str, float | str]:

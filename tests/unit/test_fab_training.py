@@ -5,7 +5,6 @@ config. (Training end to end, served through Triton: tests/e2e/test_own_data.py.
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from edge.config import Config
 from edge.inference.model_facts import bands_from, contract_from
 from tests.unit.test_dataset import make_folder
-from tools.build_repository import SOURCE
+from tools.build_repository import SOURCE, config_parameters
 from tools.dataset.arrays import Arrays
 from tools.dataset.digest import data_digest
 from tools.dataset.folder import load
@@ -31,12 +30,6 @@ from tools.models import ConvVAE
 from tools.precision_gate import REPORT, onnx_path, sha256
 
 CLASSES = ("GOOD", "HAZE", "SCRATCH")
-
-
-def config_parameters(text: str) -> dict[str, str]:
-    """The string parameters of a config.pbtxt text, unescaped (as Triton hands them to the daemon)."""
-    found = re.findall(r'parameters \{ key: "([^"]+)", value: \{ string_value: "((?:[^"\\]|\\.)*)" \} \}', text)
-    return {key: re.sub(r"\\(.)", r"\1", value) for key, value in found}
 
 
 # --- sampling and augmentation ---------------------------------------------------------------------------------
@@ -194,7 +187,7 @@ def test_configs_take_the_models_own_dims_in_every_place_they_appear(source):
         shaped(text, {"SCORES": (1,)})
 
 
-def _forms(models: Path) -> None:
+def stand_in_forms(models: Path) -> None:
     """Stand-in ONNX files (the writer copies bytes; serving them is the e2e test's) with a gate report."""
     models.mkdir()
     report: dict = {"models": {}}
@@ -212,7 +205,7 @@ def test_a_version_is_written_beside_the_old_ones_with_its_contract(tmp_path):
     (repo / "anomaly" / "1").mkdir(parents=True)
     (repo / "classifier" / "3").mkdir(parents=True)
     (repo / "classifier" / "3" / "model.onnx").write_bytes(b"old")
-    _forms(models)
+    stand_in_forms(models)
     report.mkdir()
     (report / "card.md").write_text("# card\n")
     version = next_version(repo)

@@ -13,24 +13,32 @@ import numpy as np
 import pytest
 
 from edge.errors import ModelRepositoryError
+from tests.unit.test_dataset import make_folder
+from tests.unit.test_fab_training import stand_in_forms
 from tools.build_repository import SOURCE as CPU_SOURCE
+from tools.build_repository import config_parameters, contract_parameters
+from tools.dataset.folder import load
+from tools.fab.version import write_version
 from tools.gpu.build_engines import (
     DEFAULT_PRECISION,
     MODELS,
     SOURCE,
     TOLERANCES,
+    _arguments,
     compare_outputs,
     declared_tensors,
     gpu_config,
     main,
+    model_state,
     onnx_path,
     parse_precisions,
     profile_for,
     sample_inputs,
+    version_dies,
     with_max_batch,
     write_config,
 )
-from tools.gpu.tensorrt_engine import TensorSpec
+from tools.gpu.tensorrt_engine import Gpu, TensorSpec
 
 BANDS = {"pass_band": 0.00102207, "reject_band": 0.00166401}
 
@@ -84,7 +92,7 @@ def test_classifier_warmup_feeds_note_tokens_as_zeros() -> None:
 
 
 def test_write_config_appends_the_anomaly_bands(models: Path, tmp_path: Path) -> None:
-    written = write_config("anomaly", SOURCE, models, tmp_path / "repo")
+    written = write_config(tmp_path / "repo", "anomaly", gpu_config("anomaly", SOURCE, models))
     assert written == tmp_path / "repo" / "anomaly" / "config.pbtxt"
     text = written.read_text()
     assert text.startswith(_config("anomaly").rstrip("\n"))
@@ -93,7 +101,7 @@ def test_write_config_appends_the_anomaly_bands(models: Path, tmp_path: Path) ->
 
 
 def test_write_config_gives_the_classifier_its_contract_only(models: Path, tmp_path: Path) -> None:
-    text = write_config("classifier", SOURCE, models, tmp_path / "repo").read_text()
+    text = write_config(tmp_path / "repo", "classifier", gpu_config("classifier", SOURCE, models)).read_text()
     assert text.startswith(_config("classifier").rstrip("\n"))
     assert re.findall(r'parameters \{ key: "(\w+)"', text) == ["classes", "process_parameters"]
 
@@ -201,3 +209,85 @@ def test_cli_rejects_a_bad_precision_before_anything_else(capsys: pytest.Capture
     with pytest.raises(SystemExit) as exit_info:
         main(["--precision", "anomaly=int4"])
     assert exit_info.value.code == 2 and "MODEL=PRECISION" in capsys.readouterr().err
+
+
+# --- a version written by edge-inspect train -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--version", "2"], "--repository, --version and --data go together"),
+        (["--repository", "r", "--version", "2"], "--repository, --version and --data go together"),
+        (["--repository", "r", "--version", "two", "--data", "d"], "--version: a version number, got 'two'"),
+    ],
+)
+def test_cli_asks_for_a_version_with_its_repository_and_data(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.fixture
+def version(tmp_path: Path) -> tuple[Path, Path]:
+    """Version 2 of a repository as edge-inspect train writes it (stand-in forms whose INT8 classifier missed the gate)
+    for the classes and parameters of a small labelled folder; the repository and the folder."""
+    data = make_folder(tmp_path / "fab")
+    dataset, _ = load(data)
+    models, report = tmp_path / "models", tmp_path / "report"
+    stand_in_forms(models)
+    report.mkdir()
+    common = {"data_digest": "abc", "version": "2"}
+    parameters = {
+        "anomaly": {**BANDS, **common},
+        "classifier": {**contract_parameters(dataset.classes, dataset.parameters), **common},
+    }
+    dims = {"anomaly": {}, "classifier": {"PROCESS": (len(dataset.parameters),), "PROBS": (len(dataset.classes),)}}
+    (tmp_path / "repo" / "anomaly" / "1").mkdir(parents=True)
+    write_version(tmp_path / "repo", models, 2, parameters, dims, report, {})
+    return tmp_path / "repo", data
+
+
+def test_a_version_builds_from_its_own_forms_and_config_into_its_own_folder(
+    version: tuple[Path, Path], tmp_path: Path
+) -> None:
+    repository, data = version
+    args = _arguments(["--repository", str(repository), "--version", "2", "--data", str(data),
+                       "--out", str(tmp_path / "gpu"), "--max-batch", "8"])  # fmt: skip
+    state = model_state("classifier", args, Gpu("10.14.1.48", "NVIDIA H200", "9.0"))
+    forms = repository / "classifier" / "2" / "forms"
+    assert (state.forms, state.onnx) == (forms, forms / "classifier.fp16.onnx")  # INT8 failed the fab's gate
+    assert state.plan == tmp_path / "gpu" / "classifier" / "2" / "model.plan"
+    assert state.reasons[0] == "plan file missing"  # nothing installed there yet
+    params = config_parameters(state.config)
+    assert 'platform: "tensorrt_plan"' in state.config and re.search(r"^max_batch_size: 8$", state.config, re.M)
+    assert params["precision"] == "fp16" and params["precision_requested"] == "int8" and params["version"] == "2"
+    assert json.loads(params["classes"]) == ["GOOD", "PARTICLE", "SCRATCH"]
+    written = (repository / "classifier" / "2" / "gpu" / "config.pbtxt").read_text()
+    assert 'key: "precision"' not in written  # the version leaves the GPU's precision to this build
+    assert state.config.count('key: "precision"') == 1
+    tensors = declared_tensors(state.config)
+    assert [t.dims for t in tensors["input"] if t.name == "PROCESS"] == [(2,)]
+    anomaly = model_state("anomaly", args, Gpu("10.14.1.48", "NVIDIA H200", "9.0"))
+    assert config_parameters(anomaly.config)["pass_band"] == repr(BANDS["pass_band"])
+
+
+def test_a_version_is_checked_on_the_test_dies_of_its_own_folder(version: tuple[Path, Path]) -> None:
+    repository, data = version
+    dies = version_dies(repository, "2", data, n=4)
+    dataset, _ = load(data)
+    assert dies["anomaly"]["IMAGE"].shape == (4, 1, 256, 256)
+    assert dies["classifier"]["IMAGE"].shape == (4, 3, 256, 256)
+    assert dies["classifier"]["PROCESS"].shape == (4, len(dataset.parameters))
+
+
+def test_a_version_refuses_a_folder_it_was_not_trained_on(version: tuple[Path, Path], tmp_path: Path) -> None:
+    repository, _ = version
+    other = make_folder(tmp_path / "other")
+    (other / "process.csv").write_text((other / "process.csv").read_text().replace(",temp", ",chuck_temp", 1))
+    with pytest.raises(ModelRepositoryError, match=r"not the data version 2 was trained on.*'chuck_temp'"):
+        version_dies(repository, "2", other)
+    with pytest.raises(ModelRepositoryError, match="not a version written by edge-inspect train"):
+        version_dies(repository, "1", other)

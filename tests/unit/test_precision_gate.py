@@ -180,7 +180,7 @@ def test_the_cpu_repository_serves_fp16_instead_and_says_so(
 def test_a_gpu_station_builds_its_engine_from_fp16_instead_and_says_so(
     broken: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = argparse.Namespace(models=broken, out=tmp_path / "gpu", source=GPU_SOURCE, max_batch=32,
+    args = argparse.Namespace(models=broken, out=tmp_path / "gpu", source=GPU_SOURCE, max_batch=32, version=None,
                               precisions={"anomaly": "fp16", "classifier": "int8"}, profile=(1, 16, 32))  # fmt: skip
     state = model_state("classifier", args, Gpu("10.14.1.48", "NVIDIA H200", "9.0"))
     assert (state.precision, state.onnx) == ("fp16", broken / "classifier.fp16.onnx")

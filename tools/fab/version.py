@@ -4,7 +4,8 @@
     <repository>/<model>/<N>/model.onnx        the served form (FP32 on the CPU unless a gated form is asked for)
     <repository>/<model>/<N>/model.py, ort_model.py
     <repository>/<model>/<N>/config.pbtxt      this version's config, kept so an older version can be served again
-    <repository>/<model>/<N>/gpu/config.pbtxt  the GPU variant's config for the same tensors and contract
+    <repository>/<model>/<N>/gpu/config.pbtxt  the GPU variant's config for the same tensors and contract (the
+                                               engine's precision is added by ``tools.gpu.build_engines --version``)
     <repository>/<model>/<N>/forms/            the FP32, FP16 and INT8 ONNX forms and their precision report
     <repository>/<model>/<N>/report/           the model card, its pictures and metrics.json
 
@@ -70,7 +71,7 @@ def write_version(
         served[name] = choice.log_line(name)
         params = {**parameters[name], **choice.parameters()}
         cpu = config_text(shaped((SOURCE / name / "config.pbtxt").read_text(), dims[name]), params)
-        gpu = config_text(shaped((GPU_SOURCE / name / "config.pbtxt").read_text(), dims[name]), params)
+        gpu = config_text(shaped((GPU_SOURCE / name / "config.pbtxt").read_text(), dims[name]), parameters[name])
         partial = final.with_name(f"{version}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "forms").mkdir(parents=True)

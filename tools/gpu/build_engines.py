@@ -2,6 +2,13 @@
 
     python -m tools.gpu.build_engines --models build/models --out build/model_repository_gpu \
         [--precision anomaly=fp16 classifier=int8] [--max-batch 32] [--force] [--check] [--device 0]
+    python -m tools.gpu.build_engines --repository REPO --version N --data DIR --out GPU_REPO [same options]
+
+The second form builds the engines of version N that ``edge-inspect train`` wrote into REPO from a fab's folder: its
+forms and precision report from ``REPO/<name>/N/forms/``, its GPU config (tensors and contract) from
+``REPO/<name>/N/gpu/config.pbtxt``, and the plans checked on the first dies of DIR's ``test`` split (the folder it
+was trained on: its classes and process parameters must be the version's) instead of the synthetic dies; plans go to
+``GPU_REPO/<name>/N/`` and that version's config becomes ``GPU_REPO/<name>/config.pbtxt``.
 
 Per model: the ONNX form of the chosen precision (``<name>.onnx``, ``<name>.fp16.onnx`` or the Q/DQ
 ``<name>.int8.onnx``), if it passed the precision gate on held-out dies (``tools.precision_gate``; else the form it
@@ -34,7 +41,15 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ModelRepositoryError
-from tools.build_repository import MODELS, VERSION, config_text, model_parameters, served_precision
+from edge.inference.model_facts import contract_from
+from tools.build_repository import (
+    MODELS,
+    VERSION,
+    config_parameters,
+    config_text,
+    model_parameters,
+    served_precision,
+)
 from tools.gpu.engine_fingerprint import (
     Fingerprint,
     fingerprint_path,
@@ -123,8 +138,8 @@ def profile_for(max_batch: int) -> tuple[int, int, int]:
     return 1, min(OPT_BATCH, max_batch), max_batch
 
 
-def plan_path(out: Path, name: str) -> Path:
-    return out / name / VERSION / PLAN
+def plan_path(out: Path, name: str, version: str = VERSION) -> Path:
+    return out / name / version / PLAN
 
 
 def declared_tensors(config: str) -> dict[str, list[TensorSpec]]:
@@ -155,13 +170,11 @@ def gpu_config(name: str, source: Path, models: Path, max_batch: int = MAX_BATCH
     return config_text(text, model_parameters(name, models, choice))
 
 
-def write_config(
-    name: str, source: Path, models: Path, out: Path, max_batch: int = MAX_BATCH, choice: Choice | None = None
-) -> Path:
-    """Write ``<out>/<name>/config.pbtxt`` (see ``gpu_config``) atomically; returns its path."""
+def write_config(out: Path, name: str, config: str) -> Path:
+    """Write ``config`` (see ``gpu_config`` and ``version_config``) as ``<out>/<name>/config.pbtxt``, atomically."""
     target = out / name / "config.pbtxt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _replace(target, gpu_config(name, source, models, max_batch, choice).encode())
+    _replace(target, config.encode())
     return target
 
 
@@ -229,10 +242,12 @@ def reference_outputs(onnx: Path, inputs: Mapping[str, np.ndarray], outputs: Seq
 
 
 def verify_plan(
-    name: str, plan: bytes, models: Path, precision: str, tensors: Mapping[str, list[TensorSpec]], profile: Sequence
-) -> Parity:
-    """The plan at every profile batch size against ONNX Runtime on the FP32 ONNX, on the same synthetic dies."""
-    inputs = sample_inputs(name)
+    name: str, plan: bytes, models: Path, precision: str, tensors: Mapping[str, list[TensorSpec]], profile: Sequence,
+    inputs: Mapping[str, np.ndarray] | None = None,
+) -> Parity:  # fmt: skip
+    """The plan at every profile batch size against ONNX Runtime on the FP32 ONNX, on the same dies: ``inputs``, by
+    default the synthetic ones (``sample_inputs``)."""
+    inputs = sample_inputs(name) if inputs is None else inputs
     reference = reference_outputs(onnx_path(models, name, "fp32"), inputs, [t.name for t in tensors["output"]])
     rows = _batch_rows(len(next(iter(inputs.values()))), profile)
     engine = run_plan(plan, [{k: v[index] for k, v in inputs.items()} for index in rows], tensors)
@@ -248,6 +263,48 @@ def install_plan(plan: Path, data: bytes, fingerprint: Fingerprint) -> None:
     write_fingerprint(plan, fingerprint)
 
 
+# --- a version written by edge-inspect train ------------------------------------------------------------------------
+
+
+def version_folder(repository: Path, name: str, version: str) -> Path:
+    folder = repository / name / version
+    if not (folder / "gpu" / "config.pbtxt").is_file() or not (folder / "forms").is_dir():
+        raise ModelRepositoryError(
+            f"{folder} is not a version written by edge-inspect train (it needs forms/ and gpu/config.pbtxt)"
+        )
+    return folder
+
+
+def version_config(repository: Path, name: str, version: str, max_batch: int, choice: Choice) -> str:
+    """The served GPU config of version ``version`` of ``name``: its own (tensors, contract, bands) for ``max_batch``,
+    with the precision ``choice``."""
+    text = (version_folder(repository, name, version) / "gpu" / "config.pbtxt").read_text()
+    return config_text(with_max_batch(text, max_batch), choice.parameters())
+
+
+def version_dies(repository: Path, version: str, data: Path, n: int = VERIFY_DIES) -> dict[str, dict[str, np.ndarray]]:
+    """Per model, the serving inputs of the first ``n`` ``test`` dies of the folder ``data``, made by the rules training
+    applied; ModelRepositoryError when the folder is refused or its classes or parameters are not the version's."""
+    from tools.dataset.arrays import arrays  # the data tools (OpenCV, the folder check) only when a version is built
+    from tools.dataset.folder import DataSetRefused, load
+    from tools.fab.forms import feeds
+
+    try:
+        dataset, _ = load(data)
+    except DataSetRefused as exc:
+        raise ModelRepositoryError(str(exc)) from exc
+    params = config_parameters((version_folder(repository, "classifier", version) / "gpu" / "config.pbtxt").read_text())
+    contract = contract_from(params)
+    trained = (contract.classes, contract.process_parameters)
+    if trained != (dataset.classes, dataset.parameters):
+        raise ModelRepositoryError(
+            f"{data} is not the data version {version} was trained on: the version has classes {trained[0]} and "
+            f"process parameters {trained[1]}, the folder {dataset.classes} and {dataset.parameters}"
+        )
+    test = arrays(dataset, "test")
+    return {name: feeds(name, test, slice(0, n)) for name in MODELS}
+
+
 # --- command line ----------------------------------------------------------------------------------------------------
 
 
@@ -261,7 +318,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", type=int, default=0, help="CUDA device to build on")
     parser.add_argument("--force", action="store_true", help="rebuild even when the fingerprints match")
     parser.add_argument("--check", action="store_true", help="only report stale engines (exit 1 if any)")
+    parser.add_argument("--repository", type=Path, help="a repository edge-inspect train wrote versions into")
+    parser.add_argument("--version", help="the version of --repository to build (instead of --models)")
+    parser.add_argument("--data", type=Path, help="with --version: the folder it was trained on (its test dies check)")
     args = parser.parse_args(argv)
+    if (args.repository is None) != (args.version is None) or (args.version is None) != (args.data is None):
+        parser.error("--repository, --version and --data go together")
+    if args.version is not None and not args.version.isdigit():
+        parser.error(f"--version: a version number, got {args.version!r}")
     try:
         args.precisions, args.profile = parse_precisions(args.precision), profile_for(args.max_batch)
     except ValueError as exc:
@@ -275,6 +339,7 @@ class ModelState:
 
     name: str
     choice: Choice
+    forms: Path
     onnx: Path
     plan: Path
     config: str
@@ -289,16 +354,21 @@ class ModelState:
 def model_state(name: str, args: argparse.Namespace, gpu: Gpu) -> ModelState:
     """Where ``name`` stands: the ONNX form to build from (the precision asked for, or its fallback when that form
     did not pass the precision gate), the fingerprint it would get, the stale reasons."""
-    choice = served_precision(name, args.models, args.precisions[name])
+    version = args.version
+    forms = args.models if version is None else version_folder(args.repository, name, version) / "forms"
+    choice = served_precision(name, forms, args.precisions[name])
     if choice.fallback:
         print(f"{choice.log_line(name)}", file=sys.stderr, flush=True)
-    onnx = onnx_path(args.models, name, choice.served)
-    plan = plan_path(args.out, name)
+    onnx = onnx_path(forms, name, choice.served)
+    plan = plan_path(args.out, name, version or VERSION)
     current = Fingerprint(
         gpu.tensorrt_version, gpu.name, gpu.compute_capability, onnx_sha256(onnx), choice.served, args.profile
     )
-    config = gpu_config(name, args.source, args.models, args.max_batch, choice)
-    return ModelState(name, choice, onnx, plan, config, current, stale_reasons(recorded_state(plan), current))
+    if version is None:
+        config = gpu_config(name, args.source, args.models, args.max_batch, choice)
+    else:
+        config = version_config(args.repository, name, version, args.max_batch, choice)
+    return ModelState(name, choice, forms, onnx, plan, config, current, stale_reasons(recorded_state(plan), current))
 
 
 def check_model(state: ModelState, out: Path) -> list[str]:
@@ -310,14 +380,15 @@ def check_model(state: ModelState, out: Path) -> list[str]:
     return reasons
 
 
-def update_model(state: ModelState, args: argparse.Namespace) -> None:
-    """Build, verify and install the plan when stale (or ``--force``), then write the served config."""
+def update_model(state: ModelState, args: argparse.Namespace, inputs: Mapping[str, np.ndarray] | None = None) -> None:
+    """Build, verify (on ``inputs``, by default the synthetic dies) and install the plan when stale (or ``--force``),
+    then write the served config."""
     if state.reasons or args.force:
         why = "; ".join(state.reasons) or "forced"
         print(f"{state.name}: building the {state.precision} engine ({why})", flush=True)
         data = build_plan(state.onnx, args.profile)
         tensors = declared_tensors(state.config)
-        parity = verify_plan(state.name, data, args.models, state.precision, tensors, args.profile)
+        parity = verify_plan(state.name, data, state.forms, state.precision, tensors, args.profile, inputs)
         if not parity.ok:
             raise EngineBuildError(
                 f"{state.name}: the {state.precision} engine does not match ONNX Runtime on {state.name}.onnx, "
@@ -327,7 +398,7 @@ def update_model(state: ModelState, args: argparse.Namespace) -> None:
         print(f"{state.name}: installed {state.plan} ({parity.summary()})", flush=True)
     else:
         print(f"{state.name}: {state.plan} up to date")
-    write_config(state.name, args.source, args.models, args.out, args.max_batch, state.choice)
+    write_config(args.out, state.name, state.config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
             states = [model_state(name, args, gpu) for name in MODELS]
             if args.check:
                 return 1 if [reason for state in states for reason in check_model(state, args.out)] else 0
+            dies = None if args.version is None else version_dies(args.repository, args.version, args.data)
             for state in states:
-                update_model(state, args)
+                update_model(state, args, None if dies is None else dies[state.name])
     except (EngineBuildError, ModelRepositoryError, OSError, json.JSONDecodeError) as exc:
         print(f"build_engines: {exc}", file=sys.stderr)
         return 1
