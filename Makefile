@@ -102,8 +102,9 @@ test-unit: $(VENV)/.installed ## unit tests only (no servers)
 demo: deps models ## the daemon with real Triton (CPU), Mosquitto, simulated AOI tools and MES for about a minute
 	$(PY) -m tools.station.demo --repository $(REPOSITORY)
 
-bench: deps models ## daemon end to end against raw Triton on the same models, one run
+bench: deps models ## daemon end to end against raw Triton on the same models; the reply path with captures off/on
 	$(PY) -m tools.bench.e2e --repository $(REPOSITORY)
+	$(PY) -m tools.bench.capture --repository $(REPOSITORY)
 
 lint: $(VENV)/.installed ## ruff check and format --check, and mypy --strict over edge/ and calibration/ (pyproject.toml)
 	$(VENV)/bin/ruff check edge calibration tools tests model_repository

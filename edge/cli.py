@@ -1,5 +1,6 @@
-"""``edge-inspect``: run the daemon, validate a config, run a local Triton server, calibrate thresholds,
-re-baseline a tool's drift after a service, make CURVE keys, check a fab's labelled data."""
+"""``edge-inspect``: run the daemon, validate a config, run a local Triton server, calibrate thresholds, look at
+the dies kept for review, re-baseline a tool's drift after a service, make CURVE keys, check a fab's labelled
+data."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from calibration import cli as calib_cli
 from edge import __version__
+from edge.capture import cli as captures_cli
 from edge.config import load_config
 from edge.errors import EdgeError
 from edge.flow import Rejected
@@ -188,6 +190,9 @@ def parser() -> argparse.ArgumentParser:
     calib = sub.add_parser("calib", help="show and steer the per recipe x tool x class thresholds")
     calib_cli.add_arguments(calib)
     calib.set_defaults(func=calib_cli.main)
+    captures = sub.add_parser("captures", help="the dies the station kept for review: list, show, pictures")
+    captures_cli.add_arguments(captures)
+    captures.set_defaults(func=captures_cli.main)
     base = sub.add_parser("rebaseline", help="after a tool service: drift and parameter statistics start again")
     base.add_argument("--config", required=True, help="the station's TOML config (broker, station, tools, recipes)")
     base.add_argument("--tool", required=True, help="tool id")

@@ -115,6 +115,23 @@ class OutboxConfig(_Strict):
     prune_interval_s: float = Field(60.0, gt=0, description="how often old rows are pruned")
 
 
+class CaptureConfig(_Strict):
+    """Dies kept for review (DESIGN 3.9): every DEFECT, REVIEW and AUDIT die and the borderline passes."""
+
+    enabled: bool = Field(True, description="keep captures; false: events carry no capture and nothing is kept")
+    path: Path = Field(Path("var/edge/captures"), description="folder of the capture index and die images")
+    max_bytes: int = Field(5 * 1024**3, gt=0, description="byte quota of the kept captures; the oldest go first")
+    retention_days: float = Field(30.0, gt=0, description="captures older than this are pruned")
+    tombstone_days: float = Field(
+        90.0, gt=0, description="how long a pruned capture is still known as gone (410) rather than unknown (404)"
+    )
+    borderline_margin: float = Field(
+        0.05, ge=0, le=0.5,
+        description="a PASS die is kept when a defect class came within this much under its threshold; 0: none",
+    )  # fmt: skip
+    prune_interval_s: float = Field(300.0, gt=0, description="how often retention and quota are applied")
+
+
 class HttpConfig(_Strict):
     host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
     port: Port = 9108
@@ -273,6 +290,7 @@ class Config(_Strict):
     mqtt: MqttConfig = MqttConfig()
     local_pub: LocalPubConfig = LocalPubConfig()
     outbox: OutboxConfig = OutboxConfig()
+    capture: CaptureConfig = CaptureConfig()
     http: HttpConfig = HttpConfig()
     decision: DecisionConfig = DecisionConfig()
     calibration: CalibrationConfig = CalibrationConfig()

@@ -1,9 +1,10 @@
 """The daemon: the composition root that builds the stages, opens their resources and waits.
 
     tools --ZeroMQ--> Intake --submit--> Batching (MES join, batches) --> Inspector (Triton) --> Recorder
-        (outbox, replies) --> Publisher (MQTT) and the local feed;  MES / reviews --> MesMessages
+        (outbox, replies, captures) --> Publisher (MQTT) and the local feed;  MES / reviews --> MesMessages
 
-One asyncio loop. Blocking SQLite work runs on one dedicated thread (``AsyncDb``); paho runs its own thread and
+One asyncio loop. Blocking SQLite work runs on one dedicated thread (``AsyncDb``), the capture store's (PNG
+encoding, files, its index) on another; paho runs its own thread and
 hands callbacks to the loop. Every accepted frame ends as exactly one recorded result and one reply; nothing
 waits without a bound. Every resource opened is closed on the way out, in reverse order, however the run ends.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
+from edge.capture.keeper import Keeper
+from edge.capture.store import CaptureStore
 from edge.config import Config
 from edge.decision.calibration_loop import CalibrationLoop
 from edge.decision.thresholds import Calibration
@@ -118,7 +121,8 @@ class Daemon:
                 publisher.wake()
 
         turnaround = Turnaround()
-        recorder = Recorder(shared, self.outbox, sock, turnaround, self.calibration, watch, ids, announce)
+        captures = await self._captures(opened)
+        recorder = Recorder(shared, self.outbox, sock, turnaround, self.calibration, watch, ids, announce, captures)
         joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
         batching = Batching(shared, joiner, inspector, recorder)
         calibration = CalibrationLoop(shared, self.calibration)
@@ -147,6 +151,11 @@ class Daemon:
         notifier = Notifier()
         rounds = [models.check, housekeeping.check_outbox, recorder.flush_wafers, gauges]
         opened.push_async_callback(self.tasks.stop)
+        if captures is not None:
+            await captures.settle()  # before the replay: what a stopped run left held goes out with it
+            rounds.append(captures.settle)
+            self.tasks.critical("capture_writer", captures.run())  # events wait for it: the daemon needs it
+            self.tasks.every("capture_prune", cfg.capture.prune_interval_s, captures.prune, at_start=True)
         self.tasks.critical("publisher", publisher.run())
         publisher.wake()  # replay what a previous run left undelivered
         self.tasks.critical("batch_loop", batching.run())
@@ -168,6 +177,8 @@ class Daemon:
         self.health.draining = True
         receiving.cancel()
         await batching.finish(timeout_s=10.0)
+        if captures is not None and not await captures.finish(timeout_s=10.0):
+            log.warning("captures_unwritten_at_stop")  # the next start records them as not written
         sock.close()
         await recorder.close_wafers()
         await watch.save()
@@ -175,6 +186,18 @@ class Daemon:
         log.info("stopped", all_events_acknowledged=delivered)
         if self.health.stalled:  # a non-zero exit: systemd restarts the daemon (Restart=on-failure)
             raise CriticalTaskDied(f"stopped because a critical task ended: {', '.join(self.health.stalled)}")
+
+    async def _captures(self, opened: AsyncExitStack) -> Keeper | None:
+        """The capture store on its own thread (closed after the tasks that write to it), or None when off."""
+        cfg = self.cfg.capture
+        if not cfg.enabled:
+            return None
+        thread = AsyncDb()
+        opened.callback(thread.close)
+        store = await thread(CaptureStore, cfg.path, cfg.max_bytes, cfg.retention_days * 86400,
+                             cfg.tombstone_days * 86400)  # fmt: skip
+        opened.push_async_callback(thread, store.close)
+        return Keeper(self.shared, store, thread, self.outbox, self.calibration.threshold)
 
     def _critical_ended(self, name: str) -> None:
         """A task the daemon cannot serve without ended: stop petting the watchdog, drain and exit non-zero."""

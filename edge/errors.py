@@ -41,3 +41,7 @@ class CriticalTaskDied(EdgeError):
 
 class OutboxError(EdgeError):
     """The durable outbox could not record or read results."""
+
+
+class CaptureError(EdgeError):
+    """The capture store could not write, read or prune die captures."""

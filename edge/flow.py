@@ -146,6 +146,8 @@ class Outcome:
     score: float = 0.0
     hot: HotRegion | None = None
     reason: NotInspectedReason | None = None
+    heatmap: npt.NDArray[np.float32] | None = None  # (32, 32): the anomaly model's map, kept for the capture
+    attention: npt.NDArray[np.float32] | None = None  # (64,): the classifier's attention over 8x8 patches
 
     @property
     def decision(self) -> str:
@@ -171,6 +173,7 @@ class EventRow:
     topic: str
     decision: str
     payload: str
+    held: bool = False  # not published until its capture is written (the outbox releases it)
 
 
 @dataclass(frozen=True, slots=True)

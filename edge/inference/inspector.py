@@ -97,7 +97,9 @@ class Inspector:
                 self.cfg.decision.audit_fraction,
             )
             hot = hot_region(anomaly.heatmaps[i], cast(tuple[int, int], frame.tensors.grey.shape[1:]), bands.pass_band)
-            outcomes.append(Outcome(frame, verdict, float(anomaly.scores[i]), hot))
+            outcomes.append(
+                Outcome(frame, verdict, float(anomaly.scores[i]), hot, None, anomaly.heatmaps[i], classes.attention[i])
+            )
         self._metrics.stage_latency.labels("decide").observe(self._clock() - t0)
         return outcomes
 

@@ -86,6 +86,25 @@ class Metrics:
         self.outbox_pruned = Counter(
             "edge_outbox_pruned_total", "Rows pruned after the retention period", ["table"], registry=r
         )
+        self.captures = Counter(
+            "edge_captures_total", "Dies captured for review, by why (DEFECT, REVIEW, AUDIT, BORDERLINE)", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.capture_bytes = Gauge("edge_capture_bytes", "Disk space the kept captures hold", registry=r)
+        self.capture_quota = Gauge("edge_capture_quota_bytes", "The capture store's byte quota", registry=r)
+        self.captures_pruned = Counter(
+            "edge_captures_pruned_total", "Captures pruned, by why (retention, quota)", ["reason"], registry=r
+        )
+        self.capture_failures = Counter(
+            "edge_capture_failures_total",
+            "Captures not kept, by why (write_failed, queue_full)",
+            ["reason"],
+            registry=r,
+        )
+        self.capture_write = Histogram(
+            "edge_capture_write_seconds", "Time to encode and write one batch's captures (after its replies)",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.inference_retries = Counter(
             "edge_inference_retries_total", "Batches sent to Triton again after it could not take them", registry=r
         )

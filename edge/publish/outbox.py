@@ -8,6 +8,10 @@ the open wafers up where they were, so each wafer still gets one summary; an ope
 MES said so) is kept with them until its summary is recorded. The line watch's drift
 and parameter state is saved here too, now and then. Blocking calls: the daemon runs them on one
 dedicated thread.
+
+An event whose die is captured is recorded ``held``: it is not handed out (and no event after it is, so the
+order holds) until ``release`` says its capture is written; ``held_events`` at a start names those whose capture
+a stopped run never wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from edge.errors import OutboxError
 from edge.flow import DieRow, EventRow, ResultRow
+from edge.ops.transaction import immediate
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -39,7 +44,8 @@ CREATE TABLE IF NOT EXISTS events (
     decision     TEXT NOT NULL,
     payload      TEXT NOT NULL,
     created_at   REAL NOT NULL,
-    delivered_at REAL
+    delivered_at REAL,
+    held         INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE delivered_at IS NULL;
 CREATE TABLE IF NOT EXISTS wafer_dies (
@@ -95,6 +101,10 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+            if "held" not in columns:  # an outbox written before captures existed
+                self._db.execute("ALTER TABLE events ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("CREATE INDEX IF NOT EXISTS events_held ON events (seq) WHERE held = 1")
 
     def close(self) -> None:
         with _converted("close the outbox"):
@@ -118,8 +128,9 @@ class Outbox:
                 [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in results],
             )
             self._db.executemany(
-                "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                [(e.event_id, e.topic, e.decision, e.payload, now) for e in events],
+                "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at, held) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.event_id, e.topic, e.decision, e.payload, now, int(e.held)) for e in events],
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
@@ -168,13 +179,26 @@ class Outbox:
         return row[0] if row else None
 
     def pending(self, after_seq: int, limit: int) -> list[PendingEvent]:
+        """Undelivered events after ``after_seq`` in order, up to the first one still held."""
         with _converted("read pending events"):
             rows = self._db.execute(
                 "SELECT seq, event_id, topic, decision, payload FROM events WHERE delivered_at IS NULL AND seq > ? "
+                "AND seq < coalesce((SELECT min(seq) FROM events WHERE held = 1), 9223372036854775807) "
                 "ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
         return [PendingEvent(*row) for row in rows]
+
+    def release(self, event_ids: Iterable[str]) -> None:
+        """These held events may go out: their captures are written (or known lost)."""
+        with self._writing("release held events"):
+            self._db.executemany("UPDATE events SET held = 0 WHERE event_id = ?", [(e,) for e in event_ids])
+
+    def held_events(self) -> list[str]:
+        """The ids of the events still held, oldest first."""
+        with _converted("read held events"):
+            rows = self._db.execute("SELECT event_id FROM events WHERE held = 1 ORDER BY seq").fetchall()
+        return [row[0] for row in rows]
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
         now = time.time()
@@ -251,14 +275,8 @@ class Outbox:
     @contextmanager
     def _writing(self, what: str) -> Iterator[None]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), SQLite errors converted."""
-        with _converted(what):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with _converted(what), immediate(self._db):
+            yield
 
 
 @contextmanager

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from calibration.errors import CalibrationError
+from edge.capture.keeper import Keeper
+from edge.capture.record import BORDERLINE, Capture, capture_of
 from edge.decision.thresholds import Calibration
 from edge.errors import OutboxError
 from edge.flow import EventRow, Frame, Outcome, WaferKey
@@ -44,6 +46,7 @@ class Recorder:
         watch: GuardedWatch,
         ids: EventIds,
         announce: Callable[[list[EventRow]], None],
+        captures: Keeper | None = None,
     ) -> None:
         self.cfg = shared.cfg
         self._db = shared.db
@@ -57,29 +60,38 @@ class Recorder:
         self._metrics = shared.metrics
         self._announce = announce
         self._health = shared.health  # the models Triton serves, for the events
+        self._captures = captures
 
     async def record_and_answer(self, outcomes: list[Outcome]) -> None:
         """Record a batch's outcomes, then answer each frame's tool, then announce the events."""
         cfg = self.cfg
         stamp = Stamp(cfg.station, cfg.mqtt.prefix, self._health.models, time.monotonic(), time.time())
-        results, events, event_ids = [], [], []
+        results, events, event_ids, captures = [], [], [], []
         for outcome in outcomes:
             event_id = self._ids.new() if outcome.event_decision else None
             h, v = outcome.frame.header, outcome.verdict
             facts = self._calibration.facts(h.recipe_id, h.tool_id, v.top_k[0][0] if v and v.top_k else "")
-            result, event = records(outcome, event_id, stamp, facts)
+            capture = self._capture(outcome, event_id, stamp.models, stamp.wall)
+            result, event = records(outcome, event_id, stamp, facts, capture is not None and event_id is not None)
             results.append(result)
             event_ids.append(event_id)
             if event:
                 events.append(event)
+            if capture:
+                captures.append(capture)
             self._count(outcome)
         events += self._watch(self._watch.watch.results, outcomes, time.monotonic()) or []
         dies = [die_row(o) for o in outcomes]
         t0 = time.monotonic()
+        keeper = self._captures if captures else None
+        if keeper is not None:
+            keeper.expect(captures)
         try:
             await self._db(self._outbox.record, results, events, dies)
         except OutboxError as err:
             log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
+            if keeper is not None:
+                keeper.drop(captures)
             await self.answer_busy([o.frame for o in outcomes], "outbox_unavailable")
             return
         self._metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
@@ -90,7 +102,10 @@ class Recorder:
             turnaround = time.monotonic() - frame.received
             self._metrics.e2e_latency.observe(turnaround)
             self._turnaround.observe(frame.header.tool_id, turnaround)
-        self._announce(events)
+        if keeper is not None:  # after the replies; the events that show them go out once they are written
+            await keeper.submit(captures, lambda: self._announce(events))
+        else:
+            self._announce(events)
         await self.flush_wafers()
         try:  # calibration bookkeeping, after the replies: it never holds one back
             await self._db(self._calibration.record, outcomes, event_ids)
@@ -130,6 +145,16 @@ class Recorder:
             self._inflight.pop(frame.key)
             reply = error_reply(frame.header.frame_id, "busy", reason, self.cfg.ingest.busy_retry_after_ms)
             await self._socket.send(frame.identity, encode_reply(reply))
+
+    def _capture(self, outcome: Outcome, event_id: str | None, models: dict[str, str],
+                 wall: float) -> Capture | None:  # fmt: skip
+        """The capture of ``outcome``'s die when it is kept: under its event's id, or a new id (a borderline pass)."""
+        reason = self._captures.reason(outcome) if self._captures is not None else None
+        if reason is None:
+            return None
+        capture_id = self._ids.new() if reason == BORDERLINE else event_id
+        assert capture_id is not None, "a die kept for its event has an event id"
+        return capture_of(outcome, capture_id, reason, models, wall)
 
     def _count(self, outcome: Outcome) -> None:
         h, verdict = outcome.frame.header, outcome.verdict

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from edge.capture.record import reference
 from edge.flow import EventRow, Outcome, ResultRow
 from edge.ingest.wire import encode_reply, error_reply, ok_reply
 from edge.publish.events import FrameFacts, event_body, event_topic
@@ -24,10 +25,12 @@ class Stamp:
     wall: float  # epoch seconds, for the event's ts
 
 
-def records(outcome: Outcome, event_id: str | None, stamp: Stamp,
-            calibration: dict[str, Any] = STATIC_CALIBRATION) -> tuple[ResultRow, EventRow | None]:  # fmt: skip
+def records(outcome: Outcome, event_id: str | None, stamp: Stamp, calibration: dict[str, Any] = STATIC_CALIBRATION,
+            captured: bool = False) -> tuple[ResultRow, EventRow | None]:  # fmt: skip
     """The result row (holding the encoded reply) and, when the outcome makes one, the event row (with the
-    ``calibration`` facts of its class). ``event_id`` must be given exactly when ``outcome.event_decision`` is set."""
+    ``calibration`` facts of its class). ``event_id`` must be given exactly when ``outcome.event_decision`` is set.
+    ``captured``: the die is kept under the event's id: the event names its capture and is held until it is
+    written."""
     frame, h = outcome.frame, outcome.frame.header
     latency = {k: round(v * 1000, 3) for k, v in frame.timings.items() if k in ("queue", "infer")}
     latency["total"] = round((stamp.now - frame.received) * 1000, 3)
@@ -56,11 +59,14 @@ def records(outcome: Outcome, event_id: str | None, stamp: Stamp,
         body = event_body(
             event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, calibration, outcome.reason
         )
+        if captured:
+            body["capture"] = reference(event_id)
         event = EventRow(
             event_id,
             event_topic(stamp.prefix, stamp.station, h.tool_id),
             outcome.event_decision,
             json.dumps(body, separators=(",", ":")),
+            held=captured,
         )
     result = ResultRow(h.tool_id, h.frame_id, outcome.decision, event_id, encode_reply(reply))
     return result, event

@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from edge.capture.store import CaptureStore
 from edge.taxonomy import DEFECT_CLASSES
 from tests.triton_fixture import served_repository
 from tools.sim import aoi_sim, mes_sim
@@ -90,6 +91,7 @@ def run(tmp_path_factory):
         "exit_code": exit_code,
         "n_frames": len(frames),
         "log": (workdir / "daemon.log").read_text(),
+        "captures": workdir / "captures",
     }
 
 
@@ -154,3 +156,28 @@ def test_sigterm_drains_and_leaves_the_status_offline(run):
     statuses = [p for t, p in run["messages"] if t.endswith("/status")]
     assert statuses[0] == b"online" and statuses[-1] == b"offline"
     assert '"event": "stopped"' in run["log"] and '"all_events_acknowledged": true' in run["log"]
+
+
+def test_every_flagged_die_is_captured_before_its_event_goes_out(run):
+    """The event names its capture, and the store (read after the run, as the review service reads it) holds the
+    die, its heatmap and attention and the event's facts."""
+    events = [json.loads(p) for t, p in run["messages"] if "/events/" in t]
+    store = CaptureStore(run["captures"], 10**10, 10**9, 10**9)
+    try:
+        assert events
+        for body in events:
+            assert body["capture"] == {"id": body["event_id"], "url": f"/api/captures/{body['event_id']}"}
+            kept = store.get(body["event_id"])
+            assert kept is not None and kept.gone is None, body["event_id"]
+            assert (kept.decision, kept.frame_id, kept.tool_id) == (body["decision"], body["frame_id"], body["tool_id"])
+            assert kept.defect_class == body["defect_class"] and kept.facts["top_k"] == body["top_k"]
+            assert kept.heatmap is not None and kept.heatmap.shape == (32, 32) and kept.attention is not None
+            assert len(store.image_bytes(kept)) > 1000
+        kept_reasons = Counter(c.reason for c in store.recent(limit=10_000))
+    finally:
+        store.close()
+    flagged = kept_reasons["DEFECT"] + kept_reasons["REVIEW"] + kept_reasons["AUDIT"]
+    assert flagged == len({e["event_id"] for e in events})
+    captured = [line for line in run["metrics"].splitlines() if line.startswith("edge_captures_total{")]
+    assert 0 < sum(float(line.split()[-1]) for line in captured) <= sum(kept_reasons.values())
+    assert "edge_capture_bytes " in run["metrics"]

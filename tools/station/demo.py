@@ -20,6 +20,7 @@ from pathlib import Path
 
 import zmq
 
+from edge.capture.store import CaptureStore
 from tools.sim import aoi_sim
 from tools.sim.mqtt_peer import Peer
 from tools.station.station import RECIPE, TOOLS, Station
@@ -182,7 +183,24 @@ def main(argv: list[str] | None = None) -> int:
             mes_sub.close()
     report = json.loads(report_path.read_text())
     print(summary(report, events), flush=True)
+    print(captured(args.workdir / "captures"), flush=True)
     return 0 if not report["unanswered"] else 1
+
+
+def captured(folder: Path) -> str:
+    """What the capture store kept, and how to look at it."""
+    store = CaptureStore(folder, 10**12, 10**9, 10**9)
+    try:
+        kept = store.recent(limit=10**6)
+    finally:
+        store.close()
+    reasons = dict(Counter(c.reason for c in kept))
+    size = sum(c.bytes for c in kept)
+    lines = [f"  dies captured for review: {reasons}, {size / 1e6:.1f} MB ({size // max(1, len(kept))} bytes each)"]
+    if kept:
+        lines.append(f"  look at one: edge-inspect captures show --config {folder.parent / 'edge.toml'} "
+                     f"{kept[0].capture_id} --out {folder.parent / 'pictures'}")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def station_toml(
     store = outbox.with_name("calibration.sqlite")
     calibration = "" if "[calibration]" in extra else f'[calibration]\npath = "{store}"\n'
     outbox_section = "" if "[outbox]" in extra else f'[outbox]\npath = "{outbox}"\n'
+    captures = "" if "[capture]" in extra else f'[capture]\npath = "{outbox.with_name("captures")}"\n'
 
     return (
         f'station = "{station}"\n{tool_lines}{recipe_lines}'
@@ -60,7 +61,7 @@ def station_toml(
         f'[local_pub]\nbind = "{feed}"\n'
         f"{outbox_section}"
         f"[http]\nport = {http_port}\n"
-        f"{calibration}{extra}"
+        f"{calibration}{captures}{extra}"
     )
 
 
