@@ -1,11 +1,12 @@
 """Benchmark: what keeping captures costs the reply path, and what a capture costs on disk, in one run.
 
-The same live stream (``--rate`` frames/s from two AOI tools, MES logs first, the default defect rate) goes through
-one station with captures off and one with them on, each fresh (Triton, Mosquitto, the daemon). Prints each run's
-reply latency percentiles and frames/s, the p99 ratio on/off, the captures kept by why, and the capture store's
-bytes per captured die and per frame streamed.
+The same live stream (``--rate`` frames/s from two AOI tools, MES logs first, the simulator's defect rate) goes
+through a station with captures off and one with them on, each fresh (Triton, Mosquitto, the daemon), ``--rounds``
+times in turn (off, on, off, on, ...: a slow minute of the host falls on both). Prints, per mode, the reply
+latency percentiles over all its rounds' frames and each round's p99, the p50 and p99 ratios on/off, the captures
+kept by why, and the capture store's bytes per captured die and per frame streamed.
 
-    python -m tools.bench.capture --frames 1200 --rate 20
+    python -m tools.bench.capture --frames 1200 --rate 20 --rounds 2
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from tools.station.station import RECIPE, TOOLS, Station
 
 def _plan(n: int, seed: int) -> list[str]:
     dies = 50
-    lots = max(1, -(-n // (dies * 2 * len(TOOLS))))
+    lots = max(1, -(-n // (dies * 2)))  # lots x 2 wafers x dies frames, the tools taking turns
     return ["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots), "--wafers-per-lot", "2",
             "--dies-per-wafer", str(dies)]  # fmt: skip
 
 
 def stream(workdir: Path, repository: Path, n: int, rate: float, capture: bool) -> dict:
-    """One fresh station, ``n`` frames at ``rate``; its replies' latency and, with ``capture``, the store's size."""
+    """One fresh station, ``n`` frames at ``rate``: its replies' latencies and, with ``capture``, what it kept."""
     extra = "" if capture else "[capture]\nenabled = false\n"
     plan = _plan(n, seed=11)
     with Station(workdir, repository, with_broker=True, config_extra=extra) as st:
@@ -44,20 +45,37 @@ def stream(workdir: Path, repository: Path, n: int, rate: float, capture: bool) 
         finally:
             tools.close()
     report = aoi_sim.summarise(tally)
-    result = {"frames_per_s": report["frames_per_s"], "latency_ms": report["latency_ms"], "replies": report["replies"],
-              "unanswered": len(report["unanswered"])}  # fmt: skip
+    result = {"frames_per_s": report["frames_per_s"], "latencies_ms": tally.latencies_ms,
+              "replies": report["replies"], "unanswered": len(report["unanswered"])}  # fmt: skip
     if capture:
         store = CaptureStore(workdir / "captures", 10**12, 10**9, 10**9)
         try:
             kept = store.recent(limit=10**6)
         finally:
             store.close()
-        total = sum(c.bytes for c in kept)
-        result["captures"] = dict(Counter(c.reason for c in kept))
-        result["capture_bytes"] = total
-        result["bytes_per_capture"] = round(total / len(kept)) if kept else None
-        result["bytes_per_frame"] = round(total / n)
+        result["captures"] = Counter(c.reason for c in kept)
+        result["capture_bytes"] = sum(c.bytes for c in kept)
     return result
+
+
+def pooled(runs: list[dict]) -> dict:
+    """One mode's rounds together: percentiles over every frame, each round's p99, replies, what was kept."""
+    latencies = [ms for run in runs for ms in run["latencies_ms"]]
+    frames = sum(sum(run["replies"].values()) for run in runs)
+    summary = {
+        "latency_ms": aoi_sim.latency_percentiles(latencies),
+        "p99_per_round": [aoi_sim.latency_percentiles(run["latencies_ms"])["p99"] for run in runs],
+        "frames_per_s": [run["frames_per_s"] for run in runs],
+        "replies": dict(sum((Counter(run["replies"]) for run in runs), Counter())),
+        "unanswered": sum(run["unanswered"] for run in runs),
+    }
+    if "captures" in runs[0]:
+        kept = sum((run["captures"] for run in runs), Counter())
+        total = sum(run["capture_bytes"] for run in runs)
+        summary["captures"] = dict(kept)
+        summary["bytes_per_capture"] = round(total / max(1, sum(kept.values())))
+        summary["bytes_per_frame"] = round(total / max(1, frames))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,20 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("build/bench-capture"))
     parser.add_argument("--frames", type=int, default=1200)
     parser.add_argument("--rate", type=float, default=20.0, help="frames per second, both tools together")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per mode, taken in turn")
     args = parser.parse_args(argv)
-    runs = {}
-    for mode, capture in (("off", False), ("on", True)):
-        workdir = args.workdir / mode
-        shutil.rmtree(workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
-        runs[mode] = stream(workdir, args.repository, args.frames, args.rate, capture)
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for round_ in range(args.rounds):
+        for mode in ("off", "on"):
+            workdir = args.workdir / f"{mode}-{round_ + 1}"
+            shutil.rmtree(workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
+            runs[mode].append(stream(workdir, args.repository, args.frames, args.rate, mode == "on"))
+    off, on = pooled(runs["off"]), pooled(runs["on"])
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "frames": args.frames,
+        "frames_per_round": args.frames,
         "rate": args.rate,
-        "capture_off": runs["off"],
-        "capture_on": runs["on"],
-        "p99_ratio_on_over_off": round(runs["on"]["latency_ms"]["p99"] / runs["off"]["latency_ms"]["p99"], 3),
-        "p50_ratio_on_over_off": round(runs["on"]["latency_ms"]["p50"] / runs["off"]["latency_ms"]["p50"], 3),
+        "rounds": args.rounds,
+        "capture_off": off,
+        "capture_on": on,
+        "p99_ratio_on_over_off": round(on["latency_ms"]["p99"] / off["latency_ms"]["p99"], 3),
+        "p50_ratio_on_over_off": round(on["latency_ms"]["p50"] / off["latency_ms"]["p50"], 3),
     }
     print(json.dumps(result, indent=1))
     return 0
