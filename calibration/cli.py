@@ -6,7 +6,7 @@
     ... unlock --recipe R --tool T --class PART-SM --reason "..."
     ... transfer --recipe R --from AOI-01 --to AOI-02 --reason "tool swap"
     ... history --recipe R --tool T [--class PART-SM]
-    ... review EVENT_ID --real|--false
+    ... review EVENT_ID --real|--false|--relabel CLASS|--novel [--comment "..."]
 
 Changes are audited under ``--who`` (default: the login name). Errors name the bad argument; exit code 2.
 """
@@ -116,8 +116,10 @@ def _print_json(doc: object) -> None:
 
 
 def _review(store: CalibrationStore, a: argparse.Namespace) -> int:
-    store.review(a.event_id, a.real, a.who)
-    print(f"{a.event_id}: {'real' if a.real else 'false positive'} by {a.who}")
+    disposition = "relabel" if a.relabel else a.disposition
+    store.review(a.event_id, disposition, a.who, a.relabel, a.comment)
+    shown = {"real": "real", "false": "false positive", "novel": "a novel defect"}.get(disposition, f"a {a.relabel}")
+    print(f"{a.event_id}: {shown} by {a.who}")
     return 0
 
 
@@ -165,8 +167,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     review = command("review", _review, "record a disposition of an event", tool=False)
     review.add_argument("event_id")
     verdict = review.add_mutually_exclusive_group(required=True)
-    verdict.add_argument("--real", dest="real", action="store_true")
-    verdict.add_argument("--false", dest="real", action="store_false")
+    verdict.add_argument("--real", dest="disposition", action="store_const", const="real")
+    verdict.add_argument("--false", dest="disposition", action="store_const", const="false")
+    verdict.add_argument("--novel", dest="disposition", action="store_const", const="novel",
+                         help="a defect none of the classes names")  # fmt: skip
+    verdict.add_argument("--relabel", metavar="CLASS", help="the class the die shows instead")
+    review.add_argument("--comment", default="", help="what the reviewer saw")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,8 +2,11 @@
 append-only audit trail, in one SQLite file (WAL) that the daemon and the engineers' CLI use at the same time.
 
 Flow: the daemon records every candidate of a defect class, flagged (a DEFECT event) or suppressed under the
-threshold (some of them published as AUDIT events), with its confidence (``add_candidate``), and counts inspected
-dies per lot (``count_inspected``); reviewers give dispositions (``review``); at lot end (``close_lot``) every class
+threshold (some of them published as AUDIT events), with its confidence (``add_candidate``), every event a reviewer
+may judge (DEFECT, AUDIT and REVIEW, the last without a class), and counts inspected dies per lot
+(``count_inspected``); reviewers give dispositions (``review``): real, false, a relabel to another class or a novel
+defect, with a comment, kept as the die's label (``labels``) and, for a defect class's candidate, as whether that
+class was right; at lot end (``close_lot``) every class
 of the profile runs its controller, thresholds move, and each change is an audit row. The seed controller uses the
 reviewed flagged events not yet used (a disposition that arrives after its lot closed counts in the next one); the
 statistical controller uses every candidate of the lot, an unreviewed one counting as a false positive.
@@ -30,9 +33,12 @@ from calibration.errors import CalibrationError, RequestRefused, StoreUnavailabl
 
 __all__ = [
     "CONTROLLER",
+    "DISPOSITIONS",
+    "NOVEL",
     "AuditRow",
     "CalibrationError",
     "CalibrationStore",
+    "Label",
     "RequestRefused",
     "StoreUnavailable",
     "UnknownEvent",
@@ -51,6 +57,9 @@ CREATE TABLE IF NOT EXISTS candidates (
     used INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS candidates_open ON candidates (recipe, tool, used, real);
 CREATE INDEX IF NOT EXISTS candidates_lot ON candidates (recipe, tool, lot_id);
+CREATE TABLE IF NOT EXISTS labels (
+    event_id TEXT PRIMARY KEY, recipe TEXT NOT NULL, tool TEXT NOT NULL, lot_id TEXT NOT NULL, decision TEXT NOT NULL,
+    predicted TEXT NOT NULL, label TEXT, disposition TEXT, comment TEXT, reviewed_by TEXT, reviewed_at REAL);
 CREATE TABLE IF NOT EXISTS inspected (
     recipe TEXT NOT NULL, tool TEXT NOT NULL, lot_id TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (recipe, tool, lot_id));
@@ -68,6 +77,37 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
 CONTROLLER = "controller"  # the `who` of automatic changes
 # (event_id, recipe, tool, lot_id, class, confidence, flagged): one defect candidate, flagged or suppressed
 Candidate = tuple[str, str, str, str, str, float, bool]
+# (event_id, recipe, tool, lot_id, decision, predicted class or UNCLASSIFIED): one event a reviewer may judge
+Reviewable = tuple[str, str, str, str, str, str]
+DISPOSITIONS = ("real", "false", "relabel", "novel")
+GOOD, NOVEL = "GOOD", "NOVEL"  # the labels of a die that shows no defect, and of a defect no class names
+
+
+@dataclass(frozen=True)
+class Label:
+    """What a reviewer said a die shows: ``label`` is a class, GOOD or NOVEL (None: not reviewed yet)."""
+
+    event_id: str
+    recipe: str
+    tool: str
+    lot_id: str
+    decision: str
+    predicted: str
+    label: str | None
+    disposition: str | None
+    comment: str | None
+    reviewed_by: str | None
+    reviewed_at: float | None
+
+
+def label_of(disposition: str, predicted: str, label: str | None) -> str:
+    """The label a disposition gives a die the station called ``predicted``: real keeps it (a real but unnamed
+    defect stays UNCLASSIFIED), false makes it GOOD, a relabel names ``label``, novel makes it NOVEL."""
+    if disposition == "relabel":
+        if not label:
+            raise RequestRefused("class: a relabel names the class the die shows")
+        return label
+    return {"real": predicted, "false": GOOD, "novel": NOVEL}[disposition]
 
 
 @dataclass(frozen=True)
@@ -161,9 +201,11 @@ class CalibrationStore:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (event_id, recipe, tool, lot_id, defect_class, confidence, int(flagged)))  # fmt: skip
 
-    def record(self, inspected: Sequence[tuple[str, str, str]], candidates: Sequence[Candidate]) -> None:
-        """One batch in one transaction: a (recipe, tool, lot_id) per inspected die, and candidates as
-        (event_id, recipe, tool, lot_id, class, confidence, flagged)."""
+    def record(self, inspected: Sequence[tuple[str, str, str]], candidates: Sequence[Candidate],
+               reviewable: Sequence[Reviewable] = ()) -> None:  # fmt: skip
+        """One batch in one transaction: a (recipe, tool, lot_id) per inspected die, candidates as
+        (event_id, recipe, tool, lot_id, class, confidence, flagged), and the events a reviewer may judge as
+        (event_id, recipe, tool, lot_id, decision, predicted)."""
         counts: dict[tuple[str, str, str], int] = {}
         for key in inspected:
             counts[key] = counts.get(key, 0) + 1
@@ -176,30 +218,65 @@ class CalibrationStore:
             db.executemany("INSERT OR IGNORE INTO candidates (event_id, recipe, tool, lot_id, class, confidence, "
                            "flagged) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(*c[:6], int(c[6])) for c in candidates])  # fmt: skip
+            db.executemany("INSERT OR IGNORE INTO labels (event_id, recipe, tool, lot_id, decision, predicted) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", reviewable)  # fmt: skip
 
     def count_inspected(self, recipe: str, tool: str, lot_id: str, n: int = 1) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO inspected VALUES (?, ?, ?, ?) ON CONFLICT (recipe, tool, lot_id) "
                        "DO UPDATE SET count = count + excluded.count", (recipe, tool, lot_id, n))  # fmt: skip
 
-    def review(self, event_id: str, real: bool, who: str) -> None:
-        """A reviewer's disposition of an event (the latest one counts until the lot that uses it closes)."""
+    def review(self, event_id: str, disposition: str, who: str, label: str | None = None, comment: str = "") -> None:
+        """A reviewer's disposition of an event (the latest one counts until the lot that uses it closes):
+        ``real``, ``false``, ``relabel`` (``label``: the class the die shows) or ``novel`` (a defect no class
+        names). For a defect class's candidate (a DEFECT or AUDIT event) it says whether that class was right: real,
+        or a relabel to the same class; a REVIEW event (no class) only gets its label. The same review again
+        changes nothing; a changed one is audited with ``comment``."""
         if not who:
             raise RequestRefused("who: a reviewer name is required")
+        if disposition not in DISPOSITIONS:
+            raise RequestRefused(f"disposition: one of {', '.join(DISPOSITIONS)}, not {disposition!r}")
         with self._tx() as db:
             row = db.execute("SELECT recipe, tool, class, real, used FROM candidates WHERE event_id=?",
                              (event_id,)).fetchone()  # fmt: skip
-            if row is None:
-                raise UnknownEvent(f"event_id: no candidate {event_id!r} (not a DEFECT or AUDIT event here)")
-            recipe, tool, name, old, used = row
-            if used:
-                raise RequestRefused(f"event_id: {event_id!r} was already used by a closed lot")
-            if old is not None and bool(old) == real:
-                return  # the same disposition again (a redelivered message): nothing changes, nothing to audit
-            db.execute("UPDATE candidates SET real=?, reviewed_by=?, reviewed_at=? WHERE event_id=?",
-                       (int(real), who, self._clock(), event_id))  # fmt: skip
-            self._audit(db, recipe, tool, name, who, "disposition", None if old is None else str(bool(old)),
-                        str(real), f"review of {event_id}")  # fmt: skip
+            item = db.execute("SELECT recipe, tool, predicted, label, comment FROM labels WHERE event_id=?",
+                              (event_id,)).fetchone()  # fmt: skip
+            if row is None and item is None:
+                raise UnknownEvent(f"event_id: no event {event_id!r} to review (not a DEFECT, AUDIT or REVIEW here)")
+            predicted = row[2] if row is not None else item[2]
+            new_label = label_of(disposition, predicted, label)
+            if row is not None:
+                self._judge_class(db, event_id, row, new_label == predicted, who, comment)
+            if item is None:  # a candidate recorded before labels were kept
+                return
+            recipe, tool, _, old_label, old_comment = item
+            if (old_label, old_comment or "") == (new_label, comment):
+                return
+            db.execute("UPDATE labels SET label=?, disposition=?, comment=?, reviewed_by=?, reviewed_at=? "
+                       "WHERE event_id=?", (new_label, disposition, comment, who, self._clock(), event_id))  # fmt: skip
+            if new_label != predicted or row is None:
+                self._audit(db, recipe, tool, predicted, who, "label", old_label, new_label,
+                            f"review of {event_id}" + (f": {comment}" if comment else ""))  # fmt: skip
+
+    def labels(self, reviewed: bool = True) -> list[Label]:
+        """Every event's label (``reviewed``: only those a reviewer judged), oldest review first."""
+        where = "WHERE label IS NOT NULL ORDER BY reviewed_at" if reviewed else "ORDER BY rowid"
+        return [Label(*row) for row in self._query(
+            "SELECT event_id, recipe, tool, lot_id, decision, predicted, label, disposition, comment, reviewed_by, "
+            f"reviewed_at FROM labels {where}")]  # fmt: skip
+
+    def _judge_class(self, db: sqlite3.Connection, event_id: str, row: tuple[Any, ...], real: bool, who: str,
+                     comment: str) -> None:  # fmt: skip
+        """Whether the candidate's class was right: what the class's controller counts at lot end."""
+        recipe, tool, name, old, used = row
+        if used:
+            raise RequestRefused(f"event_id: {event_id!r} was already used by a closed lot")
+        if old is not None and bool(old) == real:
+            return  # the same disposition again (a redelivered message): nothing changes, nothing to audit
+        db.execute("UPDATE candidates SET real=?, reviewed_by=?, reviewed_at=? WHERE event_id=?",
+                   (int(real), who, self._clock(), event_id))  # fmt: skip
+        self._audit(db, recipe, tool, name, who, "disposition", None if old is None else str(bool(old)),
+                    str(real), f"review of {event_id}" + (f": {comment}" if comment else ""))  # fmt: skip
 
     def close_lot(self, recipe: str, tool: str, lot_id: str) -> dict[str, tuple[float, float]]:
         """Run every class's controller on the lot; returns {class: (old, new threshold)} for the ones that moved.
@@ -318,7 +395,8 @@ class CalibrationStore:
     def prune(self, before: float) -> int:
         """Forget the candidates and inspected counts of lots closed before ``before`` (epoch seconds): their
         lot ends have used them, and the escape estimate then covers the lots closed since. Lots not closed
-        keep theirs; the audit trail and the class states are never pruned. Returns the candidates deleted."""
+        keep theirs, and so do the labels reviewers gave; the audit trail and the class states are never pruned.
+        Returns the candidates deleted."""
         closed_before = (
             "EXISTS (SELECT 1 FROM lots_closed c WHERE c.recipe = {t}.recipe AND c.tool = {t}.tool "
             "AND c.lot_id = {t}.lot_id AND c.closed_at < ?)"
@@ -326,6 +404,7 @@ class CalibrationStore:
         with self._tx() as db:
             n = db.execute(f"DELETE FROM candidates WHERE {closed_before.format(t='candidates')}", (before,)).rowcount
             db.execute(f"DELETE FROM inspected WHERE {closed_before.format(t='inspected')}", (before,))
+            db.execute(f"DELETE FROM labels WHERE label IS NULL AND {closed_before.format(t='labels')}", (before,))
         return n
 
     def mode(self, recipe: str, tool: str) -> str:

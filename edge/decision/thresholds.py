@@ -14,26 +14,29 @@ from typing import cast
 
 from calibration.controller import ClassSettings, Stages
 from calibration.errors import RequestRefused, UnknownEvent
-from calibration.store import CalibrationStore
+from calibration.store import DISPOSITIONS, CalibrationStore
 from calibration.table import ThresholdTable
 from edge.config import Config
-from edge.flow import DEFECT, Outcome, Rejected
+from edge.flow import DEFECT, REVIEW, Outcome, Rejected
 from edge.ops.logs import get
 from edge.ops.metrics import Metrics
 
 log = get("edge.decision.thresholds")
-DISPOSITIONS = {"real": True, "false": False}
+MAX_COMMENT = 1000  # characters of a review's comment
 
 
 @dataclass(frozen=True)
 class Review:
     event_id: str
-    real: bool
+    disposition: str  # real, false, relabel or novel
     reviewer: str
+    label: str | None = None  # the class a relabel names
+    comment: str = ""
 
 
-def parse_review(payload: bytes) -> Review | Rejected:
-    """``{"event_id": str, "disposition": "real" | "false", "reviewer": str}`` from the reviews topic."""
+def parse_review(payload: bytes, classes: tuple[str, ...]) -> Review | Rejected:
+    """``{"event_id": str, "disposition": "real" | "false" | "relabel" | "novel", "reviewer": str,
+    "class": str (a relabel's; one of ``classes``), "comment": str (optional)}`` from the reviews topic."""
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as err:
@@ -41,13 +44,20 @@ def parse_review(payload: bytes) -> Review | Rejected:
     if not isinstance(data, dict):
         return Rejected("bad_json", "a review is a JSON object")
     event_id, disposition, reviewer = data.get("event_id"), data.get("disposition"), data.get("reviewer")
+    label, comment = data.get("class"), data.get("comment", "")
     if not isinstance(event_id, str) or not event_id:
         return Rejected("missing_key", "event_id")
     if not isinstance(disposition, str) or disposition not in DISPOSITIONS:
-        return Rejected("bad_value", f"disposition must be one of {sorted(DISPOSITIONS)}")
+        return Rejected("bad_value", f"disposition must be one of {list(DISPOSITIONS)}")
     if not isinstance(reviewer, str) or not reviewer:
         return Rejected("missing_key", "reviewer")
-    return Review(event_id, DISPOSITIONS[disposition], reviewer)
+    if disposition == "relabel" and (not isinstance(label, str) or label not in classes):
+        return Rejected("bad_value", "class: a relabel names one of the model's classes")
+    if label is not None and disposition != "relabel":
+        return Rejected("bad_value", "class: only a relabel names a class")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        return Rejected("bad_value", f"comment: text of at most {MAX_COMMENT} characters")
+    return Review(event_id, disposition, reviewer, label, " ".join(comment.split()))
 
 
 def candidate_id(tool_id: str, frame_id: str) -> str:
@@ -113,29 +123,33 @@ class Calibration:
     def record(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None]) -> None:
         """Every inspected die counts; every defect-class candidate (flagged or suppressed) is kept with its
         confidence, under its event id when it made an event."""
-        inspected, candidates = [], []
+        inspected, candidates, reviewable = [], [], []
         for outcome, event_id in zip(outcomes, event_ids):
             v, h = outcome.verdict, outcome.frame.header
             if v is None:
                 continue
             inspected.append((h.recipe_id, h.tool_id, h.lot_id))
             flagged = v.decision == DEFECT
+            name = v.defect_class if flagged else v.top_k[0][0]
+            judged = event_id is not None and (flagged or v.audit or v.decision == REVIEW)  # events reviewers judge
+            if judged:
+                predicted = v.defect_class if v.decision == REVIEW else name  # UNCLASSIFIED for a REVIEW
+                reviewable.append((cast(str, event_id), h.recipe_id, h.tool_id, h.lot_id,
+                                   cast(str, outcome.event_decision), predicted))  # fmt: skip
             if flagged or v.suppressed:
-                name = v.defect_class if flagged else v.top_k[0][0]
-                reviewable = event_id is not None and (flagged or v.audit)  # DEFECT and AUDIT events get reviews
-                # reviewable implies an event id (not None)
-                cid = cast(str, event_id) if reviewable else candidate_id(h.tool_id, h.frame_id)
+                reviewed = judged and v.decision != REVIEW  # DEFECT and AUDIT events: their class is judged
+                cid = cast(str, event_id) if reviewed else candidate_id(h.tool_id, h.frame_id)
                 candidates.append((cid, h.recipe_id, h.tool_id, h.lot_id, name, v.confidence, flagged))
         if inspected:
-            self.store.record(inspected, candidates)
+            self.store.record(inspected, candidates, reviewable)
 
     def review(self, payload: bytes) -> str:
         """Apply one review message; returns ``accepted`` or the reason it was rejected."""
-        parsed = parse_review(payload)
+        parsed = parse_review(payload, self.cfg.decision.classes)
         if isinstance(parsed, Rejected):
             return parsed.reason
         try:
-            self.store.review(parsed.event_id, parsed.real, parsed.reviewer)
+            self.store.review(parsed.event_id, parsed.disposition, parsed.reviewer, parsed.label, parsed.comment)
         except RequestRefused as err:
             log.warning("review_rejected", event_id=parsed.event_id, error=str(err))
             return "unknown_event" if isinstance(err, UnknownEvent) else "already_used"

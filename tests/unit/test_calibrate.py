@@ -94,8 +94,53 @@ def test_engineer_change_from_another_connection_is_picked_up(calib: Calibration
         (b'{"disposition": "real", "reviewer": "a"}', "missing_key"),
         (b'{"event_id": "E", "disposition": "real"}', "missing_key"),
         (b'{"event_id": "E", "disposition": 1, "reviewer": "a"}', "bad_value"),
+        (b'{"event_id": "E", "disposition": "relabel", "reviewer": "a"}', "bad_value"),
+        (b'{"event_id": "E", "disposition": "relabel", "class": "BLOB", "reviewer": "a"}', "bad_value"),
+        (b'{"event_id": "E", "disposition": "real", "class": "CRACK", "reviewer": "a"}', "bad_value"),
+        (b'{"event_id": "E", "disposition": "real", "comment": 5, "reviewer": "a"}', "bad_value"),
+        (b'{"event_id": "E", "disposition": "real", "comment": "' + b"x" * 1001 + b'", "reviewer": "a"}', "bad_value"),
     ],
 )
 def test_bad_reviews_are_rejected_with_a_reason(payload: bytes, reason: str) -> None:
-    parsed = parse_review(payload)
+    parsed = parse_review(payload, DEFAULT_CLASSES)
     assert isinstance(parsed, Rejected) and parsed.reason == reason
+
+
+def _judge(calib: Calibration, event_id: str, disposition: str, **extra: str) -> str:
+    return calib.review(json.dumps({"event_id": event_id, "disposition": disposition, "reviewer": "eng1",
+                                    **extra}).encode())  # fmt: skip
+
+
+def test_relabels_and_novel_defects_judge_the_class_and_keep_the_label(calib: Calibration) -> None:
+    """A relabel to another class (or novel) is a false positive of the class the station named, and the die's
+    label is what the reviewer said; a REVIEW event, which names no class, can be decided too."""
+    th = lambda c: calib.threshold(R, T, c)  # noqa: E731
+    flagged = _outcome("f1", "PART-SM", 0.95, th)
+    audited = _outcome("f2", "CRACK", 0.7, th, audit_draw=0.1)
+    other = _outcome("f3", "SCR-FINE", 0.95, th)
+    probs = np.zeros(len(DEFAULT_CLASSES), dtype=np.float32)
+    probs[0] = 1.0
+    unnamed = decide(0.5, Bands(0.1, 0.2), probs, DEFAULT_CLASSES, th, 0.9, 0.5)  # anomalous, GOOD on top
+    header = FrameHeader("f4", T, R, "L1", "W1", (0, 0), 0.0, "png", None, None, None)
+    review = Outcome(Frame(b"id", header, None, 0.0, 0.0, 0.0), unnamed)
+    assert review.verdict is not None and review.verdict.decision == "REVIEW"
+    calib.record([flagged, audited, other, review], ["E1", "E2", "E3", "E4"])
+    assert _judge(calib, "E1", "relabel", **{"class": "PART-MD"}, comment="bigger than it looks") == "accepted"
+    assert _judge(calib, "E2", "relabel", **{"class": "CRACK"}) == "accepted"  # the same class: real
+    assert _judge(calib, "E3", "novel", comment="ring-shaped residue") == "accepted"
+    assert _judge(calib, "E4", "relabel", **{"class": "RESIDUE"}) == "accepted"  # refused before: unknown_event
+    assert _judge(calib, "E4", "relabel", **{"class": "RESIDUE"}) == "accepted"  # again: nothing changes
+    db = calib.store._db
+    real = dict(db.execute("SELECT event_id, real FROM candidates WHERE event_id LIKE 'E%'").fetchall())
+    assert real == {"E1": 0, "E2": 1, "E3": 0}  # what each class's controller counts at the lot end
+    labels = {x.event_id: (x.predicted, x.label, x.disposition, x.comment) for x in calib.store.labels()}
+    assert labels == {
+        "E1": ("PART-SM", "PART-MD", "relabel", "bigger than it looks"),
+        "E2": ("CRACK", "CRACK", "relabel", ""),
+        "E3": ("SCR-FINE", "NOVEL", "novel", "ring-shaped residue"),
+        "E4": ("UNCLASSIFIED", "RESIDUE", "relabel", ""),
+    }
+    trail = [(r.defect_class, r.field, r.old, r.new) for r in calib.store.history(R, T, None, 50) if r.who == "eng1"]
+    assert ("UNCLASSIFIED", "label", None, "RESIDUE") in trail and trail.count(("UNCLASSIFIED", "label", None,
+                                                                               "RESIDUE")) == 1  # fmt: skip
+    assert ("PART-SM", "label", None, "PART-MD") in trail

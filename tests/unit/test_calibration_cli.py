@@ -49,6 +49,13 @@ def test_override_lock_unlock_transfer_history_review(store_path: Path, capsys) 
     history = capsys.readouterr().out
     assert "threshold: 0.55 -> 0.8 by eng1 (x (lock 3 lots))" in history and "lower: 0.5 -> 0.6 by eng1 (y)" in history
     assert "disposition: None -> False by eng1" in history
+    store = CalibrationStore(store_path)
+    store.add_candidate("E2", R, T, "L1", "PART-SM", 0.9)
+    store.close()
+    assert main(calib(store_path, "review", "E2", "--relabel", "PART-MD", "--comment", "larger")) == 0
+    assert capsys.readouterr().out.strip() == "E2: a PART-MD by eng1"
+    assert main(calib(store_path, "history", "--recipe", R, "--tool", T, "--class", "PART-SM")) == 0
+    assert "disposition: None -> False by eng1 (review of E2: larger)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def _lot(store: CalibrationStore, lot: str, inspected: int, false_events: int, c
     store.count_inspected(R, T, lot, inspected)
     for i in range(false_events):
         store.add_candidate(f"{lot}-e{i}", R, T, lot, cls, 0.6)
-        store.review(f"{lot}-e{i}", real=False, who="eng1")
+        store.review(f"{lot}-e{i}", "false", who="eng1")
     return store.close_lot(R, T, lot)
 
 
@@ -50,10 +50,10 @@ def test_false_positives_over_budget_raise_only_that_class(store: CalibrationSto
 def test_the_same_disposition_again_changes_nothing_and_a_new_one_is_audited(store: CalibrationStore) -> None:
     store.add_candidate("E1", R, T, "L1", "PART-SM", 0.6)
     reviews = lambda: [(r.who, r.old, r.new) for r in store.history(R, T, "PART-SM") if r.field == "disposition"]  # noqa: E731
-    store.review("E1", real=False, who="eng1")
-    store.review("E1", real=False, who="eng1")  # the broker handed the message over twice
+    store.review("E1", "false", who="eng1")
+    store.review("E1", "false", who="eng1")  # the broker handed the message over twice
     assert reviews() == [("eng1", None, "False")]
-    store.review("E1", real=True, who="eng2")
+    store.review("E1", "real", who="eng2")
     assert reviews() == [("eng2", "False", "True"), ("eng1", None, "False")]
 
 
@@ -64,18 +64,18 @@ def test_a_late_disposition_counts_in_the_next_lot(store: CalibrationStore) -> N
         store.add_candidate(f"x{i}", R, T, "L2", "PART-SM", 0.7)
     assert _lot(store, "L2", 1000, 0) == {}  # no dispositions yet
     for event in ("late", "x0", "x1", "x2", "x3"):
-        store.review(event, real=False, who="eng2")
+        store.review(event, "false", who="eng2")
     assert _lot(store, "L3", 1000, 0) == {"PART-SM": (0.55, 0.57)}
     with pytest.raises(CalibrationError, match="already used"):
-        store.review("late", real=True, who="eng2")
+        store.review("late", "real", who="eng2")
 
 
 def test_review_errors_name_the_argument(store: CalibrationStore) -> None:
     with pytest.raises(CalibrationError, match="event_id"):
-        store.review("nope", real=True, who="eng1")
+        store.review("nope", "real", who="eng1")
     store.add_candidate("e1", R, T, "L1", "PART-SM", 0.7)
     with pytest.raises(CalibrationError, match="who"):
-        store.review("e1", real=True, who="")
+        store.review("e1", "real", who="")
 
 
 def test_engineer_controls_are_audited_and_bounded(store: CalibrationStore) -> None:
@@ -146,11 +146,11 @@ def test_escape_estimate_from_audited_candidates_and_profile_mode(store: Calibra
     assert store.escape_estimate(R, T, "PART-SM") is None and store.mode(R, T) == "calibrating"
     for i in range(8):  # 8 flagged, all real
         store.add_candidate(f"f{i}", R, T, "L1", "PART-SM", 0.9)
-        store.review(f"f{i}", real=True, who="eng1")
+        store.review(f"f{i}", "real", who="eng1")
     for i in range(20):  # 20 suppressed, 4 audited, 1 of them real: about 5 real ones missed
         store.add_candidate(f"s{i}", R, T, "L1", "PART-SM", 0.5, flagged=False)
     for i, real in enumerate((True, False, False, False)):
-        store.review(f"s{i}", real=real, who="eng1")
+        store.review(f"s{i}", "real" if real else "false", who="eng1")
     assert store.escape_estimate(R, T, "PART-SM") == pytest.approx(5 / 13)
     store.count_inspected(R, T, "L1", 5000)
     store.close_lot(R, T, "L1")
@@ -174,5 +174,5 @@ def test_prune_forgets_the_candidates_of_lots_closed_long_ago_and_keeps_the_rest
     assert left == {"OPEN", "NEW"}
     assert s.states(R, T) == states and len(s.history(R, T)) > 0  # thresholds and audit untouched
     with pytest.raises(CalibrationError):  # a disposition for a pruned candidate names it as unknown
-        s.review("OLD-e0", real=True, who="eng1")
+        s.review("OLD-e0", "real", who="eng1")
     s.close()

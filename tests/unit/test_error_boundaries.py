@@ -102,11 +102,11 @@ def test_refusals_are_calibration_errors_and_not_value_errors(tmp_path):
     store = CalibrationStore(tmp_path / "calibration.sqlite")
     store.ensure_profile("R1", "AOI-01", ["GOOD", "CRACK"])
     with pytest.raises(UnknownEvent) as refused:
-        store.review("no-such-event", True, "alice")
+        store.review("no-such-event", "real", "alice")
     assert isinstance(refused.value, RequestRefused) and isinstance(refused.value, CalibrationError)
     assert not isinstance(refused.value, ValueError)
     with pytest.raises(RequestRefused, match="who"):
-        store.review("no-such-event", True, "")
+        store.review("no-such-event", "real", "")
     store.close()
 
 

@@ -102,11 +102,12 @@ def test_mes_and_rebaseline_messages_never_raise(doc, raw, as_json) -> None:
 
 
 @FUZZ
-@given(doc=values | st.fixed_dictionaries({"event_id": values, "disposition": values, "reviewer": values}),
+@given(doc=values | st.fixed_dictionaries({"event_id": values, "disposition": values, "reviewer": values,
+                                           "class": values, "comment": values}),
        raw=st.binary(max_size=64), as_json=st.booleans())  # fmt: skip
 def test_review_messages_never_raise(doc, raw, as_json) -> None:
     payload = json.dumps(doc, default=repr).encode() if as_json else raw
-    assert isinstance(parse_review(payload), (Review, Rejected))
+    assert isinstance(parse_review(payload, ("GOOD", "CRACK")), (Review, Rejected))
 
 
 def test_decompression_bomb_is_refused_from_its_header() -> None:
