@@ -23,6 +23,7 @@ from edge.config import load_config
 from edge.errors import EdgeError
 from edge.flow import Rejected
 from edge.ops.logs import configure, get
+from edge.review import service as review_service
 from edge.serving import tritonserver
 from edge.watch import rebaseline
 
@@ -193,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
     captures = sub.add_parser("captures", help="the dies the station kept for review: list, show, pictures")
     captures_cli.add_arguments(captures)
     captures.set_defaults(func=captures_cli.main)
+    review = sub.add_parser("review", help="the review service: the captured dies and their decisions, over HTTP")
+    review_service.add_arguments(review)
+    review.set_defaults(func=review_service.main)
     base = sub.add_parser("rebaseline", help="after a tool service: drift and parameter statistics start again")
     base.add_argument("--config", required=True, help="the station's TOML config (broker, station, tools, recipes)")
     base.add_argument("--tool", required=True, help="tool id")

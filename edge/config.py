@@ -132,6 +132,39 @@ class CaptureConfig(_Strict):
     prune_interval_s: float = Field(300.0, gt=0, description="how often retention and quota are applied")
 
 
+class ReviewUser(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    role: Literal["viewer", "reviewer", "engineer"] = Field(
+        description="viewer: look; reviewer: also decide review items; engineer: also steer calibration"
+    )
+    password_hash: str | None = Field(
+        None, description="argon2 hash (`edge-inspect review --hash-password`); none: only through trusted_user_header"
+    )
+
+
+class ReviewConfig(_Strict):
+    """The review service (`edge-inspect review`): its own process, reading the capture and calibration stores."""
+
+    host: str = Field("127.0.0.1", description="address to listen on; put TLS in a reverse proxy in front of it")
+    port: Port = 9110
+    users: list[ReviewUser] = Field(default_factory=list)
+    trusted_user_header: str | None = Field(
+        None,
+        description="a header naming the user, set by an authenticating reverse proxy (the name must be in users); "
+        "only set it when nothing else can reach the service",
+    )
+    session_minutes: float = Field(720.0, gt=0, description="a login lasts this long without use")
+    secure_cookies: bool = Field(False, description="mark the session cookie Secure (TLS in front of the service)")
+    max_body_bytes: int = Field(64 * 1024, gt=0, description="largest JSON request body accepted")
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> ReviewConfig:
+        names = [u.name for u in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("review.users: duplicate name")
+        return self
+
+
 class HttpConfig(_Strict):
     host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
     port: Port = 9108
@@ -291,6 +324,7 @@ class Config(_Strict):
     local_pub: LocalPubConfig = LocalPubConfig()
     outbox: OutboxConfig = OutboxConfig()
     capture: CaptureConfig = CaptureConfig()
+    review: ReviewConfig = ReviewConfig()
     http: HttpConfig = HttpConfig()
     decision: DecisionConfig = DecisionConfig()
     calibration: CalibrationConfig = CalibrationConfig()

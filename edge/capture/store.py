@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS captures (
 CREATE INDEX IF NOT EXISTS captures_kept ON captures (ts) WHERE gone IS NULL;
 CREATE INDEX IF NOT EXISTS captures_gone ON captures (gone_at) WHERE gone IS NOT NULL;
 """
+FILTERS = ("tool_id", "recipe_id", "defect_class", "decision", "lot_id", "wafer_id")  # what a queue filters on
 _COLUMNS = ("capture_id", "event_id", "reason", "ts", "tool_id", "recipe_id", "lot_id", "wafer_id", "die_x", "die_y",
             "frame_id", "decision", "defect_class", "confidence", "threshold", "score", "band", "facts", "heatmap",
             "attention", "image", "bytes", "gone", "gone_at")  # fmt: skip
@@ -232,6 +233,21 @@ class CaptureStore:
             rows = self._db.execute(
                 f"SELECT {', '.join(_COLUMNS)} FROM captures WHERE gone IS NULL {where} ORDER BY ts DESC LIMIT ?",
                 [*args, limit],
+            ).fetchall()
+        return [self._stored(row) for row in rows]
+
+    def flagged(self, where: Mapping[str, str], limit: int) -> list[Stored]:
+        """Kept captures of events (DEFECT, REVIEW, AUDIT), oldest first, whose columns equal ``where``'s values
+        (keys among ``FILTERS``)."""
+        unknown = set(where) - set(FILTERS)
+        if unknown:
+            raise ValueError(f"no capture filter {sorted(unknown)}")
+        clauses = "".join(f" AND {column} = ?" for column in where)
+        with _converted("list flagged captures"):
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM captures WHERE gone IS NULL AND event_id IS NOT NULL"
+                f"{clauses} ORDER BY ts LIMIT ?",
+                [*where.values(), limit],
             ).fetchall()
         return [self._stored(row) for row in rows]
 

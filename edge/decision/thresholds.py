@@ -60,6 +60,21 @@ def parse_review(payload: bytes, classes: tuple[str, ...]) -> Review | Rejected:
     return Review(event_id, disposition, reviewer, label, " ".join(comment.split()))
 
 
+def apply_review(store: CalibrationStore, payload: bytes, classes: tuple[str, ...]) -> str:
+    """One review message (MQTT, or the review service on a reviewer's behalf) into the calibration store: the
+    one path every disposition takes. ``accepted``, or why not (the MQTT rejection reasons, ``unknown_event``,
+    ``already_used``)."""
+    parsed = parse_review(payload, classes)
+    if isinstance(parsed, Rejected):
+        return parsed.reason
+    try:
+        store.review(parsed.event_id, parsed.disposition, parsed.reviewer, parsed.label, parsed.comment)
+    except RequestRefused as err:
+        log.warning("review_rejected", event_id=parsed.event_id, error=str(err))
+        return "unknown_event" if isinstance(err, UnknownEvent) else "already_used"
+    return "accepted"
+
+
 def candidate_id(tool_id: str, frame_id: str) -> str:
     """Id of a suppressed candidate that made no event (an AUDIT sample uses its event id)."""
     return f"candidate:{tool_id}:{frame_id}"
@@ -145,15 +160,7 @@ class Calibration:
 
     def review(self, payload: bytes) -> str:
         """Apply one review message; returns ``accepted`` or the reason it was rejected."""
-        parsed = parse_review(payload, self.cfg.decision.classes)
-        if isinstance(parsed, Rejected):
-            return parsed.reason
-        try:
-            self.store.review(parsed.event_id, parsed.disposition, parsed.reviewer, parsed.label, parsed.comment)
-        except RequestRefused as err:
-            log.warning("review_rejected", event_id=parsed.event_id, error=str(err))
-            return "unknown_event" if isinstance(err, UnknownEvent) else "already_used"
-        return "accepted"
+        return apply_review(self.store, payload, self.cfg.decision.classes)
 
     def lot_end(self, recipe: str, tool: str, lot_id: str) -> dict[str, tuple[float, float]]:
         moved = self.store.close_lot(recipe, tool, lot_id)

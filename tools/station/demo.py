@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import zmq
 
 from edge.capture.store import CaptureStore
+from edge.review.auth import hash_password
+from edge.serving.tritonserver import free_port
 from tools.sim import aoi_sim
 from tools.sim.mqtt_peer import Peer
 from tools.station.station import RECIPE, TOOLS, Station
@@ -126,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: starting Triton, the daemon in {args.workdir} ...", flush=True)
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: the same seed reuses frame ids
     t0 = time.monotonic()
-    with Station(args.workdir, args.repository) as st:
+    review_port, password = free_port(), secrets.token_urlsafe(12)
+    review = (f'[review]\nport = {review_port}\nusers = [{{ name = "demo", role = "reviewer", '
+              f'password_hash = "{hash_password(password)}" }}]\n')  # fmt: skip
+    with Station(args.workdir, args.repository, config_extra=review) as st:
+        reviewing = subprocess.Popen([sys.executable, "-m", "edge", "review", "--config", str(st.config_path)],
+                                     stdout=subprocess.DEVNULL)  # fmt: skip
+        print(f"demo: review service http://127.0.0.1:{review_port}/api/queue (user demo, password {password})",
+              flush=True)  # fmt: skip
         print(
             f"demo: station up in {time.monotonic() - t0:.1f} s; frames {st.daemon_frames}, "
             f"metrics http://127.0.0.1:{st.http_port}/metrics, "
@@ -178,13 +189,31 @@ def main(argv: list[str] | None = None) -> int:
             mes.wait(timeout=60)
         time.sleep(1.0)
         stop.set()
+        queue = review_queue(review_port, password)
+        reviewing.terminate()
+        reviewing.wait(timeout=10)
         events = mes_sub.json_messages("fab/edge/ST-01/events/") if mes_sub else []
         if mes_sub:
             mes_sub.close()
     report = json.loads(report_path.read_text())
     print(summary(report, events), flush=True)
     print(captured(args.workdir / "captures"), flush=True)
+    print(f"  review service: {queue}", flush=True)
     return 0 if not report["unanswered"] else 1
+
+
+def review_queue(port: int, password: str) -> str:
+    """Log in to the review service as the demo user and say what its queue holds."""
+    base = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    login = json.dumps({"user": "demo", "password": password}).encode()
+    try:
+        request = urllib.request.Request(f"{base}/api/login", login, {"Content-Type": "application/json"})
+        opener.open(request, timeout=10)
+        counts = json.loads(opener.open(f"{base}/api/queue?limit=1", timeout=10).read())["counts"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"not reached ({err})"
+    return f"{counts['pending']} items to review {counts['by_decision']} at {base}/api/queue"
 
 
 def captured(folder: Path) -> str:

@@ -1,0 +1,199 @@
+"""The review service over real HTTP (its own server on a free port) against a real capture store and a real
+calibration store: logins and roles, CSRF, the queue, items and pictures, and decisions that reach calibration
+exactly once, whoever repeats them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+
+from calibration.store import CalibrationStore
+from edge.capture.record import capture_of
+from edge.capture.store import CaptureStore
+from edge.config import Config, parse_config
+from edge.flow import Frame, FrameHeader, Outcome, Tensors, Verdict
+from edge.review.auth import hash_password
+from edge.review.service import serve
+from edge.serving.tritonserver import free_port
+
+pytestmark = pytest.mark.integration
+R, T = "R1", "AOI-01"
+PASSWORD = "correct horse battery staple"
+
+
+def _outcome(frame_id: str, decision: str, cls: str, p: float, audit: bool = False) -> Outcome:
+    rng = np.random.default_rng(len(frame_id))
+    rgb = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    header = FrameHeader(frame_id, T, R, "L1", "W1", (1, 2), 0.0, "png", None, None, None)
+    frame = Frame(b"id", header, Tensors(rgb, rgb[:1]), 0.0, 1.0, 0.0)
+    top = ((cls if cls != "UNCLASSIFIED" else "GOOD", p),)
+    verdict = Verdict(decision, cls, p, 0.6, "REJECT", decision == "PASS", audit, top)
+    heatmap = np.zeros((32, 32), np.float32)
+    heatmap[10, 10] = 1.0
+    return Outcome(frame, verdict, 0.02, None, None, heatmap, np.full(64, 1 / 64, np.float32))
+
+
+def _station(tmp_path: Path, **review: Any) -> Config:
+    """Three review items (a DEFECT, a REVIEW, an AUDIT) and a pruned one, in real stores, and the config."""
+    cfg = parse_config({
+        "tools": [{"id": T}], "recipes": {R: {}},
+        "capture": {"path": str(tmp_path / "captures")},
+        "calibration": {"path": str(tmp_path / "calibration.sqlite")},
+        "review": {"port": free_port(), "users": [
+            {"name": "vic", "role": "viewer", "password_hash": hash_password(PASSWORD)},
+            {"name": "eve", "role": "reviewer", "password_hash": hash_password(PASSWORD)},
+            {"name": "eng", "role": "engineer"},
+        ], **review},
+    })  # fmt: skip
+    items = [("E1", "DEFECT", "PART-SM", 0.9, False, "DEFECT"), ("E2", "REVIEW", "UNCLASSIFIED", 0.7, False, "REVIEW"),
+             ("E3", "PASS", "CRACK", 0.55, True, "AUDIT")]  # fmt: skip
+    captures = CaptureStore(cfg.capture.path, 10**9, 10**9, 10**9)
+    calibration = CalibrationStore(cfg.calibration.path)
+    calibration.ensure_profile(R, T, ("PART-SM", "CRACK"))
+    now = time.time()
+    for i, (event_id, decision, cls, p, audit, reason) in enumerate(items):
+        captures.write([capture_of(_outcome(f"f{i}", decision, cls, p, audit), event_id, reason, {}, now + i)])
+        if reason != "REVIEW":
+            calibration.add_candidate(event_id, R, T, "L1", cls, p, flagged=reason == "DEFECT")
+        calibration.record([], [], [(event_id, R, T, "L1", reason, cls)])
+    captures.write([capture_of(_outcome("f9", "DEFECT", "PART-SM", 0.9), "E0", "DEFECT", {}, now - 100)])
+    captures.close()
+    short = CaptureStore(cfg.capture.path, 10**9, 50, 10**9)  # a 50 s retention prunes E0 only
+    assert short.prune()["retention"] == 1
+    short.close()
+    calibration.close()
+    return cfg
+
+
+Client = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+def _run(cfg: Config, scenario: Callable[[Client, aiohttp.ClientSession], Awaitable[None]]) -> None:
+    """``scenario`` against the service serving ``cfg`` (a real server), then the service stopped."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve(cfg, stop))
+        base = f"http://127.0.0.1:{cfg.review.port}"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # an IP host
+            for _ in range(100):
+                try:
+                    async with http.get(f"{base}/metrics"):
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+
+            async def call(method: str, path: str, body: Any = None, csrf: str | None = None,
+                           headers: dict[str, str] | None = None) -> tuple[int, Any]:  # fmt: skip
+                sent = {**({"X-CSRF-Token": csrf} if csrf else {}), **(headers or {})}
+                kwargs: dict[str, Any] = {"headers": sent}
+                if isinstance(body, bytes):
+                    kwargs["data"] = body
+                elif body is not None:
+                    kwargs["json"] = body
+                async with http.request(method, base + path, **kwargs) as response:
+                    kind = response.headers.get("Content-Type", "")
+                    data = await response.json() if "json" in kind else await response.read()
+                    return response.status, data
+
+            try:
+                await scenario(call, http)
+            finally:
+                stop.set()
+                await server
+
+    asyncio.run(main())
+
+
+def test_roles_csrf_and_decisions_that_reach_calibration_once(tmp_path: Path) -> None:
+    cfg = _station(tmp_path)
+
+    async def scenario(call: Client, http: aiohttp.ClientSession) -> None:
+        assert (await call("GET", "/api/queue"))[0] == 401
+        assert (await call("POST", "/api/login", {"user": "eve", "password": "wrong"}))[0] == 401
+        assert (await call("POST", "/api/login", {"user": "eng", "password": PASSWORD}))[0] == 401  # no password set
+        status, viewer = await call("POST", "/api/login", {"user": "vic", "password": PASSWORD})
+        assert status == 200 and viewer["role"] == "viewer"
+        status, queue = await call("GET", "/api/queue")
+        assert status == 200 and [i["capture_id"] for i in queue["items"]] == ["E1", "E2", "E3"]  # oldest first
+        assert queue["counts"]["pending"] == 3 and queue["counts"]["by_decision"] == {"DEFECT": 1, "REVIEW": 1,
+                                                                                      "AUDIT": 1}  # fmt: skip
+        assert (await call("GET", "/api/queue?decision=REVIEW"))[1]["counts"]["pending"] == 1
+        assert (await call("GET", "/api/queue?colour=red"))[0] == 400
+        refused = await call("POST", "/api/captures/E1/decision", {"disposition": "false"}, viewer["csrf"])
+        assert refused[0] == 403 and "viewer" in refused[1]["error"]
+
+        status, eve = await call("POST", "/api/login", {"user": "eve", "password": PASSWORD})
+        assert status == 200 and eve["csrf"] != viewer["csrf"]
+        assert (await call("POST", "/api/captures/E1/decision", {"disposition": "false"}))[0] == 403  # no CSRF
+        assert (await call("POST", "/api/captures/E1/decision", {"disposition": "false"}, "forged"))[0] == 403
+        for _ in range(2):  # a decision sent twice (a double click, a retry) counts once
+            status, done = await call("POST", "/api/captures/E1/decision",
+                                      {"disposition": "false", "comment": "dust on the lens"}, eve["csrf"])  # fmt: skip
+            assert status == 200 and done == {"result": "accepted", "next": "E2"}
+        relabel = {"disposition": "relabel", "class": "RESIDUE"}
+        assert (await call("POST", "/api/captures/E2/decision", relabel, eve["csrf"]))[1]["next"] == "E3"
+        bad = await call("POST", "/api/captures/E3/decision", {"disposition": "relabel", "class": "BLOB"}, eve["csrf"])
+        assert bad[0] == 400 and bad[1]["result"] == "bad_value"
+        assert (await call("POST", "/api/captures/E3/decision", b"{not json", eve["csrf"]))[0] == 400
+        huge = {"disposition": "false", "comment": "x" * (cfg.review.max_body_bytes + 1)}
+        assert (await call("POST", "/api/captures/E3/decision", huge, eve["csrf"]))[0] == 413
+        assert (await call("POST", "/api/captures/NOPE/decision", {"disposition": "false"}, eve["csrf"]))[0] == 404
+
+        status, queue = await call("GET", "/api/queue")
+        assert [i["capture_id"] for i in queue["items"]] == ["E3"]
+        status, item = await call("GET", "/api/captures/E2")
+        assert status == 200 and item["review"]["label"] == "RESIDUE" and item["review"]["by"] == "eve"
+        gone = await call("GET", "/api/captures/E0")
+        assert gone[0] == 410 and gone[1]["reason"] == "retention" and "retention" in gone[1]["error"]
+        assert (await call("GET", "/api/captures/NOPE"))[0] == 404
+        status, png = await call("GET", "/api/captures/E1/image.png?overlay=heatmap")
+        picture = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        assert status == 200 and picture.shape == (64, 64, 3)
+        assert (await call("GET", "/api/captures/E1/image.png?overlay=xray"))[0] == 400
+        async with http.get(f"http://127.0.0.1:{cfg.review.port}/metrics") as response:
+            metrics = await response.text()
+        assert 'edge_review_decisions_total{outcome="false",user="eve"} 2.0' in metrics
+        assert 'edge_review_decisions_total{outcome="refused",user="eve"} 1.0' in metrics
+        assert (await call("POST", "/api/logout", csrf=eve["csrf"]))[0] == 204
+        assert (await call("GET", "/api/queue"))[0] == 401
+
+    _run(cfg, scenario)
+    store = CalibrationStore(cfg.calibration.path)
+    try:
+        trail = [(r.who, r.field, r.new, r.reason) for r in store.history(R, T, None, 50) if r.who == "eve"]
+        assert trail.count(("eve", "disposition", "False", "review of E1: dust on the lens")) == 1
+        assert ("eve", "label", "RESIDUE", "review of E2") in trail
+        store.count_inspected(R, T, "L1", 100)
+        store.close_lot(R, T, "L1")
+        used = store._db.execute("SELECT real, used FROM candidates WHERE event_id = 'E1'").fetchone()
+        assert used == (0, 1)  # the lot end counted the false positive, once
+    finally:
+        store.close()
+
+
+def test_a_trusted_proxy_names_the_user_and_state_changes_still_need_the_csrf_token(tmp_path: Path) -> None:
+    cfg = _station(tmp_path, trusted_user_header="X-Remote-User")
+
+    async def scenario(call: Client, http: aiohttp.ClientSession) -> None:
+        proxy = {"X-Remote-User": "eng"}
+        status, me = await call("GET", "/api/session", headers=proxy)
+        assert status == 200 and me["user"] == "eng" and me["role"] == "engineer"
+        assert (await call("GET", "/api/session", headers={"X-Remote-User": "mallory"}))[0] == 401
+        no_token = await call("POST", "/api/captures/E1/decision", {"disposition": "real"}, headers=proxy)
+        assert no_token[0] == 403
+        status, done = await call("POST", "/api/captures/E1/decision", {"disposition": "real"}, me["csrf"], proxy)
+        assert status == 200 and done["result"] == "accepted"
+
+    _run(cfg, scenario)
+    labels = json.dumps([x.label for x in CalibrationStore(cfg.calibration.path).labels()])
+    assert labels == '["PART-SM"]'
