@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from calibration import views
 from calibration.errors import CalibrationError, RequestRefused
 from calibration.store import CalibrationStore
 
@@ -39,35 +40,12 @@ def _who() -> str:
 
 
 def _show(store: CalibrationStore, a: argparse.Namespace) -> int:
-    states = store.states(a.recipe, a.tool)
-    if not states:
-        raise RequestRefused(f"recipe/tool: no calibration profile for {a.recipe} x {a.tool}")
+    document = views.profile(store, a.recipe, a.tool)
     if getattr(a, "json", False):
-        classes = [
-            {
-                "class": name,
-                "threshold": state.threshold,
-                "status": state.status,
-                "fpr_3lot": state.fpr_window,
-                "escape_estimate": store.escape_estimate(a.recipe, a.tool, name),
-                "settings": asdict(state.settings),
-            }
-            for name, state in states.items()
-        ]
-        _print_json(
-            {
-                "recipe": a.recipe,
-                "tool": a.tool,
-                "version": store.version(a.recipe, a.tool),
-                "mode": store.mode(a.recipe, a.tool),
-                "classes": classes,
-            }
-        )
+        _print_json(document)
         return 0
-    print(
-        f"# {a.recipe} x {a.tool} profile version {store.version(a.recipe, a.tool)} mode={store.mode(a.recipe, a.tool)}"
-    )
-    for name, state in states.items():
+    print(f"# {a.recipe} x {a.tool} profile version {document['version']} mode={document['mode']}")
+    for name, state in store.states(a.recipe, a.tool).items():
         escape = store.escape_estimate(a.recipe, a.tool, name)
         print(state.line(name) + ("" if escape is None else f" escape_est={100 * escape:.2f}%"))
     return 0

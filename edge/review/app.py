@@ -8,13 +8,18 @@
     GET  /api/captures/{id}              one capture's facts and its review; 410 with the reason once gone
     GET  /api/captures/{id}/image.png?overlay=none|heatmap|attention
     POST /api/captures/{id}/decision     {"disposition", "class"?, "comment"?} -> {"result", "next"}
+    GET  /api/calibration                every recipe x tool profile: per class threshold, status, fpr_3lot, ...
+    GET  /api/calibration/history?recipe=&tool=&class=&limit=
+    POST /api/calibration/{override|unlock|bounds|transfer}   an engineer's change, with a reason
     GET  /metrics                        the service's Prometheus metrics
 
-Every request but login and metrics needs a session (viewer and up); a decision needs a reviewer and the session's
-CSRF token in ``X-CSRF-Token``. A decision is handed to ``edge.decision.thresholds.apply_review``, the function the
-daemon applies MQTT reviews with, under the logged-in user's name: the same checks, the same store, the same audit
-trail, counted at the next lot end; the same decision twice changes nothing. Store calls run on one thread of their
-own, never on the event loop.
+Every request but login and metrics needs a session (viewer and up); a decision needs a reviewer, a calibration
+change an engineer, and both the session's CSRF token in ``X-CSRF-Token``. A decision is handed to
+``edge.decision.thresholds.apply_review``, the function the daemon applies MQTT reviews with, under the logged-in
+user's name: the same checks, store and audit trail, counted at the next lot end; the same decision twice changes
+nothing. A calibration change calls the store function the ``calib`` CLI calls, under the user's name and reason:
+the same bounds, locks and audit trail, picked up by the daemon without a restart. Store calls run on one thread of
+their own, never on the event loop.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 
+from calibration import views
+from calibration.errors import RequestRefused
 from calibration.store import CalibrationStore
 from edge.capture import overlay
 from edge.capture.store import FILTERS, CaptureStore, Stored
@@ -44,6 +51,7 @@ COOKIE = "edge_review"
 QUEUE_SCAN = 20_000  # flagged captures read per queue request (oldest first) before reviewed ones are left out
 QUERY_FILTERS = dict(zip(("tool", "recipe", "class", "decision", "lot", "wafer"), FILTERS, strict=True))
 OVERLAYS = ("none", "heatmap", "attention")
+SETTINGS = ("lower", "upper", "step_up", "step_down", "fpr_budget", "initial_threshold")  # what bounds may change
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE: web.AppKey[ReviewService] = web.AppKey("service")
 SESSION: web.RequestKey[Session] = web.RequestKey("session")
@@ -245,6 +253,51 @@ class ReviewService:
         nxt = next((c.capture_id for c in pending if c.capture_id != found.capture_id), None)
         return web.json_response({"result": result, "next": nxt})
 
+    # --- calibration ---------------------------------------------------------------------------------------------
+
+    async def calibration(self, request: web.Request) -> web.StreamResponse:
+        store = self.stores.calibration
+
+        def documents() -> list[dict[str, Any]]:
+            return [views.profile(store, recipe, tool) for recipe, tool, _, _ in store.profiles()]
+
+        return web.json_response({"profiles": await self.stores.thread(documents)})
+
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        if not q.get("recipe") or not q.get("tool"):
+            return _error(400, "recipe and tool are required")
+        try:
+            limit = min(int(q.get("limit", "100")), 1000)
+        except ValueError:
+            return _error(400, "limit is a number")
+        rows = await self.stores.thread(self.stores.calibration.history, q["recipe"], q["tool"], q.get("class"), limit)
+        return web.json_response({"history": [
+            {"ts": r.ts, "class": r.defect_class, "who": r.who, "field": r.field, "old": r.old, "new": r.new,
+             "reason": r.reason} for r in rows]})  # fmt: skip
+
+    async def change(self, request: web.Request) -> web.StreamResponse:
+        """An engineer's override, unlock, bounds or transfer, through the calibration store as from the CLI."""
+        body = await _json(request)
+        if isinstance(body, web.Response):
+            return body
+        action, who, store = request.match_info["action"], _user(request).user, self.stores.calibration
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            return _error(400, "reason: every calibration change says why")
+        try:
+            if action == "transfer":
+                call = _transfer(store, body, who, reason)
+                recipe, tool = str(body.get("recipe")), str(body.get("to"))
+            else:
+                call = _class_change(store, action, body, who, reason)
+                recipe, tool = str(body.get("recipe")), str(body.get("tool"))
+            await self.stores.thread(call)
+            document = await self.stores.thread(views.profile, store, recipe, tool)
+        except (RequestRefused, TypeError, ValueError) as err:
+            return _error(400, f"{action} refused: {err}")
+        return web.json_response(document)
+
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
 
@@ -258,6 +311,10 @@ class ReviewService:
         app.router.add_get("/api/captures/{capture_id}", requires("viewer")(self.item))
         app.router.add_get("/api/captures/{capture_id}/image.png", requires("viewer")(self.image))
         app.router.add_post("/api/captures/{capture_id}/decision", requires("reviewer", change=True)(self.decide))
+        app.router.add_get("/api/calibration", requires("viewer")(self.calibration))
+        app.router.add_get("/api/calibration/history", requires("viewer")(self.history))
+        app.router.add_post("/api/calibration/{action:override|unlock|bounds|transfer}",
+                            requires("engineer", change=True)(self.change))  # fmt: skip
         app.router.add_get("/metrics", self.metrics_text)
         return app
 
@@ -271,3 +328,36 @@ def _drawn(png: bytes, capture: Stored, which: str) -> bytes:
     if which == "attention" and capture.attention is not None:
         return overlay.png(overlay.attention_overlay(rgb, capture.attention))
     return png
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key}: a name is required")
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key}: a number is required")
+    return float(value)
+
+
+def _class_change(store: CalibrationStore, action: str, body: dict[str, Any], who: str,
+                  reason: str) -> Callable[[], None]:  # fmt: skip
+    """The store call an override, unlock or bounds change makes (arguments checked here, values by the store)."""
+    recipe, tool, name = _text(body, "recipe"), _text(body, "tool"), _text(body, "class")
+    if action == "override":
+        threshold, lots = _number(body.get("threshold"), "threshold"), _number(body.get("lock_lots", 0), "lock_lots")
+        return lambda: store.override(recipe, tool, name, threshold, int(lots), who, reason)
+    if action == "unlock":
+        return lambda: store.unlock(recipe, tool, name, who, reason)
+    changes = {key: _number(body[key], key) for key in SETTINGS if key in body}
+    if not changes:
+        raise ValueError(f"bounds: give at least one of {', '.join(SETTINGS)}")
+    return lambda: store.set_settings(recipe, tool, name, who, reason, **changes)
+
+
+def _transfer(store: CalibrationStore, body: dict[str, Any], who: str, reason: str) -> Callable[[], None]:
+    recipe, source, target = _text(body, "recipe"), _text(body, "from"), _text(body, "to")
+    return lambda: store.transfer(recipe, source, target, who, reason)

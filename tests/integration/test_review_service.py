@@ -197,3 +197,45 @@ def test_a_trusted_proxy_names_the_user_and_state_changes_still_need_the_csrf_to
     _run(cfg, scenario)
     labels = json.dumps([x.label for x in CalibrationStore(cfg.calibration.path).labels()])
     assert labels == '["PART-SM"]'
+
+
+def test_engineers_steer_calibration_through_the_store_and_its_audit_trail_and_others_cannot(tmp_path: Path) -> None:
+    cfg = _station(tmp_path, users=[
+        {"name": "eve", "role": "reviewer", "password_hash": hash_password(PASSWORD)},
+        {"name": "li", "role": "engineer", "password_hash": hash_password(PASSWORD)},
+    ])  # fmt: skip
+    override = {"recipe": R, "tool": T, "class": "PART-SM", "threshold": 0.8, "lock_lots": 3, "reason": "MRB 42"}
+
+    async def scenario(call: Client, http: aiohttp.ClientSession) -> None:
+        eve = (await call("POST", "/api/login", {"user": "eve", "password": PASSWORD}))[1]
+        status, shown = await call("GET", "/api/calibration")
+        assert status == 200 and shown["profiles"][0]["recipe"] == R
+        classes = {c["class"]: c for c in shown["profiles"][0]["classes"]}
+        assert set(classes) == {"PART-SM", "CRACK"} and {"threshold", "status", "fpr_3lot"} <= set(classes["CRACK"])
+        refused = await call("POST", "/api/calibration/override", override, eve["csrf"])
+        assert refused[0] == 403 and "engineer" in refused[1]["error"]  # a reviewer may not
+
+        li = (await call("POST", "/api/login", {"user": "li", "password": PASSWORD}))[1]
+        assert (await call("POST", "/api/calibration/override", override))[0] == 403  # no CSRF token
+        assert (await call("POST", "/api/calibration/override", {**override, "reason": " "}, li["csrf"]))[0] == 400
+        too_high = await call("POST", "/api/calibration/override", {**override, "threshold": 0.99}, li["csrf"])
+        assert too_high[0] == 400 and "threshold" in too_high[1]["error"]  # the store's hard bounds hold
+        status, after = await call("POST", "/api/calibration/override", override, li["csrf"])
+        changed = {c["class"]: c for c in after["classes"]}["PART-SM"]
+        assert status == 200 and changed["threshold"] == 0.8 and changed["status"] == "locked"
+        bounds = {"recipe": R, "tool": T, "class": "CRACK", "lower": 0.6, "reason": "tighter"}
+        assert (await call("POST", "/api/calibration/bounds", bounds, li["csrf"]))[0] == 200
+        unlock = {"recipe": R, "tool": T, "class": "PART-SM", "reason": "MRB closed"}
+        assert (await call("POST", "/api/calibration/unlock", unlock, li["csrf"]))[0] == 200
+        status, trail = await call("GET", f"/api/calibration/history?recipe={R}&tool={T}&class=PART-SM")
+        fields = {(h["who"], h["field"]) for h in trail["history"]}
+        assert status == 200 and {("li", "threshold"), ("li", "status"), ("li", "lock_until")} <= fields
+        assert (await call("POST", "/api/calibration/delete", unlock, li["csrf"]))[0] == 404
+
+    _run(cfg, scenario)
+    store = CalibrationStore(cfg.calibration.path)
+    try:
+        assert store.thresholds(R, T)["PART-SM"] == 0.8 and store.states(R, T)["CRACK"].settings.lower == 0.6
+        assert any(r.who == "li" and "MRB 42" in r.reason for r in store.history(R, T, "PART-SM"))
+    finally:
+        store.close()
