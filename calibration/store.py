@@ -258,6 +258,17 @@ class CalibrationStore:
                 self._audit(db, recipe, tool, predicted, who, "label", old_label, new_label,
                             f"review of {event_id}" + (f": {comment}" if comment else ""))  # fmt: skip
 
+    def label(self, event_id: str) -> Label | None:
+        """One event's label row (None: no such reviewable event)."""
+        rows = self._query(
+            "SELECT event_id, recipe, tool, lot_id, decision, predicted, label, disposition, comment, reviewed_by, "
+            "reviewed_at FROM labels WHERE event_id = ?", (event_id,))  # fmt: skip
+        return Label(*rows[0]) if rows else None
+
+    def reviewed(self) -> set[str]:
+        """The ids of every event a reviewer has labelled."""
+        return {row[0] for row in self._query("SELECT event_id FROM labels WHERE label IS NOT NULL")}
+
     def labels(self, reviewed: bool = True) -> list[Label]:
         """Every event's label (``reviewed``: only those a reviewer judged), oldest review first."""
         where = "WHERE label IS NOT NULL ORDER BY reviewed_at" if reviewed else "ORDER BY rowid"

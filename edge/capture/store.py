@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -88,7 +88,7 @@ class Stored(CaptureFacts):
 
     heatmap: npt.NDArray[np.float32] | None
     attention: npt.NDArray[np.float32] | None
-    image: Path | None  # absolute path of the PNG
+    image: str | None  # the PNG's path under the store's root
     bytes: int
     gone: str | None
     gone_at: float | None
@@ -108,6 +108,16 @@ class Stored(CaptureFacts):
             "gone": None if self.gone is None else {"reason": self.gone, "detail": self.gone_detail,
                                                     "at": self.gone_at},
         }  # fmt: skip
+
+
+class Flagged(NamedTuple):
+    """A kept capture of an event, as a queue lists it."""
+
+    capture_id: str
+    event_id: str
+    tool_id: str
+    decision: str
+    defect_class: str
 
 
 @dataclass(frozen=True)
@@ -224,7 +234,7 @@ class CaptureStore:
         if stored.image is None:
             raise CaptureError(f"capture {stored.capture_id} is gone: {stored.gone_detail}")
         with _converted(f"read {stored.image}"):
-            return stored.image.read_bytes()
+            return (self.root / stored.image).read_bytes()
 
     def recent(self, limit: int = 50, reason: str | None = None) -> list[Stored]:
         """The newest kept captures, newest first (``reason``: only those kept for it)."""
@@ -236,20 +246,31 @@ class CaptureStore:
             ).fetchall()
         return [self._stored(row) for row in rows]
 
-    def flagged(self, where: Mapping[str, str], limit: int) -> list[Stored]:
-        """Kept captures of events (DEFECT, REVIEW, AUDIT), oldest first, whose columns equal ``where``'s values
-        (keys among ``FILTERS``)."""
+    def flagged(self, where: Mapping[str, str]) -> list[Flagged]:
+        """Every kept capture of an event (DEFECT, REVIEW, AUDIT), oldest first, whose columns equal ``where``'s
+        values (keys among ``FILTERS``): the few columns a queue sorts and counts by."""
         unknown = set(where) - set(FILTERS)
         if unknown:
             raise ValueError(f"no capture filter {sorted(unknown)}")
         clauses = "".join(f" AND {column} = ?" for column in where)
         with _converted("list flagged captures"):
             rows = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM captures WHERE gone IS NULL AND event_id IS NOT NULL"
-                f"{clauses} ORDER BY ts LIMIT ?",
-                [*where.values(), limit],
+                "SELECT capture_id, event_id, tool_id, decision, defect_class FROM captures "
+                f"WHERE gone IS NULL AND event_id IS NOT NULL{clauses} ORDER BY ts",
+                list(where.values()),
             ).fetchall()
-        return [self._stored(row) for row in rows]
+        return [Flagged(*row) for row in rows]
+
+    def facts(self, capture_ids: Sequence[str]) -> list[Stored]:
+        """The captures ``capture_ids`` that exist, in that order, without their heatmap and attention (a listing)."""
+        columns = ", ".join("NULL" if c in ("heatmap", "attention") else c for c in _COLUMNS)
+        with _converted("read captures"):
+            rows = self._db.execute(
+                f"SELECT {columns} FROM captures WHERE capture_id IN ({','.join('?' * len(capture_ids))})",
+                list(capture_ids),
+            ).fetchall() if capture_ids else []  # fmt: skip
+        found = {row[0]: self._stored(row) for row in rows}
+        return [found[c] for c in capture_ids if c in found]
 
     def prune(self, now: float | None = None) -> dict[str, int]:
         """Captures past the retention and over the quota go (kept as tombstones), tombstones past theirs are
@@ -336,7 +357,7 @@ class CaptureStore:
             frame_id=v["frame_id"], decision=v["decision"], defect_class=v["defect_class"],
             confidence=v["confidence"], threshold=v["threshold"], score=v["score"], band=v["band"],
             facts=json.loads(v["facts"]), heatmap=_array(v["heatmap"], HEATMAP_SHAPE),
-            attention=_array(v["attention"], (-1,)), image=self.root / v["image"] if v["image"] else None,
+            attention=_array(v["attention"], (-1,)), image=v["image"],
             bytes=v["bytes"], gone=v["gone"], gone_at=v["gone_at"],
         )  # fmt: skip
 

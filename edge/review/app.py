@@ -41,14 +41,13 @@ from calibration import views
 from calibration.errors import RequestRefused
 from calibration.store import CalibrationStore
 from edge.capture import overlay
-from edge.capture.store import FILTERS, CaptureStore, Stored
+from edge.capture.store import FILTERS, CaptureStore, Flagged, Stored
 from edge.config import Config
 from edge.decision.thresholds import apply_review
 from edge.ops.async_db import AsyncDb
 from edge.review.auth import Access, Session, allowed, csrf_ok
 
 COOKIE = "edge_review"
-QUEUE_SCAN = 20_000  # flagged captures read per queue request (oldest first) before reviewed ones are left out
 QUERY_FILTERS = dict(zip(("tool", "recipe", "class", "decision", "lot", "wafer"), FILTERS, strict=True))
 OVERLAYS = ("none", "heatmap", "attention")
 SETTINGS = ("lower", "upper", "step_up", "step_down", "fpr_budget", "initial_threshold")  # what bounds may change
@@ -170,9 +169,14 @@ class ReviewService:
 
     # --- the queue and the items -----------------------------------------------------------------------------
 
-    def _pending(self, where: dict[str, str]) -> list[Stored]:
-        reviewed = {x.event_id for x in self.stores.calibration.labels()}
-        return [c for c in self.stores.captures.flagged(where, QUEUE_SCAN) if c.event_id not in reviewed]
+    def _pending(self, where: dict[str, str]) -> list[Flagged]:
+        """The review items no reviewer has labelled yet, oldest first."""
+        reviewed = self.stores.calibration.reviewed()
+        return [c for c in self.stores.captures.flagged(where) if c.event_id not in reviewed]
+
+    def _page(self, where: dict[str, str], limit: int) -> tuple[list[Flagged], list[Stored]]:
+        pending = self._pending(where)
+        return pending, self.stores.captures.facts([c.capture_id for c in pending[:limit]])
 
     async def queue(self, request: web.Request) -> web.StreamResponse:
         where = {QUERY_FILTERS[k]: v for k, v in request.query.items() if k in QUERY_FILTERS}
@@ -183,13 +187,13 @@ class ReviewService:
             limit = min(int(request.query.get("limit", "50")), 500)
         except ValueError:
             return _error(400, "limit is a number")
-        pending = await self.stores.thread(self._pending, where)
+        pending, page = await self.stores.thread(self._page, where, limit)
         by_tool = Counter(c.tool_id for c in pending)
         if not where:
             for tool in self.cfg.tool_ids:
                 self.metrics.backlog.labels(tool).set(by_tool.get(tool, 0))
         return web.json_response({
-            "items": [c.summary() for c in pending[:limit]],
+            "items": [c.summary() for c in page],
             "counts": {"pending": len(pending), "by_tool": dict(by_tool),
                        "by_decision": dict(Counter(c.decision for c in pending)),
                        "by_class": dict(Counter(c.defect_class for c in pending))},
@@ -209,10 +213,9 @@ class ReviewService:
         found = await self._capture(request)
         if isinstance(found, web.Response):
             return found
-        labels = await self.stores.thread(self.stores.calibration.labels)
-        review = next((x for x in labels if x.event_id == found.event_id), None)
+        review = await self.stores.thread(self.stores.calibration.label, found.event_id) if found.event_id else None
         body = found.summary()
-        body["review"] = None if review is None else {
+        body["review"] = None if review is None or review.label is None else {
             "label": review.label, "disposition": review.disposition, "comment": review.comment,
             "by": review.reviewed_by, "at": review.reviewed_at}  # fmt: skip
         return web.json_response(body)

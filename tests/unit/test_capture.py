@@ -310,3 +310,18 @@ def test_the_command_line_lists_shows_and_draws_captures_and_says_when_one_is_go
     assert cli.main(["captures", "show", "--config", str(config), "E0"]) == 3
     assert "gone (not_written): the daemon stopped before the capture was written" in capsys.readouterr().err
     assert cli.main(["captures", "show", "--config", str(config), "NOPE"]) == 4
+
+
+def test_a_queue_lists_kept_event_captures_oldest_first_by_filter_and_reads_facts_for_a_page(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    borderline = capture_of(_outcome("PASS", (("GOOD", 0.22), ("CRACK", 0.77))), "B1", BORDERLINE, {}, 999.0)
+    store.write([_capture("E2", 1002.0), _capture("E1", 1001.0, seed=1), borderline])
+    store.mark_gone(["E0"], "not_written")
+    listed = store.flagged({})
+    assert [c.capture_id for c in listed] == ["E1", "E2"]  # no borderline pass (no event), no tombstone
+    assert listed[0] == ("E1", "E1", "AOI-01", "DEFECT", "CRACK")
+    assert store.flagged({"tool_id": "AOI-02"}) == [] and len(store.flagged({"defect_class": "CRACK"})) == 2
+    with pytest.raises(ValueError, match="no capture filter"):
+        store.flagged({"colour": "red"})
+    page = store.facts(["E2", "missing", "E1"])
+    assert [c.capture_id for c in page] == ["E2", "E1"] and page[0].heatmap is None and page[0].facts["top_k"]
