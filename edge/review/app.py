@@ -7,7 +7,7 @@
                                          pending DEFECT / REVIEW / AUDIT items, oldest first, with counts
     GET  /api/captures/{id}              one capture's facts and its review; 410 with the reason once gone
     GET  /api/captures/{id}/image.png?overlay=none|heatmap|attention
-    POST /api/captures/{id}/decision     {"disposition", "class"?, "comment"?} -> {"result", "next"}
+    POST /api/captures/{id}/decision?<queue filters>   {"disposition", "class"?, "comment"?} -> {"result", "next"}
     GET  /api/calibration                every recipe x tool profile: per class threshold, status, fpr_3lot, ...
     GET  /api/calibration/history?recipe=&tool=&class=&limit=
     POST /api/calibration/{override|unlock|bounds|transfer}   an engineer's change, with a reason
@@ -110,6 +110,14 @@ def requires(role: str, change: bool = False) -> Callable[[Handler], Handler]:
     return wrap
 
 
+def _filters(request: web.Request, *others: str) -> dict[str, str] | web.Response:
+    """The queue filters of the query (capture columns by value); 400 for a parameter that is none of them."""
+    unknown = set(request.query) - set(QUERY_FILTERS) - set(others)
+    if unknown:
+        return _error(400, f"unknown filter {sorted(unknown)}; filters: {sorted(QUERY_FILTERS)}")
+    return {QUERY_FILTERS[k]: v for k, v in request.query.items() if k in QUERY_FILTERS}
+
+
 async def _json(request: web.Request) -> dict[str, Any] | web.Response:
     try:
         body = await request.json()
@@ -179,10 +187,9 @@ class ReviewService:
         return pending, self.stores.captures.facts([c.capture_id for c in pending[:limit]])
 
     async def queue(self, request: web.Request) -> web.StreamResponse:
-        where = {QUERY_FILTERS[k]: v for k, v in request.query.items() if k in QUERY_FILTERS}
-        unknown = set(request.query) - set(QUERY_FILTERS) - {"limit"}
-        if unknown:
-            return _error(400, f"unknown filter {sorted(unknown)}; filters: {sorted(QUERY_FILTERS)}")
+        where = _filters(request, "limit")
+        if isinstance(where, web.Response):
+            return where
         try:
             limit = min(int(request.query.get("limit", "50")), 500)
         except ValueError:
@@ -233,6 +240,11 @@ class ReviewService:
         return web.Response(body=data, content_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def decide(self, request: web.Request) -> web.StreamResponse:
+        """A decision on an item; ``next`` is the oldest item still pending in the queue the query's filters
+        select (the reviewer's filtered queue goes on)."""
+        where = _filters(request)
+        if isinstance(where, web.Response):
+            return where
         body = await _json(request)
         if isinstance(body, web.Response):
             return body
@@ -252,7 +264,7 @@ class ReviewService:
             status = {"unknown_event": 404, "already_used": 409}.get(result, 400)
             return _error(status, f"decision refused: {result}", result=result)
         self.metrics.latency.observe(max(0.0, time.time() - found.ts))
-        pending = await self.stores.thread(self._pending, {})
+        pending = await self.stores.thread(self._pending, where)
         nxt = next((c.capture_id for c in pending if c.capture_id != found.capture_id), None)
         return web.json_response({"result": result, "next": nxt})
 

@@ -141,6 +141,9 @@ def test_roles_csrf_and_decisions_that_reach_calibration_once(tmp_path: Path) ->
                                       {"disposition": "false", "comment": "dust on the lens"}, eve["csrf"])  # fmt: skip
             assert status == 200 and done == {"result": "accepted", "next": "E2"}
         relabel = {"disposition": "relabel", "class": "RESIDUE"}
+        in_filter = await call("POST", "/api/captures/E2/decision?decision=REVIEW", relabel, eve["csrf"])
+        assert in_filter[0] == 200 and in_filter[1]["next"] is None  # the REVIEW queue is empty now (E3 is AUDIT)
+        assert (await call("POST", "/api/captures/E2/decision?colour=red", relabel, eve["csrf"]))[0] == 400
         assert (await call("POST", "/api/captures/E2/decision", relabel, eve["csrf"]))[1]["next"] == "E3"
         bad = await call("POST", "/api/captures/E3/decision", {"disposition": "relabel", "class": "BLOB"}, eve["csrf"])
         assert bad[0] == 400 and bad[1]["result"] == "bad_value"
