@@ -151,6 +151,12 @@ def _rebaseline(args: argparse.Namespace) -> int:
 # Commands whose code ships in the project's `tools` package (training and data), imported by name when asked for:
 # the daemon's own modules never import them, and a station installed for serving only says what is missing.
 DATA_COMMANDS = {"check": "tools.dataset.check"}
+DELEGATED = (
+    ("triton-server", tritonserver, "run the wheel's tritonserver on a model repository"),
+    ("calib", calib_cli, "show and steer the per recipe x tool x class thresholds"),
+    ("captures", captures_cli, "the dies the station kept for review: list, show, pictures"),
+    ("review", review_service, "the review service: the captured dies and their decisions, over HTTP"),
+)
 TRAIN_COMMAND = "tools.fab.train"
 
 
@@ -185,18 +191,10 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.add_argument("--json", action="store_true", help="the verdict as one JSON object on stdout")
     check.set_defaults(func=_check_config)
-    serve = sub.add_parser("triton-server", help="run the wheel's tritonserver on a model repository")
-    tritonserver.add_arguments(serve)
-    serve.set_defaults(func=tritonserver.main)
-    calib = sub.add_parser("calib", help="show and steer the per recipe x tool x class thresholds")
-    calib_cli.add_arguments(calib)
-    calib.set_defaults(func=calib_cli.main)
-    captures = sub.add_parser("captures", help="the dies the station kept for review: list, show, pictures")
-    captures_cli.add_arguments(captures)
-    captures.set_defaults(func=captures_cli.main)
-    review = sub.add_parser("review", help="the review service: the captured dies and their decisions, over HTTP")
-    review_service.add_arguments(review)
-    review.set_defaults(func=review_service.main)
+    for name, module, text in DELEGATED:  # commands whose module brings its own arguments and main
+        command = sub.add_parser(name, help=text)
+        module.add_arguments(command)
+        command.set_defaults(func=module.main)
     base = sub.add_parser("rebaseline", help="after a tool service: drift and parameter statistics start again")
     base.add_argument("--config", required=True, help="the station's TOML config (broker, station, tools, recipes)")
     base.add_argument("--tool", required=True, help="tool id")

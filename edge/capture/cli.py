@@ -16,9 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from edge.capture import overlay
 from edge.capture.record import REASONS
 from edge.capture.store import CaptureStore
@@ -72,15 +69,11 @@ def _show(store: CaptureStore, args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         data = store.image_bytes(kept)
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        rgb = np.ascontiguousarray(np.asarray(bgr, np.uint8)[:, :, ::-1].transpose(2, 0, 1))
         (args.out / f"{kept.capture_id}.png").write_bytes(data)
-        if kept.heatmap is not None:
-            heat = overlay.png(overlay.heatmap_overlay(rgb, kept.heatmap))
-            (args.out / f"{kept.capture_id}.heatmap.png").write_bytes(heat)
-        if kept.attention is not None:
-            attention = overlay.png(overlay.attention_overlay(rgb, kept.attention))
-            (args.out / f"{kept.capture_id}.attention.png").write_bytes(attention)
+        for which, drawn in (("heatmap", kept.heatmap), ("attention", kept.attention)):
+            if drawn is not None:
+                picture = overlay.over(data, which, kept.heatmap, kept.attention)
+                (args.out / f"{kept.capture_id}.{which}.png").write_bytes(picture)
         print(f"pictures written to {args.out}", file=sys.stderr)
     return 0
 

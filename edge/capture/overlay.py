@@ -62,3 +62,16 @@ def png(image: Image) -> bytes:
     if not ok:
         raise ValueError("OpenCV could not encode the picture")
     return bytes(data.tobytes())
+
+
+def over(die_png: bytes, which: str, heatmap: npt.NDArray[np.float32] | None,
+         attention: npt.NDArray[np.float32] | None) -> bytes:  # fmt: skip
+    """A captured die (its PNG) with the ``heatmap`` or the ``attention`` over it, as PNG; the die itself for
+    ``which`` = none or a map the capture lacks."""
+    bgr = np.asarray(cv2.imdecode(np.frombuffer(die_png, np.uint8), cv2.IMREAD_COLOR), np.uint8)
+    rgb = np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
+    if which == "heatmap" and heatmap is not None:
+        return png(heatmap_overlay(rgb, heatmap))
+    if which == "attention" and attention is not None:
+        return png(attention_overlay(rgb, attention))
+    return die_png

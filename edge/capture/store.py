@@ -236,6 +236,12 @@ class CaptureStore:
         with _converted(f"read {stored.image}"):
             return (self.root / stored.image).read_bytes()
 
+    def kept_by_reason(self) -> dict[str, int]:
+        """How many captures are kept, per reason they were kept for (their bytes: ``used_bytes``)."""
+        with _converted("count captures"):
+            rows = self._db.execute("SELECT reason, count(*) FROM captures WHERE gone IS NULL GROUP BY reason")
+            return {reason: n for reason, n in rows.fetchall()}
+
     def recent(self, limit: int = 50, reason: str | None = None) -> list[Stored]:
         """The newest kept captures, newest first (``reason``: only those kept for it)."""
         where, args = ("AND reason = ?", [reason]) if reason else ("", [])

@@ -31,8 +31,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
-import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
@@ -234,9 +232,12 @@ class ReviewService:
         found = await self._capture(request)
         if isinstance(found, web.Response):
             return found
-        data = await self.stores.thread(self.stores.captures.image_bytes, found)
-        if which != "none":
-            data = await self.stores.thread(_drawn, data, found, which)
+        captures = self.stores.captures
+
+        def picture() -> bytes:
+            return overlay.over(captures.image_bytes(found), which, found.heatmap, found.attention)
+
+        data = await self.stores.thread(picture)
         return web.Response(body=data, content_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def decide(self, request: web.Request) -> web.StreamResponse:
@@ -256,10 +257,9 @@ class ReviewService:
         user = _user(request).user
         message = {"event_id": found.event_id, "disposition": body.get("disposition"), "reviewer": user}
         message.update({k: body[k] for k in ("class", "comment") if k in body})
-        classes = tuple(self.cfg.decision.classes)
-        result = await self.stores.thread(apply_review, self.stores.calibration, json.dumps(message).encode(), classes)
-        outcome = str(message["disposition"]) if result == "accepted" else result
-        self.metrics.decisions.labels(user, outcome if result == "accepted" else "refused").inc()
+        payload = json.dumps(message).encode()
+        result = await self.stores.thread(apply_review, self.stores.calibration, payload, self.cfg.decision.classes)
+        self.metrics.decisions.labels(user, str(message["disposition"]) if result == "accepted" else "refused").inc()
         if result != "accepted":
             status = {"unknown_event": 404, "already_used": 409}.get(result, 400)
             return _error(status, f"decision refused: {result}", result=result)
@@ -332,17 +332,6 @@ class ReviewService:
                             requires("engineer", change=True)(self.change))  # fmt: skip
         app.router.add_get("/metrics", self.metrics_text)
         return app
-
-
-def _drawn(png: bytes, capture: Stored, which: str) -> bytes:
-    """The die of ``png`` with ``capture``'s heatmap or attention over it."""
-    bgr = np.asarray(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), np.uint8)
-    rgb = np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
-    if which == "heatmap" and capture.heatmap is not None:
-        return overlay.png(overlay.heatmap_overlay(rgb, capture.heatmap))
-    if which == "attention" and capture.attention is not None:
-        return overlay.png(overlay.attention_overlay(rgb, capture.attention))
-    return png
 
 
 def _text(body: dict[str, Any], key: str) -> str:

@@ -52,8 +52,8 @@ async def close_stores(stores: Stores) -> None:
     stores.thread.close()
 
 
-async def serve(cfg: Config, stop: asyncio.Event) -> int:
-    """Serve until ``stop`` is set; the port bound (0 in the config: a free one)."""
+async def serve(cfg: Config, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set."""
     stores = await open_stores(cfg)
     runner = web.AppRunner(ReviewService(cfg, stores).app(), access_log=None)
     try:
@@ -64,7 +64,6 @@ async def serve(cfg: Config, stop: asyncio.Event) -> int:
         log.info("review_started", url=f"http://{cfg.review.host}:{port}/", users=len(cfg.review.users))
         print(f"review service on http://{cfg.review.host}:{port}/", flush=True)
         await stop.wait()
-        return int(port)
     finally:
         await runner.cleanup()
         await close_stores(stores)

@@ -5,7 +5,6 @@ exactly once, whoever repeats them."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -198,8 +197,11 @@ def test_a_trusted_proxy_names_the_user_and_state_changes_still_need_the_csrf_to
         assert status == 200 and done["result"] == "accepted"
 
     _run(cfg, scenario)
-    labels = json.dumps([x.label for x in CalibrationStore(cfg.calibration.path).labels()])
-    assert labels == '["PART-SM"]'
+    store = CalibrationStore(cfg.calibration.path)
+    try:
+        assert [x.label for x in store.labels()] == ["PART-SM"]
+    finally:
+        store.close()
 
 
 def test_engineers_steer_calibration_through_the_store_and_its_audit_trail_and_others_cannot(tmp_path: Path) -> None:

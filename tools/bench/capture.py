@@ -50,11 +50,10 @@ def stream(workdir: Path, repository: Path, n: int, rate: float, capture: bool) 
     if capture:
         store = CaptureStore(workdir / "captures", 10**12, 10**9, 10**9)
         try:
-            kept = store.recent(limit=10**6)
+            result["captures"] = Counter(store.kept_by_reason())
+            result["capture_bytes"] = store.used_bytes
         finally:
             store.close()
-        result["captures"] = Counter(c.reason for c in kept)
-        result["capture_bytes"] = sum(c.bytes for c in kept)
     return result
 
 

@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             states = [model_state(name, args, gpu) for name in MODELS]
             if args.check:
                 return 1 if [reason for state in states for reason in check_model(state, args.out)] else 0
-            dies = None if args.version is None else version_dies(args.repository, args.version, args.data)
+            building = args.force or any(state.reasons for state in states)  # the folder is read only to build
+            dies = version_dies(args.repository, args.version, args.data) if args.version and building else None
             for state in states:
                 update_model(state, args, None if dies is None else dies[state.name])
     except (EngineBuildError, ModelRepositoryError, OSError, json.JSONDecodeError) as exc:

@@ -220,12 +220,11 @@ def captured(folder: Path) -> str:
     """What the capture store kept, and how to look at it."""
     store = CaptureStore(folder, 10**12, 10**9, 10**9)
     try:
-        kept = store.recent(limit=10**6)
+        reasons, size, kept = store.kept_by_reason(), store.used_bytes, store.recent(limit=1)
     finally:
         store.close()
-    reasons = dict(Counter(c.reason for c in kept))
-    size = sum(c.bytes for c in kept)
-    lines = [f"  dies captured for review: {reasons}, {size / 1e6:.1f} MB ({size // max(1, len(kept))} bytes each)"]
+    each = size // max(1, sum(reasons.values()))
+    lines = [f"  dies captured for review: {reasons}, {size / 1e6:.1f} MB ({each} bytes each)"]
     if kept:
         lines.append(f"  look at one: edge-inspect captures show --config {folder.parent / 'edge.toml'} "
                      f"{kept[0].capture_id} --out {folder.parent / 'pictures'}")  # fmt: skip
