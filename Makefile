@@ -12,7 +12,7 @@ REPOSITORY := build/model_repository
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-deps: $(VENV)/.installed broker promtool qemu ## Python packages in .venv; Mosquitto, promtool and qemu-user from Debian
+deps: $(VENV)/.installed broker promtool qemu browser ## Python packages in .venv; Mosquitto, promtool, qemu-user and Chromium from Debian
 
 # Every package at the version the suite passed with (tools/constraints.txt; `make lock` refreshes it).
 CONSTRAINTS := tools/constraints.txt
@@ -52,6 +52,14 @@ promtool:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
 	  $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	fi
+
+# Debian's Chromium for the review pages' browser test (Playwright drives it; no browser is ever downloaded).
+.PHONY: browser
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
 # qemu-user runs one test under an emulated CPU without VNNI (tests/unit/test_quantize.py): INT8 must score the same.

@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS inspected (
 CREATE TABLE IF NOT EXISTS lots_closed (
     recipe TEXT NOT NULL, tool TEXT NOT NULL, lot_id TEXT NOT NULL, closed_at REAL NOT NULL,
     PRIMARY KEY (recipe, tool, lot_id));
+CREATE TABLE IF NOT EXISTS lot_trend (
+    recipe TEXT NOT NULL, tool TEXT NOT NULL, class TEXT NOT NULL, lot_id TEXT NOT NULL, closed_at REAL NOT NULL,
+    threshold REAL NOT NULL, fpr_window REAL NOT NULL, certified REAL,
+    PRIMARY KEY (recipe, tool, class, lot_id));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, recipe TEXT NOT NULL, tool TEXT NOT NULL,
     class TEXT NOT NULL, who TEXT NOT NULL, field TEXT NOT NULL, old TEXT, new TEXT, reason TEXT NOT NULL);
@@ -108,6 +112,23 @@ def label_of(disposition: str, predicted: str, label: str | None) -> str:
             raise RequestRefused("class: a relabel names the class the die shows")
         return label
     return {"real": predicted, "false": GOOD, "novel": NOVEL}[disposition]
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """A class after one closed lot: the threshold then in force, its FPR over the window and, for the statistical
+    controller, the certified upper bound on that FPR."""
+
+    lot_id: str
+    closed_at: float
+    threshold: float
+    fpr_window: float
+    certified: float | None
+
+
+def certified_bound(state: State) -> float | None:
+    """The upper confidence bound on the FPR at the threshold in force, where the controller keeps one."""
+    return state.fpr_upper(state.threshold) if isinstance(state, statistical.StatState) else None
 
 
 @dataclass(frozen=True)
@@ -321,6 +342,9 @@ class CalibrationStore:
                     self._audit(db, recipe, tool, name, CONTROLLER, "status", old.status, new.status, f"lot {lot_id}")
                 db.execute("UPDATE classes SET state=? WHERE recipe=? AND tool=? AND class=?",
                            (dumps(new), recipe, tool, name))  # fmt: skip
+                db.execute("INSERT OR REPLACE INTO lot_trend VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (recipe, tool, name, lot_id, self._clock(), new.threshold, new.fpr_window,
+                            certified_bound(new)))  # fmt: skip
             if moved:
                 db.execute("UPDATE profiles SET version = version + 1 WHERE recipe=? AND tool=?", (recipe, tool))
             return moved
@@ -433,6 +457,13 @@ class CalibrationStore:
             sql, args = sql + " AND class=?", [*args, defect_class]
         rows = self._query(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [AuditRow(*r) for r in rows]
+
+    def trend(self, recipe: str, tool: str, defect_class: str, limit: int = 60) -> list[TrendPoint]:
+        """The class's threshold and FPR after each of its last ``limit`` closed lots, oldest first."""
+        rows = self._query(
+            "SELECT lot_id, closed_at, threshold, fpr_window, certified FROM lot_trend WHERE recipe=? AND tool=? "
+            "AND class=? ORDER BY closed_at DESC, rowid DESC LIMIT ?", (recipe, tool, defect_class, limit))  # fmt: skip
+        return [TrendPoint(*r) for r in reversed(rows)]
 
     # --- internals ------------------------------------------------------------------------------------------
 

@@ -156,6 +156,8 @@ class ReviewConfig(_Strict):
     session_minutes: float = Field(720.0, gt=0, description="a login lasts this long without use")
     secure_cookies: bool = Field(False, description="mark the session cookie Secure (TLS in front of the service)")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="largest JSON request body accepted")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest image an engineer may upload to inspect")
+    inspect_per_minute: int = Field(20, gt=0, description="ad-hoc inspections a user may run per minute")
 
     @model_validator(mode="after")
     def _unique_users(self) -> ReviewConfig:

@@ -14,6 +14,7 @@ DEFECT = "DEFECT"
 REVIEW = "REVIEW"
 AUDIT = "AUDIT"
 NOT_INSPECTED = "NOT_INSPECTED"
+WAFER = "WAFER"  # the outbox decision column of a wafer summary
 DECISIONS = (PASS, DEFECT, REVIEW, AUDIT, NOT_INSPECTED)
 WaferKey = tuple[str, str, str]  # (tool_id, lot_id, wafer_id), as Frame.wafer_key
 
@@ -148,6 +149,7 @@ class Outcome:
     reason: NotInspectedReason | None = None
     heatmap: npt.NDArray[np.float32] | None = None  # (32, 32): the anomaly model's map, kept for the capture
     attention: npt.NDArray[np.float32] | None = None  # (64,): the classifier's attention over 8x8 patches
+    bands: tuple[float, float] | None = None  # the anomaly bands (pass, reject) the score was judged by
 
     @property
     def decision(self) -> str:

@@ -57,7 +57,7 @@ class CaptureFacts:
     threshold: float | None
     score: float
     band: str
-    facts: dict[str, Any]  # top_k, process {present, anomalous_parameters}, note, models: the JSON part
+    facts: dict[str, Any]  # top_k, process {present, anomalous_parameters}, note, models, bands: JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,7 @@ def capture_of(outcome: Outcome, capture_id: str, reason: str, models: dict[str,
         "process": {"present": context is not None, "anomalous_parameters": list(context.anomalous) if context else []},
         "note": frame.note,
         "models": dict(models),
+        "bands": None if outcome.bands is None else {"pass": outcome.bands[0], "reject": outcome.bands[1]},
     }
     return Capture(
         capture_id=capture_id,

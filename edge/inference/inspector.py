@@ -97,8 +97,9 @@ class Inspector:
                 self.cfg.decision.audit_fraction,
             )
             hot = hot_region(anomaly.heatmaps[i], cast(tuple[int, int], frame.tensors.grey.shape[1:]), bands.pass_band)
+            score, heatmap, attention = float(anomaly.scores[i]), anomaly.heatmaps[i], classes.attention[i]
             outcomes.append(
-                Outcome(frame, verdict, float(anomaly.scores[i]), hot, None, anomaly.heatmaps[i], classes.attention[i])
+                Outcome(frame, verdict, score, hot, None, heatmap, attention, (bands.pass_band, bands.reject_band))
             )
         self._metrics.stage_latency.labels("decide").observe(self._clock() - t0)
         return outcomes

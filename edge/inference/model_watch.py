@@ -8,6 +8,7 @@ import time
 from typing import Protocol
 
 from calibration.table import Bands, BandTable
+from edge.config import Config
 from edge.errors import ConfigError, EdgeError, TritonUnavailable
 from edge.inference.inspector import Inspector
 from edge.inference.model_facts import bands_from, contract_from, mismatches, precision_from
@@ -92,14 +93,7 @@ class ModelWatch:
                     reason=facts.fallback,
                 )
         self._metrics.triton_up.set(1)
-        declared = bands_from(params[self.triton.anomaly_model])
-        entries = {(b.recipe, b.tool): Bands(b.pass_band, b.reject_band) for b in self.cfg.decision.bands}
-        default = entries.get(("*", "*"), declared)
-        if default is None:
-            raise ConfigError(
-                "no anomaly bands: the anomaly model declares none and decision.bands has no recipe='*', tool='*' entry"
-            )
-        self._inspector.bands = BandTable(default, entries)
+        self._inspector.bands = band_table(self.cfg, params[self.triton.anomaly_model])
 
     def _check_contract(self, classifier_params: dict[str, str]) -> None:
         """``ConfigError`` naming each difference when the classifier declares classes or process parameters the
@@ -112,3 +106,16 @@ class ModelWatch:
         found = mismatches(contract, self.cfg.decision.classes, recipes)
         if found:
             raise ConfigError("the configuration does not fit the served classifier: " + "; ".join(found))
+
+
+def band_table(cfg: Config, anomaly_params: dict[str, str]) -> BandTable:
+    """The anomaly bands per recipe x tool: the config's entries over the bands the served anomaly model declares;
+    ``ConfigError`` when neither gives a default."""
+    declared = bands_from(anomaly_params)
+    entries = {(b.recipe, b.tool): Bands(b.pass_band, b.reject_band) for b in cfg.decision.bands}
+    default = entries.get(("*", "*"), declared)
+    if default is None:
+        raise ConfigError(
+            "no anomaly bands: the anomaly model declares none and decision.bands has no recipe='*', tool='*' entry"
+        )
+    return BandTable(default, entries)

@@ -5,7 +5,8 @@ tool resends, across restarts too. Events keep their insertion order (``seq``) a
 broker acknowledged them. The dies of wafers not yet summarised are kept beside the results, in the
 same transaction, and leave in the transaction that records their wafer's summary: a restart picks
 the open wafers up where they were, so each wafer still gets one summary; an open wafer's end (the
-MES said so) is kept with them until its summary is recorded. The line watch's drift
+MES said so) is kept with them until its summary is recorded, and its dies are then folded into one wafer map
+row (the review pages draw it), pruned with the events. The line watch's drift
 and parameter state is saved here too, now and then. Blocking calls: the daemon runs them on one
 dedicated thread.
 
@@ -16,15 +17,17 @@ a stopped run never wrote.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from edge.errors import OutboxError
-from edge.flow import DieRow, EventRow, ResultRow
+from edge.flow import WAFER, DieRow, EventRow, ResultRow
 from edge.ops.transaction import immediate
 
 _SCHEMA = """
@@ -61,6 +64,17 @@ CREATE TABLE IF NOT EXISTS wafer_dies (
     recorded_at REAL NOT NULL,
     UNIQUE (tool_id, lot_id, wafer_id, x, y)
 );
+CREATE TABLE IF NOT EXISTS wafer_maps (
+    tool_id     TEXT NOT NULL,
+    lot_id      TEXT NOT NULL,
+    wafer_id    TEXT NOT NULL,
+    recipe_id   TEXT NOT NULL,
+    summary_id  TEXT,
+    dies        TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (tool_id, lot_id, wafer_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wafer_maps_recorded ON wafer_maps (recorded_at);
 CREATE TABLE IF NOT EXISTS wafer_ends (
     tool_id     TEXT NOT NULL,
     lot_id      TEXT NOT NULL,
@@ -117,10 +131,11 @@ class Outbox:
         dies: Sequence[DieRow] = (),
         summarised: Sequence[tuple[str, str, str]] = (),
     ) -> None:
-        """Write a batch's results, events and open-wafer dies in one transaction, and forget the dies of
-        the ``summarised`` wafers (tool_id, lot_id, wafer_id) whose summaries are among ``events``. A result
-        already recorded for the same (tool_id, frame_id) is kept as it was (a resent frame is answered
-        from it); a die inspected again keeps its latest result."""
+        """Write a batch's results, events and open-wafer dies in one transaction, and fold the dies of the
+        ``summarised`` wafers (tool_id, lot_id, wafer_id), whose summaries are among ``events``, into one wafer
+        map row each (what the review pages draw; pruned with the events). A result already recorded for the
+        same (tool_id, frame_id) is kept as it was (a resent frame is answered from it); a die inspected again
+        keeps its latest result."""
         now = time.time()
         with self._writing("record batch"):
             self._db.executemany(
@@ -140,6 +155,16 @@ class Outbox:
                     for d in dies
                 ],
             )
+            summaries = _summary_ids(events)
+            for key in summarised:
+                dies = self._db.execute(
+                    "SELECT x, y, decision, defect_class, recipe_id FROM wafer_dies WHERE tool_id = ? AND lot_id = ? "
+                    "AND wafer_id = ? ORDER BY seq", key).fetchall()  # fmt: skip
+                if dies:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO wafer_maps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (*key, dies[-1][4], summaries.get(key), json.dumps([d[:4] for d in dies]), now),
+                    )
             for table in ("wafer_dies", "wafer_ends"):
                 self._db.executemany(
                     f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
@@ -262,6 +287,7 @@ class Outbox:
                     "wafer_id FROM wafer_dies GROUP BY tool_id, lot_id, wafer_id HAVING MAX(recorded_at) < ?)",
                     (before,),
                 ).rowcount,
+                "wafer_maps": self._db.execute("DELETE FROM wafer_maps WHERE recorded_at < ?", (before,)).rowcount,
                 "wafer_ends": self._db.execute(
                     "DELETE FROM wafer_ends WHERE recorded_at < ? AND (tool_id, lot_id, wafer_id) NOT IN "
                     "(SELECT tool_id, lot_id, wafer_id FROM wafer_dies)",
@@ -277,6 +303,18 @@ class Outbox:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), SQLite errors converted."""
         with _converted(what), immediate(self._db):
             yield
+
+
+def _summary_ids(events: Sequence[EventRow]) -> dict[tuple[str, str, str], str]:
+    """(tool_id, lot_id, wafer_id) -> summary_id of the wafer summaries among ``events``."""
+    found = {}
+    for e in events:
+        if e.decision == WAFER:
+            body = json.loads(e.payload)
+            key = tuple(body.get(k) for k in ("tool_id", "lot_id", "wafer_id"))
+            if all(isinstance(k, str) for k in key):
+                found[cast(tuple[str, str, str], key)] = e.event_id
+    return found
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -40,6 +41,9 @@ class Session:
     role: str
     csrf: str
     expires: float
+
+
+SESSION: web.RequestKey[Session] = web.RequestKey("session")  # the checked session, on the request it came with
 
 
 class Access:

@@ -1,7 +1,8 @@
 """``edge-inspect review --config FILE``: the review service as a process of its own, so the inspection path never
 waits on it. It opens the station's capture store and calibration store (the files the daemon writes; SQLite WAL
-lets both processes at them), serves ``edge.review.app`` on ``review.host``:``review.port`` (127.0.0.1 by default;
-TLS belongs in a reverse proxy in front of it) and stops on SIGTERM or SIGINT.
+lets both processes at them) and reads the wafers in the daemon's outbox, serves ``edge.review.app`` on
+``review.host``:``review.port`` (127.0.0.1 by default; TLS belongs in a reverse proxy in front of it) and stops on
+SIGTERM or SIGINT.
 
     edge-inspect review --config /etc/edge-inspect/edge.toml
     edge-inspect review --hash-password          # reads a password on stdin, prints its argon2 hash for the config
@@ -26,6 +27,7 @@ from edge.ops.async_db import AsyncDb
 from edge.ops.logs import configure, get
 from edge.review.app import ReviewService, Stores
 from edge.review.auth import hash_password
+from edge.review.wafers import WaferBook
 
 log = get("edge.review")
 
@@ -43,12 +45,13 @@ async def open_stores(cfg: Config) -> Stores:
     c = cfg.capture
     captures = await thread(CaptureStore, c.path, c.max_bytes, c.retention_days * 86400, c.tombstone_days * 86400)
     calibration = await thread(CalibrationStore, cfg.calibration.path)
-    return Stores(captures, calibration, thread)
+    return Stores(captures, calibration, WaferBook(cfg.outbox.path), thread)
 
 
 async def close_stores(stores: Stores) -> None:
     await stores.thread(stores.captures.close)
     await stores.thread(stores.calibration.close)
+    await stores.thread(stores.wafers.close)
     stores.thread.close()
 
 

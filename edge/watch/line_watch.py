@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edge.config import Config
-from edge.flow import PASS, DieRow, EventRow, LotEvent, Outcome, ProcessLog, WaferKey
+from edge.flow import PASS, WAFER, DieRow, EventRow, LotEvent, Outcome, ProcessLog, WaferKey
 from edge.ops.metrics import Metrics
 from edge.publish.events import EventIds
 from edge.watch import reports, state_codec
@@ -207,7 +207,7 @@ class LineWatch:
         )
         self.metrics.wafers_summarised.labels(tool).inc()
         self.metrics.wafer_severity.labels(tool).observe(body["severity"])
-        rows = [_row(body["summary_id"], reports.topic(prefix, station, "wafers", tool), "WAFER", body)]
+        rows = [_row(body["summary_id"], reports.topic(prefix, station, "wafers", tool), WAFER, body)]
         level = self.cfg.wafers.alert_severity
         if body["severity"] >= level:
             alert = reports.wafer_alert(self._ids.new(), body, level)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import cv2
@@ -23,6 +24,8 @@ from edge.flow import Frame, FrameHeader, Outcome, Tensors, Verdict
 from edge.review.auth import hash_password
 from edge.review.service import serve
 from edge.serving.tritonserver import free_port
+from tests.triton_fixture import RunningTriton
+from tools.synth import render_die, tool_optics
 
 pytestmark = pytest.mark.integration
 R, T = "R1", "AOI-01"
@@ -244,3 +247,111 @@ def test_engineers_steer_calibration_through_the_store_and_its_audit_trail_and_o
         assert any(r.who == "li" and "MRB 42" in r.reason for r in store.history(R, T, "PART-SM"))
     finally:
         store.close()
+
+
+def test_an_engineer_inspects_an_upload_through_the_served_models_and_nothing_is_recorded(
+    tmp_path: Path, triton_server: RunningTriton
+) -> None:
+    cfg = _station(tmp_path, users=[
+        {"name": "eve", "role": "reviewer", "password_hash": hash_password(PASSWORD)},
+        {"name": "li", "role": "engineer", "password_hash": hash_password(PASSWORD)},
+    ], inspect_per_minute=3)  # fmt: skip
+    cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(update={"url": triton_server.grpc_url})})
+    die, _ = render_die("PART-SM", 7, tool_optics(T))
+    ok, encoded = cv2.imencode(".png", die[:, :, ::-1])
+    assert ok
+    png = encoded.tobytes()
+
+    def form(image: bytes, **fields: str) -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("image", image, filename="die.png", content_type="image/png")
+        for key, value in fields.items():
+            data.add_field(key, value)
+        return data
+
+    async def scenario(call: Client, http: aiohttp.ClientSession) -> None:
+        base = f"http://127.0.0.1:{cfg.review.port}"
+        eve = (await call("POST", "/api/login", {"user": "eve", "password": PASSWORD}))[1]
+        async with http.post(f"{base}/api/inspect", data=form(png), headers={"X-CSRF-Token": eve["csrf"]}) as r:
+            assert r.status == 403  # reviewers decide items; ad-hoc checks are an engineer's
+        li = (await call("POST", "/api/login", {"user": "li", "password": PASSWORD}))[1]
+        token = {"X-CSRF-Token": li["csrf"]}
+        async with http.post(f"{base}/api/inspect", data=form(png, recipe=R, tool=T, note="after PM"),
+                             headers=token) as r:  # fmt: skip
+            assert r.status == 200
+            result = await r.json()
+        assert result["recorded"] is False and result["decision"] in ("PASS", "DEFECT", "REVIEW")
+        assert result["anomaly"]["bands"]["reject"] > result["anomaly"]["bands"]["pass"] > 0
+        assert len(result["top_k"]) >= 1 and 0 < result["latency_ms"] < 60_000
+        assert result["heatmap_png"].startswith("data:image/png;base64,")
+        async with http.post(f"{base}/api/inspect", data=form(b"GIF89a not a die"), headers=token) as r:
+            assert r.status == 400 and "PNG or JPEG" in (await r.json())["error"]
+        async with http.post(f"{base}/api/inspect", data=form(png, tool="AOI-99"), headers=token) as r:
+            assert r.status == 400 and "AOI-99" in (await r.json())["error"]
+        async with http.post(f"{base}/api/inspect", data=form(png), headers=token) as r:
+            assert r.status == 429 and int(r.headers["Retry-After"]) >= 1  # the fourth call in a minute
+        async with http.post(f"{base}/api/inspect", data=form(png), headers={}) as r:
+            assert r.status == 403  # no CSRF token
+
+    _run(cfg, scenario)
+    captures = CaptureStore(cfg.capture.path, 10**9, 10**9, 10**9)
+    store = CalibrationStore(cfg.calibration.path)
+    try:  # the station's stores hold what they held before: an ad-hoc check is never production
+        assert sorted(c.capture_id for c in captures.recent(50)) == ["E1", "E2", "E3"]
+        assert store._db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0] == 2
+    finally:
+        captures.close()
+        store.close()
+
+
+def test_pages_send_strangers_to_the_login_and_escape_what_the_station_recorded(tmp_path: Path) -> None:
+    cfg = _station(tmp_path)
+    hostile = "<script>alert('x')</script>"
+    outcome = _outcome("f7", "DEFECT", "PART-SM", 0.9)
+    header = outcome.frame.header
+    frame = Frame(b"id", FrameHeader(*[hostile if f == "notes" else getattr(header, f) for f in FrameHeader.__slots__]),
+                  outcome.frame.tensors, 0.0, 1.0, 0.0)  # fmt: skip
+    captures = CaptureStore(cfg.capture.path, 10**9, 10**9, 10**9)
+    captures.write([capture_of(Outcome(frame, outcome.verdict, 0.02), "E7", "DEFECT", {}, time.time())])
+    captures.close()
+
+    async def scenario(call: Client, http: aiohttp.ClientSession) -> None:
+        base = f"http://127.0.0.1:{cfg.review.port}"
+        async with http.get(f"{base}/items/E7?tool={T}", allow_redirects=False) as r:
+            login = urlparse(r.headers["Location"])
+            assert (
+                r.status == 303
+                and login.path == "/login"
+                and parse_qs(login.query) == {"next": [f"/items/E7?tool={T}"]}
+            )
+        async with http.get(f"{base}/login?next=https://evil.example/") as r:
+            assert r.status == 200 and 'data-next="/queue"' in await r.text()
+        await call("POST", "/api/login", {"user": "vic", "password": PASSWORD})
+        async with http.get(f"{base}/items/E7") as r:
+            page = await r.text()
+        assert r.status == 200 and hostile not in page and "&lt;script&gt;" in page
+        assert 'id="decision"' not in page  # a viewer gets no decision buttons
+        async with http.get(f"{base}/items/E0") as r:
+            assert r.status == 410 and "retention" in await r.text()
+        async with http.get(f"{base}/items/NOPE") as r:
+            assert r.status == 404
+        async with http.get(f"{base}/queue?colour=red") as r:
+            assert r.status == 400
+        async with http.get(f"{base}/queue?decision=DEFECT") as r:
+            page = await r.text()
+        assert r.status == 200 and "E7" in page and "E1" in page and "E2" not in page
+        async with http.get(f"{base}/inspect") as r:
+            assert r.status == 403 and "needs an engineer" in await r.text()
+        for path in ("/wafers", "/calibration", "/static/review.js", "/static/review.css"):
+            async with http.get(base + path) as r:
+                assert r.status == 200, path
+        async with http.get(f"{base}/api/wafers/{T}/L1/W1/map.png") as r:
+            assert r.status == 404  # no wafer in this station's outbox
+        async with http.get(f"{base}/api/wafers/{T}/L1/W1/map.png?mark=1,2") as r:
+            assert r.status == 200 and r.content_type == "image/png"  # the die alone, ringed
+        async with http.get(f"{base}/api/calibration/trend.png?recipe={R}&tool={T}&class=CRACK") as r:
+            assert r.status == 200 and r.content_type == "image/png"
+        async with http.get(f"{base}/api/calibration/trend.png?recipe={R}&tool={T}&class=BLOB") as r:
+            assert r.status == 404
+
+    _run(cfg, scenario)

@@ -58,7 +58,7 @@ def test_prune_drops_old_results_and_acknowledged_events_but_never_unacknowledge
     cutoff = time.time() + 1  # everything so far is "old"
     box.record([ResultRow("T1", "new", "PASS", None, b"n")], [])
     box._db.execute("UPDATE results SET recorded_at = ? WHERE frame_id = 'new'", (cutoff + 10,))
-    assert box.prune(cutoff) == {"results": 1, "events": 1, "wafer_dies": 0, "wafer_ends": 0}
+    assert box.prune(cutoff) == {"results": 1, "events": 1, "wafer_dies": 0, "wafer_maps": 0, "wafer_ends": 0}
     assert [p.event_id for p in box.pending(0, 10)] == ["e2"]
     assert box.recorded_reply("T1", "old") is None and box.recorded_reply("T1", "new") == b"n"
 
@@ -110,7 +110,7 @@ def test_a_wafer_end_is_kept_until_its_summary_or_the_retention(tmp_path):
     box.record([], [EventRow("s1", "p/s/wafers/T1", "WAFER", "{}")], summarised=[("T1", "L1", "W1")])
     assert [key for key, _ in box.wafer_ends()] == [("T1", "L1", "W2"), ("T9", "L1", "W7")]
     assert box.prune(time.time() - 3600)["wafer_ends"] == 0  # recent: kept
-    assert box.prune(time.time() + 1) == {"results": 1, "events": 0, "wafer_dies": 1, "wafer_ends": 2}
+    assert box.prune(time.time() + 1) == {"results": 1, "events": 0, "wafer_dies": 1, "wafer_maps": 1, "wafer_ends": 2}
     assert box.wafer_ends() == []  # W7 had no die left; W2's went with its dies, silent past the retention
     box.close()
 

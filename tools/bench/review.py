@@ -4,7 +4,11 @@ Fills a fresh capture store with ``--captures`` flagged dies (256x256 RGB, a hea
 two tools and three decisions) and a calibration store in which ``--reviewed`` of them already have a label, starts
 the service (a real aiohttp server on a free port), logs in, and times ``--repeats`` of each request a reviewer
 makes: the queue (first page of 50 and its counts), an item, its die with the heatmap overlay, and a decision (which
-also finds the next item). Prints p50/p95 per request in milliseconds, the store's size and the host.
+also finds the next item); and the pages a reviewer opens, their HTML alone (``page_queue``, ``page_item``) and, in
+Debian's headless Chromium (Playwright, when ``chromium`` is installed), the item page loaded whole: HTML, script,
+style, the die with its heatmap and the wafer map, from navigation start to the load event (``browser_item_load``)
+and the queue page with its 50 thumbnails (``browser_queue_load``). Prints p50/p95 per request in milliseconds, the
+store's size and the host.
 
     python -m tools.bench.review --captures 10000 --reviewed 0.5 --repeats 20
 """
@@ -35,6 +39,7 @@ from edge.serving.tritonserver import free_port
 from tools.sim.aoi_sim import latency_percentiles
 
 TOOLS, RECIPE = ("AOI-01", "AOI-02"), "R1"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 KINDS = (("DEFECT", "PART-SM"), ("REVIEW", "UNCLASSIFIED"), ("AUDIT", "CRACK"))
 
 
@@ -73,11 +78,12 @@ def fill(root: Path, n: int, reviewed: float, seed: int = 0) -> Config:
     return cfg
 
 
-async def measure(cfg: Config, repeats: int, n: int, reviewed: float) -> dict[str, dict[str, float]]:
+async def measure(cfg: Config, repeats: int, n: int, reviewed: float, browser: bool) -> dict[str, dict[str, float]]:
     stop = asyncio.Event()
     server = asyncio.create_task(serve(cfg, stop))
     base = f"http://127.0.0.1:{cfg.review.port}"
-    times: dict[str, list[float]] = {"queue": [], "item": [], "image_heatmap": [], "decision": []}
+    times: dict[str, list[float]] = {name: [] for name in ("queue", "item", "image_heatmap", "page_queue",
+                                                            "page_item", "decision")}  # fmt: skip
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         for _ in range(200):
             try:
@@ -93,6 +99,8 @@ async def measure(cfg: Config, repeats: int, n: int, reviewed: float) -> dict[st
                 ("queue", "GET", "/api/queue?limit=50", None),
                 ("item", "GET", f"/api/captures/{item}", None),
                 ("image_heatmap", "GET", f"/api/captures/{item}/image.png?overlay=heatmap", None),
+                ("page_queue", "GET", "/queue", None),
+                ("page_item", "GET", f"/items/{item}", None),
                 ("decision", "POST", f"/api/captures/{item}/decision", {"disposition": "real"}),
             ):
                 t0 = time.perf_counter()
@@ -100,9 +108,34 @@ async def measure(cfg: Config, repeats: int, n: int, reviewed: float) -> dict[st
                     await r.read()
                     assert r.status == 200, (path, r.status)
                 times[name].append((time.perf_counter() - t0) * 1000)
+    if browser:
+        times.update(await in_browser(base, [f"E{first + repeats + k:08d}" for k in range(repeats)]))
     stop.set()
     await server
     return {name: latency_percentiles(ms) for name, ms in times.items()}
+
+
+async def in_browser(base: str, items: list[str]) -> dict[str, list[float]]:
+    """Whole page loads in headless Chromium (navigation start to the load event), logged in as the bench user."""
+    from playwright.async_api import async_playwright  # a dev dependency: only this measurement needs it
+
+    loads: dict[str, list[float]] = {"browser_item_load": [], "browser_queue_load": []}
+    timing = "() => { const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime; }"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = await browser.new_page()
+        await page.goto(f"{base}/login")
+        await page.fill("input[name=user]", "bench")
+        await page.fill("input[name=password]", "bench")
+        async with page.expect_navigation():
+            await page.click("button[type=submit]")
+        for item in items:
+            await page.goto(f"{base}/items/{item}", wait_until="load")
+            loads["browser_item_load"].append(await page.evaluate(timing))
+            await page.goto(f"{base}/queue", wait_until="load")
+            loads["browser_queue_load"].append(await page.evaluate(timing))
+        await browser.close()
+    return loads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,20 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--captures", type=int, default=10_000)
     parser.add_argument("--reviewed", type=float, default=0.5, help="share already labelled")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-browser", action="store_true", help="skip the page loads in Chromium")
     args = parser.parse_args(argv)
+    browser = not args.no_browser and Path(CHROMIUM).exists()
     root = Path(tempfile.mkdtemp(prefix="bench-review-"))
     try:
         t0 = time.monotonic()
         cfg = fill(root, args.captures, args.reviewed)
         filled = time.monotonic() - t0
         size = sum(p.stat().st_size for p in (root / "captures").rglob("*") if p.is_file())
-        latency = asyncio.run(measure(cfg, args.repeats, args.captures, args.reviewed))
+        latency = asyncio.run(measure(cfg, args.repeats, args.captures, args.reviewed, browser))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps({
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "captures": args.captures, "reviewed": args.reviewed, "store_bytes": size, "fill_s": round(filled, 1),
-        "latency_ms": latency,
+        "browser": CHROMIUM if browser else "not measured (no chromium, or --no-browser)", "latency_ms": latency,
     }, indent=1))  # fmt: skip
     return 0
 
