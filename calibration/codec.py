@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from calibration.controller import ClassSettings, ClassState, LotCounts
 from calibration.engineer import State
-from calibration.statistical_controller import Reviewed, StatSettings, StatState
+from calibration.statistical_controller import Evidence, Reviewed, StatSettings, StatState
 
 SEED, STATISTICAL = "seed", "statistical"
 CONTROLLERS = (SEED, STATISTICAL)
 
 
 def dumps(state: State) -> str:
-    kind = STATISTICAL if isinstance(state, StatState) else SEED
-    return json.dumps({"controller": kind, **asdict(state)}, separators=(",", ":"))
+    if isinstance(state, StatState):  # by hand: asdict would copy the evidence value by value
+        plain: dict[str, Any] = {f.name: getattr(state, f.name) for f in fields(state)}
+        plain["settings"], plain["stat"] = asdict(state.settings), asdict(state.stat)
+        for key in ("evidence", "recent"):
+            e = getattr(state, key)
+            plain[key] = {"negatives": e.negatives, "neg": e.neg, "real": e.real, "unlabelled": e.unlabelled}
+        return json.dumps({"controller": STATISTICAL, **plain}, separators=(",", ":"))
+    return json.dumps({"controller": SEED, **asdict(state)}, separators=(",", ":"))
 
 
 def loads(text: str) -> State:
@@ -24,9 +30,15 @@ def loads(text: str) -> State:
     kind = data.pop("controller")
     data["settings"] = ClassSettings(**data["settings"])
     if kind == STATISTICAL:
-        data["stat"] = StatSettings(**data["stat"])
-        data["lots"] = tuple(tuple(x) for x in data["lots"])
-        data["items"] = tuple(Reviewed(**x) for x in data["items"])
+        known = {f.name for f in fields(StatSettings)}
+        data["stat"] = StatSettings(**{k: v for k, v in data["stat"].items() if k in known})
+        if "items" in data:  # a state written before the evidence histogram: its memory becomes the evidence
+            negatives = sum(n for _, n in data.pop("lots"))
+            data["evidence"] = Evidence.of(negatives, [Reviewed(**x) for x in data.pop("items")])
+        for key in ("evidence", "recent"):
+            if isinstance(data.get(key), dict):
+                e = data[key]
+                data[key] = Evidence(e["negatives"], tuple(e["neg"]), tuple(e["real"]), tuple(e["unlabelled"]))
         return StatState(**data)
     data["window"] = tuple(LotCounts(**x) for x in data["window"])
     data["calibration_counts"] = LotCounts(**data["calibration_counts"])

@@ -5,7 +5,8 @@ Stages (every number lives in ``ClassSettings`` / ``Stages``):
 1. ``calibrating``: the first ``Stages.initial_lots`` lots run at the escape-averse ``initial_threshold``; every flagged
    item is reviewed, and the confirmed-real rate seen meanwhile becomes the class's baseline.
 2. ``adjusting``: after each lot, a class whose ``fpr_3lot`` is over its budget rises by ``step_up``; a class with no
-   false positive in the lot and a confirmed-real rate above its baseline falls by ``step_down``.
+   false positive in the lot and a confirmed-real rate above its baseline falls by ``step_down``. The rate is read per
+   inspected die or per reviewed event (``Stages.real_rate``): the methodology leaves the denominator open.
 3. ``stable``: under budget; the same rule keeps running as drift correction, inside the engineer's bounds.
 4. ``revalidating``: a profile transferred from another tool adjusts as above until ``Stages.window_lots`` lots in a
    row are under budget.
@@ -50,10 +51,20 @@ class ClassSettings:
         return round(min(self.upper, max(self.lower, threshold)), 6)
 
 
+PER_DIE, PER_REVIEWED = "die", "reviewed"  # readings of the confirmed-real rate
+
+
 @dataclass(frozen=True)
 class Stages:
     initial_lots: int = 50
     window_lots: int = 3
+    # the confirmed-real rate the seed rule compares with its baseline: confirmed real defects per inspected die,
+    # or per reviewed (flagged) event; the methodology does not fix the denominator
+    real_rate: str = PER_DIE
+
+    def __post_init__(self) -> None:
+        if self.real_rate not in (PER_DIE, PER_REVIEWED):
+            raise ValueError(f"real_rate must be {PER_DIE!r} or {PER_REVIEWED!r}, got {self.real_rate!r}")
 
 
 DEFAULT_SETTINGS = ClassSettings()
@@ -72,11 +83,11 @@ class LotCounts:
         if min(self.negatives, self.false_positives, self.confirmed_real) < 0:
             raise ValueError(f"lot counts cannot be negative: {self}")
 
-    @property
-    def real_rate(self) -> float:
-        """Confirmed-real defects per inspected die."""
-        inspected = self.negatives + self.confirmed_real
-        return self.confirmed_real / inspected if inspected else 0.0
+    def real_rate(self, per: str = PER_DIE) -> float:
+        """Confirmed-real defects per inspected die, or per reviewed event (``per``)."""
+        reviewed = per == PER_REVIEWED
+        base = (self.false_positives if reviewed else self.negatives) + self.confirmed_real
+        return self.confirmed_real / base if base else 0.0
 
 
 @dataclass(frozen=True)
@@ -136,12 +147,13 @@ def after_lot(state: ClassState, counts: LotCounts, stages: Stages = DEFAULT_STA
         total = _add(s.calibration_counts, counts)
         if lot < stages.initial_lots:
             return replace(s, calibration_counts=total)
-        return replace(s, calibration_counts=total, baseline_real_rate=total.real_rate, status=ADJUSTING)
+        return replace(s, calibration_counts=total, baseline_real_rate=total.real_rate(stages.real_rate),
+                       status=ADJUSTING)  # fmt: skip
     budget = s.settings.fpr_budget
     threshold = s.threshold
     if s.fpr_window > budget:
         threshold = s.settings.clamp(threshold + s.settings.step_up)
-    elif counts.false_positives == 0 and counts.real_rate > (s.baseline_real_rate or 0.0):
+    elif counts.false_positives == 0 and counts.real_rate(stages.real_rate) > (s.baseline_real_rate or 0.0):
         threshold = s.settings.clamp(threshold - s.settings.step_down)
     under = s.fpr_window <= budget
     clean = s.clean_lots + 1 if under else 0

@@ -1,24 +1,48 @@
-"""A statistically grounded alternative to the seed controller, selectable per recipe.
+"""The statistical controller: each class's whole FPR curve estimated from every candidate's score, aimed at the
+budget with a margin that shrinks as evidence grows. Selectable per recipe (``calibration.controller``). Pure.
 
-After each lot the threshold becomes the lowest one (on a 0.01 grid inside the engineer bounds) whose exact upper
-confidence bound on FPR, from the candidates' scores and dispositions in memory, is within the class's budget:
+What it keeps (``Evidence``), per class, on the threshold grid's bins (one bin per 0.01 of confidence from 0.50,
+finer above 0.95, one bin under 0.50): the candidates labelled negative, labelled real, and not labelled, and the
+inspected negatives they are counted against, all decayed by half every ``half_life`` lots. The daemon knows every
+candidate's score, flagged or suppressed; reviewers label every flagged one, the AUDIT sample a share of the
+suppressed ones.
 
-    FP(t) = candidates with score >= t not confirmed real, over the lots in memory
-    UCB(t) = Clopper-Pearson upper bound of FP(t) false positives in N inspected negatives
+After each lot:
 
-The daemon knows every candidate's score, flagged or suppressed; only its label needs a reviewer. Flagged items are
-all reviewed; a suppressed candidate has a label only when the AUDIT sample picked it, and one without a label counts
-as a false positive, so FP(t) never under-counts and the bound holds below the current threshold too. A Bernoulli
-CUSUM on the reviewed false positives at the current threshold detects a rise in FPR and then forgets every lot
-before the current one, so the choice rests on data from after the shift. A move is limited to ``max_step`` per lot.
-Stage 1 (escape-averse start while the first lots are reviewed), the bounds, locks and transfers are those of
-``calibration.controller``.
+1. The lot's counts join the evidence; the older evidence fades by the half-life, which lengthens as volume falls
+   (``target_negatives`` over the lot's negatives, between ``min_half_life`` and ``max_half_life`` lots), so a
+   low-volume class remembers longer. A Bernoulli CUSUM on the reviewed false positives at the threshold in force
+   detects a rise in FPR over the estimate and then keeps a tenth of the older evidence, so a step is followed at
+   once.
+2. P(negative | score) comes from a logistic fit on the labelled candidates (flagged ones are all labelled, so the
+   fit sees the high scores; the audit sample gives the low ones). A candidate without a label counts as that
+   probability of a false positive; a labelled one is corrected for reviewer error (``label_noise``): a "false"
+   among confirmed-real scores is likely a slip, so a mistaken disposition moves the estimate a little, not for
+   many lots.
+3. FP(t), the expected false positives at or above each grid threshold t, is summed from the top. Where the count
+   is small (under ``tail_count``) the curve is also extrapolated from the lowest threshold with enough of them by
+   an exponential tail on the logit scale (fitted by maximum likelihood to the scores above it) and the two are
+   combined by their variances: the many scores just under the threshold inform the FPR far above it.
+4. With little evidence of its own, a class borrows the same class's evidence on the recipe's other tools (``pool``,
+   up to ``pool_negatives`` pseudo-negatives in all, less as its own evidence grows).
+5. The aim is the lowest grid value whose estimate plus ``margin_z`` standard deviations is within the budget; the
+   threshold moves ``gain`` of the way there each lot, at most ``max_step``, and stays inside the engineer's
+   bounds.
+
+The certified bound, the exact (Clopper-Pearson) one-sided ``confidence`` upper bound on FPR at the threshold in
+force from the labelled false positives and negatives in memory (rounded), is reported beside the threshold for
+auditors; it does not drive the threshold. Stage 1 (the escape-averse start while the first lots are reviewed),
+bounds, locks and transfers are those of ``calibration.controller``.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
 
 from calibration.controller import (
     ADJUSTING,
@@ -34,24 +58,98 @@ from calibration.controller import (
 )
 from calibration.exact_tests import BernoulliCusum, clopper_pearson_upper
 
+# bin edges: one bin under 0.50, then 0.50, 0.51, ... 0.95, then 0.96 .. 0.99, 0.995, 0.999 and the top
+EDGES = (0.0, *(round(0.5 + 0.01 * i, 2) for i in range(50)), 0.995, 0.999, 1.0 + 1e-9)
+BINS = len(EDGES) - 1
+Floats = npt.NDArray[np.float64]
+
+
+def bin_of(score: float) -> int:
+    """The evidence bin of a confidence."""
+    return min(BINS - 1, max(0, int(np.searchsorted(EDGES, score, side="right")) - 1))
+
+
+def _logit(p: Floats) -> Floats:
+    clipped = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.asarray(np.log(clipped / (1 - clipped)), np.float64)
+
+
+_LOWER = np.array(EDGES[:-1])
+_UPPER = np.array(EDGES[1:])
+_CENTRE_LOGIT = _logit((np.array(EDGES[:-1]) + np.minimum(np.array(EDGES[1:]), 1.0)) / 2)
+_LOWER_LOGIT = _logit(np.maximum(_LOWER, 0.5))
+_FIRST = 1  # the first bin whose lower edge is a threshold (0.50)
+MISFIT_FLOOR = 0.1  # no tail is exactly exponential: the model is never trusted closer than ~30%
+
 
 @dataclass(frozen=True)
 class Reviewed:
-    """A candidate of the class: its score and its disposition (None: not reviewed, counted as false)."""
+    """A candidate of the class in a closing lot: its score and label (None: not reviewed)."""
 
     score: float
     real: bool | None
-    lot: int = 0  # set by ``after_lot``
+    lot: int = 0
 
 
 @dataclass(frozen=True)
 class StatSettings:
-    confidence: float = 0.95
-    max_step: float = 0.02  # per-lot rate limit
-    memory_lots: int = 30
-    grid: float = 0.01
-    cusum_h: float = 5.0
-    cusum_shift: float = 3.0  # the CUSUM looks for a rise of FPR to this multiple of the budget
+    confidence: float = 0.95  # the certified bound's level
+    max_step: float = 0.05  # per-lot rate limit on a move
+    gain: float = 0.5  # a lot moves this share of the way to the aim (estimates are noisy; drift is not that fast)
+    grid: float = 0.001  # thresholds the controller may set (the curve is interpolated between bins)
+    margin_z: float = 1.1  # aim: estimate + margin_z x its standard deviation within budget
+    label_noise: float = 0.015  # the share of dispositions a reviewer gets wrong, either way
+    target_negatives: float = 6000.0  # memory sized to hold about this many negatives ...
+    min_half_life: float = 12.0  # ... with a half-life (lots) within these bounds
+    max_half_life: float = 100.0
+    tail_count: float = 20.0  # expected false positives above which the counted curve is trusted alone
+    pool_negatives: float = 3000.0  # at most this many pseudo-negatives borrowed from the recipe's other tools
+    recent_negatives: float = 1000.0  # the recent evidence (for the curve's level) holds about this many negatives
+    level_count: float = 40.0  # recent false positives needed at a threshold to read the level there
+    level_prior: float = 10.0  # pseudo-count that keeps the level ratio near 1 on thin recent evidence
+    cusum_h: float = 3.0
+    cusum_shift: float = 3.0  # the CUSUM looks for a rise of FPR to this multiple of the estimate
+    after_change: float = 0.1  # the weight the evidence from before a detected change keeps
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Decayed counts: inspected negatives, and per bin the candidates labelled negative, real, and unlabelled."""
+
+    negatives: float = 0.0
+    neg: tuple[float, ...] = (0.0,) * BINS
+    real: tuple[float, ...] = (0.0,) * BINS
+    unlabelled: tuple[float, ...] = (0.0,) * BINS
+
+    @classmethod
+    def of(cls, negatives: float, items: Sequence[Reviewed]) -> Evidence:
+        """One lot's counts: its inspected negatives and its candidates by label and bin."""
+        scores = np.array([i.score for i in items], np.float64)
+        labels = np.array([0 if i.real is None else 1 if i.real else 2 for i in items], np.int64)
+        bins = bins_of(scores)
+        unl, real, neg = (np.bincount(bins[labels == k], minlength=BINS).astype(np.float64) for k in (0, 1, 2))
+        return cls(float(negatives), _floats(neg), _floats(real), _floats(unl))
+
+    def scaled(self, factor: float) -> Evidence:
+        neg, real, unl = self.arrays()
+        return Evidence(self.negatives * factor, _floats(neg * factor), _floats(real * factor), _floats(unl * factor))
+
+    def plus(self, other: Evidence) -> Evidence:
+        (a, b, c), (x, y, z) = self.arrays(), other.arrays()
+        return Evidence(self.negatives + other.negatives, _floats(a + x), _floats(b + y), _floats(c + z))
+
+    def arrays(self) -> tuple[Floats, Floats, Floats]:
+        return np.array(self.neg), np.array(self.real), np.array(self.unlabelled)
+
+
+def _floats(values: Floats) -> tuple[float, ...]:
+    return tuple(values.tolist())
+
+
+def bins_of(scores: Floats) -> npt.NDArray[np.int64]:
+    """The evidence bins of confidences."""
+    found = np.searchsorted(np.array(EDGES), scores, side="right") - 1
+    return np.asarray(np.clip(found, 0, BINS - 1), np.int64)
 
 
 @dataclass(frozen=True)
@@ -62,86 +160,251 @@ class StatState:
     status: str = CALIBRATING
     lots_seen: int = 0
     lock_until: int | None = None
-    lots: tuple[tuple[int, int], ...] = ()  # (lot, inspected negatives) in memory
-    items: tuple[Reviewed, ...] = ()
+    evidence: Evidence = field(default_factory=Evidence)
+    recent: Evidence = field(default_factory=Evidence)  # the same counts with a short memory: the curve's level
     cusum: float = 0.0
     changes: int = 0
     clean_lots: int = 0
+    estimate: float = 0.0  # the estimated FPR at the threshold in force after the last lot
 
     @classmethod
     def start(cls, settings: ClassSettings = DEFAULT_SETTINGS, stat: StatSettings | None = None) -> StatState:
         return cls(threshold=settings.initial_threshold, settings=settings, stat=stat or StatSettings())
 
     @property
-    def negatives(self) -> int:
-        return sum(n for _, n in self.lots)
+    def fpr_window(self) -> float:
+        """The estimated FPR at the threshold in force, over the evidence in memory."""
+        return self.estimate
 
-    def false_positives_at(self, threshold: float) -> int:
-        return sum(1 for i in self.items if i.real is not True and i.score >= threshold)
+    def labelled_false_positives(self, threshold: float) -> int:
+        """False positives reviewers confirmed at or above ``threshold`` in memory (rounded decayed count)."""
+        neg = np.array(self.evidence.neg)
+        return round(float(neg[threshold + 1e-9 < _UPPER].sum()))  # the bin the threshold cuts counts whole
 
     def fpr_upper(self, threshold: float) -> float:
-        return clopper_pearson_upper(self.false_positives_at(threshold), self.negatives, self.stat.confidence)
-
-    @property
-    def fpr_window(self) -> float:
-        """False positives over inspected negatives at the threshold in force, over the lots kept in memory."""
-        return self.false_positives_at(self.threshold) / self.negatives if self.negatives else 0.0
+        """The certified bound: exact one-sided upper confidence bound on FPR at ``threshold``."""
+        n = round(self.evidence.negatives)
+        if n <= 0:
+            return 1.0
+        fp = self.labelled_false_positives(threshold)
+        if fp > 2000:  # far over any budget: the normal approximation is exact enough and keeps this cheap
+            rate = fp / n
+            return min(1.0, rate + 1.645 * math.sqrt(rate * (1 - rate) / n))
+        return clopper_pearson_upper(fp, n, self.stat.confidence)
 
     def line(self, name: str) -> str:
-        """The report line, e.g. ``PART-SM threshold=0.81 fpr_window=0.08% fpr_upper=0.19% status=stable``."""
+        """The report line, e.g. ``PART-SM threshold=0.874 fpr_3lot=0.08% certified=0.19% status=stable``."""
         return (
-            f"{name} threshold={self.threshold:.2f} fpr_window={100 * self.fpr_window:.2f}% "
-            f"fpr_upper={100 * self.fpr_upper(self.threshold):.2f}% status={self.status}"
+            f"{name} threshold={self.threshold:.3f} fpr_3lot={100 * self.fpr_window:.2f}% "
+            f"certified={100 * self.fpr_upper(self.threshold):.2f}% status={self.status}"
         )
 
 
-def choose(state: StatState) -> float:
-    """The lowest grid threshold inside the bounds whose FPR upper bound is within budget (else the upper bound)."""
+def negative_probability(neg: Floats, real: Floats, noise: float, prior_weight: float = 5.0) -> Floats:
+    """P(negative | score bin): each bin's own labelled share of "false", shrunk towards a logistic fit of that share
+    on the bins' logits (the fit speaks for bins with few labels: the audit sample under the threshold), then with
+    the reviewers' slips taken out (a slip rate e makes the observed share e + (1 - 2e) x the true one)."""
+    x = _CENTRE_LOGIT
+    w_neg, w_real = neg + 0.05, real + 0.05
+    total = w_neg + w_real
+    a, c = 0.0, 1.0  # P(said real) = sigmoid(a + c x)
+    for _ in range(12):  # Newton steps on the binomial log-likelihood (it converges in a handful)
+        p = 1 / (1 + np.exp(-np.clip(a + c * x, -40, 40)))
+        r = w_real - total * p
+        grad = np.array([r.sum(), (r * x).sum()])
+        h = total * p * (1 - p) + 1e-12
+        hess = np.array([[h.sum(), (h * x).sum()], [(h * x).sum(), (h * x * x).sum()]])
+        if abs(np.linalg.det(hess)) < 1e-12:
+            break
+        step = np.linalg.solve(hess, grad)
+        a, c = a + float(step[0]), c + float(step[1])
+        if float(np.abs(step).sum()) < 1e-5:
+            break
+    said_false_fit = 1 - 1 / (1 + np.exp(-np.clip(a + c * x, -40, 40)))
+    said_false = (neg + prior_weight * said_false_fit) / (neg + real + prior_weight)
+    if 0 < noise < 0.5:
+        said_false = (said_false - noise) / (1 - 2 * noise)
+    return np.asarray(np.clip(said_false, 1e-4, 1 - 1e-4), np.float64)
+
+
+def expected_negatives(evidence: Evidence, noise: float, q: Floats | None = None) -> tuple[Floats, Floats]:
+    """Per bin: expected true negatives among the candidates (labels corrected for reviewer error) and their
+    variance; ``q``: P(negative | bin) when known already (else fitted on this evidence)."""
+    neg, real, unl = evidence.arrays()
+    q = negative_probability(neg, real, noise) if q is None else q
+    keep_neg = (1 - noise) * q / ((1 - noise) * q + noise * (1 - q))  # a "false" that is truly negative
+    flip_real = noise * q / (noise * q + (1 - noise) * (1 - q))  # a "real" that is truly negative
+    m = neg * keep_neg + real * flip_real + unl * q
+    var = neg * keep_neg * (1 - keep_neg) + real * flip_real * (1 - flip_real) + unl * q * (1 - q) + m
+    return m, var
+
+
+def fpr_curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None = None,
+              recent: Evidence | None = None) -> tuple[Floats, Floats]:  # fmt: skip
+    """Per bin's lower edge: the estimated FPR at that threshold and its standard deviation. The curve's shape comes
+    from ``evidence`` (and ``pool``); ``recent``, the same counts over a short memory, sets its level where the
+    recent false positives are many enough to read it, so a drift is followed within a few lots."""
+    rate, sd = _curve(evidence, stat, pool)
+    if recent is None or recent.negatives <= 0 or not np.isfinite(sd).all():
+        return rate, sd
+    neg, real, _ = evidence.arrays()
+    m_recent, _ = expected_negatives(recent, stat.label_noise, negative_probability(neg, real, stat.label_noise))
+    fp_recent = np.cumsum(m_recent[::-1])[::-1]
+    readable = np.nonzero((fp_recent >= stat.level_count) & (_LOWER >= 0.5) & (rate > 0))[0]
+    if len(readable) == 0:
+        return rate, sd
+    v = int(readable[-1])
+    k = stat.level_prior
+    ratio = (fp_recent[v] + k) / (rate[v] * recent.negatives + k)
+    out, out_sd = rate.copy(), sd.copy()
+    out[v:] = rate[v:] * ratio
+    out_sd[v:] = np.sqrt((sd[v:] * ratio) ** 2 + out[v:] ** 2 / (fp_recent[v] + k))
+    return out, out_sd
+
+
+def _curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None) -> tuple[Floats, Floats]:
+    m, var = expected_negatives(evidence, stat.label_noise)
+    negatives = evidence.negatives
+    if pool is not None and pool.negatives > 0 and negatives < stat.pool_negatives:
+        weight = min(1.0, (stat.pool_negatives - negatives) / pool.negatives)
+        pm, pvar = expected_negatives(pool, stat.label_noise)
+        m, var, negatives = m + weight * pm, var + weight * weight * pvar, negatives + weight * pool.negatives
+    if negatives <= 0:
+        return np.zeros(BINS), np.full(BINS, np.inf)
+    fp = np.cumsum(m[::-1])[::-1]  # at or above each bin's lower edge
+    fp_var = np.cumsum(var[::-1])[::-1]
+    fp, fp_var = _with_tail(fp, fp_var, m, stat.tail_count)
+    return fp / negatives, np.sqrt(fp_var) / negatives
+
+
+def _with_tail(fp: Floats, fp_var: Floats, m: Floats, enough: float) -> tuple[Floats, Floats]:
+    """Where few false positives are counted, combine the count with an exponential tail on the logit scale fitted
+    above the highest threshold that still counts ``enough`` of them (inverse-variance weights)."""
+    usable = np.nonzero((fp >= enough) & (_LOWER >= 0.5))[0]
+    if len(usable) == 0:
+        return fp, fp_var
+    u = int(usable[-1])
+    above = slice(u, BINS)
+    excess = _CENTRE_LOGIT[above] - _LOWER_LOGIT[u]
+    mass = m[above]
+    if mass.sum() <= 0:
+        return fp, fp_var
+    scale = max(float((mass * excess).sum() / mass.sum()), 0.05)  # MLE of the exponential's scale
+    n_tail = float(mass.sum())
+    distance = _LOWER_LOGIT[u + 1 :] - _LOWER_LOGIT[u]
+    model = fp[u] * np.exp(-distance / scale)
+    # how far the model strays where the counts can still say (a tail heavier or lighter than exponential):
+    # its log error beyond what counting explains, as a relative variance the model carries everywhere above u
+    counts = fp[u + 1 :]
+    checked = counts >= 5
+    misfit = 0.0
+    if checked.any():
+        log_error = np.log(counts[checked] / np.maximum(model[checked], 1e-12)) ** 2 - 1 / counts[checked]
+        misfit = float(max(0.0, log_error.max()))
+    misfit = max(misfit, MISFIT_FLOOR)
+    # relative variance of the model: the count at u, the scale (relative variance 1 / n), the misfit
+    model_var = model * model * (1 / max(fp[u], 1.0) + (distance / scale) ** 2 / n_tail + misfit) + 1e-12
+    count_var = fp_var[u + 1 :] + 1.0
+    w = model_var / (model_var + count_var)  # the weight of the count
+    out, out_var = fp.copy(), fp_var.copy()
+    out[u + 1 :] = w * counts + (1 - w) * model
+    out_var[u + 1 :] = 1 / (1 / model_var + 1 / count_var)
+    return out, out_var
+
+
+def at(rate: Floats, sd: Floats, thresholds: Floats) -> tuple[Floats, Floats]:
+    """The curve between the bins' edges: log-linear in the logit (a tail's local exponential), the standard
+    deviation in proportion."""
+    lo = _LOWER_LOGIT[_FIRST:]
+    log_rate = np.log(np.maximum(rate[_FIRST:], 1e-15))
+    x = _logit(np.asarray(thresholds, np.float64))
+    found = np.asarray(np.exp(np.interp(x, lo, log_rate)), np.float64)
+    relative = np.interp(x, lo, sd[_FIRST:] / np.maximum(rate[_FIRST:], 1e-15))
+    return found, np.asarray(found * relative, np.float64)
+
+
+def aim(state: StatState, rate: Floats, sd: Floats) -> float:
+    """The lowest grid threshold inside the bounds whose estimate + margin is within budget (else the upper bound)."""
     s = state.settings
     steps = round((s.upper - s.lower) / state.stat.grid)
-    grid = [round(s.lower + i * state.stat.grid, 6) for i in range(steps + 1)]
-    scores = sorted(i.score for i in state.items if i.real is not True)
-    n = state.negatives
-    for t in grid:
-        fp = len(scores) - bisect_left(scores, t)
-        if clopper_pearson_upper(fp, n, state.stat.confidence) <= s.fpr_budget:
-            return t
-    return s.upper
+    grid = np.round(s.lower + state.stat.grid * np.arange(steps + 1), 6)
+    found, spread = at(rate, sd, grid)
+    ok = np.nonzero(found + state.stat.margin_z * spread <= s.fpr_budget)[0]
+    return float(grid[ok[0]]) if len(ok) else s.upper
 
 
 def after_lot(
-    state: StatState, negatives: int, items: tuple[Reviewed, ...], stages: Stages = DEFAULT_STAGES
+    state: StatState,
+    negatives: int,
+    items: Sequence[Reviewed],
+    stages: Stages = DEFAULT_STAGES,
+    pool: Evidence | None = None,
+    corrections: Evidence | None = None,
 ) -> StatState:
-    """The state after one more lot with ``negatives`` inspected negatives and its candidates ``items`` (their
-    ``lot`` is set here: the lot this call closes)."""
+    """The state after one more lot: ``negatives`` inspected, its candidates ``items``; ``corrections``: labels
+    that arrived late for candidates of earlier lots (labelled counts added, the unlabelled ones they replace
+    subtracted); ``pool``: the same class's evidence on the recipe's other tools."""
     lot = state.lots_seen + 1
-    items = tuple(replace(i, lot=lot) for i in items)
+    st = state.stat
     budget = state.settings.fpr_budget
-    cusum = BernoulliCusum(budget, min(0.5, state.stat.cusum_shift * budget), state.stat.cusum_h)
+    # a rise over what the controller believes (at least the budget) is news; sitting near the budget is not
+    expected = min(0.1, max(budget, state.estimate))
+    cusum = BernoulliCusum(expected, min(0.5, st.cusum_shift * expected), st.cusum_h)
     flagged_fp = sum(1 for i in items if i.real is False and i.score >= state.threshold)
     statistic, changed = cusum.update(state.cusum, flagged_fp, max(negatives, flagged_fp))
-    lots = (*state.lots, (lot, negatives))
-    kept = {n for n, _ in lots[-state.stat.memory_lots :]} if not changed else {lot}
-    s = replace(
-        state, lots_seen=lot, cusum=statistic, changes=state.changes + changed,
-        lots=tuple(x for x in lots if x[0] in kept),
-        items=tuple(i for i in (*state.items, *items) if i.lot in kept),
-    )  # fmt: skip
+    fresh = Evidence.of(negatives, items)
+    kept = state.evidence.scaled(st.after_change if changed else 0.5 ** (1 / half_life(st, negatives)))
+    recent_life = min(st.max_half_life, max(1.0, st.recent_negatives / max(negatives, 1)))
+    recent = state.recent.scaled(st.after_change if changed else 0.5 ** (1 / recent_life))
+    if corrections is not None and not changed:
+        kept = _nonnegative(kept.plus(corrections))
+        recent = _nonnegative(recent.plus(corrections))
+    s = replace(state, lots_seen=lot, cusum=statistic, changes=state.changes + changed, evidence=kept.plus(fresh),
+                recent=recent.plus(fresh))  # fmt: skip
+    rate, sd = fpr_curve(s.evidence, st, pool, s.recent)
+    s = replace(s, estimate=float(at(rate, sd, np.array([s.threshold]))[0][0]))
     if lock_holds(s.status, s.lock_until, lot):
         return s
     if s.status == LOCKED:
         s = replace(s, status=ADJUSTING, lock_until=None)
     if s.status == CALIBRATING:
         return s if lot < stages.initial_lots else replace(s, status=ADJUSTING)
-    target = choose(s)
-    step = s.stat.max_step
-    threshold = s.settings.clamp(min(s.threshold + step, max(s.threshold - step, target)))
-    under = s.fpr_upper(threshold) <= budget
+    gap = aim(s, rate, sd) - s.threshold
+    move = gap if abs(gap) <= 2 * st.grid else min(st.max_step, max(-st.max_step, st.gain * gap))
+    threshold = s.settings.clamp(round(s.threshold + move, 6))
+    estimate = float(at(rate, sd, np.array([threshold]))[0][0])
+    under = estimate <= budget
     clean = s.clean_lots + 1 if under else 0
-    return replace(s, threshold=threshold, status=next_status(s.status, under, clean, stages), clean_lots=clean)
+    return replace(s, threshold=threshold, estimate=estimate, status=next_status(s.status, under, clean, stages),
+                   clean_lots=clean)  # fmt: skip
+
+
+def half_life(stat: StatSettings, negatives: float) -> float:
+    """Lots over which evidence fades by half: long enough to hold about ``target_negatives``, within bounds."""
+    return min(stat.max_half_life, max(stat.min_half_life, stat.target_negatives / max(negatives, 1.0)))
+
+
+def _nonnegative(e: Evidence) -> Evidence:
+    neg, real, unl = (np.maximum(a, 0.0) for a in e.arrays())
+    return Evidence(max(0.0, e.negatives), _floats(neg), _floats(real), _floats(unl))
+
+
+def late_labels(labels: Sequence[Reviewed], age_lots: Sequence[int], half_life: float) -> Evidence:
+    """Corrections for labels that arrived after their lot closed: each adds its labelled count and takes back the
+    unlabelled one it was counted as, both at the weight its lot has now (``age_lots`` lots later)."""
+    neg, real, unl = np.zeros(BINS), np.zeros(BINS), np.zeros(BINS)
+    for item, age in zip(labels, age_lots, strict=True):
+        if item.real is None:
+            continue
+        w = 0.5 ** (age / half_life)
+        b = bin_of(item.score)
+        (real if item.real else neg)[b] += w
+        unl[b] -= w
+    return Evidence(0.0, _floats(neg), _floats(real), _floats(unl))
 
 
 def transferred(state: StatState) -> StatState:
-    """On the tool a profile is transferred to: same threshold and settings, no memory, revalidating."""
+    """On the tool a profile is transferred to: same threshold and settings, no evidence, revalidating."""
     status = CALIBRATING if state.status == CALIBRATING else REVALIDATING
-    return replace(state, status=status, lots=(), items=(), cusum=0.0, clean_lots=0, lock_until=None)
+    return replace(state, status=status, evidence=Evidence(), recent=Evidence(), cusum=0.0, clean_lots=0,
+                   lock_until=None, estimate=0.0)  # fmt: skip

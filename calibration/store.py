@@ -16,18 +16,19 @@ audit row.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from calibration import controller, engineer
 from calibration import statistical_controller as statistical
 from calibration.codec import SEED, dumps, loads, start
-from calibration.controller import ClassSettings, LotCounts, Stages
+from calibration.controller import ADJUSTING, LOCKED, ClassSettings, LotCounts, Stages
 from calibration.engineer import State
 from calibration.errors import CalibrationError, RequestRefused, StoreUnavailable, UnknownEvent
 
@@ -66,6 +67,10 @@ CREATE TABLE IF NOT EXISTS inspected (
 CREATE TABLE IF NOT EXISTS lots_closed (
     recipe TEXT NOT NULL, tool TEXT NOT NULL, lot_id TEXT NOT NULL, closed_at REAL NOT NULL,
     PRIMARY KEY (recipe, tool, lot_id));
+CREATE TABLE IF NOT EXISTS config_applied (
+    recipe TEXT NOT NULL, tool TEXT NOT NULL, class TEXT NOT NULL, applied TEXT NOT NULL,
+    PRIMARY KEY (recipe, tool, class));
+CREATE TABLE IF NOT EXISTS batches (batch TEXT PRIMARY KEY, applied_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS lot_trend (
     recipe TEXT NOT NULL, tool TEXT NOT NULL, class TEXT NOT NULL, lot_id TEXT NOT NULL, closed_at REAL NOT NULL,
     threshold REAL NOT NULL, fpr_window REAL NOT NULL, certified REAL,
@@ -79,6 +84,10 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit rows cannot be deleted'); END;
 """
 CONTROLLER = "controller"  # the `who` of automatic changes
+CONFIG = "config"  # the `who` of changes the config made at a start
+ALL, CLASS = "all", "class"  # FPR denominators: every inspected negative, or those whose top class is the class
+DENOMINATORS = (ALL, CLASS)
+ESCAPE_WINDOW_LOTS = 10  # the escape estimate covers the last this many closed lots by default
 # (event_id, recipe, tool, lot_id, class, confidence, flagged): one defect candidate, flagged or suppressed
 Candidate = tuple[str, str, str, str, str, float, bool]
 # (event_id, recipe, tool, lot_id, decision, predicted class or UNCLASSIFIED): one event a reviewer may judge
@@ -193,6 +202,43 @@ class CalibrationStore:
                 if cur.rowcount:
                     self._audit(db, recipe, tool, name, CONTROLLER, "created", None, kind, "new profile")
 
+    def reconcile(self, recipe: str, tool: str, name: str, kind: str, settings: ClassSettings) -> list[str]:
+        """Bring a class in line with what the config says now, where that changed since the config was last
+        applied (so an engineer's own change from the CLI stands until the config itself changes): the controller
+        kind (the new controller starts from the threshold in force) and the settings, each change audited under
+        ``config``. Returns the keys changed. A class first seen here is only remembered."""
+        wanted = {"controller": kind, **asdict(settings)}
+        with self._tx() as db:
+            row = db.execute("SELECT applied FROM config_applied WHERE recipe=? AND tool=? AND class=?",
+                             (recipe, tool, name)).fetchone()  # fmt: skip
+            db.execute("INSERT OR REPLACE INTO config_applied VALUES (?, ?, ?, ?)",
+                       (recipe, tool, name, json.dumps(wanted, sort_keys=True)))  # fmt: skip
+            if row is None:
+                return []
+            before = json.loads(row[0])
+            changed = [k for k, v in wanted.items() if before.get(k) != v]
+            if not changed:
+                return []
+            state = self._state(db, recipe, tool, name)
+            new: State = state
+            if "controller" in changed:
+                new = replace(start(kind, state.settings), threshold=state.threshold,
+                              status=state.status if state.status != LOCKED else ADJUSTING)  # fmt: skip
+                db.execute("UPDATE profiles SET controller=? WHERE recipe=? AND tool=?", (kind, recipe, tool))
+                self._audit(db, recipe, tool, name, CONFIG, "controller", before.get("controller"), kind,
+                            "the config names another controller")  # fmt: skip
+            keys = [k for k in changed if k != "controller"]
+            if keys:
+                try:
+                    new = engineer.with_settings(new, replace(new.settings, **{k: wanted[k] for k in keys}))
+                except (TypeError, ValueError) as exc:
+                    raise RequestRefused(f"calibration config for {recipe} x {tool} x {name}: {exc}") from exc
+                for key in keys:
+                    self._audit(db, recipe, tool, name, CONFIG, key, str(getattr(state.settings, key)),
+                                str(wanted[key]), "the config changed")  # fmt: skip
+            self._save(db, recipe, tool, name, state, new, CONFIG, "the config changed")
+            return changed
+
     def profiles(self) -> list[tuple[str, str, str, int]]:
         return self._query("SELECT recipe, tool, controller, version FROM profiles ORDER BY recipe, tool")
 
@@ -223,14 +269,17 @@ class CalibrationStore:
                        (event_id, recipe, tool, lot_id, defect_class, confidence, int(flagged)))  # fmt: skip
 
     def record(self, inspected: Sequence[tuple[str, str, str]], candidates: Sequence[Candidate],
-               reviewable: Sequence[Reviewable] = ()) -> None:  # fmt: skip
+               reviewable: Sequence[Reviewable] = (), batch: str | None = None) -> None:  # fmt: skip
         """One batch in one transaction: a (recipe, tool, lot_id) per inspected die, candidates as
         (event_id, recipe, tool, lot_id, class, confidence, flagged), and the events a reviewer may judge as
-        (event_id, recipe, tool, lot_id, decision, predicted)."""
+        (event_id, recipe, tool, lot_id, decision, predicted). A ``batch`` id recorded before changes nothing."""
         counts: dict[tuple[str, str, str], int] = {}
         for key in inspected:
             counts[key] = counts.get(key, 0) + 1
         with self._tx() as db:
+            if batch is not None and db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?)",
+                                                (batch, self._clock())).rowcount == 0:  # fmt: skip
+                return
             db.executemany(
                 "INSERT INTO inspected VALUES (?, ?, ?, ?) ON CONFLICT (recipe, tool, lot_id) "
                 "DO UPDATE SET count = count + excluded.count",
@@ -310,9 +359,13 @@ class CalibrationStore:
         self._audit(db, recipe, tool, name, who, "disposition", None if old is None else str(bool(old)),
                     str(real), f"review of {event_id}" + (f": {comment}" if comment else ""))  # fmt: skip
 
-    def close_lot(self, recipe: str, tool: str, lot_id: str) -> dict[str, tuple[float, float]]:
+    def close_lot(self, recipe: str, tool: str, lot_id: str, denominator: str = ALL) -> dict[str, tuple[float, float]]:
         """Run every class's controller on the lot; returns {class: (old, new threshold)} for the ones that moved.
-        Closing a lot twice does nothing the second time."""
+        Closing a lot twice does nothing the second time. ``denominator``: a class's false positives are counted
+        against every inspected negative of the recipe x tool (``all``) or only against the negatives whose top
+        class was that class (``class``: its candidates not confirmed real)."""
+        if denominator not in DENOMINATORS:
+            raise RequestRefused(f"denominator: one of {', '.join(DENOMINATORS)}, not {denominator!r}")
         with self._tx() as db:
             if db.execute("INSERT OR IGNORE INTO lots_closed VALUES (?, ?, ?, ?)",
                           (recipe, tool, lot_id, self._clock())).rowcount == 0:  # fmt: skip
@@ -321,19 +374,25 @@ class CalibrationStore:
                              (recipe, tool, lot_id)).fetchone()  # fmt: skip
             inspected = row[0] if row else 0
             reviewed = list(db.execute(
-                "SELECT event_id, class, confidence, flagged, real FROM candidates "
+                "SELECT event_id, class, confidence, flagged, real, lot_id FROM candidates "
                 "WHERE recipe=? AND tool=? AND used=0 AND real IS NOT NULL", (recipe, tool)))  # fmt: skip
             of_lot = list(db.execute(
-                "SELECT event_id, class, confidence, flagged, real FROM candidates "
+                "SELECT event_id, class, confidence, flagged, real, lot_id FROM candidates "
                 "WHERE recipe=? AND tool=? AND lot_id=?", (recipe, tool, lot_id)))  # fmt: skip
             db.executemany("UPDATE candidates SET used=1 WHERE event_id=?", [(r[0],) for r in reviewed])
+            ages = self._lot_ages(db, recipe, tool, {r[5] for r in reviewed if r[5] != lot_id})
             negatives = max(0, inspected - sum(1 for r in reviewed if r[4]))
             moved = {}
-            for name, text in list(db.execute("SELECT class, state FROM classes WHERE recipe=? AND tool=?",
-                                              (recipe, tool))):  # fmt: skip
-                old = loads(text)
+            states = {(t, n): loads(text) for t, n, text in db.execute(
+                "SELECT tool, class, state FROM classes WHERE recipe=?", (recipe,))}  # fmt: skip
+            for (of_tool, name), old in states.items():
+                if of_tool != tool:
+                    continue
                 mine, lot_rows = [r for r in reviewed if r[1] == name], [r for r in of_lot if r[1] == name]
-                new = self._step(old, negatives, mine, lot_rows)
+                if denominator == CLASS:
+                    negatives = sum(1 for r in lot_rows if r[4] != 1)
+                pool = _pool(states, tool, name) if isinstance(old, statistical.StatState) else None
+                new = self._step(old, negatives, mine, lot_rows, lot_id, ages, pool)
                 if new.threshold != old.threshold:
                     moved[name] = (old.threshold, new.threshold)
                     self._audit(db, recipe, tool, name, CONTROLLER, "threshold", f"{old.threshold:.2f}",
@@ -349,14 +408,27 @@ class CalibrationStore:
                 db.execute("UPDATE profiles SET version = version + 1 WHERE recipe=? AND tool=?", (recipe, tool))
             return moved
 
-    def _step(
-        self, state: State, negatives: int, reviewed: list[tuple[Any, ...]], of_lot: list[tuple[Any, ...]]
-    ) -> State:
-        """Rows are (event_id, class, confidence, flagged, real)."""
+    def _lot_ages(self, db: sqlite3.Connection, recipe: str, tool: str, lots: set[str]) -> dict[str, int]:
+        """How many lots of the recipe x tool closed after each of ``lots`` (1: the one before this one)."""
+        ages = {}
+        for lot in lots:
+            row = db.execute(
+                "SELECT COUNT(*) FROM lots_closed WHERE recipe=? AND tool=? AND closed_at > COALESCE((SELECT "
+                "closed_at FROM lots_closed WHERE recipe=? AND tool=? AND lot_id=?), 0)",
+                (recipe, tool, recipe, tool, lot)).fetchone()  # fmt: skip
+            ages[lot] = max(1, int(row[0]) - 1)  # the lot closing now is among them
+        return ages
+
+    def _step(self, state: State, negatives: int, reviewed: list[tuple[Any, ...]], of_lot: list[tuple[Any, ...]],
+              lot_id: str, ages: dict[str, int], pool: statistical.Evidence | None) -> State:  # fmt: skip
+        """Rows are (event_id, class, confidence, flagged, real, lot_id)."""
         if isinstance(state, statistical.StatState):
-            items = tuple(statistical.Reviewed(conf, None if real is None else bool(real))
-                          for _, _, conf, _, real in of_lot)  # fmt: skip
-            return statistical.after_lot(state, negatives, items, self.stages)
+            items = [statistical.Reviewed(r[2], None if r[4] is None else bool(r[4])) for r in of_lot]
+            late = [r for r in reviewed if r[5] != lot_id]
+            corrections = statistical.late_labels(
+                [statistical.Reviewed(r[2], bool(r[4])) for r in late], [ages.get(r[5], 1) for r in late],
+                statistical.half_life(state.stat, negatives)) if late else None  # fmt: skip
+            return statistical.after_lot(state, negatives, items, self.stages, pool, corrections)
         flagged = [r for r in reviewed if r[3]]
         counts = LotCounts(negatives, sum(1 for r in flagged if not r[4]), sum(1 for r in flagged if r[4]))
         return controller.after_lot(state, counts, self.stages)
@@ -412,15 +484,23 @@ class CalibrationStore:
                 db.execute("INSERT OR REPLACE INTO classes VALUES (?, ?, ?, ?)", (recipe, target, name, dumps(moved)))
                 self._audit(db, recipe, target, name, who, "transfer", source, f"{moved.threshold:.2f}", reason)
 
-    def escape_estimate(self, recipe: str, tool: str, defect_class: str) -> float | None:
+    def escape_estimate(self, recipe: str, tool: str, defect_class: str,
+                        window_lots: int | None = ESCAPE_WINDOW_LOTS) -> float | None:  # fmt: skip
         """Share of the class's real defects that were suppressed, from the AUDIT sample: the real share among
-        audited suppressed candidates, times all suppressed candidates, against the confirmed flagged ones. None
-        before any audited candidate has a disposition."""
+        audited suppressed candidates, times all suppressed candidates, against the confirmed flagged ones, over the
+        lots still open and the last ``window_lots`` closed lots of the recipe x tool (None: every lot kept). None
+        before any audited candidate in the window has a disposition."""
+        window, args = "", [recipe, tool, defect_class]
+        if window_lots is not None:
+            window = (" AND (lot_id IN (SELECT lot_id FROM lots_closed WHERE recipe=? AND tool=? ORDER BY closed_at "
+                      "DESC LIMIT CAST(? AS INTEGER)) OR lot_id NOT IN (SELECT lot_id FROM lots_closed WHERE recipe=? "
+                      "AND tool=?))")  # fmt: skip
+            args = [*args, recipe, tool, str(window_lots), recipe, tool]
         [(flagged_real, suppressed, audited, audited_real)] = self._query(
             "SELECT COALESCE(SUM(flagged = 1 AND real = 1), 0), COALESCE(SUM(flagged = 0), 0), "
             "COALESCE(SUM(flagged = 0 AND real IS NOT NULL), 0), COALESCE(SUM(flagged = 0 AND real = 1), 0) "
-            "FROM candidates WHERE recipe=? AND tool=? AND class=?",
-            (recipe, tool, defect_class),
+            "FROM candidates WHERE recipe=? AND tool=? AND class=?" + window,
+            args,
         )
         if not audited:
             return None
@@ -440,6 +520,7 @@ class CalibrationStore:
             n = db.execute(f"DELETE FROM candidates WHERE {closed_before.format(t='candidates')}", (before,)).rowcount
             db.execute(f"DELETE FROM inspected WHERE {closed_before.format(t='inspected')}", (before,))
             db.execute(f"DELETE FROM labels WHERE label IS NULL AND {closed_before.format(t='labels')}", (before,))
+            db.execute("DELETE FROM batches WHERE applied_at < ?", (before,))
         return n
 
     def mode(self, recipe: str, tool: str) -> str:
@@ -499,6 +580,16 @@ class CalibrationStore:
         db.execute("INSERT INTO audit (ts, recipe, tool, class, who, field, old, new, reason) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (self._clock(), recipe, tool, name, who, field, old, new,
                                                           reason))  # fmt: skip
+
+
+def _pool(states: dict[tuple[str, str], State], tool: str, name: str) -> statistical.Evidence | None:
+    """The class's evidence on the recipe's other tools (statistical profiles), summed."""
+    pooled = None
+    for (other_tool, other_name), other in states.items():
+        mine = other_name == name and other_tool != tool
+        if mine and isinstance(other, statistical.StatState) and other.evidence.negatives > 0:
+            pooled = other.evidence if pooled is None else pooled.plus(other.evidence)
+    return pooled
 
 
 @contextmanager

@@ -222,6 +222,16 @@ class CalibrationConfig(_Strict):
     controllers: dict[str, Literal["seed", "statistical"]] = Field(
         default_factory=dict, description="controller per recipe id, overriding `controller`"
     )
+    fpr_denominator: Literal["all", "class"] = Field(
+        "all", description="a class's false positives over every inspected negative of the recipe x tool (all) or "
+        "over the negatives whose top class was that class (class)")  # fmt: skip
+    denominators: dict[str, Literal["all", "class"]] = Field(
+        default_factory=dict, description="FPR denominator per recipe id, overriding `fpr_denominator`"
+    )
+    real_rate: Literal["die", "reviewed"] = Field(
+        "die", description="the seed rule's confirmed-real rate: per inspected die or per reviewed event"
+    )
+    escape_window_lots: int = Field(10, ge=1, description="the escape estimate covers the last this many lots")
     initial_lots: int = Field(50, ge=1, description="lots of initial calibration (escape-averse, full review)")
     window_lots: int = Field(3, ge=1, description="lots in the FPR window (fpr_3lot)")
     step_up: float = Field(0.02, gt=0, le=0.2)

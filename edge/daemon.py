@@ -18,7 +18,7 @@ from edge.capture.keeper import Keeper
 from edge.capture.store import CaptureStore
 from edge.config import Config
 from edge.decision.calibration_loop import CalibrationLoop
-from edge.decision.thresholds import Calibration
+from edge.decision.thresholds import Calibration, CalibrationRows
 from edge.errors import CriticalTaskDied
 from edge.flow import EventRow, Frame
 from edge.inference.batching import Batching
@@ -85,8 +85,10 @@ class Daemon:
             ids = EventIds()
             watch = GuardedWatch(shared, LineWatch(cfg, self.metrics, ids), self.outbox)
             await watch.restore()
-            self.calibration = await self.db(Calibration, cfg, self.metrics)
-            opened.push_async_callback(self.db, self.calibration.close)
+            calibration_db = shared.calibration_db
+            opened.callback(calibration_db.close)
+            self.calibration = await calibration_db(Calibration, cfg, self.metrics)
+            opened.push_async_callback(calibration_db, self.calibration.close)
             t = cfg.triton
             triton = self.triton = TritonClient(t.url, t.anomaly_model, t.classifier_model, t.timeout_ms / 1000)
             opened.push_async_callback(triton.close)
@@ -123,6 +125,9 @@ class Daemon:
         turnaround = Turnaround()
         captures = await self._captures(opened)
         recorder = Recorder(shared, self.outbox, sock, turnaround, self.calibration, watch, ids, announce, captures)
+        left = [(batch, CalibrationRows.loads(rows)) for batch, rows in await self.db(self.outbox.calibration_rows)]
+        if left:  # batches a stopped run answered but did not get into the calibration store
+            log.info("calibration_rows_recovered", batches=await recorder.apply_calibration(left), left=len(left))
         joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
         batching = Batching(shared, joiner, inspector, recorder)
         calibration = CalibrationLoop(shared, self.calibration)

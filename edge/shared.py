@@ -1,10 +1,11 @@
-"""What every stage of one daemon shares: its configuration, metrics and health, the one SQLite thread, the log
-limiter for bad input and repeated defects, the frames in work, and where one-off tasks are spawned."""
+"""What every stage of one daemon shares: its configuration, metrics and health, the SQLite threads (the outbox's,
+on the reply path, and the calibration store's, off it), the log limiter for bad input and repeated defects, the
+frames in work, and where one-off tasks are spawned."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge.config import Config
@@ -27,3 +28,5 @@ class Shared:
     log_limiter: RateLimited
     inflight: Inflight[Frame]  # accepted and not yet answered, by (tool_id, frame_id)
     spawn: Spawn  # one-off work, supervised (edge.ops.supervisor)
+    # the calibration store's thread: a lot end or a review never waits behind the outbox, nor holds a reply
+    calibration_db: AsyncDb = field(default_factory=AsyncDb)

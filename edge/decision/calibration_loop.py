@@ -16,7 +16,7 @@ log = get("edge.decision.calibration_loop")
 class CalibrationLoop:
     def __init__(self, shared: Shared, calibration: Calibration) -> None:
         self._calibration = calibration
-        self._db = shared.db
+        self._db = shared.calibration_db  # the calibration store's own thread: never the outbox's
         self._metrics = shared.metrics
         self._log_limiter = shared.log_limiter
 

@@ -2,7 +2,9 @@
 
 The store (``calibration.store``) is shared with the engineers' CLI; this module reads thresholds into a cache and
 reloads it when the file changed (SQLite's ``data_version``), so an override from the CLI applies without a restart.
-All store calls run on the daemon's database thread (the caller passes them through ``Daemon._db``).
+All store calls run on the daemon's calibration thread (``Shared.calibration_db``), never the outbox's: a lot end
+holds no reply. A batch's rows (``CalibrationRows``) are recorded in the outbox with its results, in the same
+transaction, and moved here after the replies; a crash in between leaves them in the outbox for the next start.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import cast
 
 from calibration.controller import ClassSettings, Stages
 from calibration.errors import RequestRefused, UnknownEvent
-from calibration.store import DISPOSITIONS, CalibrationStore
+from calibration.store import DISPOSITIONS, CalibrationStore, Candidate, Reviewable, certified_bound
 from calibration.table import ThresholdTable
 from edge.config import Config
 from edge.flow import DEFECT, REVIEW, Outcome, Rejected
@@ -23,6 +25,24 @@ from edge.ops.metrics import Metrics
 
 log = get("edge.decision.thresholds")
 MAX_COMMENT = 1000  # characters of a review's comment
+
+
+@dataclass(frozen=True)
+class CalibrationRows:
+    """What one batch adds to the calibration store, written to the outbox with the batch (durable with its results)
+    and moved to the store after the replies."""
+
+    inspected: list[tuple[str, str, str]]  # (recipe, tool, lot_id) per inspected die
+    candidates: list[Candidate]
+    reviewable: list[Reviewable]
+
+    def dumps(self) -> str:
+        return json.dumps([self.inspected, self.candidates, self.reviewable], separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str) -> CalibrationRows:
+        inspected, candidates, reviewable = json.loads(text)
+        return cls([tuple(r) for r in inspected], [tuple(r) for r in candidates], [tuple(r) for r in reviewable])
 
 
 @dataclass(frozen=True)
@@ -86,7 +106,7 @@ class Calibration:
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
         c = cfg.calibration
         self.cfg, self.metrics = cfg, metrics
-        self.store = CalibrationStore(c.path, Stages(c.initial_lots, c.window_lots))
+        self.store = CalibrationStore(c.path, Stages(c.initial_lots, c.window_lots, c.real_rate))
         static = ThresholdTable(cfg.decision.default_threshold, {
             (t.recipe, t.tool, t.defect_class): t.threshold for t in cfg.decision.thresholds})  # fmt: skip
         classes = cfg.decision.classes[1:]
@@ -97,6 +117,10 @@ class Calibration:
                     start = min(max(static.get(recipe, tool, name), c.lower), c.upper)
                     settings = ClassSettings(start, c.lower, c.upper, c.step_up, c.step_down, c.fpr_budget)
                     self.store.ensure_profile(recipe, tool, (name,), kind, settings)
+                    changed = self.store.reconcile(recipe, tool, name, kind, settings)
+                    if changed:  # a config changed since the last start: applied, audited under "config"
+                        log.info("calibration_config_applied", recipe=recipe, tool=tool, defect_class=name,
+                                 keys=changed)  # fmt: skip
         self._seen = -1
         self._thresholds: dict[tuple[str, str, str], float] = {}
         self._statuses: dict[tuple[str, str, str], str] = {}
@@ -122,6 +146,9 @@ class Calibration:
                 labels = (recipe, tool, name)
                 self.metrics.calib_threshold.labels(*labels).set(state.threshold)
                 self.metrics.calib_fpr.labels(*labels).set(state.fpr_window)
+                bound = certified_bound(state)
+                if bound is not None:
+                    self.metrics.calib_certified.labels(*labels).set(bound)
                 self.metrics.calib_status.labels(*labels).state(state.status)
                 self.metrics.calib_budget.labels(*labels).set(state.settings.fpr_budget)
         return True
@@ -135,9 +162,10 @@ class Calibration:
         return {"profile_version": self._versions.get((recipe, tool), 0),
                 "status": self._statuses.get((recipe, tool, defect_class), "n/a")}  # fmt: skip
 
-    def record(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None]) -> None:
-        """Every inspected die counts; every defect-class candidate (flagged or suppressed) is kept with its
-        confidence, under its event id when it made an event."""
+    def rows(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None]) -> CalibrationRows | None:
+        """What a batch adds to calibration (pure): every inspected die counts; every defect-class candidate
+        (flagged or suppressed) is kept with its confidence, under its event id when it made an event. None when
+        no die of the batch was inspected."""
         inspected, candidates, reviewable = [], [], []
         for outcome, event_id in zip(outcomes, event_ids):
             v, h = outcome.verdict, outcome.frame.header
@@ -155,18 +183,29 @@ class Calibration:
                 reviewed = judged and v.decision != REVIEW  # DEFECT and AUDIT events: their class is judged
                 cid = cast(str, event_id) if reviewed else candidate_id(h.tool_id, h.frame_id)
                 candidates.append((cid, h.recipe_id, h.tool_id, h.lot_id, name, v.confidence, flagged))
-        if inspected:
-            self.store.record(inspected, candidates, reviewable)
+        return CalibrationRows(inspected, candidates, reviewable) if inspected else None
+
+    def apply(self, batch: str | None, rows: CalibrationRows) -> None:
+        """Write a batch's rows into the store; a ``batch`` id already applied changes nothing (a restart applies
+        what the outbox still holds, perhaps again)."""
+        self.store.record(rows.inspected, rows.candidates, rows.reviewable, batch=batch)
+
+    def record(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None]) -> None:
+        """``rows`` then ``apply``, for a caller with no outbox."""
+        rows = self.rows(outcomes, event_ids)
+        if rows is not None:
+            self.apply(None, rows)
 
     def review(self, payload: bytes) -> str:
         """Apply one review message; returns ``accepted`` or the reason it was rejected."""
         return apply_review(self.store, payload, self.cfg.decision.classes)
 
     def lot_end(self, recipe: str, tool: str, lot_id: str) -> dict[str, tuple[float, float]]:
-        moved = self.store.close_lot(recipe, tool, lot_id)
+        c = self.cfg.calibration
+        moved = self.store.close_lot(recipe, tool, lot_id, c.denominators.get(recipe, c.fpr_denominator))
         self.refresh(force=True)
         for name in self.cfg.decision.classes[1:]:
-            escape = self.store.escape_estimate(recipe, tool, name)
+            escape = self.store.escape_estimate(recipe, tool, name, c.escape_window_lots)
             if escape is not None:
                 self.metrics.calib_escape.labels(recipe, tool, name).set(escape)
         return moved

@@ -21,6 +21,7 @@ class Housekeeping:
     def __init__(self, shared: Shared, outbox: Outbox, calibration: Calibration, publisher: Publisher) -> None:
         self.cfg = cfg = shared.cfg
         self._db = shared.db
+        self._calibration_db = shared.calibration_db
         self._outbox = outbox
         self._calibration = calibration
         self._publisher = publisher
@@ -49,7 +50,7 @@ class Housekeeping:
             if any(pruned.values()):
                 log.info("outbox_pruned", **pruned)
             await self._check_quota()
-            forgotten = await self._db(
+            forgotten = await self._calibration_db(
                 self._calibration.store.prune, time.time() - self.cfg.calibration.retention_days * 86400
             )
             if forgotten:

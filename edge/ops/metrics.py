@@ -121,14 +121,19 @@ class Metrics:
         self.context_missing = Counter(
             "edge_context_missing_total", "Frames that went on without MES process context", ["tool"], registry=r
         )
-        self.calib_threshold = Gauge(
-            "edge_calibration_threshold", "Confidence threshold in force", ["recipe", "tool", "class"], registry=r
-        )
-        self.calib_fpr = Gauge(
+
+        def per_class(name: str, documentation: str) -> Gauge:
+            return Gauge(name, documentation, ["recipe", "tool", "class"], registry=r)
+
+        self.calib_threshold = per_class("edge_calibration_threshold", "Confidence threshold in force")
+        self.calib_fpr = per_class(
             "edge_calibration_fpr_3lot_ratio",
-            "Reviewed false positives / inspected negatives over the FPR window",
-            ["recipe", "tool", "class"],
-            registry=r,
+            "False positives / inspected negatives at the threshold in force: over the FPR window (seed controller) "
+            "or as estimated from the evidence in memory (statistical controller)",
+        )
+        self.calib_certified = per_class(
+            "edge_calibration_certified_fpr_ratio",
+            "Exact 95% upper bound on FPR at the threshold in force (statistical controller only)",
         )
         self.calib_status = Enum(
             "edge_calibration_status",
@@ -137,11 +142,8 @@ class Metrics:
             states=list(STATUSES),
             registry=r,
         )
-        self.calib_escape = Gauge(
-            "edge_calibration_escape_ratio",
-            "Estimated share of real defects suppressed, from AUDIT reviews",
-            ["recipe", "tool", "class"],
-            registry=r,
+        self.calib_escape = per_class(
+            "edge_calibration_escape_ratio", "Estimated share of real defects suppressed, from AUDIT reviews"
         )
         self.reviews = Counter("edge_reviews_total", "Review dispositions received", ["result"], registry=r)
         self.rebaselines = Counter(
@@ -154,12 +156,7 @@ class Metrics:
         self.notes_missing = Counter(
             "edge_notes_missing_total", "Frames without an operator note", ["tool"], registry=r
         )
-        self.calib_budget = Gauge(
-            "edge_calibration_fpr_budget_ratio",
-            "FPR budget of the class (engineer setting)",
-            ["recipe", "tool", "class"],
-            registry=r,
-        )
+        self.calib_budget = per_class("edge_calibration_fpr_budget_ratio", "FPR budget of the class (engineer setting)")
         # MES context
         self.process_excursions = Counter(
             "edge_process_excursions_total",

@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS wafer_ends (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (tool_id, lot_id, wafer_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS calibration_rows (
+    batch       TEXT PRIMARY KEY,
+    payload     TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watch_state (
     detector    TEXT NOT NULL,
     recipe_id   TEXT NOT NULL,
@@ -130,12 +135,14 @@ class Outbox:
         events: Sequence[EventRow],
         dies: Sequence[DieRow] = (),
         summarised: Sequence[tuple[str, str, str]] = (),
+        calibration: tuple[str, str] | None = None,
     ) -> None:
         """Write a batch's results, events and open-wafer dies in one transaction, and fold the dies of the
         ``summarised`` wafers (tool_id, lot_id, wafer_id), whose summaries are among ``events``, into one wafer
-        map row each (what the review pages draw; pruned with the events). A result already recorded for the
-        same (tool_id, frame_id) is kept as it was (a resent frame is answered from it); a die inspected again
-        keeps its latest result."""
+        map row each (what the review pages draw; pruned with the events). ``calibration``: the batch's
+        calibration rows (batch id, payload), kept until ``forget_calibration`` says the calibration store has
+        them. A result already recorded for the same (tool_id, frame_id) is kept as it was (a resent frame is
+        answered from it); a die inspected again keeps its latest result."""
         now = time.time()
         with self._writing("record batch"):
             self._db.executemany(
@@ -155,6 +162,8 @@ class Outbox:
                     for d in dies
                 ],
             )
+            if calibration is not None:
+                self._db.execute("INSERT OR IGNORE INTO calibration_rows VALUES (?, ?, ?)", (*calibration, now))
             summaries = _summary_ids(events)
             for key in summarised:
                 dies = self._db.execute(
@@ -169,6 +178,17 @@ class Outbox:
                 self._db.executemany(
                     f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
                 )
+
+    def calibration_rows(self) -> list[tuple[str, str]]:
+        """The batches' calibration rows (batch id, payload) not yet in the calibration store, oldest first."""
+        with _converted("read calibration rows"):
+            rows = self._db.execute("SELECT batch, payload FROM calibration_rows ORDER BY recorded_at").fetchall()
+        return [(batch, payload) for batch, payload in rows]
+
+    def forget_calibration(self, batches: Sequence[str]) -> None:
+        """The calibration store holds these batches' rows now."""
+        with self._writing("forget calibration rows"):
+            self._db.executemany("DELETE FROM calibration_rows WHERE batch = ?", [(b,) for b in batches])
 
     def end_wafers(self, ended: Sequence[tuple[tuple[str, str, str], str]]) -> None:
         """Keep why open wafers ended ((tool_id, lot_id, wafer_id), ended_by) until they are summarised; the

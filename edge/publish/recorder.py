@@ -15,7 +15,7 @@ from typing import Protocol
 from calibration.errors import CalibrationError
 from edge.capture.keeper import Keeper
 from edge.capture.record import BORDERLINE, Capture, capture_of
-from edge.decision.thresholds import Calibration
+from edge.decision.thresholds import Calibration, CalibrationRows
 from edge.errors import OutboxError
 from edge.flow import EventRow, Frame, Outcome, WaferKey
 from edge.ingest.admission import Turnaround
@@ -50,6 +50,7 @@ class Recorder:
     ) -> None:
         self.cfg = shared.cfg
         self._db = shared.db
+        self._calibration_db = shared.calibration_db
         self._outbox = outbox
         self._socket = socket
         self._inflight = shared.inflight
@@ -82,12 +83,14 @@ class Recorder:
             self._count(outcome)
         events += self._watch(self._watch.watch.results, outcomes, time.monotonic()) or []
         dies = [die_row(o) for o in outcomes]
+        calibration = self._calibration.rows(outcomes, event_ids)
+        batch = (self._ids.new(), calibration.dumps()) if calibration is not None else None
         t0 = time.monotonic()
         keeper = self._captures if captures else None
         if keeper is not None:
             keeper.expect(captures)
         try:
-            await self._db(self._outbox.record, results, events, dies)
+            await self._db(self._outbox.record, results, events, dies, (), batch)
         except OutboxError as err:
             log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
             if keeper is not None:
@@ -107,11 +110,27 @@ class Recorder:
         else:
             self._announce(events)
         await self.flush_wafers()
-        try:  # calibration bookkeeping, after the replies: it never holds one back
-            await self._db(self._calibration.record, outcomes, event_ids)
-        except CalibrationError as err:
-            self._metrics.internal_errors.labels("calibration").inc()
-            log.error("calibration_record_failed", error=str(err), frames=len(outcomes))
+        if batch is not None and calibration is not None:  # after the replies, on the calibration thread
+            await self.apply_calibration([(batch[0], calibration)])
+
+    async def apply_calibration(self, batches: list[tuple[str, CalibrationRows]]) -> int:
+        """Move batches' calibration rows from the outbox into the calibration store (idempotent per batch); a
+        store that fails leaves them in the outbox for the next start. Returns how many moved."""
+        moved = []
+        for batch, rows in batches:
+            try:
+                await self._calibration_db(self._calibration.apply, batch, rows)
+            except CalibrationError as err:
+                self._metrics.internal_errors.labels("calibration").inc()
+                log.error("calibration_record_failed", error=str(err), batch=batch, dies=len(rows.inspected))
+                break
+            moved.append(batch)
+        if moved:
+            try:
+                await self._db(self._outbox.forget_calibration, moved)
+            except OutboxError as err:  # applied again at the next start: the store skips batches it has
+                log.warning("calibration_rows_not_forgotten", error=str(err), batches=len(moved))
+        return len(moved)
 
     async def record_rows(self, rows: list[EventRow], summarised: list[WaferKey] | None = None) -> None:
         """Station messages outside a batch (wafer summaries, alerts, drift events): recorded, then out.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 
 import pytest
@@ -61,9 +62,12 @@ def _wait(predicate, timeout_s: float = 20.0) -> bool:
     return False
 
 
-def test_reviews_and_lot_end_move_the_thresholds(tmp_path, capsys):
+def _two_lots(tmp_path, controller: str) -> tuple[dict, dict, str, set, list]:
+    """Lot 1 at the start value, lot 2 with every DEFECT event reviewed false over MQTT, both ended by the MES:
+    the thresholds before and after lot 2, the metrics, the classes flagged and their events."""
     store_path = tmp_path / "calibration.sqlite"
-    extra = f'[calibration]\npath = "{store_path}"\ninitial_lots = 1\nrefresh_s = 0.2\n'
+    extra = (f'[calibration]\npath = "{store_path}"\ninitial_lots = 1\nrefresh_s = 0.2\n'
+             f'controller = "{controller}"\n')  # fmt: skip
     frames = aoi_sim.plan_frames(PLAN, encoding="png")
     lots = sorted({f.frame_id.rsplit("-", 2)[0] for _, f in frames})
     assert len(lots) == 2
@@ -88,7 +92,6 @@ def test_reviews_and_lot_end_move_the_thresholds(tmp_path, capsys):
         assert len(defects) >= 5
         assert peer.wait_for(lambda m: defects <= {json.loads(p)["event_id"] for t, p in m if "/events/" in t}, 30)
         events = [e for e in peer.json_messages("fab/edge/ST-01/events/") if e["event_id"] in defects]
-        flagged_classes = {e["defect_class"] for e in events}
         for event_id in defects:
             peer.publish("fab/edge/ST-01/reviews", {"event_id": event_id, "disposition": "false", "reviewer": "eng1"})
         peer.publish("fab/edge/ST-01/reviews", {"event_id": "nope", "disposition": "false", "reviewer": "eng1"})
@@ -99,6 +102,17 @@ def test_reviews_and_lot_end_move_the_thresholds(tmp_path, capsys):
         after = CalibrationStore(store_path).thresholds(RECIPE, TOOL)
         metrics = st.metrics_text()
         peer.close()
+        outbox = sqlite3.connect(st.workdir / "outbox.sqlite")
+        try:  # every batch's calibration rows reached the store and left the outbox
+            assert _wait(lambda: outbox.execute("SELECT COUNT(*) FROM calibration_rows").fetchone() == (0,))
+        finally:
+            outbox.close()
+    return before, after, metrics, {e["defect_class"] for e in events}, events
+
+
+def test_reviews_and_lot_end_move_the_thresholds(tmp_path, capsys):
+    store_path = tmp_path / "calibration.sqlite"
+    before, after, metrics, flagged_classes, events = _two_lots(tmp_path, "seed")
     assert {c for c, t in after.items() if t != before[c]} == flagged_classes
     assert all(after[c] == pytest.approx(0.62) for c in flagged_classes)
     for name in flagged_classes:
@@ -110,3 +124,26 @@ def test_reviews_and_lot_end_move_the_thresholds(tmp_path, capsys):
     shown = capsys.readouterr().out
     for name in flagged_classes:
         assert re.search(rf"^{re.escape(name)} threshold=0\.62 fpr_3lot=\d+\.\d+% status=adjusting$", shown, re.M)
+
+
+def test_the_statistical_controller_runs_in_the_daemon_through_reviews_and_lot_ends(tmp_path, capsys):
+    store_path = tmp_path / "calibration.sqlite"
+    before, after, metrics, flagged_classes, _ = _two_lots(tmp_path, "statistical")
+    store = CalibrationStore(store_path)
+    states = store.states(RECIPE, TOOL)
+    step = next(iter(states.values())).stat.max_step
+    for name in flagged_classes:  # confirmed false positives far over budget: up by one rate-limited step
+        assert after[name] == pytest.approx(before[name] + step)
+        assert _metric(metrics, "edge_calibration_threshold", tool=TOOL, **{"class": name}) == pytest.approx(
+            after[name]
+        )
+        assert _metric(metrics, "edge_calibration_fpr_3lot_ratio", tool=TOOL, **{"class": name}) > 0.001
+        bound = _metric(metrics, "edge_calibration_certified_fpr_ratio", tool=TOOL, **{"class": name})
+        assert bound == pytest.approx(states[name].fpr_upper(after[name])) and bound > 0.001
+    assert all(abs(after[c] - before[c]) <= step + 1e-9 for c in after)  # no class jumps
+    store.close()
+    assert cli_main(["calib", "--store", str(store_path), "show", "--recipe", RECIPE, "--tool", TOOL]) == 0
+    shown = capsys.readouterr().out
+    for name in flagged_classes:
+        assert re.search(rf"^{re.escape(name)} threshold=\d\.\d+ fpr_3lot=\d+\.\d+% certified=\d+\.\d+% "
+                         rf"status=\w+$", shown, re.M)  # fmt: skip

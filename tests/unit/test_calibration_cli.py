@@ -139,10 +139,10 @@ def test_show_and_override_work_on_a_statistical_profile(tmp_path: Path, capsys)
     s.close()
     assert main(calib(path, "show", "--recipe", R, "--tool", T)) == 0
     assert capsys.readouterr().out.splitlines()[1] == (
-        "PART-SM threshold=0.55 fpr_window=0.00% fpr_upper=100.00% status=calibrating"
+        "PART-SM threshold=0.550 fpr_3lot=0.00% certified=100.00% status=calibrating"
     )
     where = ["--recipe", R, "--tool", T, "--class", "PART-SM"]
     assert main(calib(path, "override", *where, "--threshold", "0.7", "--lock-lots", "2", "--reason", "x")) == 0
-    assert capsys.readouterr().out.startswith("PART-SM threshold=0.70 ")
+    assert capsys.readouterr().out.startswith("PART-SM threshold=0.700 ")
     assert main(calib(path, "show", "--recipe", R, "--tool", T, "--json")) == 0
     assert json.loads(capsys.readouterr().out)["classes"][0]["status"] == "locked"

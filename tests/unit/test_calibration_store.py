@@ -9,7 +9,7 @@ import pytest
 
 from calibration.codec import STATISTICAL, dumps, loads
 from calibration.controller import LOCKED, REVALIDATING, ClassSettings, ClassState, Stages
-from calibration.statistical_controller import StatState
+from calibration.statistical_controller import StatState, bin_of
 from calibration.store import CalibrationError, CalibrationStore
 
 R, T, T2 = "R-7NM-L4", "AOI-01", "AOI-02"
@@ -134,9 +134,11 @@ def test_statistical_profile_round_trips_and_runs(tmp_path: Path) -> None:
     s.count_inspected(R, T, "L1", 3000)
     s.close_lot(R, T, "L1")
     s.count_inspected(R, T, "L2", 3000)
-    s.add_candidate("c1", R, T, "L2", "PART-SM", 0.52, flagged=False)  # suppressed, never reviewed: counted false
-    assert s.close_lot(R, T, "L2") == {"PART-SM": (0.6, 0.58)}  # certified lower, one rate-limited step
-    assert s.states(R, T)["PART-SM"].false_positives_at(0.5) == 1
+    s.add_candidate("c1", R, T, "L2", "PART-SM", 0.52, flagged=False)  # suppressed, never reviewed
+    [(old, new)] = s.close_lot(R, T, "L2").values()  # clean evidence: lower, by one rate-limited step
+    state = s.states(R, T)["PART-SM"]
+    assert old == 0.6 and new == pytest.approx(0.6 - state.stat.max_step)
+    assert state.evidence.unlabelled[bin_of(0.52)] == 1 and state.evidence.negatives > 3000
     for state in (ClassState.start(), s.states(R, T)["PART-SM"]):
         assert loads(dumps(state)) == state
     s.close()
