@@ -244,11 +244,12 @@ def fpr_curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None = No
     """Per bin's lower edge: the estimated FPR at that threshold and its standard deviation. The curve's shape comes
     from ``evidence`` (and ``pool``); ``recent``, the same counts over a short memory, sets its level where the
     recent false positives are many enough to read it, so a drift is followed within a few lots."""
-    rate, sd = _curve(evidence, stat, pool)
+    neg, real, _ = evidence.arrays()
+    q = negative_probability(neg, real, stat.label_noise)  # fitted once: the recent counts are read with it too
+    rate, sd = _curve(evidence, stat, pool, q)
     if recent is None or recent.negatives <= 0 or not np.isfinite(sd).all():
         return rate, sd
-    neg, real, _ = evidence.arrays()
-    m_recent, _ = expected_negatives(recent, stat.label_noise, negative_probability(neg, real, stat.label_noise))
+    m_recent, _ = expected_negatives(recent, stat.label_noise, q)
     fp_recent = np.cumsum(m_recent[::-1])[::-1]
     readable = np.nonzero((fp_recent >= stat.level_count) & (_LOWER >= 0.5) & (rate > 0))[0]
     if len(readable) == 0:
@@ -262,8 +263,8 @@ def fpr_curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None = No
     return out, out_sd
 
 
-def _curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None) -> tuple[Floats, Floats]:
-    m, var = expected_negatives(evidence, stat.label_noise)
+def _curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None, q: Floats) -> tuple[Floats, Floats]:
+    m, var = expected_negatives(evidence, stat.label_noise, q)
     negatives = evidence.negatives
     if pool is not None and pool.negatives > 0 and negatives < stat.pool_negatives:
         weight = min(1.0, (stat.pool_negatives - negatives) / pool.negatives)
@@ -370,7 +371,8 @@ def after_lot(
     if s.status == CALIBRATING:
         return s if lot < stages.initial_lots else replace(s, status=ADJUSTING)
     gap = aim(s, rate, sd) - s.threshold
-    move = gap if abs(gap) <= 2 * st.grid else min(st.max_step, max(-st.max_step, st.gain * gap))
+    gain = 1.0 if s.changes > state.changes else st.gain  # after a detected change: straight to the aim
+    move = gap if abs(gap) <= 2 * st.grid else min(st.max_step, max(-st.max_step, gain * gap))
     threshold = s.settings.clamp(round(s.threshold + move, 6))
     estimate = float(at(rate, sd, np.array([threshold]))[0][0])
     under = estimate <= budget

@@ -383,9 +383,16 @@ class CalibrationStore:
             ages = self._lot_ages(db, recipe, tool, {r[5] for r in reviewed if r[5] != lot_id})
             negatives = max(0, inspected - sum(1 for r in reviewed if r[4]))
             moved = {}
-            states = {(t, n): loads(text) for t, n, text in db.execute(
-                "SELECT tool, class, state FROM classes WHERE recipe=?", (recipe,))}  # fmt: skip
-            for (of_tool, name), old in states.items():
+            states = {(tool, n): loads(text) for n, text in db.execute(
+                "SELECT class, state FROM classes WHERE recipe=? AND tool=?", (recipe, tool))}  # fmt: skip
+            thin = [n for (_, n), st in states.items() if isinstance(st, statistical.StatState)
+                    and st.evidence.negatives < st.stat.pool_negatives]  # fmt: skip
+            if thin:  # only a class with little evidence of its own borrows the other tools'
+                marks = ",".join("?" * len(thin))
+                states.update({(t, n): loads(text) for t, n, text in db.execute(
+                    f"SELECT tool, class, state FROM classes WHERE recipe=? AND tool != ? AND class IN ({marks})",
+                    (recipe, tool, *thin))})  # fmt: skip
+            for (of_tool, name), old in list(states.items()):
                 if of_tool != tool:
                     continue
                 mine, lot_rows = [r for r in reviewed if r[1] == name], [r for r in of_lot if r[1] == name]

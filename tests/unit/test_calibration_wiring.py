@@ -131,3 +131,30 @@ def test_metrics_and_the_state_line_work_for_the_statistical_controller(tmp_path
     calibration.store.transfer(R, T, "AOI-02", "li", "tool swap")
     assert isinstance(calibration.store.states(R, "AOI-02")["PART-SM"], StatState)
     calibration.close()
+
+
+def test_a_thin_class_borrows_the_same_class_on_the_recipes_other_tools_at_its_lot_end(tmp_path: Path) -> None:
+    import numpy as np
+
+    estimates = {}
+    for with_other in (False, True):
+        store = CalibrationStore(tmp_path / f"pool-{with_other}.sqlite", stages=Stages(initial_lots=1))
+        for tool in ("AOI-01", "AOI-02"):
+            store.ensure_profile(R, tool, ("PART-SM",), STATISTICAL)
+        rng = np.random.default_rng(9)
+        if with_other:
+            for lot in range(6):  # AOI-02: plenty of evidence
+                scores = 1 / (1 + np.exp(-rng.normal(-1.5, 1.0, 3000)))
+                store.record([(R, "AOI-02", f"B{lot}")] * 3000,
+                             [(f"b{lot}-{i}", R, "AOI-02", f"B{lot}", "PART-SM", float(s), False)
+                              for i, s in enumerate(scores)])  # fmt: skip
+                store.close_lot(R, "AOI-02", f"B{lot}")
+        scores = 1 / (1 + np.exp(-np.random.default_rng(10).normal(-1.5, 1.0, 30)))  # the same for both
+        store.record([(R, T, "A0")] * 30, [(f"a-{i}", R, T, "A0", "PART-SM", float(s), False)
+                                           for i, s in enumerate(scores)])  # fmt: skip
+        store.close_lot(R, T, "A0")
+        estimates[with_other] = store.states(R, T)["PART-SM"]
+        store.close()
+    alone, pooled = estimates[False], estimates[True]
+    assert alone.evidence == pooled.evidence  # its own evidence is its own; the estimate drew on the other tool
+    assert pooled.fpr_window != alone.fpr_window and pooled.fpr_window > 0
