@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     with Station(args.workdir, args.repository, config_extra=review) as st:
         reviewing = subprocess.Popen([sys.executable, "-m", "edge", "review", "--config", str(st.config_path)],
                                      stdout=subprocess.DEVNULL)  # fmt: skip
-        print(f"demo: review service http://127.0.0.1:{review_port}/api/queue (user demo, password {password})",
+        print(f"demo: review station http://127.0.0.1:{review_port}/ (user demo, password {password})",
               flush=True)  # fmt: skip
         print(
             f"demo: station up in {time.monotonic() - t0:.1f} s; frames {st.daemon_frames}, "
@@ -213,7 +213,7 @@ def review_queue(port: int, password: str) -> str:
         counts = json.loads(opener.open(f"{base}/api/queue?limit=1", timeout=10).read())["counts"]
     except (OSError, ValueError, KeyError) as err:
         return f"not reached ({err})"
-    return f"{counts['pending']} items to review {counts['by_decision']} at {base}/api/queue"
+    return f"{counts['pending']} items to review {counts['by_decision']}: open {base}/queue (API: {base}/api/queue)"
 
 
 def captured(folder: Path) -> str:
