@@ -66,7 +66,7 @@ Floats = npt.NDArray[np.float64]
 
 def bin_of(score: float) -> int:
     """The evidence bin of a confidence."""
-    return min(BINS - 1, max(0, int(np.searchsorted(EDGES, score, side="right")) - 1))
+    return int(bins_of(np.array([score]))[0])
 
 
 def _logit(p: Floats) -> Floats:
@@ -74,9 +74,9 @@ def _logit(p: Floats) -> Floats:
     return np.asarray(np.log(clipped / (1 - clipped)), np.float64)
 
 
-_LOWER = np.array(EDGES[:-1])
-_UPPER = np.array(EDGES[1:])
-_CENTRE_LOGIT = _logit((np.array(EDGES[:-1]) + np.minimum(np.array(EDGES[1:]), 1.0)) / 2)
+_EDGES = np.array(EDGES)
+_LOWER, _UPPER = _EDGES[:-1], _EDGES[1:]
+_CENTRE_LOGIT = _logit((_LOWER + np.minimum(_UPPER, 1.0)) / 2)
 _LOWER_LOGIT = _logit(np.maximum(_LOWER, 0.5))
 _FIRST = 1  # the first bin whose lower edge is a threshold (0.50)
 MISFIT_FLOOR = 0.1  # no tail is exactly exponential: the model is never trusted closer than ~30%
@@ -148,7 +148,7 @@ def _floats(values: Floats) -> tuple[float, ...]:
 
 def bins_of(scores: Floats) -> npt.NDArray[np.int64]:
     """The evidence bins of confidences."""
-    found = np.searchsorted(np.array(EDGES), scores, side="right") - 1
+    found = np.searchsorted(_EDGES, scores, side="right") - 1
     return np.asarray(np.clip(found, 0, BINS - 1), np.int64)
 
 
@@ -355,8 +355,7 @@ def after_lot(
     statistic, changed = cusum.update(state.cusum, flagged_fp, max(negatives, flagged_fp))
     fresh = Evidence.of(negatives, items)
     kept = state.evidence.scaled(st.after_change if changed else 0.5 ** (1 / half_life(st, negatives)))
-    recent_life = min(st.max_half_life, max(1.0, st.recent_negatives / max(negatives, 1)))
-    recent = state.recent.scaled(st.after_change if changed else 0.5 ** (1 / recent_life))
+    recent = state.recent.scaled(st.after_change if changed else 0.5 ** (1 / half_life(st, negatives, recent=True)))
     if corrections is not None and not changed:
         kept = _nonnegative(kept.plus(corrections))
         recent = _nonnegative(recent.plus(corrections))
@@ -381,9 +380,11 @@ def after_lot(
                    clean_lots=clean)  # fmt: skip
 
 
-def half_life(stat: StatSettings, negatives: float) -> float:
-    """Lots over which evidence fades by half: long enough to hold about ``target_negatives``, within bounds."""
-    return min(stat.max_half_life, max(stat.min_half_life, stat.target_negatives / max(negatives, 1.0)))
+def half_life(stat: StatSettings, negatives: float, recent: bool = False) -> float:
+    """Lots over which evidence fades by half: long enough to hold about ``target_negatives`` (the recent
+    evidence: ``recent_negatives``, from one lot up), within bounds."""
+    held, shortest = (stat.recent_negatives, 1.0) if recent else (stat.target_negatives, stat.min_half_life)
+    return min(stat.max_half_life, max(shortest, held / max(negatives, 1.0)))
 
 
 def _nonnegative(e: Evidence) -> Evidence:

@@ -383,22 +383,14 @@ class CalibrationStore:
             ages = self._lot_ages(db, recipe, tool, {r[5] for r in reviewed if r[5] != lot_id})
             negatives = max(0, inspected - sum(1 for r in reviewed if r[4]))
             moved = {}
-            states = {(tool, n): loads(text) for n, text in db.execute(
+            states = {n: loads(text) for n, text in db.execute(
                 "SELECT class, state FROM classes WHERE recipe=? AND tool=?", (recipe, tool))}  # fmt: skip
-            thin = [n for (_, n), st in states.items() if isinstance(st, statistical.StatState)
-                    and st.evidence.negatives < st.stat.pool_negatives]  # fmt: skip
-            if thin:  # only a class with little evidence of its own borrows the other tools'
-                marks = ",".join("?" * len(thin))
-                states.update({(t, n): loads(text) for t, n, text in db.execute(
-                    f"SELECT tool, class, state FROM classes WHERE recipe=? AND tool != ? AND class IN ({marks})",
-                    (recipe, tool, *thin))})  # fmt: skip
-            for (of_tool, name), old in list(states.items()):
-                if of_tool != tool:
-                    continue
+            pools = self._pools(db, recipe, tool, states)
+            for name, old in states.items():
                 mine, lot_rows = [r for r in reviewed if r[1] == name], [r for r in of_lot if r[1] == name]
                 if denominator == CLASS:
                     negatives = sum(1 for r in lot_rows if r[4] != 1)
-                pool = _pool(states, tool, name) if isinstance(old, statistical.StatState) else None
+                pool = pools.get(name)
                 new = self._step(old, negatives, mine, lot_rows, lot_id, ages, pool)
                 if new.threshold != old.threshold:
                     moved[name] = (old.threshold, new.threshold)
@@ -414,6 +406,26 @@ class CalibrationStore:
             if moved:
                 db.execute("UPDATE profiles SET version = version + 1 WHERE recipe=? AND tool=?", (recipe, tool))
             return moved
+
+    def _pools(self, db: sqlite3.Connection, recipe: str, tool: str,
+               states: dict[str, State]) -> dict[str, statistical.Evidence]:  # fmt: skip
+        """Per statistical class with little evidence of its own, the same class's evidence on the recipe's other
+        tools, summed (only those classes' states are read)."""
+        thin = [
+            n
+            for n, st in states.items()
+            if isinstance(st, statistical.StatState) and st.evidence.negatives < st.stat.pool_negatives
+        ]
+        pools: dict[str, statistical.Evidence] = {}
+        if not thin:
+            return pools
+        marks = ",".join("?" * len(thin))
+        for name, text in db.execute(f"SELECT class, state FROM classes WHERE recipe=? AND tool != ? AND class IN "
+                                     f"({marks})", (recipe, tool, *thin)):  # fmt: skip
+            other = loads(text)
+            if isinstance(other, statistical.StatState) and other.evidence.negatives > 0:
+                pools[name] = pools[name].plus(other.evidence) if name in pools else other.evidence
+        return pools
 
     def _lot_ages(self, db: sqlite3.Connection, recipe: str, tool: str, lots: set[str]) -> dict[str, int]:
         """How many lots of the recipe x tool closed after each of ``lots`` (1: the one before this one)."""
@@ -499,10 +511,11 @@ class CalibrationStore:
         before any audited candidate in the window has a disposition."""
         window, args = "", [recipe, tool, defect_class]
         if window_lots is not None:
-            window = (" AND (lot_id IN (SELECT lot_id FROM lots_closed WHERE recipe=? AND tool=? ORDER BY closed_at "
-                      "DESC LIMIT CAST(? AS INTEGER)) OR lot_id NOT IN (SELECT lot_id FROM lots_closed WHERE recipe=? "
-                      "AND tool=?))")  # fmt: skip
-            args = [*args, recipe, tool, str(window_lots), recipe, tool]
+            window = (
+                " AND (lot_id IN (SELECT lot_id FROM lots_closed WHERE recipe=? AND tool=? ORDER BY closed_at "
+                "DESC LIMIT ?) OR lot_id NOT IN (SELECT lot_id FROM lots_closed WHERE recipe=? AND tool=?))"
+            )
+            args += [recipe, tool, str(window_lots), recipe, tool]  # SQLite reads a number's text as the number
         [(flagged_real, suppressed, audited, audited_real)] = self._query(
             "SELECT COALESCE(SUM(flagged = 1 AND real = 1), 0), COALESCE(SUM(flagged = 0), 0), "
             "COALESCE(SUM(flagged = 0 AND real IS NOT NULL), 0), COALESCE(SUM(flagged = 0 AND real = 1), 0) "
@@ -587,16 +600,6 @@ class CalibrationStore:
         db.execute("INSERT INTO audit (ts, recipe, tool, class, who, field, old, new, reason) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (self._clock(), recipe, tool, name, who, field, old, new,
                                                           reason))  # fmt: skip
-
-
-def _pool(states: dict[tuple[str, str], State], tool: str, name: str) -> statistical.Evidence | None:
-    """The class's evidence on the recipe's other tools (statistical profiles), summed."""
-    pooled = None
-    for (other_tool, other_name), other in states.items():
-        mine = other_name == name and other_tool != tool
-        if mine and isinstance(other, statistical.StatState) and other.evidence.negatives > 0:
-            pooled = other.evidence if pooled is None else pooled.plus(other.evidence)
-    return pooled
 
 
 @contextmanager

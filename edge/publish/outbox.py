@@ -166,13 +166,13 @@ class Outbox:
                 self._db.execute("INSERT OR IGNORE INTO calibration_rows VALUES (?, ?, ?)", (*calibration, now))
             summaries = _summary_ids(events)
             for key in summarised:
-                dies = self._db.execute(
+                folded = self._db.execute(
                     "SELECT x, y, decision, defect_class, recipe_id FROM wafer_dies WHERE tool_id = ? AND lot_id = ? "
                     "AND wafer_id = ? ORDER BY seq", key).fetchall()  # fmt: skip
-                if dies:
+                if folded:
                     self._db.execute(
                         "INSERT OR REPLACE INTO wafer_maps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (*key, dies[-1][4], summaries.get(key), json.dumps([d[:4] for d in dies]), now),
+                        (*key, folded[-1][4], summaries.get(key), json.dumps([d[:4] for d in folded]), now),
                     )
             for table in ("wafer_dies", "wafer_ends"):
                 self._db.executemany(

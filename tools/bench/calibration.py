@@ -168,7 +168,7 @@ def run(model_name: str, sc: Scenario, kind: str, seed: int, lots: int, negative
         state = statistical.StatState.start(SETTINGS, stat)
     else:
         state = controller.ClassState.start(SETTINGS)
-    pending: list[tuple[np.ndarray, np.ndarray, list[bool | None], float, int]] = []
+    pending: list[tuple[np.ndarray, list[bool | None], float, int]] = []  # lots whose labels are still to come
     out = []
     for lot in range(1, lots + 1):
         drift = sc.drift(lot)
@@ -186,10 +186,10 @@ def run(model_name: str, sc: Scenario, kind: str, seed: int, lots: int, negative
         noise = 0.10 if sc.noise_burst and sc.noise_burst[0] <= lot < sc.noise_burst[1] else sc.label_noise
         labels = _labels(rng, scores, real, t, noise)
         if isinstance(state, controller.ClassState):
-            pending.append((scores, np.array([x is True for x in labels]), labels, t, n))
+            pending.append((scores, labels, t, n))
             if sc.late and len(pending) < 2:
                 continue
-            sc_, _, lb, t_then, n_then = pending.pop(0)
+            sc_, lb, t_then, n_then = pending.pop(0)
             flagged = sc_ >= t_then
             fp = sum(1 for f, x in zip(flagged, lb, strict=True) if f and x is False)
             confirmed = sum(1 for f, x in zip(flagged, lb, strict=True) if f and x is True)
@@ -199,11 +199,11 @@ def run(model_name: str, sc: Scenario, kind: str, seed: int, lots: int, negative
             items = [statistical.Reviewed(float(s), None) for s in scores]
             corrections = None
             if pending:
-                sc_, _, lb, _, n_then = pending.pop(0)
+                sc_, lb, _, n_then = pending.pop(0)
                 late = [statistical.Reviewed(float(s), x) for s, x in zip(sc_, lb, strict=True) if x is not None]
                 half = statistical.half_life(state.stat, n_then)
                 corrections = statistical.late_labels(late, [1] * len(late), half)
-            pending.append((scores, real, labels, t, n))
+            pending.append((scores, labels, t, n))
             state = statistical.after_lot(state, n, items, STAGES, corrections=corrections)
         else:
             items = [statistical.Reviewed(float(s), x) for s, x in zip(scores, labels, strict=True)]
