@@ -58,8 +58,11 @@ from calibration.controller import (
 )
 from calibration.exact_tests import BernoulliCusum, clopper_pearson_upper
 
-# bin edges: one bin under 0.50, then 0.50, 0.51, ... 0.95, then 0.96 .. 0.99, 0.995, 0.999 and the top
-EDGES = (0.0, *(round(0.5 + 0.01 * i, 2) for i in range(50)), 0.995, 0.999, 1.0 + 1e-9)
+METHOD = 2  # a state saved by an earlier method is read with today's StatSettings (its evidence is kept)
+# bin edges: 0.00, 0.05, ... 0.45 (the bulk, where a drift of the whole distribution shows first), then thresholds
+# 0.50, 0.51, ... 0.99, 0.995, 0.999 and the top
+LOW_EDGES = tuple(round(0.05 * i, 2) for i in range(10))
+EDGES = (*LOW_EDGES, *(round(0.5 + 0.01 * i, 2) for i in range(50)), 0.995, 0.999, 1.0 + 1e-9)
 BINS = len(EDGES) - 1
 Floats = npt.NDArray[np.float64]
 
@@ -77,8 +80,8 @@ def _logit(p: Floats) -> Floats:
 _EDGES = np.array(EDGES)
 _LOWER, _UPPER = _EDGES[:-1], _EDGES[1:]
 _CENTRE_LOGIT = _logit((_LOWER + np.minimum(_UPPER, 1.0)) / 2)
-_LOWER_LOGIT = _logit(np.maximum(_LOWER, 0.5))
-_FIRST = 1  # the first bin whose lower edge is a threshold (0.50)
+_LOWER_LOGIT = _logit(_LOWER)
+_FIRST = len(LOW_EDGES)  # the first bin whose lower edge is a threshold (0.50)
 MISFIT_FLOOR = 0.1  # no tail is exactly exponential: the model is never trusted closer than ~30%
 
 
@@ -103,13 +106,15 @@ class StatSettings:
     min_half_life: float = 12.0  # ... with a half-life (lots) within these bounds
     max_half_life: float = 100.0
     tail_count: float = 20.0  # expected false positives above which the counted curve is trusted alone
-    pool_negatives: float = 3000.0  # at most this many pseudo-negatives borrowed from the recipe's other tools
-    recent_negatives: float = 1000.0  # the recent evidence (for the curve's level) holds about this many negatives
+    pool_negatives: float = 20000.0  # at most this many pseudo-negatives borrowed from the recipe's other tools
+    recent_negatives: float = 300.0  # the recent evidence (for the curve's level) holds about this many negatives
     level_count: float = 40.0  # recent false positives needed at a threshold to read the level there
     level_prior: float = 10.0  # pseudo-count that keeps the level ratio near 1 on thin recent evidence
     cusum_h: float = 3.0
     cusum_shift: float = 3.0  # the CUSUM looks for a rise of FPR to this multiple of the estimate
     after_change: float = 0.1  # the weight the evidence from before a detected change keeps
+    forecast_half_life: float = 30.0  # lots over which the forecast's error is remembered
+    shift_floor: float = 0.01  # squared logits: no lot's move is trusted as exactly known
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,38 @@ def bins_of(scores: Floats) -> npt.NDArray[np.int64]:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """How well the curve foretells the next lot. ``curve``: the FPR curve the last lot ended with, the forecast
+    for the lot to come. Each lot's scores are matched to it by the move along the logit axis that fits their
+    histogram best (maximum likelihood); that move's square beyond what counting explains, averaged with a memory
+    of ``forecast_half_life`` lots (``excess`` over ``weight``), is the variance of the drift from one lot to the
+    next that the curve does not follow: a drift faster than the memory, a cycle, a shape the model misses."""
+
+    curve: tuple[float, ...] = ()
+    excess: float = 0.0
+    weight: float = 0.0
+
+    @property
+    def drift_variance(self) -> float:
+        """Squared logits: the forecast's error beyond counting noise."""
+        return max(0.0, self.excess / self.weight) if self.weight > 0 else 0.0
+
+    def checked(self, lot: Evidence, q: Floats, stat: StatSettings) -> Forecast:
+        """After a lot: its move against the forecast."""
+        if not self.curve:
+            return self
+        m, _ = expected_negatives(lot, stat.label_noise, q)
+        found = lot_shift(np.array(self.curve), m)
+        if found is None:
+            return self
+        shift, variance = found
+        decay = 0.5 ** (1 / stat.forecast_half_life)
+        w = 1 / (variance + stat.shift_floor)
+        return replace(self, excess=decay * self.excess + w * (shift * shift - variance),
+                       weight=decay * self.weight + w)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class StatState:
     threshold: float
     settings: ClassSettings = field(default_factory=ClassSettings)
@@ -166,6 +203,7 @@ class StatState:
     changes: int = 0
     clean_lots: int = 0
     estimate: float = 0.0  # the estimated FPR at the threshold in force after the last lot
+    forecast: Forecast = field(default_factory=Forecast)
 
     @classmethod
     def start(cls, settings: ClassSettings = DEFAULT_SETTINGS, stat: StatSettings | None = None) -> StatState:
@@ -200,31 +238,30 @@ class StatState:
         )
 
 
-def negative_probability(neg: Floats, real: Floats, noise: float, prior_weight: float = 5.0) -> Floats:
-    """P(negative | score bin): each bin's own labelled share of "false", shrunk towards a logistic fit of that share
-    on the bins' logits (the fit speaks for bins with few labels: the audit sample under the threshold), then with
-    the reviewers' slips taken out (a slip rate e makes the observed share e + (1 - 2e) x the true one)."""
-    x = _CENTRE_LOGIT
-    w_neg, w_real = neg + 0.05, real + 0.05
-    total = w_neg + w_real
-    a, c = 0.0, 1.0  # P(said real) = sigmoid(a + c x)
-    for _ in range(12):  # Newton steps on the binomial log-likelihood (it converges in a handful)
-        p = 1 / (1 + np.exp(-np.clip(a + c * x, -40, 40)))
-        r = w_real - total * p
-        grad = np.array([r.sum(), (r * x).sum()])
-        h = total * p * (1 - p) + 1e-12
-        hess = np.array([[h.sum(), (h * x).sum()], [(h * x).sum(), (h * x * x).sum()]])
-        if abs(np.linalg.det(hess)) < 1e-12:
-            break
-        step = np.linalg.solve(hess, grad)
-        a, c = a + float(step[0]), c + float(step[1])
-        if float(np.abs(step).sum()) < 1e-5:
-            break
-    said_false_fit = 1 - 1 / (1 + np.exp(-np.clip(a + c * x, -40, 40)))
-    said_false = (neg + prior_weight * said_false_fit) / (neg + real + prior_weight)
+def negative_probability(neg: Floats, real: Floats, noise: float) -> Floats:
+    """P(negative | score bin): the labelled share of "false" per bin, made non-increasing in the score (pool
+    adjacent violators, weighted by the labels; a bin without labels takes its neighbours' pooled share), then with
+    the reviewers' slips taken out (a slip rate e makes the observed share e + (1 - 2e) x the true one). Monotone
+    and free of any assumed shape: real defects may crowd at the top or spread wide, the audit sample under the
+    threshold speaks for the low bins."""
+    weight = neg + real + 1e-3  # a bin without labels leans on its neighbours; the lowest ones start from "false"
+    share = (neg + 1e-3 * (_CENTRE_LOGIT < 0)) / weight
+    said_false = _non_increasing(share, weight)
     if 0 < noise < 0.5:
         said_false = (said_false - noise) / (1 - 2 * noise)
     return np.asarray(np.clip(said_false, 1e-4, 1 - 1e-4), np.float64)
+
+
+def _non_increasing(values: Floats, weights: Floats) -> Floats:
+    """The weighted least-squares non-increasing fit (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [value, weight, length]
+    for v, w in zip(values.tolist(), weights.tolist(), strict=True):
+        blocks.append([v, w, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks[-1]
+            blocks[-1] = [(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2]
+    return np.repeat([b[0] for b in blocks], [int(b[2]) for b in blocks]).astype(np.float64)
 
 
 def expected_negatives(evidence: Evidence, noise: float, q: Floats | None = None) -> tuple[Floats, Floats]:
@@ -240,27 +277,95 @@ def expected_negatives(evidence: Evidence, noise: float, q: Floats | None = None
 
 
 def fpr_curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None = None,
-              recent: Evidence | None = None) -> tuple[Floats, Floats]:  # fmt: skip
+              recent: Evidence | None = None, forecast: Forecast | None = None,
+              q: Floats | None = None) -> tuple[Floats, Floats]:  # fmt: skip
     """Per bin's lower edge: the estimated FPR at that threshold and its standard deviation. The curve's shape comes
     from ``evidence`` (and ``pool``); ``recent``, the same counts over a short memory, sets its level where the
-    recent false positives are many enough to read it, so a drift is followed within a few lots."""
-    neg, real, _ = evidence.arrays()
-    q = negative_probability(neg, real, stat.label_noise)  # fitted once: the recent counts are read with it too
+    recent false positives are many enough to read it, so a drift is followed within a few lots; ``forecast``'s
+    error widens the spread. ``q``: P(negative | bin) when fitted already."""
+    if q is None:
+        neg, real, _ = evidence.arrays()
+        q = negative_probability(neg, real, stat.label_noise)  # fitted once: the recent counts are read with it too
     rate, sd = _curve(evidence, stat, pool, q)
-    if recent is None or recent.negatives <= 0 or not np.isfinite(sd).all():
+    if not np.isfinite(sd).all():
         return rate, sd
+    if recent is not None and recent.negatives > 0:
+        rate, sd = _levelled(rate, sd, recent, stat, q)
+    if forecast is not None and forecast.drift_variance > 0:
+        # a move of the scores by d logits changes the FPR at a threshold by its slope there times d
+        sd = np.sqrt(sd**2 + (rate * _slope(rate, _LOWER_LOGIT)) ** 2 * forecast.drift_variance)
+    return rate, sd
+
+
+def _levelled(rate: Floats, sd: Floats, recent: Evidence, stat: StatSettings, q: Floats) -> tuple[Floats, Floats]:
+    """The long curve moved along the logit axis to the recent level, read at the highest bin with
+    ``level_count`` recent false positives."""
     m_recent, _ = expected_negatives(recent, stat.label_noise, q)
     fp_recent = np.cumsum(m_recent[::-1])[::-1]
-    readable = np.nonzero((fp_recent >= stat.level_count) & (_LOWER >= 0.5) & (rate > 0))[0]
+    readable = np.nonzero((fp_recent >= stat.level_count) & (rate > 0))[0]
     if len(readable) == 0:
         return rate, sd
     v = int(readable[-1])
     k = stat.level_prior
-    ratio = (fp_recent[v] + k) / (rate[v] * recent.negatives + k)
-    out, out_sd = rate.copy(), sd.copy()
-    out[v:] = rate[v:] * ratio
-    out_sd[v:] = np.sqrt((sd[v:] * ratio) ** 2 + out[v:] ** 2 / (fp_recent[v] + k))
-    return out, out_sd
+    level = rate[v] * (fp_recent[v] + k) / (rate[v] * recent.negatives + k)  # the recent rate, shrunk to the curve's
+    shifted = _LOWER_LOGIT - _shift(rate, v, level)
+    out = _log_interp(shifted, rate)
+    relative = np.interp(shifted, _LOWER_LOGIT, sd / np.maximum(rate, 1e-15))
+    # an error in the shift grows in the tail by the ratio of the curve's slopes (log rate per logit) there and at v
+    slope = _slope(rate, shifted)
+    leverage = slope / max(float(slope[v]), 0.2)
+    return out, out * np.sqrt(relative**2 + leverage**2 / (fp_recent[v] + k))
+
+
+MAX_SHIFT = 4.0  # logits
+
+
+def _log_interp(x: Floats, rate: Floats) -> Floats:
+    """The long curve at logits ``x``: log-linear between the bins' lower edges."""
+    log_rate = np.log(np.maximum(rate, 1e-15))
+    return np.asarray(np.exp(np.interp(x, _LOWER_LOGIT, log_rate)), np.float64)
+
+
+def _shift(rate: Floats, v: int, level: float) -> float:
+    """The move of the curve along the logit axis that brings its rate at bin ``v``'s edge to ``level``: a drift of
+    the scores moves the whole curve, so the recent level read where counts are many sets it where they are few."""
+    falling = -np.log(np.maximum(rate, 1e-15))  # non-decreasing in the logit: the curve read backwards
+    where = float(np.interp(-math.log(max(level, 1e-15)), falling, _LOWER_LOGIT))
+    return min(MAX_SHIFT, max(-MAX_SHIFT, float(_LOWER_LOGIT[v]) - where))
+
+
+def _slope(rate: Floats, x: Floats, h: float = 0.1) -> Floats:
+    """-d log FPR / d logit of the long curve at logits ``x``."""
+    return np.asarray((np.log(_log_interp(x - h, rate)) - np.log(_log_interp(x + h, rate))) / (2 * h), np.float64)
+
+
+COARSE_SHIFTS = np.round(np.arange(-2.0, 2.0 + 1e-9, 0.2), 2)
+FINE_STEP = 0.02
+
+
+def lot_shift(curve: Floats, counts: Floats) -> tuple[float, float] | None:
+    """The move along the logit axis that best fits a lot's negatives per bin (``counts``) to ``curve`` (maximum
+    likelihood over the candidates' histogram, coarse then fine) and its variance (the likelihood's curvature);
+    None with too few."""
+    if float(counts.sum()) < 3 or curve[0] <= 0:
+        return None
+    log_rate = np.log(np.maximum(curve, 1e-15))
+    coarse = _loglik(log_rate, counts, COARSE_SHIFTS)
+    best = int(np.argmax(coarse))
+    if best in (0, len(COARSE_SHIFTS) - 1):
+        return float(COARSE_SHIFTS[best]), 1.0  # off the grid: a move of that size at least, uncertain
+    fine = np.round(COARSE_SHIFTS[best] + FINE_STEP * np.arange(-5, 6), 3)
+    loglik = _loglik(log_rate, counts, fine)
+    i = min(max(int(np.argmax(loglik)), 1), len(fine) - 2)
+    curvature = -(loglik[i - 1] - 2 * loglik[i] + loglik[i + 1]) / (FINE_STEP * FINE_STEP)
+    return float(fine[i]), 1 / max(curvature, 1e-6)
+
+
+def _loglik(log_rate: Floats, counts: Floats, shifts: Floats) -> Floats:
+    """Log-likelihood of the binned counts under the curve moved by each of ``shifts``."""
+    at_edges = np.exp(np.interp(_LOWER_LOGIT[None, :] - shifts[:, None], _LOWER_LOGIT, log_rate))
+    mass = np.maximum(at_edges - np.append(at_edges[:, 1:], np.zeros((len(shifts), 1)), axis=1), 1e-12)
+    return np.asarray((counts[None, :] * np.log(mass / mass.sum(axis=1, keepdims=True))).sum(axis=1), np.float64)
 
 
 def _curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None, q: Floats) -> tuple[Floats, Floats]:
@@ -281,7 +386,7 @@ def _curve(evidence: Evidence, stat: StatSettings, pool: Evidence | None, q: Flo
 def _with_tail(fp: Floats, fp_var: Floats, m: Floats, enough: float) -> tuple[Floats, Floats]:
     """Where few false positives are counted, combine the count with an exponential tail on the logit scale fitted
     above the highest threshold that still counts ``enough`` of them (inverse-variance weights)."""
-    usable = np.nonzero((fp >= enough) & (_LOWER >= 0.5))[0]
+    usable = np.nonzero((fp >= enough) & (_LOWER > 0))[0]
     if len(usable) == 0:
         return fp, fp_var
     u = int(usable[-1])
@@ -305,7 +410,7 @@ def _with_tail(fp: Floats, fp_var: Floats, m: Floats, enough: float) -> tuple[Fl
     misfit = max(misfit, MISFIT_FLOOR)
     # relative variance of the model: the count at u, the scale (relative variance 1 / n), the misfit
     model_var = model * model * (1 / max(fp[u], 1.0) + (distance / scale) ** 2 / n_tail + misfit) + 1e-12
-    count_var = fp_var[u + 1 :] + 1.0
+    count_var = np.maximum(fp_var[u + 1 :], model) + 1.0  # counting noise as the model expects it, never nil
     w = model_var / (model_var + count_var)  # the weight of the count
     out, out_var = fp.copy(), fp_var.copy()
     out[u + 1 :] = w * counts + (1 - w) * model
@@ -359,10 +464,14 @@ def after_lot(
     if corrections is not None and not changed:
         kept = _nonnegative(kept.plus(corrections))
         recent = _nonnegative(recent.plus(corrections))
-    s = replace(state, lots_seen=lot, cusum=statistic, changes=state.changes + changed, evidence=kept.plus(fresh),
-                recent=recent.plus(fresh))  # fmt: skip
-    rate, sd = fpr_curve(s.evidence, st, pool, s.recent)
-    s = replace(s, estimate=float(at(rate, sd, np.array([s.threshold]))[0][0]))
+    evidence = kept.plus(fresh)
+    neg, real, _ = evidence.arrays()
+    q = negative_probability(neg, real, st.label_noise)
+    forecast = state.forecast.checked(fresh, q, st)
+    rate, sd = fpr_curve(evidence, st, pool, recent.plus(fresh), forecast, q)
+    s = replace(state, lots_seen=lot, cusum=statistic, changes=state.changes + changed, evidence=evidence,
+                recent=recent.plus(fresh), forecast=replace(forecast, curve=_floats(rate)),
+                estimate=float(at(rate, sd, np.array([state.threshold]))[0][0]))  # fmt: skip
     if lock_holds(s.status, s.lock_until, lot):
         return s
     if s.status == LOCKED:
@@ -410,4 +519,4 @@ def transferred(state: StatState) -> StatState:
     """On the tool a profile is transferred to: same threshold and settings, no evidence, revalidating."""
     status = CALIBRATING if state.status == CALIBRATING else REVALIDATING
     return replace(state, status=status, evidence=Evidence(), recent=Evidence(), cusum=0.0, clean_lots=0,
-                   lock_until=None, estimate=0.0)  # fmt: skip
+                   lock_until=None, estimate=0.0, forecast=Forecast())  # fmt: skip

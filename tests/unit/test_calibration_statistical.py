@@ -13,6 +13,7 @@ from calibration.controller import ADJUSTING, CALIBRATING, LOCKED, ClassSettings
 from calibration.engineer import override, unlock
 from calibration.exact_tests import BernoulliCusum, binomial_cdf, clopper_pearson_upper
 from calibration.statistical_controller import (
+    BINS,
     Evidence,
     Reviewed,
     StatSettings,
@@ -94,15 +95,15 @@ def test_the_curve_reads_the_many_suppressed_scores_and_its_margin_shrinks_with_
 
 
 def test_a_reviewer_slip_among_confirmed_real_scores_counts_for_little() -> None:
-    neg = np.zeros(53)
-    real = np.zeros(53)
+    neg = np.zeros(BINS)
+    real = np.zeros(BINS)
     neg[bin_of(0.55) : bin_of(0.7)] = 200  # low scores: false positives
     real[bin_of(0.9) :] = 50  # high scores: real defects
     q = negative_probability(neg, real, 0.02)
     assert q[bin_of(0.56)] > 0.95 and q[bin_of(0.97)] < 0.05
     slip = Evidence.of(3000, [Reviewed(0.97, False)])  # a confirmed-real score reviewed "false"
     honest = Evidence.of(3000, [Reviewed(0.97, True)])
-    base = Evidence(0.0, tuple(neg), tuple(real), (0.0,) * 53)
+    base = Evidence(0.0, tuple(neg), tuple(real), (0.0,) * BINS)
     stat = StatSettings(label_noise=0.02)
     with_slip = fpr_curve(slip.plus(base), stat)[0][bin_of(0.95)]
     without = fpr_curve(honest.plus(base), stat)[0][bin_of(0.95)]

@@ -28,6 +28,7 @@ FPR is the class's false positives over its inspected negatives. Figures are ove
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -45,12 +46,20 @@ STATIC = 0.75
 STAGES = Stages(initial_lots=50)
 SETTINGS = ClassSettings(fpr_budget=BUDGET)
 CONTROLLERS = ("static", "seed", "statistical", "oracle")
-Z_BUDGET = 3.090232306167813  # the standard normal's 1 - 0.001 quantile
 
 
 def _phi_tail(z: np.ndarray | float) -> np.ndarray:
     """P(Z >= z) for a standard normal."""
     return np.asarray(0.5 * np.vectorize(math.erfc)(np.asarray(z, float) / math.sqrt(2)))
+
+
+def _z(p: float) -> float:
+    """The standard normal's 1 - p quantile (bisection on the tail)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(_phi_tail(mid)) > p else (lo, mid)
+    return (lo + hi) / 2
 
 
 def _logit(t: float) -> float:
@@ -78,8 +87,8 @@ class Gaussian:
     def escape(self, t: float, drift: float) -> float:
         return float(1 - _phi_tail((_logit(t) - 3.0) / 1.2))
 
-    def oracle(self, drift: float) -> float:
-        x = self.shift(drift) + Z_BUDGET
+    def oracle(self, drift: float, budget: float = BUDGET) -> float:
+        x = self.shift(drift) + _z(budget)
         return 1 / (1 + math.exp(-x))
 
 
@@ -103,11 +112,11 @@ class PowerLaw:
     def escape(self, t: float, drift: float) -> float:
         return 1.0 - ((1.0 - t) / 0.5) ** (1.0 / self.M)
 
-    def oracle(self, drift: float) -> float:
+    def oracle(self, drift: float, budget: float = BUDGET) -> float:
         lo, hi = 0.5, 0.999
         for _ in range(50):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if self.true_fpr(mid, drift) <= BUDGET else (mid, hi)
+            lo, hi = (lo, mid) if self.true_fpr(mid, drift) <= budget else (mid, hi)
         return hi
 
 
@@ -124,6 +133,8 @@ class Scenario:
     step_at: int | None = None  # lot of a step change (recovery lag is measured from it)
     volume: Callable[[int], float] = lambda lot: 1.0  # share of the table's negatives per lot
     noise_burst: tuple[int, int] | None = None  # lots during which the reviewer flips 10% of labels
+    tools: int = 1  # tools of the recipe with this class; the statistical controller pools their evidence
+    tool_spread: float = 0.0  # drift units between neighbouring tools' score distributions
 
 
 def scenarios(lots: int) -> list[Scenario]:
@@ -140,6 +151,7 @@ def scenarios(lots: int) -> list[Scenario]:
         Scenario("volume drops 10x", volume=lambda lot: 1.0 if lot < swap else 0.1),
         Scenario("sloppy reviewer", noise_burst=(step, step + 20)),
         Scenario("dispositions a lot late", late=True),
+        Scenario("4 tools pooled, aging", drift=lambda lot: 0.6 * lot / lots, tools=4, tool_spread=0.15),
     ]
 
 
@@ -160,55 +172,88 @@ def _labels(rng: np.random.Generator, scores: np.ndarray, real: np.ndarray, t: f
 
 
 def run(model_name: str, sc: Scenario, kind: str, seed: int, lots: int, negatives: int,
-        stat: statistical.StatSettings | None = None) -> list[LotResult]:  # fmt: skip
+        stat: statistical.StatSettings | None = None, per_class: int = 1) -> list[LotResult]:  # fmt: skip
+    """One seed of a scenario on tool 0: its threshold, true FPR and escapes lot by lot. ``per_class``: the FPR
+    denominator holds that many times the class's own negatives (1: the class denominator; K: all inspected
+    negatives of a recipe x tool whose K classes share them). With ``sc.tools`` > 1 the statistical controller on
+    every tool borrows the same class's evidence from the others, as the store does."""
     model = MODELS[model_name](np.random.default_rng([seed, 7]))
-    rng = np.random.default_rng([seed, len(sc.name), CONTROLLERS.index(kind), negatives])
-    state: controller.ClassState | statistical.StatState
-    if kind == "statistical":
-        state = statistical.StatState.start(SETTINGS, stat)
-    else:
-        state = controller.ClassState.start(SETTINGS)
-    pending: list[tuple[np.ndarray, list[bool | None], float, int]] = []  # lots whose labels are still to come
+    rng = np.random.default_rng([seed, len(sc.name), CONTROLLERS.index(kind), negatives, per_class])
+    tools = sc.tools if kind == "statistical" else 1  # the seed controller reads no other tool
+    offsets = [sc.tool_spread * ((k + 1) // 2) * (-1) ** k for k in range(tools)]  # tool 0 as the model says
+    states: list[controller.ClassState | statistical.StatState] = [
+        statistical.StatState.start(SETTINGS, stat) if kind == "statistical" else controller.ClassState.start(SETTINGS)
+        for _ in range(tools)
+    ]
+    pending: list[list[tuple[np.ndarray, list[bool | None], float, int]]] = [[] for _ in range(tools)]
     out = []
     for lot in range(1, lots + 1):
         drift = sc.drift(lot)
         if sc.swap_at == lot and kind in ("seed", "statistical"):
-            state = (statistical if isinstance(state, statistical.StatState) else controller).transferred(state)
-        t = {"static": STATIC, "oracle": model.oracle(drift)}.get(kind, state.threshold)
-        n = max(1, round(negatives * sc.volume(lot)))
-        neg_scores, real_scores = model.sample(rng, n, drift)
-        out.append(LotResult(t, model.true_fpr(t, drift), model.escape(t, drift),
-                             model.escape(model.oracle(drift), drift)))  # fmt: skip
+            states = [(statistical if isinstance(x, statistical.StatState) else controller).transferred(x)
+                      for x in states]  # fmt: skip
+        budget = BUDGET * per_class  # the same budget in the class's own terms
+        t = {"static": STATIC, "oracle": model.oracle(drift, budget)}.get(kind, states[0].threshold)
+        out.append(LotResult(t, model.true_fpr(t, drift) / per_class, model.escape(t, drift),
+                             model.escape(model.oracle(drift, budget), drift)))  # fmt: skip
         if kind in ("static", "oracle"):
             continue
-        scores = np.r_[neg_scores, real_scores]
-        real = np.r_[np.zeros(len(neg_scores), bool), np.ones(len(real_scores), bool)]
+        n = max(1, round(negatives * sc.volume(lot)))
         noise = 0.10 if sc.noise_burst and sc.noise_burst[0] <= lot < sc.noise_burst[1] else sc.label_noise
-        labels = _labels(rng, scores, real, t, noise)
-        if isinstance(state, controller.ClassState):
-            pending.append((scores, labels, t, n))
-            if sc.late and len(pending) < 2:
-                continue
-            sc_, lb, t_then, n_then = pending.pop(0)
-            flagged = sc_ >= t_then
-            fp = sum(1 for f, x in zip(flagged, lb, strict=True) if f and x is False)
-            confirmed = sum(1 for f, x in zip(flagged, lb, strict=True) if f and x is True)
-            state = controller.after_lot(state, LotCounts(n_then, fp, confirmed), STAGES)
-            continue
-        if sc.late:  # labels arrive a lot late: the lot closes without them, they come as corrections next lot
-            items = [statistical.Reviewed(float(s), None) for s in scores]
-            corrections = None
-            if pending:
-                sc_, lb, _, n_then = pending.pop(0)
-                late = [statistical.Reviewed(float(s), x) for s, x in zip(sc_, lb, strict=True) if x is not None]
-                half = statistical.half_life(state.stat, n_then)
-                corrections = statistical.late_labels(late, [1] * len(late), half)
-            pending.append((scores, labels, t, n))
-            state = statistical.after_lot(state, n, items, STAGES, corrections=corrections)
-        else:
-            items = [statistical.Reviewed(float(s), x) for s, x in zip(scores, labels, strict=True)]
-            state = statistical.after_lot(state, n, items, STAGES)
+        lots_now = []
+        for k, state in enumerate(states):
+            neg_scores, real_scores = model.sample(rng, n, drift + offsets[k])
+            scores = np.r_[neg_scores, real_scores]
+            real = np.r_[np.zeros(len(neg_scores), bool), np.ones(len(real_scores), bool)]
+            lots_now.append(
+                (scores, _labels(rng, scores, real, state.threshold, noise), state.threshold, n * per_class)
+            )
+        evidence = [x.evidence for x in states if isinstance(x, statistical.StatState)]
+        for k, state in enumerate(states):
+            pending[k].append(lots_now[k])
+            pool = _pool(evidence, k) if len(evidence) > 1 else None
+            states[k] = _feed(state, pending[k], sc.late, pool)
     return out
+
+
+def _pool(evidence: list[statistical.Evidence], k: int) -> statistical.Evidence | None:
+    """The other tools' evidence, summed."""
+    others = [e for i, e in enumerate(evidence) if i != k and e.negatives > 0]
+    if not others:
+        return None
+    total = others[0]
+    for e in others[1:]:
+        total = total.plus(e)
+    return total
+
+
+def _feed(state: controller.ClassState | statistical.StatState,
+          pending: list[tuple[np.ndarray, list[bool | None], float, int]], late: bool,
+          pool: statistical.Evidence | None) -> controller.ClassState | statistical.StatState:  # fmt: skip
+    """Close a lot on one tool: the seed controller gets the lot's reviewed counts (a lot late: the previous lot's),
+    the statistical one every candidate with its label (a lot late: unlabelled now, labels as corrections next)."""
+    if isinstance(state, controller.ClassState):
+        if late and len(pending) < 2:
+            return state
+        scores, labels, t_then, n_then = pending.pop(0)
+        flagged = scores >= t_then
+        fp = sum(1 for f, x in zip(flagged, labels, strict=True) if f and x is False)
+        confirmed = sum(1 for f, x in zip(flagged, labels, strict=True) if f and x is True)
+        return controller.after_lot(state, LotCounts(n_then, fp, confirmed), STAGES)
+    scores, labels, _, n = pending[-1]
+    if not late:
+        pending.clear()
+        items = [statistical.Reviewed(float(x), y) for x, y in zip(scores, labels, strict=True)]
+        return statistical.after_lot(state, n, items, STAGES, pool=pool)
+    items = [statistical.Reviewed(float(x), None) for x in scores]
+    corrections = None
+    if len(pending) > 1:
+        old_scores, old_labels, _, n_then = pending.pop(0)
+        known = [
+            statistical.Reviewed(float(x), y) for x, y in zip(old_scores, old_labels, strict=True) if y is not None
+        ]
+        corrections = statistical.late_labels(known, [1] * len(known), statistical.half_life(state.stat, n_then))
+    return statistical.after_lot(state, n, items, STAGES, pool=pool, corrections=corrections)
 
 
 def summarise(results: list[list[LotResult]], sc: Scenario, steady: int) -> dict[str, np.ndarray]:
@@ -295,6 +340,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="statistical controller settings to try (fields of StatSettings)",
     )
+    parser.add_argument(
+        "--denominator",
+        nargs="*",
+        default=["class"],
+        choices=["class", "all"],
+        help="FPR over the class's own negatives, or over all inspected negatives of the recipe x tool",
+    )
+    parser.add_argument(
+        "--sharing",
+        type=int,
+        default=8,
+        help="classes whose negatives make up 'all' (the class's own are 1/SHARING of them)",
+    )
     parser.add_argument("--lot-end", action="store_true", help="time the store's lot ends instead")
     parser.add_argument("--classes", type=int, default=16)
     parser.add_argument("--tools", type=int, default=4)
@@ -311,19 +369,23 @@ def main(argv: list[str] | None = None) -> int:
     stat = statistical.StatSettings(**{k: float(v) for k, v in (kv.split("=", 1) for kv in args.stat)})
     header = ("scenario", "controller", "true FPR %", "class-lots over %", "escape %", "escape - oracle pts",
               "recovery lag", "threshold TV", "violations")  # fmt: skip
-    for model in args.model:
-        for volume in args.volume:
-            print(f"\n### {model} score model, {volume} negatives per class per lot\n")
-            print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-            for sc in chosen:
-                for kind in args.controller:
-                    runs = [run(model, sc, kind, seed, args.lots, volume, stat) for seed in range(args.seeds)]
-                    m = summarise(runs, sc, args.steady)
-                    lag = _ci(m["lag"], 1, 1) if sc.step_at else "-"
-                    row = (sc.name, kind, _ci(m["true_fpr"], 100, 3), _ci(m["over"], 100, 1),
-                           _ci(m["escape"], 100, 2), _ci(m["penalty"], 100, 2), lag, _ci(m["tv"], 1, 2),
-                           violations(runs))  # fmt: skip
-                    print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+    for model, denominator, volume in itertools.product(args.model, args.denominator, args.volume):
+        per_class = args.sharing if denominator == "all" else 1
+        print(
+            f"\n### {model} score model, {volume} negatives per class per lot, FPR over "
+            + ("the class's negatives" if per_class == 1 else f"all negatives ({per_class} classes' worth)")
+            + "\n"
+        )
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for sc in chosen:
+            for kind in args.controller:
+                runs = [run(model, sc, kind, seed, args.lots, volume, stat, per_class) for seed in range(args.seeds)]
+                m = summarise(runs, sc, args.steady)
+                lag = _ci(m["lag"], 1, 1) if sc.step_at else "-"
+                row = (sc.name, kind, _ci(m["true_fpr"], 100, 3), _ci(m["over"], 100, 1),
+                       _ci(m["escape"], 100, 2), _ci(m["penalty"], 100, 2), lag, _ci(m["tv"], 1, 2),
+                       violations(runs))  # fmt: skip
+                print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
     print(
         f"\n{args.seeds} seeds x {args.lots} lots per run, budget {BUDGET:.1%}, steady state from lot {args.steady} "
         f"({STAGES.initial_lots} calibration lots); reviewer flips {Scenario('x').label_noise:.1%} of labels; "
