@@ -1,11 +1,11 @@
 """The statistical controller: each class's whole FPR curve estimated from every candidate's score, aimed at the
 budget with a margin that shrinks as evidence grows. Selectable per recipe (``calibration.controller``). Pure.
 
-What it keeps (``Evidence``), per class, on the threshold grid's bins (one bin per 0.01 of confidence from 0.50,
-finer above 0.95, one bin under 0.50): the candidates labelled negative, labelled real, and not labelled, and the
-inspected negatives they are counted against, all decayed by half every ``half_life`` lots. The daemon knows every
-candidate's score, flagged or suppressed; reviewers label every flagged one, the AUDIT sample a share of the
-suppressed ones.
+What it keeps (``Evidence``), per class, on bins of confidence (0.05 wide under 0.50, where the bulk of a class's
+candidates shows a drift first; 0.01 from 0.50, finer above 0.99): the candidates labelled negative, labelled real,
+and not labelled, and the inspected negatives they are counted against, all decayed by half every ``half_life``
+lots. The daemon knows every candidate's score, flagged or suppressed; reviewers label every flagged one, the AUDIT
+sample a share of the suppressed ones.
 
 After each lot:
 
@@ -14,20 +14,26 @@ After each lot:
    low-volume class remembers longer. A Bernoulli CUSUM on the reviewed false positives at the threshold in force
    detects a rise in FPR over the estimate and then keeps a tenth of the older evidence, so a step is followed at
    once.
-2. P(negative | score) comes from a logistic fit on the labelled candidates (flagged ones are all labelled, so the
-   fit sees the high scores; the audit sample gives the low ones). A candidate without a label counts as that
-   probability of a false positive; a labelled one is corrected for reviewer error (``label_noise``): a "false"
-   among confirmed-real scores is likely a slip, so a mistaken disposition moves the estimate a little, not for
-   many lots.
-3. FP(t), the expected false positives at or above each grid threshold t, is summed from the top. Where the count
-   is small (under ``tail_count``) the curve is also extrapolated from the lowest threshold with enough of them by
-   an exponential tail on the logit scale (fitted by maximum likelihood to the scores above it) and the two are
+2. P(negative | score) is the labelled share of "false" per bin made non-increasing in the score (pool adjacent
+   violators; flagged candidates are all labelled, the audit sample speaks for the low bins), with reviewer error
+   (``label_noise``) taken out. A candidate without a label counts as that probability of a false positive; a
+   labelled one is corrected for reviewer error: a "false" among confirmed-real scores is likely a slip, so a
+   mistaken disposition moves the estimate a little, not for many lots.
+3. FP(t), the expected false positives at or above each bin's lower edge t, is summed from the top. Where the count
+   is small (under ``tail_count``) the curve is also extrapolated from the highest edge with enough of them by an
+   exponential tail on the logit scale (fitted by maximum likelihood to the scores above it) and the two are
    combined by their variances: the many scores just under the threshold inform the FPR far above it.
 4. With little evidence of its own, a class borrows the same class's evidence on the recipe's other tools (``pool``,
    up to ``pool_negatives`` pseudo-negatives in all, less as its own evidence grows).
-5. The aim is the lowest grid value whose estimate plus ``margin_z`` standard deviations is within the budget; the
-   threshold moves ``gain`` of the way there each lot, at most ``max_step``, and stays inside the engineer's
-   bounds.
+5. The level: the same counts over a short memory (``recent_negatives``) give the recent rate at the highest edge
+   with ``level_count`` of them, and the whole curve moves along the logit axis until it passes there (a drift of
+   the scores moves every threshold's FPR, most where the curve is steepest).
+6. The forecast check (``Forecast``): the lot's histogram is fitted to the curve the previous lot ended with; the
+   squared move beyond counting noise, remembered over ``forecast_half_life`` lots, is drift the memory does not
+   follow, and adds (slope x move)^2 to the curve's variance.
+7. The aim is the lowest grid value whose estimate plus ``margin_z`` standard deviations is within the budget; the
+   threshold moves ``gain`` of the way there each lot (all the way after a detected change), at most ``max_step``,
+   and stays inside the engineer's bounds.
 
 The certified bound, the exact (Clopper-Pearson) one-sided ``confidence`` upper bound on FPR at the threshold in
 force from the labelled false positives and negatives in memory (rounded), is reported beside the threshold for
@@ -244,8 +250,8 @@ def negative_probability(neg: Floats, real: Floats, noise: float) -> Floats:
     the reviewers' slips taken out (a slip rate e makes the observed share e + (1 - 2e) x the true one). Monotone
     and free of any assumed shape: real defects may crowd at the top or spread wide, the audit sample under the
     threshold speaks for the low bins."""
-    weight = neg + real + 1e-3  # a bin without labels leans on its neighbours; the lowest ones start from "false"
-    share = (neg + 1e-3 * (_CENTRE_LOGIT < 0)) / weight
+    weight = neg + real + 1e-6  # a bin without labels leans on its neighbours; the lowest ones start from "false"
+    share = (neg + 1e-6 * (_CENTRE_LOGIT < 0)) / weight
     said_false = _non_increasing(share, weight)
     if 0 < noise < 0.5:
         said_false = (said_false - noise) / (1 - 2 * noise)

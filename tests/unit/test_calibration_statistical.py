@@ -14,6 +14,7 @@ from calibration.engineer import override, unlock
 from calibration.exact_tests import BernoulliCusum, binomial_cdf, clopper_pearson_upper
 from calibration.statistical_controller import (
     BINS,
+    EDGES,
     Evidence,
     Reviewed,
     StatSettings,
@@ -22,6 +23,7 @@ from calibration.statistical_controller import (
     bin_of,
     fpr_curve,
     late_labels,
+    lot_shift,
     negative_probability,
 )
 
@@ -158,3 +160,70 @@ def test_engineer_lock_holds_the_statistical_controller_too() -> None:
     released = _run(unlock(locked), 1, 3000, seed=4)
     assert released.status != LOCKED and released.threshold < 0.9  # falls towards the budget, rate-limited
     assert released.threshold >= 0.9 - released.stat.max_step
+
+
+def test_p_negative_holds_where_real_defects_crowd_at_the_top_and_never_rises() -> None:
+    neg, real = np.zeros(BINS), np.zeros(BINS)
+    neg[bin_of(0.5)] = 6  # the audit sample and flagged false positives low down ...
+    neg[bin_of(0.84)] = 1
+    real[bin_of(0.9995)] = 40  # ... real defects all at the very top, nothing labelled between
+    q = negative_probability(neg, real, 0.015)
+    assert np.all(np.diff(q) <= 1e-12)
+    assert q[bin_of(0.6)] > 0.99 and q[bin_of(0.8)] > 0.99  # the unlabelled middle is not taken for real defects
+    assert q[bin_of(0.9995)] < 0.01
+    # a reviewer's single "real" among the audited negatives around it is a slip, not a real defect there
+    neg[bin_of(0.5) : bin_of(0.8)] = 20
+    real[bin_of(0.55)] = 1
+    assert negative_probability(neg, real, 0.015)[bin_of(0.55)] > 0.97
+
+
+def _histogram(rng: np.random.Generator, n: int, mu: float) -> np.ndarray:
+    bins = np.searchsorted(np.array(EDGES), 1 / (1 + np.exp(-rng.normal(mu, 1.0, n))), side="right") - 1
+    return np.bincount(np.clip(bins, 0, BINS - 1), minlength=BINS).astype(float)
+
+
+def _gaussian_curve(mu: float) -> np.ndarray:
+    lower = np.array(EDGES[:-1])
+    x = np.log(np.maximum(lower, 1e-6) / (1 - np.maximum(lower, 1e-6)))
+    return np.array([0.5 * math.erfc((v - mu) / math.sqrt(2)) for v in x])
+
+
+def test_a_lots_shift_against_the_forecast_is_found_with_its_uncertainty() -> None:
+    rng = np.random.default_rng(11)
+    curve = _gaussian_curve(-1.5)
+    for moved in (0.0, 0.3, -0.4):
+        found = lot_shift(curve, _histogram(rng, 3000, -1.5 + moved))
+        assert found is not None
+        shift, variance = found
+        assert abs(shift - moved) < 4 * math.sqrt(variance) and variance < 0.01
+    assert lot_shift(curve, np.zeros(BINS)) is None  # nothing to fit
+
+
+def test_a_cycling_tool_widens_the_margin_and_a_steady_one_does_not() -> None:
+    def stream(cycle: float, seed: int) -> StatState:
+        rng = np.random.default_rng(seed)
+        state = StatState.start(ClassSettings(initial_threshold=0.55))
+        for lot in range(120):
+            mu = -1.5 + cycle * math.sin(2 * math.pi * lot / 12)
+            state = after_lot(state, 300, _gaussian_lot(rng, 300, state.threshold, mu=mu), STAGES)
+        return state
+
+    steady, cycling = stream(0.0, 4), stream(0.4, 4)
+    assert steady.forecast.drift_variance < 0.01 < cycling.forecast.drift_variance
+    # the swing it cannot follow widens the spread the margin is taken from (in lots over it would cost)
+    t = bin_of(0.85)
+    with_drift = fpr_curve(cycling.evidence, cycling.stat, recent=cycling.recent, forecast=cycling.forecast)
+    without = fpr_curve(cycling.evidence, cycling.stat, recent=cycling.recent)
+    assert with_drift[0][t] == pytest.approx(without[0][t]) and with_drift[1][t] > 1.5 * without[1][t]
+
+
+def test_the_recent_level_moves_the_whole_curve_so_a_drift_shows_in_the_tail() -> None:
+    rng = np.random.default_rng(8)
+    old = Evidence.of(60000, [i for _ in range(20) for i in _gaussian_lot(rng, 3000, 0.75, mu=-1.5)])
+    recent = Evidence.of(900, [i for _ in range(3) for i in _gaussian_lot(rng, 300, 0.75, mu=-1.0)])
+    t = bin_of(0.85)
+    alone = fpr_curve(old, StatSettings())[0][t]
+    levelled = fpr_curve(old, StatSettings(), recent=recent)[0][t]
+    truth = 0.5 * math.erfc((math.log(0.85 / 0.15) + 1.0) / math.sqrt(2))
+    assert levelled > 2 * alone  # the tail follows the bulk's move ...
+    assert truth / 2.5 < levelled < truth * 2.5  # ... to about where a shift of the scores puts it

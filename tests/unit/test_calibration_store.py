@@ -178,3 +178,25 @@ def test_prune_forgets_the_candidates_of_lots_closed_long_ago_and_keeps_the_rest
     with pytest.raises(CalibrationError):  # a disposition for a pruned candidate names it as unknown
         s.review("OLD-e0", "real", who="eng1")
     s.close()
+
+
+def test_a_state_saved_by_the_earlier_method_loads_rebinned_with_todays_settings() -> None:
+    import json
+
+    from calibration.statistical_controller import BINS, StatSettings
+
+    old_bins = 53  # one bin under 0.50, then 0.50 .. 0.99, 0.995, 0.999
+    counts = [0.0] * old_bins
+    counts[0], counts[3] = 40.0, 2.0  # 40 scores under 0.50, 2 at 0.52
+    plain = json.loads(dumps(StatState.start()))
+    plain.pop("method")  # the earlier method wrote none
+    plain.pop("forecast")
+    plain["stat"] = {**plain["stat"], "recent_negatives": 1000.0, "retired_key": 1.0}
+    for key in ("evidence", "recent"):
+        plain[key] = {"negatives": 3000.0, "neg": counts, "real": [0.0] * old_bins, "unlabelled": counts}
+    state = loads(json.dumps(plain))
+    assert isinstance(state, StatState) and state.stat == StatSettings()
+    assert len(state.evidence.neg) == BINS and sum(state.evidence.neg) == 42.0
+    assert state.evidence.neg[bin_of(0.47)] == 40.0  # under 0.50: read as just under it (the cautious reading)
+    assert state.evidence.neg[bin_of(0.52)] == 2.0
+    assert loads(dumps(state)) == state
