@@ -21,7 +21,7 @@ def dumps(state: State) -> str:
         plain: dict[str, Any] = {f.name: getattr(state, f.name) for f in fields(state)}
         plain["settings"], plain["stat"] = _flat(state.settings), _flat(state.stat)
         f = state.forecast
-        plain["forecast"] = {"curve": _rounded(f.curve, 12), "excess": f.excess, "weight": f.weight}
+        plain["forecast"] = {"curve": _rounded(f.curve, 12), "excess": f.excess, "weight": f.weight, "rise": f.rise}
         for key in ("evidence", "recent"):
             e = getattr(state, key)
             counts = {k: _rounded(getattr(e, k)) for k in ("neg", "real", "unlabelled")}
@@ -47,7 +47,7 @@ def loads(text: str) -> State:
                 data[key] = Evidence(e["negatives"], *(_binned(e[k]) for k in ("neg", "real", "unlabelled")))
         if "forecast" in data:
             f = data["forecast"]
-            data["forecast"] = Forecast(tuple(f["curve"]), f["excess"], f["weight"])
+            data["forecast"] = Forecast(tuple(f["curve"]), f["excess"], f["weight"], f.get("rise", 0.0))
         return StatState(**data)
     data["window"] = tuple(LotCounts(**x) for x in data["window"])
     data["calibration_counts"] = LotCounts(**data["calibration_counts"])

@@ -29,11 +29,13 @@ After each lot:
    with ``level_count`` of them, and the whole curve moves along the logit axis until it passes there (a drift of
    the scores moves every threshold's FPR, most where the curve is steepest).
 6. The forecast check (``Forecast``): the lot's histogram is fitted to the curve the previous lot ended with; the
-   squared move beyond counting noise, remembered over ``forecast_half_life`` lots, is drift the memory does not
-   follow, and adds (slope x move)^2 to the curve's variance.
+   squared upward move beyond counting noise, remembered over ``forecast_half_life`` lots, is drift the memory
+   does not follow, and adds (slope x move)^2 to the curve's variance. A CUSUM of the standardised upward moves
+   (``shift_k``, ``shift_h``) is the second step detector (1.): the bulk of the scores shows a step long before
+   the rare false positives at the threshold do.
 7. The aim is the lowest grid value whose estimate plus ``margin_z`` standard deviations is within the budget; the
-   threshold moves ``gain`` of the way there each lot (all the way after a detected change), at most ``max_step``,
-   and stays inside the engineer's bounds.
+   threshold goes up to it at once (``gain_up``) and down ``gain`` of the way each lot (all the way after a
+   detected change), at most ``max_step``, and stays inside the engineer's bounds.
 
 The certified bound, the exact (Clopper-Pearson) one-sided ``confidence`` upper bound on FPR at the threshold in
 force from the labelled false positives and negatives in memory (rounded), is reported beside the threshold for
@@ -104,7 +106,8 @@ class Reviewed:
 class StatSettings:
     confidence: float = 0.95  # the certified bound's level
     max_step: float = 0.05  # per-lot rate limit on a move
-    gain: float = 0.5  # a lot moves this share of the way to the aim (estimates are noisy; drift is not that fast)
+    gain: float = 0.5  # a lot moves this share of the way down to the aim (estimates are noisy) ...
+    gain_up: float = 1.0  # ... and this share of the way up
     grid: float = 0.001  # thresholds the controller may set (the curve is interpolated between bins)
     margin_z: float = 1.1  # aim: estimate + margin_z x its standard deviation within budget
     label_noise: float = 0.015  # the share of dispositions a reviewer gets wrong, either way
@@ -120,7 +123,9 @@ class StatSettings:
     cusum_shift: float = 3.0  # the CUSUM looks for a rise of FPR to this multiple of the estimate
     after_change: float = 0.1  # the weight the evidence from before a detected change keeps
     forecast_half_life: float = 30.0  # lots over which the forecast's error is remembered
-    shift_floor: float = 0.01  # squared logits: no lot's move is trusted as exactly known
+    shift_floor: float = 0.04  # squared logits: no lot's move is trusted as exactly known
+    shift_k: float = 1.0  # the CUSUM of standardised upward moves: allowance per lot ...
+    shift_h: float = 6.0  # ... and the sum that signals a step
 
 
 @dataclass(frozen=True)
@@ -174,25 +179,31 @@ class Forecast:
     curve: tuple[float, ...] = ()
     excess: float = 0.0
     weight: float = 0.0
+    rise: float = 0.0  # a CUSUM of the lots' standardised moves upward: the bulk of the scores stepped up
 
     @property
     def drift_variance(self) -> float:
         """Squared logits: the forecast's error beyond counting noise."""
         return max(0.0, self.excess / self.weight) if self.weight > 0 else 0.0
 
-    def checked(self, lot: Evidence, q: Floats, stat: StatSettings) -> Forecast:
-        """After a lot: its move against the forecast."""
+    def checked(self, lot: Evidence, q: Floats, stat: StatSettings) -> tuple[Forecast, bool]:
+        """After a lot: its move against the forecast, and whether the moves upward add up to a step (then the
+        step is what explains them, and they stay out of the drift variance)."""
         if not self.curve:
-            return self
+            return self, False
         m, _ = expected_negatives(lot, stat.label_noise, q)
         found = lot_shift(np.array(self.curve), m)
         if found is None:
-            return self
+            return self, False
         shift, variance = found
+        rise = max(0.0, self.rise + shift / math.sqrt(variance + stat.shift_floor) - stat.shift_k)
+        if rise >= stat.shift_h:
+            return replace(self, rise=0.0), True
         decay = 0.5 ** (1 / stat.forecast_half_life)
         w = 1 / (variance + stat.shift_floor)
-        return replace(self, excess=decay * self.excess + w * (shift * shift - variance),
-                       weight=decay * self.weight + w)  # fmt: skip
+        upward = 2 * max(shift, 0.0) ** 2  # only a move up costs lots over budget: twice its semivariance
+        return replace(self, excess=decay * self.excess + w * (upward - variance),
+                       weight=decay * self.weight + w, rise=rise), False  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -463,17 +474,19 @@ def after_lot(
     expected = min(0.1, max(budget, state.estimate))
     cusum = BernoulliCusum(expected, min(0.5, st.cusum_shift * expected), st.cusum_h)
     flagged_fp = sum(1 for i in items if i.real is False and i.score >= state.threshold)
-    statistic, changed = cusum.update(state.cusum, flagged_fp, max(negatives, flagged_fp))
+    statistic, alarmed = cusum.update(state.cusum, flagged_fp, max(negatives, flagged_fp))
     fresh = Evidence.of(negatives, items)
-    kept = state.evidence.scaled(st.after_change if changed else 0.5 ** (1 / half_life(st, negatives)))
+    decay = 0.5 ** (1 / half_life(st, negatives))
+    neg, real, _ = state.evidence.scaled(decay).plus(fresh).arrays()
+    q = negative_probability(neg, real, st.label_noise)  # a uniform cut of the old evidence leaves it as it is
+    forecast, stepped = state.forecast.checked(fresh, q, st)
+    changed = alarmed or stepped  # the confirmed false positives rose, or the whole histogram stepped up
+    kept = state.evidence.scaled(st.after_change if changed else decay)
     recent = state.recent.scaled(st.after_change if changed else 0.5 ** (1 / half_life(st, negatives, recent=True)))
     if corrections is not None and not changed:
         kept = _nonnegative(kept.plus(corrections))
         recent = _nonnegative(recent.plus(corrections))
     evidence = kept.plus(fresh)
-    neg, real, _ = evidence.arrays()
-    q = negative_probability(neg, real, st.label_noise)
-    forecast = state.forecast.checked(fresh, q, st)
     rate, sd = fpr_curve(evidence, st, pool, recent.plus(fresh), forecast, q)
     s = replace(state, lots_seen=lot, cusum=statistic, changes=state.changes + changed, evidence=evidence,
                 recent=recent.plus(fresh), forecast=replace(forecast, curve=_floats(rate)),
@@ -485,7 +498,9 @@ def after_lot(
     if s.status == CALIBRATING:
         return s if lot < stages.initial_lots else replace(s, status=ADJUSTING)
     gap = aim(s, rate, sd) - s.threshold
-    gain = 1.0 if s.changes > state.changes else st.gain  # after a detected change: straight to the aim
+    # up at once (the curve says FPR is over: every lot spent getting there is a lot over budget), down by ``gain``
+    # of the way (estimates are noisy; a lower threshold can wait a lot), and straight to it after a detected change
+    gain = 1.0 if s.changes > state.changes else st.gain_up if gap > 0 else st.gain
     move = gap if abs(gap) <= 2 * st.grid else min(st.max_step, max(-st.max_step, gain * gap))
     threshold = s.settings.clamp(round(s.threshold + move, 6))
     estimate = float(at(rate, sd, np.array([threshold]))[0][0])
