@@ -154,6 +154,17 @@ class Evidence:
         (a, b, c), (x, y, z) = self.arrays(), other.arrays()
         return Evidence(self.negatives + other.negatives, _floats(a + x), _floats(b + y), _floats(c + z))
 
+    @staticmethod
+    def total(parts: Sequence[Evidence]) -> Evidence | None:
+        """The sum of ``parts`` with any evidence at all (None when none has): the same class on other tools."""
+        kept = [e for e in parts if e.negatives > 0]
+        if not kept:
+            return None
+        out = kept[0]
+        for e in kept[1:]:
+            out = out.plus(e)
+        return out
+
     def arrays(self) -> tuple[Floats, Floats, Floats]:
         return np.array(self.neg), np.array(self.real), np.array(self.unlabelled)
 
@@ -366,21 +377,20 @@ def lot_shift(curve: Floats, counts: Floats) -> tuple[float, float] | None:
     None with too few."""
     if float(counts.sum()) < 3 or curve[0] <= 0:
         return None
-    log_rate = np.log(np.maximum(curve, 1e-15))
-    coarse = _loglik(log_rate, counts, COARSE_SHIFTS)
+    coarse = _loglik(curve, counts, COARSE_SHIFTS)
     best = int(np.argmax(coarse))
     if best in (0, len(COARSE_SHIFTS) - 1):
         return float(COARSE_SHIFTS[best]), 1.0  # off the grid: a move of that size at least, uncertain
     fine = np.round(COARSE_SHIFTS[best] + FINE_STEP * np.arange(-5, 6), 3)
-    loglik = _loglik(log_rate, counts, fine)
+    loglik = _loglik(curve, counts, fine)
     i = min(max(int(np.argmax(loglik)), 1), len(fine) - 2)
     curvature = -(loglik[i - 1] - 2 * loglik[i] + loglik[i + 1]) / (FINE_STEP * FINE_STEP)
     return float(fine[i]), 1 / max(curvature, 1e-6)
 
 
-def _loglik(log_rate: Floats, counts: Floats, shifts: Floats) -> Floats:
+def _loglik(curve: Floats, counts: Floats, shifts: Floats) -> Floats:
     """Log-likelihood of the binned counts under the curve moved by each of ``shifts``."""
-    at_edges = np.exp(np.interp(_LOWER_LOGIT[None, :] - shifts[:, None], _LOWER_LOGIT, log_rate))
+    at_edges = _log_interp(_LOWER_LOGIT[None, :] - shifts[:, None], curve)
     mass = np.maximum(at_edges - np.append(at_edges[:, 1:], np.zeros((len(shifts), 1)), axis=1), 1e-12)
     return np.asarray((counts[None, :] * np.log(mass / mass.sum(axis=1, keepdims=True))).sum(axis=1), np.float64)
 
@@ -476,20 +486,22 @@ def after_lot(
     flagged_fp = sum(1 for i in items if i.real is False and i.score >= state.threshold)
     statistic, alarmed = cusum.update(state.cusum, flagged_fp, max(negatives, flagged_fp))
     fresh = Evidence.of(negatives, items)
-    decay = 0.5 ** (1 / half_life(st, negatives))
-    neg, real, _ = state.evidence.scaled(decay).plus(fresh).arrays()
+    kept = state.evidence.scaled(0.5 ** (1 / half_life(st, negatives)))
+    evidence = kept.plus(fresh)
+    neg, real, _ = evidence.arrays()
     q = negative_probability(neg, real, st.label_noise)  # a uniform cut of the old evidence leaves it as it is
     forecast, stepped = state.forecast.checked(fresh, q, st)
     changed = alarmed or stepped  # the confirmed false positives rose, or the whole histogram stepped up
-    kept = state.evidence.scaled(st.after_change if changed else decay)
     recent = state.recent.scaled(st.after_change if changed else 0.5 ** (1 / half_life(st, negatives, recent=True)))
-    if corrections is not None and not changed:
-        kept = _nonnegative(kept.plus(corrections))
+    if changed:
+        evidence = state.evidence.scaled(st.after_change).plus(fresh)
+    elif corrections is not None:
+        evidence = _nonnegative(kept.plus(corrections)).plus(fresh)
         recent = _nonnegative(recent.plus(corrections))
-    evidence = kept.plus(fresh)
-    rate, sd = fpr_curve(evidence, st, pool, recent.plus(fresh), forecast, q)
+    recent = recent.plus(fresh)
+    rate, sd = fpr_curve(evidence, st, pool, recent, forecast, q)
     s = replace(state, lots_seen=lot, cusum=statistic, changes=state.changes + changed, evidence=evidence,
-                recent=recent.plus(fresh), forecast=replace(forecast, curve=_floats(rate)),
+                recent=recent, forecast=replace(forecast, curve=_floats(rate)),
                 estimate=float(at(rate, sd, np.array([state.threshold]))[0][0]))  # fmt: skip
     if lock_holds(s.status, s.lock_until, lot):
         return s

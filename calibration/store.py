@@ -416,16 +416,17 @@ class CalibrationStore:
             for n, st in states.items()
             if isinstance(st, statistical.StatState) and st.evidence.negatives < st.stat.pool_negatives
         ]
-        pools: dict[str, statistical.Evidence] = {}
         if not thin:
-            return pools
+            return {}
         marks = ",".join("?" * len(thin))
+        found: dict[str, list[statistical.Evidence]] = {}
         for name, text in db.execute(f"SELECT class, state FROM classes WHERE recipe=? AND tool != ? AND class IN "
                                      f"({marks})", (recipe, tool, *thin)):  # fmt: skip
             other = loads(text)
-            if isinstance(other, statistical.StatState) and other.evidence.negatives > 0:
-                pools[name] = pools[name].plus(other.evidence) if name in pools else other.evidence
-        return pools
+            if isinstance(other, statistical.StatState):
+                found.setdefault(name, []).append(other.evidence)
+        pools = {name: statistical.Evidence.total(parts) for name, parts in found.items()}
+        return {name: pool for name, pool in pools.items() if pool is not None}
 
     def _lot_ages(self, db: sqlite3.Connection, recipe: str, tool: str, lots: set[str]) -> dict[str, int]:
         """How many lots of the recipe x tool closed after each of ``lots`` (1: the one before this one)."""

@@ -211,20 +211,9 @@ def run(model_name: str, sc: Scenario, kind: str, seed: int, lots: int, negative
         evidence = [x.evidence for x in states if isinstance(x, statistical.StatState)]
         for k, state in enumerate(states):
             pending[k].append(lots_now[k])
-            pool = _pool(evidence, k) if len(evidence) > 1 else None
+            pool = statistical.Evidence.total(evidence[:k] + evidence[k + 1 :]) if len(evidence) > 1 else None
             states[k] = _feed(state, pending[k], sc.late, pool)
     return out
-
-
-def _pool(evidence: list[statistical.Evidence], k: int) -> statistical.Evidence | None:
-    """The other tools' evidence, summed."""
-    others = [e for i, e in enumerate(evidence) if i != k and e.negatives > 0]
-    if not others:
-        return None
-    total = others[0]
-    for e in others[1:]:
-        total = total.plus(e)
-    return total
 
 
 def _feed(state: controller.ClassState | statistical.StatState,
