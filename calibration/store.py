@@ -75,6 +75,9 @@ CREATE TABLE IF NOT EXISTS lot_trend (
     recipe TEXT NOT NULL, tool TEXT NOT NULL, class TEXT NOT NULL, lot_id TEXT NOT NULL, closed_at REAL NOT NULL,
     threshold REAL NOT NULL, fpr_window REAL NOT NULL, certified REAL,
     PRIMARY KEY (recipe, tool, class, lot_id));
+CREATE TABLE IF NOT EXISTS model_profiles (
+    model_version TEXT NOT NULL, recipe TEXT NOT NULL, tool TEXT NOT NULL, class TEXT NOT NULL, state TEXT NOT NULL,
+    saved_at REAL NOT NULL, PRIMARY KEY (model_version, recipe, tool, class));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, recipe TEXT NOT NULL, tool TEXT NOT NULL,
     class TEXT NOT NULL, who TEXT NOT NULL, field TEXT NOT NULL, old TEXT, new TEXT, reason TEXT NOT NULL);
@@ -503,6 +506,35 @@ class CalibrationStore:
                 moved = kind_of.transferred(state)
                 db.execute("INSERT OR REPLACE INTO classes VALUES (?, ?, ?, ?)", (recipe, target, name, dumps(moved)))
                 self._audit(db, recipe, target, name, who, "transfer", source, f"{moved.threshold:.2f}", reason)
+
+    def switch_model(self, old: str, new: str, who: str, reason: str) -> str:
+        """The live model version changes from ``old`` to ``new``: every class's state is kept under ``old``, then
+        ``new``'s own states come back where it was live before (``restored``), else each class starts from the
+        threshold in force, ``revalidating`` (``transferred``): thresholds tuned to one version's confidences are
+        never taken silently by another. Every class changed is audited (field ``model_version``)."""
+        with self._tx() as db:
+            now = self._clock()
+            rows = list(db.execute("SELECT recipe, tool, class, state FROM classes"))
+            db.executemany("INSERT OR REPLACE INTO model_profiles VALUES (?, ?, ?, ?, ?, ?)",
+                           [(old, r, t, c, text, now) for r, t, c, text in rows])  # fmt: skip
+            kept = {(r, t, c): text for r, t, c, text in db.execute(
+                "SELECT recipe, tool, class, state FROM model_profiles WHERE model_version=?", (new,))}  # fmt: skip
+            how = "restored" if kept else "transferred"
+            for recipe, tool, name, text in rows:
+                state = loads(text)
+                if kept:
+                    if (recipe, tool, name) not in kept:
+                        continue
+                    moved = loads(kept[(recipe, tool, name)])
+                else:
+                    kind_of = statistical if isinstance(state, statistical.StatState) else controller
+                    moved = kind_of.transferred(state)
+                db.execute("UPDATE classes SET state=? WHERE recipe=? AND tool=? AND class=?",
+                           (dumps(moved), recipe, tool, name))  # fmt: skip
+                self._audit(db, recipe, tool, name, who, "model_version", old, new,
+                            f"{how}: {moved.threshold:.3f} {moved.status}; {reason}")  # fmt: skip
+            db.execute("UPDATE profiles SET version = version + 1")
+            return how
 
     def escape_estimate(self, recipe: str, tool: str, defect_class: str,
                         window_lots: int | None = ESCAPE_WINDOW_LOTS) -> float | None:  # fmt: skip

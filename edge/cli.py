@@ -19,9 +19,10 @@ from pathlib import Path
 from calibration import cli as calib_cli
 from edge import __version__
 from edge.capture import cli as captures_cli
-from edge.config import load_config
+from edge.config import Config, load_config
 from edge.errors import EdgeError
 from edge.flow import Rejected
+from edge.models import cli as models_cli
 from edge.ops.logs import configure, get
 from edge.review import service as review_service
 from edge.serving import tritonserver
@@ -101,26 +102,35 @@ def _curve_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _login() -> str:
+def login() -> str:
     try:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name and no passwd entry: --by is then required by the daemon
         return ""
 
 
+def command_config(path: str, what: str | None = None) -> Config | None:
+    """The station config a command reads, or None having said why on stderr: it does not load, or (``what``: the
+    daemon hears these over MQTT) MQTT is off in it."""
+    try:
+        cfg = load_config(path)
+    except EdgeError as err:
+        print(f"invalid: {err}", file=sys.stderr)
+        return None
+    if what is not None and not cfg.mqtt.enabled:
+        print(f"refused: mqtt is disabled in {path}: the daemon hears {what} over MQTT", file=sys.stderr)
+        return None
+    return cfg
+
+
 def _rebaseline(args: argparse.Namespace) -> int:
     """Send ``edge.rebaseline/1`` to the station's daemon over its own broker, with its MQTT settings."""
     from edge.publish.mqtt import publish_once  # paho only for the commands that need it
 
-    try:
-        cfg = load_config(args.config)
-    except EdgeError as err:
-        print(f"invalid: {err}", file=sys.stderr)
+    cfg = command_config(args.config, "re-baselines")
+    if cfg is None:
         return 2
-    if not cfg.mqtt.enabled:
-        print(f"refused: mqtt is disabled in {args.config}: the daemon hears re-baselines over MQTT", file=sys.stderr)
-        return 2
-    by = args.by or _login()
+    by = args.by or login()
     body = rebaseline.message(args.tool, args.recipe, by, args.reason, time.time(), uuid.uuid4().hex)
     payload = json.dumps(body, separators=(",", ":"))
     checked = rebaseline.parse(payload.encode(), cfg.tool_ids, cfg.recipes)  # the daemon's own checks, here first
@@ -156,6 +166,7 @@ DELEGATED = (
     ("calib", calib_cli, "show and steer the per recipe x tool x class thresholds"),
     ("captures", captures_cli, "the dies the station kept for review: list, show, pictures"),
     ("review", review_service, "the review service: the captured dies and their decisions, over HTTP"),
+    ("models", models_cli, "model versions: list, deploy, shadow, canary, promote, rollback, status"),
 )
 TRAIN_COMMAND = "tools.fab.train"
 

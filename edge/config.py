@@ -304,6 +304,65 @@ class WafersConfig(_Strict):
     alert_severity: float = Field(80.0, ge=0, le=100, description="severity at or over this raises an alert")
 
 
+class GuardrailConfig(_Strict):
+    """What rolls a canary back by itself, judged on its most recent frames (``edge.models.guardrails``)."""
+
+    window_frames: int = Field(500, ge=10, description="the canary's most recent frames the rates are read on")
+    min_frames: int = Field(50, ge=1, description="no rule is judged on fewer frames")
+    max_not_inspected: float = Field(0.01, ge=0, le=1, description="share of the canary's frames not inspected")
+    max_p99_ratio: float = Field(2.0, gt=1, description="canary p99 latency over the live version's p99")
+    max_disagreement: float = Field(
+        0.10, gt=0, le=1, description="share of the canary's frames the live version decides otherwise"
+    )
+    max_escape_excess: float = Field(
+        0.02, gt=0, le=1,
+        description="confirmed escapes per reviewed die: the canary's rate over the live version's",
+    )  # fmt: skip
+    max_fpr_excess: float = Field(
+        0.05, gt=0, le=1,
+        description="false positives per reviewed flag: the canary's rate over the live version's",
+    )  # fmt: skip
+    min_reviews: int = Field(20, ge=1, description="reviewed dies of each version before the review rules judge")
+
+
+class ModelsConfig(_Strict):
+    """The model lifecycle (``edge-inspect models``): versions, hot swap and rollback, shadow and canary."""
+
+    repository: Path | None = Field(
+        None,
+        description="the model repository holding the station's versions; null: versions are read from Triton but "
+        "not changed",
+    )
+    served: Path | None = Field(
+        None,
+        description="the folder Triton serves, in explicit model control: links to the versions it is to hold "
+        "(default: the repository's path with .served appended; `edge-inspect models prepare` makes it)",
+    )
+    ledger: Path = Field(Path("var/edge/models.sqlite"), description="route, audit trail and command results")
+    commands_topic: str = Field("models/commands", description="commands arrive on {prefix}/{station}/{this}")
+    results_topic: str = Field("models/results", description="their results go to {prefix}/{station}/{this}")
+    events_topic: str = Field("models", description="edge.model_event/1 on {prefix}/{station}/{this}")
+    load_timeout_s: float = Field(120.0, gt=0, description="how long Triton may take to load a version")
+    held_frames: int = Field(64, ge=0, description="recent frames held to check a version before it serves")
+    min_check_agreement: float = Field(
+        0.0, ge=0, le=1,
+        description="a version whose decisions on the held frames agree with the live version's less than this is "
+        "refused as live (0: only a failure to score refuses it)",
+    )  # fmt: skip
+    compare_queue_batches: int = Field(
+        8, ge=1, description="batches waiting for a shadow or canary comparison; more are dropped and counted"
+    )
+    disagreements_kept: int = Field(50, ge=1, description="the most disagreeing frames kept for shadow-report")
+    guardrails: GuardrailConfig = GuardrailConfig()
+
+    @property
+    def view(self) -> Path | None:
+        """The folder Triton serves, or None when this station does not change its versions."""
+        if self.repository is None:
+            return None
+        return self.served or self.repository.with_name(self.repository.name + ".served")
+
+
 class ToolConfig(_Strict):
     id: str = Field(min_length=1, max_length=64)
     description: str = ""
@@ -343,6 +402,7 @@ class Config(_Strict):
     process: ProcessConfig = ProcessConfig()
     drift: DriftConfig = DriftConfig()
     wafers: WafersConfig = WafersConfig()
+    models: ModelsConfig = ModelsConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
+from calibration.store import CalibrationError
 from edge.capture.keeper import Keeper
 from edge.capture.store import CaptureStore
 from edge.config import Config
 from edge.decision.calibration_loop import CalibrationLoop
 from edge.decision.thresholds import Calibration, CalibrationRows
-from edge.errors import CriticalTaskDied
+from edge.errors import CriticalTaskDied, EdgeError
 from edge.flow import EventRow, Frame
 from edge.inference.batching import Batching
 from edge.inference.inspector import Inspector
@@ -31,6 +32,8 @@ from edge.ingest.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, lo
 from edge.mes.context import ContextCache
 from edge.mes.join import Joiner
 from edge.mes.messages import MesMessages
+from edge.models.ledger import Ledger
+from edge.models.lifecycle import Lifecycle
 from edge.ops.async_db import AsyncDb
 from edge.ops.health_loop import health_loop
 from edge.ops.housekeeping import Housekeeping
@@ -132,6 +135,15 @@ class Daemon:
         batching = Batching(shared, joiner, inspector, recorder)
         calibration = CalibrationLoop(shared, self.calibration)
         mes = MesMessages(shared, watch, batching.on_log, calibration, recorder.record_rows, self.outbox)
+        ledger = await self.db(Ledger, cfg.models.ledger)
+        opened.push_async_callback(self.db, ledger.close)
+        lifecycle = Lifecycle(shared, self.triton, inspector, models, ledger, ids, recorder.record_rows,
+                              self._live_model_changed)  # fmt: skip
+        self.lifecycle = lifecycle
+        await lifecycle.start()  # the route the ledger holds, pinned and loaded, before the first frame
+        recorder.on_recorded = lifecycle.recorded
+        mes.review_listeners.append(lifecycle.on_review)
+        mes.router.add(f"{cfg.mqtt.prefix}/{cfg.station}/{cfg.models.commands_topic}", lifecycle.on_command)
         link = None
         if cfg.mqtt.enabled:
             link = MqttLink(
@@ -164,6 +176,7 @@ class Daemon:
         self.tasks.critical("publisher", publisher.run())
         publisher.wake()  # replay what a previous run left undelivered
         self.tasks.critical("batch_loop", batching.run())
+        self.tasks.critical("model_compare", lifecycle.comparisons.run())
         self.tasks.critical("health_loop", health_loop(cfg.triton.health_interval_s, notifier, self.health, rounds))
         self.tasks.every("calibration_reload", cfg.calibration.refresh_s, calibration.reload)
         self.tasks.every("prune", cfg.outbox.prune_interval_s, housekeeping.prune, at_start=True)
@@ -203,6 +216,16 @@ class Daemon:
                              cfg.tombstone_days * 86400)  # fmt: skip
         opened.push_async_callback(thread, store.close)
         return Keeper(self.shared, store, thread, self.outbox, self.calibration.threshold)
+
+    async def _live_model_changed(self, old: str, new: str, who: str, reason: str) -> str:
+        """The calibration profiles follow the live model version (restored, or carried over to revalidate)."""
+        db = self.shared.calibration_db
+        try:
+            how: str = await db(self.calibration.store.switch_model, old, new, who, reason)
+        except CalibrationError as err:
+            raise EdgeError(str(err)) from err
+        await db(self.calibration.refresh, True)
+        return how
 
     def _critical_ended(self, name: str) -> None:
         """A task the daemon cannot serve without ended: stop petting the watchdog, drain and exit non-zero."""

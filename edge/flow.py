@@ -150,6 +150,8 @@ class Outcome:
     heatmap: npt.NDArray[np.float32] | None = None  # (32, 32): the anomaly model's map, kept for the capture
     attention: npt.NDArray[np.float32] | None = None  # (64,): the classifier's attention over 8x8 patches
     bands: tuple[float, float] | None = None  # the anomaly bands (pass, reject) the score was judged by
+    models: dict[str, str] = field(default_factory=dict)  # model name -> the version that scored (or was to score)
+    digests: dict[str, str] = field(default_factory=dict)  # model name -> that version's digest
 
     @property
     def decision(self) -> str:

@@ -1,16 +1,21 @@
-"""Assemble the served CPU model repository from `model_repository/cpu/` and the trained ONNX files.
+"""Assemble the served CPU model repository from `model_repository/cpu/` and the trained ONNX files, as a new
+numbered version beside the ones already there (never overwriting one).
 
     python -m tools.build_repository --models build/models --out build/model_repository \
         [--precision anomaly=fp32 classifier=fp32]
 
-For each model: `<out>/<name>/config.pbtxt` and `<out>/<name>/1/{model.py, ort_model.py, model.onnx}`, where
-`model.onnx` is the precision form asked for if it passed the precision gate (`tools.precision_gate`, on the
-verdicts `tools.quantize` recorded), else the form it falls back to. The config carries the model's facts as
-parameters: the anomaly bands (`pass_band` / `reject_band` from `<models>/anomaly_metrics.json`) and the precision
-served, asked for and why they differ (`precision`, `precision_requested`, `precision_fallback`); and the
-classifier's contract, its classes (output order) and process parameters (input order) as JSON lists (`classes`,
-`process_parameters`), which the daemon checks its configuration against. The reference models are trained on the
-synthetic fab's taxonomy and process log (`edge.taxonomy`, `edge.process_params`).
+For each model: `<out>/<name>/<N>/{config.pbtxt, model.py, ort_model.py, model.onnx}` and the model-level
+`<out>/<name>/config.pbtxt` (`edge.models.repository`), N one more than the highest version of either model. When
+both models come out byte for byte as the newest version already there, nothing is written. `model.onnx` is the
+precision form asked for if it passed the precision gate (`tools.precision_gate`, on the verdicts `tools.quantize`
+recorded), else the form it falls back to. The version's config carries its facts as parameters: its number and
+digest (`version`, `digest`: sha256 of the files Triton loads), the training data's digest (`data_digest`, from the
+provenance `tools.train` records), the anomaly bands (`pass_band` / `reject_band` from
+`<models>/anomaly_metrics.json`), the precision served, asked for and why they differ (`precision`,
+`precision_requested`, `precision_fallback`); and the classifier's contract, its classes (output order) and process
+parameters (input order) as JSON lists (`classes`, `process_parameters`), which the daemon checks its configuration
+against. The reference models are trained on the synthetic fab's taxonomy and process log (`edge.taxonomy`,
+`edge.process_params`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,14 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelRepositoryError
+from edge.models.pbtxt import config_parameters, config_text
+from edge.models.repository import CONFIG, DIGEST, VERSION, digest, next_version, pairs, publish, seal
 from edge.process_params import DEFAULT_PARAMETERS
 from edge.taxonomy import DEFAULT_CLASSES
 from tools.precision_gate import Choice, choose_precision, load_report, onnx_path, parse_precisions
+from tools.provenance import read as read_provenance
 
 MODELS = ("anomaly", "classifier")
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository" / "cpu"
 SHARED_MODULE = "ort_model.py"
-VERSION = "1"
 DEFAULT_PRECISION = {"anomaly": "fp32", "classifier": "fp32"}  # ONNX Runtime on the CPU: FP32 is its fast path
 
 
@@ -46,27 +52,6 @@ def band_parameters(metrics: Mapping[str, Any]) -> dict[str, float]:
     if not all(math.isfinite(v) for v in bands.values()) or not bands["pass_band"] < bands["reject_band"]:
         raise ModelRepositoryError(f"anomaly bands must be finite with pass_band < reject_band: {bands}")
     return bands
-
-
-def _string(value: float | str) -> str:
-    """A parameter value as a protobuf text string literal: floats by repr, text with quotes and backslashes escaped."""
-    text = repr(value) if isinstance(value, float) else " ".join(str(value).split())
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def config_text(base: str, parameters: Mapping[str, float | str]) -> str:
-    """`base` config.pbtxt text with one `parameters` entry appended per item (Triton wants string values)."""
-    lines = [base.rstrip("\n")]
-    for key, value in parameters.items():
-        lines.append(f'parameters {{ key: "{key}", value: {{ string_value: "{_string(value)}" }} }}')
-    return "\n".join(lines) + "\n"
-
-
-def config_parameters(text: str) -> dict[str, str]:
-    """The string parameters of config.pbtxt text, unescaped (as Triton hands them to the daemon): `config_text`'s
-    inverse."""
-    found = re.findall(r'parameters \{ key: "([^"]+)", value: \{ string_value: "((?:[^"\\]|\\.)*)" \} \}', text)
-    return {key: re.sub(r"\\(.)", r"\1", value) for key, value in found}
 
 
 def model_parameters(name: str, models: Path, choice: Choice | None = None) -> dict[str, float | str]:
@@ -102,18 +87,56 @@ def served_precision(name: str, models: Path, requested: str) -> Choice:
     return choose_precision(name, requested, report, lambda precision: onnx_path(models, name, precision))
 
 
-def build_model(name: str, source: Path, models: Path, out: Path, precision: str = "fp32") -> tuple[Path, Choice]:
-    """Write `<out>/<name>` afresh from `<source>/<name>` and the served precision form of `<models>/<name>`."""
+def data_parameters(models: Path) -> dict[str, str]:
+    """What the reference models were trained on: the digest of the synthetic data recipe `tools.train` recorded."""
+    provenance = read_provenance(models)
+    if provenance is None or "data_recipe_digest" not in provenance:
+        return {}
+    return {"data_digest": str(provenance["data_recipe_digest"]),
+            "trained_on": f"synthetic reference data, seed {provenance.get('seed', '?')}"}  # fmt: skip
+
+
+def build_model(
+    name: str, source: Path, models: Path, out: Path, version: int, precision: str = "fp32"
+) -> tuple[Path, Choice]:
+    """Stage version ``version`` of `<out>/<name>` as `<out>/<name>/<version>.partial` from `<source>/<name>` and the
+    served precision form of `<models>/<name>`; its own config carries the model's facts."""
     choice = served_precision(name, models, precision)
-    parameters = model_parameters(name, models, choice)
-    target = out / name
-    shutil.rmtree(target, ignore_errors=True)
-    (target / VERSION).mkdir(parents=True)
-    (target / "config.pbtxt").write_text(config_text((source / name / "config.pbtxt").read_text(), parameters))
-    shutil.copyfile(source / name / "model.py", target / VERSION / "model.py")
-    shutil.copyfile(source / SHARED_MODULE, target / VERSION / SHARED_MODULE)
-    shutil.copyfile(onnx_path(models, name, choice.served), target / VERSION / "model.onnx")
-    return target, choice
+    parameters = {**model_parameters(name, models, choice), **data_parameters(models)}
+    partial = out / name / f"{version}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "config.pbtxt").write_text(config_text((source / name / "config.pbtxt").read_text(), parameters))
+    shutil.copyfile(source / name / "model.py", partial / "model.py")
+    shutil.copyfile(source / SHARED_MODULE, partial / SHARED_MODULE)
+    shutil.copyfile(onnx_path(models, name, choice.served), partial / "model.onnx")
+    return partial, choice
+
+
+def same_build(built: Path, staged: Path) -> bool:
+    """Whether a staged version is the one already built: the same files and the same facts."""
+    if not (built / CONFIG).is_file() or digest(built) != digest(staged):
+        return False
+    ignored = (VERSION, DIGEST)
+    facts = [{k: v for k, v in config_parameters((d / CONFIG).read_text()).items() if k not in ignored}
+             for d in (built, staged)]  # fmt: skip
+    return facts[0] == facts[1]
+
+
+def build(source: Path, models: Path, out: Path, precisions: Mapping[str, str]) -> tuple[int, bool, dict[str, Choice]]:
+    """Build every model of `MODELS` as one new version of `out`: (its number, whether it is new, the precision
+    choices). A build identical to the newest version already there leaves the repository as it was."""
+    existing = pairs(out, MODELS)
+    version = next_version(out, MODELS)
+    staged = {name: build_model(name, source, models, out, version, precisions[name]) for name in MODELS}
+    if existing and all(same_build(out / name / str(existing[-1]), partial) for name, (partial, _) in staged.items()):
+        for partial, _ in staged.values():
+            shutil.rmtree(partial)
+        return existing[-1], False, {name: choice for name, (_, choice) in staged.items()}
+    for partial, _ in staged.values():
+        seal(partial, version)
+    publish(out, MODELS)
+    return version, True, {name: choice for name, (_, choice) in staged.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        for name in MODELS:
-            target, choice = build_model(name, args.source, args.models, args.out, precisions[name])
-            print(f"built {target} ({choice.log_line(name)})", file=sys.stderr if choice.fallback else sys.stdout)
+        version, new, choices = build(args.source, args.models, args.out, precisions)
     except (ModelRepositoryError, OSError, json.JSONDecodeError) as exc:
         print(f"build_repository: {exc}", file=sys.stderr)
         return 1
+    for name, choice in choices.items():
+        print(f"{name} {choice.log_line(name)}", file=sys.stderr if choice.fallback else sys.stdout)
+    state = "built as a new version" if new else "unchanged: the newest version is the same build"
+    print(f"{args.out}: version {version} {state}")
     return 0
 
 

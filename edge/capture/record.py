@@ -77,6 +77,7 @@ def capture_of(outcome: Outcome, capture_id: str, reason: str, models: dict[str,
         "process": {"present": context is not None, "anomalous_parameters": list(context.anomalous) if context else []},
         "note": frame.note,
         "models": dict(models),
+        "model_digests": dict(outcome.digests),
         "bands": None if outcome.bands is None else {"pass": outcome.bands[0], "reject": outcome.bands[1]},
     }
     return Capture(

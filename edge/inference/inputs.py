@@ -22,6 +22,13 @@ class BatchInputs:
     present: npt.NDArray[np.float32]  # (B, 2) float32
     notes: npt.NDArray[np.int64]  # (B, 32) int64
 
+    def take(self, rows: Sequence[int]) -> BatchInputs:
+        """These inputs for the frames at ``rows`` (all of them: the arrays themselves, not copies)."""
+        if list(rows) == list(range(len(self.grey))):
+            return self
+        idx = np.asarray(rows)
+        return BatchInputs(self.grey[idx], self.rgb[idx], self.process[idx], self.present[idx], self.notes[idx])
+
 
 def batch_inputs(frames: Sequence[Frame], parameters: Mapping[str, Sequence[str]]) -> BatchInputs:
     """Stack a batch's tensors; ``parameters`` gives each recipe's process-vector order."""

@@ -10,19 +10,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from calibration.table import BandTable
 from edge.config import Config
 from edge.decision import rule
 from edge.errors import InferenceFailed, TritonUnavailable
 from edge.flow import Frame, NotInspectedReason, Outcome
-from edge.inference.inputs import batch_inputs, hot_region
+from edge.inference.inputs import BatchInputs, batch_inputs, hot_region
 from edge.inference.triton_client import AnomalyOut, ClassifierOut
+from edge.models.served import Pair, Serving
 from edge.ops.logs import RateLimited, get
 from edge.ops.metrics import Metrics
 
@@ -34,7 +35,7 @@ Thresholds = Callable[[str, str, str], float]  # (recipe, tool, class) -> confid
 class Models(Protocol):
     """The two models as Triton serves them (``edge.inference.triton_client.TritonClient``)."""
 
-    async def anomaly(self, grey: npt.NDArray[np.uint8]) -> AnomalyOut: ...
+    async def anomaly(self, grey: npt.NDArray[np.uint8], version: str = "") -> AnomalyOut: ...
 
     async def classify(
         self,
@@ -42,7 +43,11 @@ class Models(Protocol):
         process: npt.NDArray[np.float32],
         present: npt.NDArray[np.float32],
         notes: npt.NDArray[np.int64],
+        version: str = "",
     ) -> ClassifierOut: ...
+
+
+Scored = Callable[[list[Outcome], BatchInputs, Serving], None]  # a batch's outcomes, for the copies off the path
 
 
 class Inspector:
@@ -57,31 +62,77 @@ class Inspector:
     ) -> None:
         self.cfg = cfg
         self.models = models
-        self.bands: BandTable | None = None  # set once the anomaly model's bands are known
+        self.serving: Serving | None = None  # the route and the versions it names: set once learned from Triton
+        self.on_scored: Scored | None = None  # the shadow and canary comparisons (``edge.models.compare``)
         self._thresholds = thresholds
         self._metrics = metrics
         self._log_limiter = log_limiter
         self._clock = clock
         self._parameters = {rid: r.parameters for rid, r in cfg.recipes.items()}
         self._audit_rng = random.Random()
+        self._route_rng = random.Random()
+        self.in_use: Counter[str] = Counter()  # batches in work per version: a version is unloaded once none is
+        self._batch_done = asyncio.Event()
+
+    async def drained(self, versions: list[str], timeout_s: float) -> bool:
+        """Wait until no batch in work uses ``versions`` (False: still some after ``timeout_s``)."""
+        end = self._clock() + timeout_s
+        while any(self.in_use[v] > 0 for v in versions):
+            self._batch_done.clear()
+            try:
+                await asyncio.wait_for(self._batch_done.wait(), max(0.0, end - self._clock()))
+            except TimeoutError:
+                return False
+        return True
+
+    def inputs(self, frames: list[Frame]) -> BatchInputs:
+        return batch_inputs(frames, self._parameters)
 
     async def inspect(self, frames: list[Frame]) -> list[Outcome]:
-        """One outcome per frame, in order: a verdict, or ``not_inspected`` with the reason."""
+        """One outcome per frame, in order: a verdict, or ``not_inspected`` with the reason. The route is read once:
+        a batch finishes on the versions it started with, whatever switches meanwhile."""
         self._metrics.batch_size.observe(len(frames))
+        serving = self.serving
+        assert serving is not None, "the served versions are learned before the first batch"
+        inputs = batch_inputs(frames, self._parameters)
+        groups: dict[str, list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault(serving.route.decides(frame.header.tool_id, self._route_rng.random()), []).append(i)
+        self.in_use.update(groups.keys())
+        try:
+            scored = await asyncio.gather(
+                *(self.score([frames[i] for i in idx], inputs.take(idx), serving.pairs[v]) for v, idx in groups.items())
+            )
+        finally:
+            self.in_use.subtract(groups.keys())
+            self._batch_done.set()
+        outcomes: list[Outcome | None] = [None] * len(frames)
+        for idx, group in zip(groups.values(), scored, strict=True):
+            for i, outcome in zip(idx, group, strict=True):
+                outcomes[i] = outcome
+        done = [o for o in outcomes if o is not None]
+        if self.on_scored is not None:
+            self.on_scored(done, inputs, serving)
+        return done
+
+    async def score(self, frames: list[Frame], inputs: BatchInputs, pair: Pair, live: bool = True) -> list[Outcome]:
+        """The outcomes ``pair`` gives the frames. ``live``: these are the frames' verdicts (timed, counted); else
+        a copy scored for comparison, which leaves the frames and the live metrics as they were."""
         t0 = self._clock()
-        result = await self._infer(frames)
+        result = await self._infer(frames, inputs, pair.version, retry=live)
         if isinstance(result, str):
-            return [not_inspected(f, result) for f in frames]
+            return [not_inspected(f, result, pair) for f in frames]
         anomaly, classes = result
         infer_s = self._clock() - t0
-        self._metrics.stage_latency.labels("inference").observe(infer_s)
-        assert self.bands is not None, "bands are learned before the first batch"
+        if live:
+            self._metrics.stage_latency.labels("inference").observe(infer_s)
         outcomes = []
         t0 = self._clock()
         for i, frame in enumerate(frames):
             h = frame.header
-            frame.timings["infer"] = infer_s
-            bands = self.bands.get(h.recipe_id, h.tool_id)
+            if live:
+                frame.timings["infer"] = infer_s
+            bands = pair.bands.get(h.recipe_id, h.tool_id)
             recipe, tool = h.recipe_id, h.tool_id
 
             def threshold_of(c: str, recipe: str = recipe, tool: str = tool) -> float:
@@ -99,26 +150,31 @@ class Inspector:
             hot = hot_region(anomaly.heatmaps[i], cast(tuple[int, int], frame.tensors.grey.shape[1:]), bands.pass_band)
             score, heatmap, attention = float(anomaly.scores[i]), anomaly.heatmaps[i], classes.attention[i]
             outcomes.append(
-                Outcome(frame, verdict, score, hot, None, heatmap, attention, (bands.pass_band, bands.reject_band))
-            )
-        self._metrics.stage_latency.labels("decide").observe(self._clock() - t0)
+                Outcome(frame, verdict, score, hot, None, heatmap, attention, (bands.pass_band, bands.reject_band),
+                        pair.models, pair.digests)
+            )  # fmt: skip
+        if live:
+            self._metrics.stage_latency.labels("decide").observe(self._clock() - t0)
         return outcomes
 
-    async def _infer(self, frames: list[Frame]) -> tuple[AnomalyOut, ClassifierOut] | NotInspectedReason:
-        """Both models' outputs, or why they could not be had."""
-        inputs = batch_inputs(frames, self._parameters)
+    async def _infer(
+        self, frames: list[Frame], inputs: BatchInputs, version: str, retry: bool = True
+    ) -> tuple[AnomalyOut, ClassifierOut] | NotInspectedReason:
+        """Both models' outputs from ``version``, or why they could not be had (``retry``: within the deadlines)."""
         backoff = self.cfg.triton.retry_backoff_ms / 1000
         deadline = min(f.deadline for f in frames)
         reason: NotInspectedReason = "triton_unavailable"
         for attempt in range(self.cfg.triton.retries + 1):
             try:
                 anomaly, classes = await asyncio.gather(
-                    self.models.anomaly(inputs.grey),
-                    self.models.classify(inputs.rgb, inputs.process, inputs.present, inputs.notes),
+                    self.models.anomaly(inputs.grey, version),
+                    self.models.classify(inputs.rgb, inputs.process, inputs.present, inputs.notes, version),
                 )
                 return anomaly, classes
             except (TritonUnavailable, InferenceFailed) as err:
                 reason = "triton_unavailable" if isinstance(err, TritonUnavailable) else "inference_failed"
+                if not retry:
+                    return reason
                 self._metrics.inference_errors.labels(reason).inc()
                 held = self._log_limiter.allow(reason)
                 if held is not None:
@@ -128,6 +184,7 @@ class Inspector:
                         error=str(err),
                         frames=len(frames),
                         attempt=attempt + 1,
+                        version=version,
                         similar_since_last=held,
                     )
             if (
@@ -142,5 +199,8 @@ class Inspector:
         return reason
 
 
-def not_inspected(frame: Frame, reason: NotInspectedReason) -> Outcome:
-    return Outcome(frame, None, reason=reason)
+def not_inspected(frame: Frame, reason: NotInspectedReason, pair: Pair | None = None) -> Outcome:
+    """The frame ends without a verdict; ``pair``: the version it was routed to."""
+    if pair is None:
+        return Outcome(frame, None, reason=reason)
+    return Outcome(frame, None, reason=reason, models=pair.models, digests=pair.digests)

@@ -91,17 +91,25 @@ class TritonClient:
         except InferenceServerException:
             return False
 
-    async def model_versions(self) -> dict[str, str]:
-        """Ready version of each of our models, as Triton reports it."""
+    async def model_versions(self) -> dict[str, list[str]]:
+        """The ready versions of each of our models, ascending, as Triton reports them."""
         try:
             index = await self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
         except InferenceServerException as err:
             raise TritonUnavailable(f"cannot read the model index from {self.url}: {err}") from err
-        versions: dict[str, str] = {}
+        versions: dict[str, list[str]] = {}
         for model in index.get("models", []):
             if model.get("name") in (self.anomaly_model, self.classifier_model) and model.get("state") == "READY":
-                versions[model["name"]] = max(versions.get(model["name"], "0"), model.get("version", "0"), key=int)
-        return versions
+                versions.setdefault(model["name"], []).append(str(model.get("version", "0")))
+        return {name: sorted(found, key=int) for name, found in versions.items()}
+
+    async def load(self, model: str, timeout_s: float) -> None:
+        """(Re)load ``model`` from its config on disk (explicit model control): the versions it pins come up beside
+        those already serving, which keep serving until the load is done; the versions it no longer names go."""
+        try:
+            await self._client.load_model(model, client_timeout=timeout_s)
+        except InferenceServerException as err:
+            raise classify(err, f"loading {model}") from err
 
     async def config_parameters(self, model: str) -> dict[str, str]:
         """The string parameters of ``model``'s config: what it says about itself (``edge.inference.model_facts``)."""
@@ -112,8 +120,9 @@ class TritonClient:
         params = cfg.get("config", {}).get("parameters", {})
         return {key: str(value.get("string_value", "")) for key, value in params.items() if isinstance(value, dict)}
 
-    async def anomaly(self, grey: npt.NDArray[np.uint8]) -> AnomalyOut:
-        result = await self._infer(self.anomaly_model, [_input("IMAGE", grey, "UINT8")], ("SCORE", "HEATMAP"))
+    async def anomaly(self, grey: npt.NDArray[np.uint8], version: str = "") -> AnomalyOut:
+        inputs = [_input("IMAGE", grey, "UINT8")]
+        result = await self._infer(self.anomaly_model, version, inputs, ("SCORE", "HEATMAP"))
         return AnomalyOut(result[0].reshape(-1), result[1])
 
     async def classify(
@@ -122,6 +131,7 @@ class TritonClient:
         process: npt.NDArray[np.float32],
         present: npt.NDArray[np.float32],
         notes: npt.NDArray[np.int64],
+        version: str = "",
     ) -> ClassifierOut:
         inputs = [
             _input("IMAGE", rgb, "UINT8"),
@@ -129,15 +139,18 @@ class TritonClient:
             _input("PRESENT", present, "FP32"),
             _input("NOTES", notes, "INT64"),
         ]
-        result = await self._infer(self.classifier_model, inputs, ("PROBS", "ATTENTION"))
+        result = await self._infer(self.classifier_model, version, inputs, ("PROBS", "ATTENTION"))
         return ClassifierOut(result[0], result[1])
 
     async def _infer(
-        self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
+        self, model: str, version: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
     ) -> list[npt.NDArray[np.float32]]:
+        """One request to ``version`` of ``model`` ("": the version Triton's policy makes the default)."""
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         try:
-            result = await self._client.infer(model, inputs, outputs=requested, client_timeout=self.timeout_s)
+            result = await self._client.infer(
+                model, inputs, model_version=version, outputs=requested, client_timeout=self.timeout_s
+            )
         except InferenceServerException as err:
-            raise classify(err, model) from err
+            raise classify(err, f"{model} version {version}" if version else model) from err
         return [result.as_numpy(name) for name in outputs]

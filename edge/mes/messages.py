@@ -43,6 +43,7 @@ class MesMessages:
         self._spawn = shared.spawn
         self._metrics = shared.metrics
         self._log_limiter = shared.log_limiter
+        self.review_listeners: list[Callable[[bytes], None]] = []  # beside calibration: the canary's guardrails
         own = f"{cfg.mqtt.prefix}/{cfg.station}"
         self.router = MessageRouter(
             [
@@ -84,6 +85,8 @@ class MesMessages:
 
     def on_review(self, payload: bytes) -> None:
         self._spawn(self._calibration.review(payload))
+        for listener in self.review_listeners:
+            listener(payload)
 
     def on_rebaseline(self, payload: bytes) -> None:
         """An engineer re-baselines a tool after a service: drift and parameter statistics start again."""

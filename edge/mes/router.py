@@ -12,7 +12,11 @@ Handler = Callable[[bytes], None]
 
 class MessageRouter:
     def __init__(self, routes: Sequence[tuple[str, Handler]]) -> None:
-        self._routes = tuple(routes)
+        self._routes = list(routes)
+
+    def add(self, pattern: str, handler: Handler) -> None:
+        """One more route, after those already there (before the link subscribes)."""
+        self._routes.append((pattern, handler))
 
     @property
     def filters(self) -> tuple[str, ...]:

@@ -16,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 @dataclass
 class Health:
     triton_ready: bool = False
-    models: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)  # model -> the live version
+    serving: dict[str, Any] = field(default_factory=dict)  # the route and each served version's facts
     precision: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> served, requested, fallback
     broker_connected: bool = False
     broker_required: bool = True
@@ -43,6 +44,7 @@ class Health:
             "ready": self.ready,
             "triton_ready": self.triton_ready,
             "models": self.models,
+            "serving": self.serving,
             "precision": self.precision,
             "broker_connected": self.broker_connected,
             "draining": self.draining,

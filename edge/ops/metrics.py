@@ -35,7 +35,26 @@ class Metrics:
         self.build_info = Info("edge_build", "The daemon's version and its Python", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.model_info = Gauge(
-            "edge_model_info", "1 for each model version Triton serves to the daemon", ["model", "version"], registry=r
+            "edge_model_info",
+            "1 for each model version the daemon routes frames to: its digest (first 12 hex) and role (live, canary, "
+            "shadow)",
+            ["model", "version", "digest", "role"],
+            registry=r,
+        )
+        self.model_commands = Counter(
+            "edge_model_commands_total",
+            "Model lifecycle commands, by action and status",
+            ["action", "status"],
+            registry=r,
+        )
+        self.model_compared = Counter(
+            "edge_model_compared_total",
+            "Frames a shadow or canary comparison scored twice: agree, disagree (decision), failed or dropped",
+            ["version", "role", "result"],
+            registry=r,
+        )
+        self.model_guardrail_breaches = Counter(
+            "edge_model_guardrail_breaches_total", "Canaries rolled back by a guardrail, by rule", ["rule"], registry=r
         )
         self.frames_received = Counter("edge_frames_received_total", "Frames received", ["tool"], registry=r)
         self.frames_rejected = Counter(

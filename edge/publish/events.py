@@ -55,8 +55,9 @@ class FrameFacts:
     hot: HotRegion | None  # the anomaly's peak and hot region
     process_present: bool
     anomalous_parameters: tuple[dict[str, Any], ...]
-    models: dict[str, str]
+    models: dict[str, str]  # model name -> the version that decided the frame
     latency_ms: dict[str, float]
+    digests: dict[str, str] | None = None  # model name -> that version's digest (sha256 of what Triton loads)
 
 
 def event_body(
@@ -94,6 +95,7 @@ def event_body(
         "top_k": [{"class": c, "p": p} for c, p in verdict.top_k] if verdict else [],
         "process": {"present": facts.process_present, "anomalous_parameters": list(facts.anomalous_parameters)},
         "models": facts.models,
+        "model_digests": facts.digests or {},
         "latency_ms": facts.latency_ms,
     }
     if reason is not None:

@@ -12,10 +12,11 @@ put into an exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -111,8 +112,43 @@ def publish_once(cfg: MqttConfig, client_id: str, topic: str, payload: str, time
     Raises ``EdgeError`` saying why when the broker cannot be reached, refuses the session, or does
     not acknowledge within ``timeout_s``.
     """
+    with _session(cfg, client_id, timeout_s) as client:
+        _publish(client, cfg, topic, payload, timeout_s)
+
+
+def request(cfg: MqttConfig, client_id: str, topic: str, payload: str, reply_topic: str,
+            accept: Callable[[bytes], bool], timeout_s: float) -> bytes:  # fmt: skip
+    """Subscribe to ``reply_topic``, publish ``payload`` (QoS 1) and return the first reply ``accept`` takes;
+    ``EdgeError`` when none comes within ``timeout_s`` (or the broker fails as for ``publish_once``)."""
+    replies: list[bytes] = []
+    answered, subscribed = threading.Event(), threading.Event()
+
+    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        data = bytes(message.payload)
+        if not answered.is_set() and accept(data):
+            replies.append(data)
+            answered.set()
+
+    def on_subscribe(client: paho.Client, userdata: Any, mid: int, codes: Any, properties: Any) -> None:
+        subscribed.set()
+
+    with _session(cfg, client_id, timeout_s) as client:
+        client.on_message = on_message
+        client.on_subscribe = on_subscribe
+        client.subscribe(reply_topic, qos=1)
+        if not subscribed.wait(timeout_s):
+            raise EdgeError(f"the broker at {cfg.host}:{cfg.port} did not confirm the subscription to {reply_topic}")
+        _publish(client, cfg, topic, payload, timeout_s)
+        if not answered.wait(timeout_s):
+            raise EdgeError(f"no answer on {reply_topic} within {timeout_s:g} s: is the daemon running?")
+    return replies[0]
+
+
+@contextlib.contextmanager
+def _session(cfg: MqttConfig, client_id: str, timeout_s: float) -> Iterator[paho.Client]:
+    """A connected client with its network loop running; disconnected on the way out."""
     client = new_client(cfg, client_id)
-    answered = threading.Event()
+    connected = threading.Event()
     refused: list[str] = []
 
     def on_connect(
@@ -124,32 +160,37 @@ def publish_once(cfg: MqttConfig, client_id: str, topic: str, payload: str, time
     ) -> None:
         if reason_code.is_failure:
             refused.append(str(reason_code))
-        answered.set()
+        connected.set()
 
     client.on_connect = on_connect
     where = f"{cfg.host}:{cfg.port}"
     try:
-        client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s)))
+        client.connect(cfg.host, cfg.port, keepalive=max(5, min(60, int(timeout_s))))
     except (OSError, ValueError) as err:  # refused, unreachable, TLS handshake (ssl.SSLError is an OSError)
         raise EdgeError(
             f"cannot reach the broker at {where}: {_why(err) if isinstance(err, OSError) else err}"
         ) from None
     client.loop_start()
     try:
-        if not answered.wait(timeout_s):
+        if not connected.wait(timeout_s):
             raise EdgeError(f"the broker at {where} did not answer within {timeout_s:g} s")
         if refused:
             raise EdgeError(f"the broker at {where} refused the session: {refused[0]}")
-        info = client.publish(topic, payload, qos=1)
-        try:
-            info.wait_for_publish(timeout=timeout_s)
-        except (RuntimeError, ValueError) as err:
-            raise EdgeError(f"publishing to {where} failed: {err}") from None
-        if not info.is_published():
-            raise EdgeError(f"the broker at {where} did not acknowledge within {timeout_s:g} s")
+        yield client
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _publish(client: paho.Client, cfg: MqttConfig, topic: str, payload: str, timeout_s: float) -> None:
+    where = f"{cfg.host}:{cfg.port}"
+    info = client.publish(topic, payload, qos=1)
+    try:
+        info.wait_for_publish(timeout=timeout_s)
+    except (RuntimeError, ValueError) as err:
+        raise EdgeError(f"publishing to {where} failed: {err}") from None
+    if not info.is_published():
+        raise EdgeError(f"the broker at {where} did not acknowledge within {timeout_s:g} s")
 
 
 class MqttLink:

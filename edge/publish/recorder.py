@@ -62,6 +62,8 @@ class Recorder:
         self._announce = announce
         self._health = shared.health  # the models Triton serves, for the events
         self._captures = captures
+        # told each batch's outcomes and event ids once recorded (the model lifecycle's review guardrails)
+        self.on_recorded: Callable[[list[Outcome], list[str | None]], None] | None = None
 
     async def record_and_answer(self, outcomes: list[Outcome]) -> None:
         """Record a batch's outcomes, then answer each frame's tool, then announce the events."""
@@ -72,7 +74,7 @@ class Recorder:
             event_id = self._ids.new() if outcome.event_decision else None
             h, v = outcome.frame.header, outcome.verdict
             facts = self._calibration.facts(h.recipe_id, h.tool_id, v.top_k[0][0] if v and v.top_k else "")
-            capture = self._capture(outcome, event_id, stamp.models, stamp.wall)
+            capture = self._capture(outcome, event_id, outcome.models or stamp.models, stamp.wall)
             result, event = records(outcome, event_id, stamp, facts, capture is not None and event_id is not None)
             results.append(result)
             event_ids.append(event_id)
@@ -98,6 +100,8 @@ class Recorder:
             await self.answer_busy([o.frame for o in outcomes], "outbox_unavailable")
             return
         self._metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
+        if self.on_recorded is not None:
+            self.on_recorded(outcomes, event_ids)
         for outcome, result in zip(outcomes, results, strict=True):
             frame = outcome.frame
             self._inflight.pop(frame.key)

@@ -20,7 +20,7 @@ class Stamp:
 
     station: str
     prefix: str
-    models: dict[str, str]
+    models: dict[str, str]  # the live versions: for an outcome that names none
     now: float  # monotonic seconds, for latencies
     wall: float  # epoch seconds, for the event's ts
 
@@ -53,8 +53,9 @@ def records(outcome: Outcome, event_id: str | None, stamp: Stamp, calibration: d
             outcome.hot,
             frame.context is not None,
             frame.context.anomalous if frame.context else (),
-            stamp.models,
+            outcome.models or stamp.models,
             latency,
+            outcome.digests,
         )
         body = event_body(
             event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, calibration, outcome.reason

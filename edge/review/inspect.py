@@ -23,9 +23,11 @@ from edge.config import Config
 from edge.errors import EdgeError
 from edge.flow import Frame, FrameHeader, ProcessLog, Rejected
 from edge.inference.inspector import Inspector
-from edge.inference.model_watch import band_table
+from edge.inference.model_watch import read_pairs
 from edge.inference.triton_client import TritonClient
 from edge.ingest.imaging import decode
+from edge.models.ledger import read_route
+from edge.models.served import Route, Serving
 from edge.ops.logs import RateLimited
 from edge.ops.metrics import Metrics
 
@@ -134,9 +136,12 @@ class AdHoc:
         tensors = decode(header, upload.image, (ing.image_height, ing.image_width), ing.max_image_pixels, True)
         if isinstance(tensors, Rejected):
             raise InspectRefused(f"image: {tensors.detail}")
-        if self.inspector.bands is None:
-            params = await self.triton.config_parameters(self.triton.anomaly_model)
-            self.inspector.bands = band_table(self.cfg, params)
+        serving = self.inspector.serving
+        wanted = read_route(self.cfg.models.ledger)  # the daemon's live version: it may have switched since
+        if serving is None or (wanted is not None and wanted.live != serving.route.live):
+            pairs = await read_pairs(self.cfg, self.triton)
+            live = wanted.live if wanted is not None and wanted.live in pairs else max(pairs, key=int)
+            self.inspector.serving = Serving(Route(live), pairs)
         context = (ProcessLog("AD-HOC", "AD-HOC", upload.recipe_id, upload.tool_id, time.time(), upload.params)
                    if upload.params else None)  # fmt: skip
         now = time.monotonic()

@@ -18,6 +18,7 @@ from tritonclient.utils import np_to_triton_dtype
 
 from edge.inference.model_facts import Precision, precision_from
 from edge.inference.triton_client import TritonClient
+from edge.models.repository import publish, seal
 from tests.triton_fixture import RunningTriton, make_server, served_repository
 from tools.build_repository import SOURCE, build_model
 from tools.precision_gate import REPORT, onnx_path
@@ -219,7 +220,9 @@ def test_a_precision_fallback_travels_through_triton_to_the_daemon_client(tmp_pa
         "failures": ['escape_rate 0.01 -> 0.03 (allowed +0.005) on "held-out" dies \\ seed 1'],
     }
     (models / REPORT).write_text(json.dumps(report))
-    _, choice = build_model("classifier", SOURCE, models, tmp_path / "repo", "int8")
+    partial, choice = build_model("classifier", SOURCE, models, tmp_path / "repo", 1, "int8")
+    seal(partial, 1)
+    publish(tmp_path / "repo", ["classifier"])
     assert choice.served == "fp16"
 
     async def read(url: str) -> dict[str, str]:

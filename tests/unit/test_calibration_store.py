@@ -110,6 +110,24 @@ def test_transfer_revalidates_on_the_new_tool(store: CalibrationStore) -> None:
         store.transfer(R, "AOI-99", T2, "eng1", "x")
 
 
+def test_each_model_version_keeps_its_own_thresholds(store: CalibrationStore) -> None:
+    _lot(store, "L1", 1000, 0)
+    _lot(store, "L2", 1000, 5)  # past calibrating
+    store.override(R, T, "PART-SM", 0.70, 0, "eng1", "tuned on version 1")
+    assert store.switch_model("1", "2", "j.doe", "promote") == "transferred"  # a new version: carried over ...
+    state = store.states(R, T)["PART-SM"]
+    assert state.threshold == 0.70 and state.status == REVALIDATING  # ... to revalidate, never taken silently
+    store.override(R, T, "PART-SM", 0.80, 0, "eng1", "tuned on version 2")
+    assert store.switch_model("2", "1", "j.doe", "rollback") == "restored"
+    assert store.states(R, T)["PART-SM"].threshold == 0.70  # version 1's own again
+    assert store.switch_model("1", "2", "j.doe", "promote") == "restored"
+    assert store.states(R, T)["PART-SM"].threshold == 0.80
+    rows = [row for row in store.history(R, T, "PART-SM") if row.field == "model_version"]
+    assert [(row.old, row.new, row.who) for row in rows] == [("1", "2", "j.doe"), ("2", "1", "j.doe"),
+                                                             ("1", "2", "j.doe")][::-1]  # fmt: skip
+    assert rows[-1].reason.startswith("transferred") and rows[0].reason.startswith("restored")
+
+
 def test_audit_rows_cannot_be_changed_or_deleted(store: CalibrationStore) -> None:
     db = sqlite3.connect(store.path)
     with pytest.raises(sqlite3.DatabaseError, match="cannot"):

@@ -15,6 +15,8 @@ import torch
 
 from edge.config import Config
 from edge.inference.model_facts import bands_from, contract_from
+from edge.models.pbtxt import facts_for, own_config
+from edge.models.repository import digest
 from tests.unit.test_dataset import make_folder
 from tools.build_repository import SOURCE, config_parameters
 from tools.dataset.arrays import Arrays
@@ -223,7 +225,10 @@ def test_a_version_is_written_beside_the_old_ones_with_its_contract(tmp_path):
     assert (repo / "anomaly" / "4" / "model.onnx").read_bytes() == b"anomaly fp32"
     for name in ("anomaly", "classifier"):
         top = (repo / name / "config.pbtxt").read_text()
-        assert top == (repo / name / "4" / "config.pbtxt").read_text()
+        own = (repo / name / "4" / "config.pbtxt").read_text()
+        assert own_config(top) == own  # the model-level config is version 4's, with its facts by version beside
+        declared = facts_for(config_parameters(top), "4")
+        assert declared == config_parameters(own) and declared["digest"] == digest(repo / name / "4")
         version_dir = repo / name / "4"
         assert (version_dir / "report" / "card.md").is_file() and (version_dir / "gpu" / "config.pbtxt").is_file()
         forms = sorted(p.name for p in (version_dir / "forms").iterdir())

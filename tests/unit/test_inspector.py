@@ -16,6 +16,7 @@ from edge.errors import EdgeError, InferenceFailed, TritonUnavailable
 from edge.flow import Frame, FrameHeader, Tensors
 from edge.inference.inspector import Inspector
 from edge.inference.triton_client import AnomalyOut, ClassifierOut
+from edge.models.served import Pair, Serving
 from edge.ops.logs import RateLimited
 from edge.ops.metrics import Metrics
 
@@ -30,7 +31,7 @@ class FlakyTriton:
         self.failures, self.error = failures, error
         self.calls: list[float] = []
 
-    async def anomaly(self, grey: npt.NDArray[np.uint8]) -> AnomalyOut:
+    async def anomaly(self, grey: npt.NDArray[np.uint8], version: str = "") -> AnomalyOut:
         self.calls.append(time.monotonic())
         if len(self.calls) <= self.failures:
             raise self.error("not now")
@@ -43,6 +44,7 @@ class FlakyTriton:
         process: npt.NDArray[np.float32],
         present: npt.NDArray[np.float32],
         notes: npt.NDArray[np.int64],
+        version: str = "",
     ) -> ClassifierOut:
         probs = np.zeros((len(rgb), N_CLASSES), np.float32)
         probs[0, 0] = 1.0
@@ -72,7 +74,7 @@ def inspector(triton: FlakyTriton, retries: int = 3) -> tuple[Inspector, Metrics
     )
     metrics = Metrics()
     inspect = Inspector(cfg, triton, lambda recipe, tool, cls: 0.6, metrics, RateLimited(10.0))
-    inspect.bands = BandTable(Bands(0.1, 0.2))
+    inspect.serving = Serving.single(Pair("1", {}, BandTable(Bands(0.1, 0.2))))
     return inspect, metrics
 
 

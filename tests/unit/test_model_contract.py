@@ -69,8 +69,8 @@ class Served:
     async def ready(self) -> bool:
         return True
 
-    async def model_versions(self) -> dict[str, str]:
-        return {"anomaly": "1", "classifier": "1"}
+    async def model_versions(self) -> dict[str, list[str]]:
+        return {"anomaly": ["1"], "classifier": ["1"]}
 
     async def config_parameters(self, model: str) -> dict[str, str]:
         return {"pass_band": "0.01", "reject_band": "0.02"} if model == "anomaly" else self.contract

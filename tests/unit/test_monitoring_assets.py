@@ -134,7 +134,12 @@ def test_exported_series_follow_prometheus_client_naming() -> None:
     assert series["edge_outbox_bytes"] == frozenset()
     assert "edge_frames_received" not in series and "edge_triton_ready_total" not in series
     assert series["edge_calibration_status"] == {"recipe", "tool", "class", "edge_calibration_status"}
-    assert series["edge_build_info"] == {"version", "python"} and series["edge_model_info"] == {"model", "version"}
+    assert series["edge_build_info"] == {"version", "python"} and series["edge_model_info"] == {
+        "model",
+        "version",
+        "digest",
+        "role",
+    }
     assert "process_resident_memory_bytes" in series and "python_info" in series
 
 

@@ -11,8 +11,19 @@ from pathlib import Path
 import pytest
 
 from edge.errors import ModelRepositoryError
+from edge.models.pbtxt import facts_for
+from edge.models.repository import digest
 from edge.serving.tritonserver import ServerDist, TritonServerSettings, assemble_backend_dir, locate_wheel_server
-from tools.build_repository import SOURCE, band_parameters, build_model, config_text
+from tools.build_repository import (
+    DEFAULT_PRECISION,
+    MODELS,
+    SOURCE,
+    band_parameters,
+    build,
+    build_model,
+    config_parameters,
+    config_text,
+)
 
 SETTINGS = TritonServerSettings(
     model_repository=Path("/srv/models"),
@@ -159,22 +170,43 @@ def test_band_parameters_rejects_missing_bad_or_inverted_bands(metrics: dict[str
         band_parameters(metrics)
 
 
-def test_build_model_lays_out_the_served_anomaly_model(tmp_path: Path) -> None:
+def stand_in_models(tmp_path: Path, content: bytes = b"onnx") -> Path:
     models = tmp_path / "models"
-    models.mkdir()
-    (models / "anomaly.onnx").write_bytes(b"onnx")
+    models.mkdir(exist_ok=True)
+    for name in MODELS:
+        (models / f"{name}.onnx").write_bytes(content + name.encode())
     (models / "anomaly_metrics.json").write_text(json.dumps({"pass_band": 0.01, "reject_band": 0.02}))
+    return models
 
-    target, choice = build_model("anomaly", SOURCE, models, tmp_path / "repo")
 
-    assert sorted(p.name for p in (target / "1").iterdir()) == ["model.onnx", "model.py", "ort_model.py"]
-    config = (target / "config.pbtxt").read_text()
-    assert 'key: "pass_band", value: { string_value: "0.01" }' in config
-    assert 'key: "reject_band", value: { string_value: "0.02" }' in config
-    assert (choice.served, choice.fallback) == ("fp32", None)
-    assert 'key: "precision", value: { string_value: "fp32" }' in config
+def test_a_build_lays_out_a_numbered_version_with_its_facts(tmp_path: Path) -> None:
+    models, repo = stand_in_models(tmp_path), tmp_path / "repo"
+
+    version, new, choices = build(SOURCE, models, repo, DEFAULT_PRECISION)
+
+    assert (version, new) == (1, True) and (choices["anomaly"].served, choices["anomaly"].fallback) == ("fp32", None)
+    target = repo / "anomaly"
+    files = sorted(p.name for p in (target / "1").iterdir())
+    assert files == ["config.pbtxt", "model.onnx", "model.py", "ort_model.py"]
+    own = config_parameters((target / "1" / "config.pbtxt").read_text())
+    assert own["pass_band"] == "0.01" and own["reject_band"] == "0.02" and own["precision"] == "fp32"
+    assert own["version"] == "1" and own["digest"] == digest(target / "1")
+    served = facts_for(config_parameters((target / "config.pbtxt").read_text()), "1")
+    assert served == own  # what Triton hands the daemon for version 1
+
+
+def test_every_build_is_a_new_version_and_an_identical_one_none(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert build(SOURCE, stand_in_models(tmp_path, b"first"), repo, DEFAULT_PRECISION)[:2] == (1, True)
+    assert build(SOURCE, stand_in_models(tmp_path, b"first"), repo, DEFAULT_PRECISION)[:2] == (1, False)
+    assert build(SOURCE, stand_in_models(tmp_path, b"second"), repo, DEFAULT_PRECISION)[:2] == (2, True)
+    assert (repo / "anomaly" / "1" / "model.onnx").read_bytes() == b"firstanomaly"  # never overwritten
+    assert (repo / "anomaly" / "2" / "model.onnx").read_bytes() == b"secondanomaly"
+    assert (
+        not list(repo.glob("*/*.partial")) and "version_policy" not in (repo / "anomaly" / "config.pbtxt").read_text()
+    )
 
 
 def test_build_model_without_the_onnx_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(ModelRepositoryError, match=r"classifier\.onnx"):
-        build_model("classifier", SOURCE, tmp_path, tmp_path / "repo")
+        build_model("classifier", SOURCE, tmp_path, tmp_path / "repo", 1)

@@ -63,20 +63,25 @@ class Sample:
     outbox_mb: float
 
 
-def sample(t_s: float, daemon_pid: int, triton_pgid: int, outbox: Path) -> Sample:
-    triton_kb = 0
-    for pid in group_pids(triton_pgid):
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of a process group (Triton with its Python backend stubs), MiB."""
+    kb = 0
+    for pid in group_pids(pgid):
         try:
-            triton_kb += _status_kb(pid, "VmRSS")
+            kb += _status_kb(pid, "VmRSS")
         except OSError:
             pass
+    return kb / 1024
+
+
+def sample(t_s: float, daemon_pid: int, triton_pgid: int, outbox: Path) -> Sample:
     files = [outbox, outbox.with_name(outbox.name + "-wal")]
     return Sample(
         t_s=round(t_s, 1),
         daemon_rss_mb=_status_kb(daemon_pid, "VmRSS") / 1024,
         daemon_fds=len(os.listdir(f"/proc/{daemon_pid}/fd")),
         daemon_threads=_status_kb(daemon_pid, "Threads"),
-        triton_rss_mb=triton_kb / 1024,
+        triton_rss_mb=group_rss_mb(triton_pgid),
         outbox_mb=sum(f.stat().st_size for f in files if f.exists()) / 2**20,
     )
 
@@ -101,8 +106,10 @@ class Feed:
     rate: float
     replies: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
+    outcomes: list[dict] = field(default_factory=list)  # per frame answered: status, decision, latency, replied_at
     event_ids: set[str] = field(default_factory=set)
     unanswered: int = 0
+    duplicates: int = 0  # replies to a frame already answered
     frames: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -121,8 +128,10 @@ class Feed:
                 self.frames += len(cycle.frames)
                 self.replies.update(tally.replies)
                 self.latencies_ms.extend(tally.latencies_ms)
+                self.outcomes.extend(tally.outcomes)
                 self.event_ids.update(tally.events)
                 self.unanswered += len(tally.unanswered)
+                self.duplicates += tally.duplicates
                 n += 1
         finally:
             tools.close()

@@ -1,6 +1,7 @@
 """A trained pair of models written into a Triton model repository as a new numbered version.
 
-    <repository>/<model>/config.pbtxt          the newest version's config (Triton serves the highest version)
+    <repository>/<model>/config.pbtxt          model-level: the newest version's config, or the versions a station
+                                               pinned (``edge.models.repository.publish``)
     <repository>/<model>/<N>/model.onnx        the served form (FP32 on the CPU unless a gated form is asked for)
     <repository>/<model>/<N>/model.py, ort_model.py
     <repository>/<model>/<N>/config.pbtxt      this version's config, kept so an older version can be served again
@@ -15,32 +16,28 @@ and renamed into place, and the model-level config is replaced by an atomic rena
 
 Each config carries the model's contract as parameters (``edge.inference.model_facts``): the classifier's
 ``classes`` (output order) and ``process_parameters`` (input order), the anomaly bands, and for both the input
-(``input``: channels x height x width), the training data's digest (``data_digest``), the version and the precision
-served. The tensor dims of PROCESS and PROBS are the model's own.
+(``input``: channels x height x width), the training data's digest (``data_digest``), the version, its digest (sha256
+of the files Triton loads) and the precision served. The tensor dims of PROCESS and PROBS are the model's own.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from edge.errors import ModelRepositoryError
+from edge.models.repository import next_version as repository_next_version
+from edge.models.repository import publish, seal
 from tools.build_repository import MODELS, SHARED_MODULE, SOURCE, config_text, served_precision
 from tools.precision_gate import PRECISIONS, REPORT, onnx_path
 
 GPU_SOURCE = SOURCE.parent / "gpu"
 
 
-def versions(repository: Path, name: str) -> list[int]:
-    folder = repository / name
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
-
-
 def next_version(repository: Path) -> int:
-    return max((v for name in MODELS for v in versions(repository, name)), default=0) + 1
+    return repository_next_version(repository, MODELS)
 
 
 def shaped(config: str, dims: Mapping[str, tuple[int, ...]]) -> str:
@@ -62,7 +59,7 @@ def write_version(
     ``parameters``: per model, the contract parameters its configs carry; ``dims``: per model, its tensors' dims.
     """
     served: dict[str, str] = {}
-    staged: list[tuple[Path, Path, str]] = []
+    staged: list[Path] = []
     for name in MODELS:
         final = repository / name / str(version)
         if final.exists():
@@ -85,11 +82,8 @@ def write_version(
         shutil.copytree(report, partial / "report")
         (partial / "config.pbtxt").write_text(cpu)
         (partial / "gpu" / "config.pbtxt").write_text(gpu)
-        staged.append((partial, final, cpu))
-    for partial, final, cpu in staged:
-        partial.rename(final)
-        config = final.parent / "config.pbtxt"
-        tmp = config.with_suffix(".pbtxt.tmp")
-        tmp.write_text(cpu)
-        os.replace(tmp, config)
+        staged.append(partial)
+    for partial in staged:
+        seal(partial, version)
+    publish(repository, MODELS)
     return served

@@ -7,6 +7,7 @@ process, each on free loopback ports. Used by ``make demo`` and the end-to-end t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,10 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from edge.config import parse_config
+from edge.models.cli import prepare
 from edge.serving.tritonserver import TritonServer, die_with_parent, free_port, wheel_settings
 from tools.station.mosquitto import Mosquitto, mosquitto_binary
 
@@ -38,9 +42,11 @@ def station_toml(
     recipes: tuple[str, ...] = (RECIPE,),
     extra: str = "",
     ingest: str = "",
+    models_repository: Path | None = None,
 ) -> str:
     """A daemon config for this machine's loopback services; ``extra`` is appended, ``ingest`` goes into
-    ``[ingest]`` (e.g. CURVE keys)."""
+    ``[ingest]`` (e.g. CURVE keys); ``models_repository``: the repository Triton serves in explicit model control,
+    which the daemon then changes on command (``edge-inspect models``)."""
     tool_lines = "".join(f'[[tools]]\nid = "{t}"\n' for t in tools)
     recipe_lines = "".join(f'[recipes."{r}"]\n' for r in recipes)
     mqtt = (
@@ -52,6 +58,9 @@ def station_toml(
     calibration = "" if "[calibration]" in extra else f'[calibration]\npath = "{store}"\n'
     outbox_section = "" if "[outbox]" in extra else f'[outbox]\npath = "{outbox}"\n'
     captures = "" if "[capture]" in extra else f'[capture]\npath = "{outbox.with_name("captures")}"\n'
+    models = "" if "[models]" in extra else f'[models]\nledger = "{outbox.with_name("models.sqlite")}"\n'
+    if models and models_repository is not None:
+        models += f'repository = "{models_repository.resolve()}"\n'
 
     return (
         f'station = "{station}"\n{tool_lines}{recipe_lines}'
@@ -61,7 +70,7 @@ def station_toml(
         f'[local_pub]\nbind = "{feed}"\n'
         f"{outbox_section}"
         f"[http]\nport = {http_port}\n"
-        f"{calibration}{captures}{extra}"
+        f"{calibration}{captures}{models}{extra}"
     )
 
 
@@ -78,8 +87,11 @@ class Station:
         persistent_broker: bool = False,
         tools: tuple[str, ...] = TOOLS,
         recipes: tuple[str, ...] = (RECIPE,),
+        model_lifecycle: bool = False,
     ) -> None:
-        """``recipes``: the recipe tables written (none: ``config_extra`` brings its own, with their parameters)."""
+        """``recipes``: the recipe tables written (none: ``config_extra`` brings its own, with their parameters);
+        ``model_lifecycle``: Triton in explicit model control and the daemon steering it (``edge-inspect models``),
+        writing the pins into ``repository``."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository = repository
@@ -92,6 +104,7 @@ class Station:
         self.ingest_extra = ingest_extra
         self.persistent_broker = persistent_broker
         self.tools, self.recipes = tools, recipes
+        self.model_lifecycle = model_lifecycle
         self.triton: TritonServer | None = None
         self.broker: Mosquitto | None = None
         self.daemon: subprocess.Popen | None = None
@@ -116,12 +129,26 @@ class Station:
     def start_triton(self) -> None:
         if not (self.repository / "anomaly").is_dir():
             raise FileNotFoundError(f"no model repository at {self.repository}: run `make models` first")
-        settings = wheel_settings(
-            self.repository, free_port(), free_port(), free_port(), self.workdir / "triton-backends"
-        )
+        served = self.repository
+        if self.model_lifecycle:  # Triton serves the view of the versions the daemon chooses, loaded on command
+            served = self._prepare_view()
+        settings = wheel_settings(served, free_port(), free_port(), free_port(), self.workdir / "triton-backends")
+        if self.model_lifecycle:
+            settings = dataclasses.replace(settings, model_control="explicit")
         self.triton = TritonServer(settings, self.workdir / "tritonserver.log", ready_timeout_s=180)
         self.triton.start()
         self.triton.wait_ready()
+
+    def _prepare_view(self) -> Path:
+        """The served view, as `edge-inspect models prepare` makes it before Triton starts."""
+        cfg = parse_config(tomllib.loads(station_toml(
+            station=self.station, frames="tcp://127.0.0.1:1", feed="tcp://127.0.0.1:2", http_port=1,
+            grpc_url="127.0.0.1:1", mqtt_port=None, outbox=self.workdir / "outbox.sqlite", tools=self.tools,
+            recipes=self.recipes, models_repository=self.repository,
+        )))  # fmt: skip
+        prepare(cfg)
+        assert cfg.models.view is not None
+        return cfg.models.view
 
     def start_broker(self) -> None:
         if self.with_broker:
@@ -142,6 +169,7 @@ class Station:
                 ingest=self.ingest_extra,
                 tools=self.tools,
                 recipes=self.recipes,
+                models_repository=self.repository if self.model_lifecycle else None,
             )
         )
         return self.config_path
