@@ -10,7 +10,7 @@ transaction, and moved here after the replies; a crash in between leaves them in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -162,16 +162,20 @@ class Calibration:
         return {"profile_version": self._versions.get((recipe, tool), 0),
                 "status": self._statuses.get((recipe, tool, defect_class), "n/a")}  # fmt: skip
 
-    def rows(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None]) -> CalibrationRows | None:
+    def rows(self, outcomes: Iterable[Outcome], event_ids: Iterable[str | None],
+             live: Mapping[str, str] | None = None) -> CalibrationRows | None:  # fmt: skip
         """What a batch adds to calibration (pure): every inspected die counts; every defect-class candidate
         (flagged or suppressed) is kept with its confidence, under its event id when it made an event. None when
-        no die of the batch was inspected."""
+        no die of the batch was inspected. ``live``: the live model versions; a die another version decided (a
+        canary) leaves only its reviewable event: its confidences are not the ones these thresholds are tuned to."""
         inspected, candidates, reviewable = [], [], []
         for outcome, event_id in zip(outcomes, event_ids):
             v, h = outcome.verdict, outcome.frame.header
             if v is None:
                 continue
-            inspected.append((h.recipe_id, h.tool_id, h.lot_id))
+            counted = not live or not outcome.models or outcome.models == live
+            if counted:
+                inspected.append((h.recipe_id, h.tool_id, h.lot_id))
             flagged = v.decision == DEFECT
             name = v.defect_class if flagged else v.top_k[0][0]
             judged = event_id is not None and (flagged or v.audit or v.decision == REVIEW)  # events reviewers judge
@@ -179,11 +183,11 @@ class Calibration:
                 predicted = v.defect_class if v.decision == REVIEW else name  # UNCLASSIFIED for a REVIEW
                 reviewable.append((cast(str, event_id), h.recipe_id, h.tool_id, h.lot_id,
                                    cast(str, outcome.event_decision), predicted))  # fmt: skip
-            if flagged or v.suppressed:
+            if counted and (flagged or v.suppressed):
                 reviewed = judged and v.decision != REVIEW  # DEFECT and AUDIT events: their class is judged
                 cid = cast(str, event_id) if reviewed else candidate_id(h.tool_id, h.frame_id)
                 candidates.append((cid, h.recipe_id, h.tool_id, h.lot_id, name, v.confidence, flagged))
-        return CalibrationRows(inspected, candidates, reviewable) if inspected else None
+        return CalibrationRows(inspected, candidates, reviewable) if inspected or reviewable else None
 
     def apply(self, batch: str | None, rows: CalibrationRows) -> None:
         """Write a batch's rows into the store; a ``batch`` id already applied changes nothing (a restart applies

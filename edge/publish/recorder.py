@@ -85,7 +85,7 @@ class Recorder:
             self._count(outcome)
         events += self._watch(self._watch.watch.results, outcomes, time.monotonic()) or []
         dies = [die_row(o) for o in outcomes]
-        calibration = self._calibration.rows(outcomes, event_ids)
+        calibration = self._calibration.rows(outcomes, event_ids, stamp.models)
         batch = (self._ids.new(), calibration.dumps()) if calibration is not None else None
         t0 = time.monotonic()
         keeper = self._captures if captures else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,18 @@ def test_batch_records_inspected_dies_and_candidates_and_reviews_apply(calib: Ca
     assert rows == {"E1": 1, candidate_id(T, "f2"): 0, "E3": 0}
     calib.lot_end(R, T, "L1")
     assert calib.facts(R, T, "PART-SM")["status"] == "adjusting"
+
+
+def test_a_canarys_dies_leave_their_events_for_review_but_not_the_live_versions_counts(calib: Calibration) -> None:
+    th = lambda c: calib.threshold(R, T, c)  # noqa: E731
+    live, canary = {"anomaly": "1", "classifier": "1"}, {"anomaly": "2", "classifier": "2"}
+    by_live = replace(_outcome("f1", "PART-SM", 0.95, th), models=live)
+    by_canary = replace(_outcome("f2", "PART-SM", 0.95, th), models=canary)
+    rows = calib.rows([by_live, by_canary], ["E1", "E2"], live)
+    assert rows is not None and len(rows.inspected) == 1 and [c[0] for c in rows.candidates] == ["E1"]
+    assert [r[0] for r in rows.reviewable] == ["E1", "E2"]  # a reviewer still judges the canary's event
+    only_canary = calib.rows([by_canary], ["E2"], live)
+    assert only_canary is not None and not only_canary.inspected and not only_canary.candidates
 
 
 def test_lot_end_moves_a_threshold_and_the_cache_follows(calib: Calibration) -> None:
