@@ -337,3 +337,44 @@ def test_a_restart_comes_back_on_the_route_the_ledger_holds(tmp_path: Path) -> N
 
     run(tmp_path, AGREE, first)
     run(tmp_path, AGREE, second)  # the same repository and ledger, a new daemon
+
+
+def test_reviews_of_the_canarys_events_roll_it_back_on_more_false_positives(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        assert (await rig.command("canary", version="2", tools=["T2"]))["status"] == "done"
+        for round_ in range(6):
+            outcomes = await rig.stream(1, tool="T1") + await rig.stream(1, tool="T2")
+            ids = [f"E{round_}-{i}" if o.event_decision else None for i, o in enumerate(outcomes)]
+            rig.lifecycle.recorded(outcomes, ids)
+            for outcome, event_id in zip(outcomes, ids, strict=True):
+                if event_id is not None:  # reviewers: the canary's flags are false, the live version's real
+                    real = outcome.models["classifier"] == "1"
+                    body = {"event_id": event_id, "disposition": "real" if real else "false", "reviewer": "eng1"}
+                    rig.lifecycle.on_review(json.dumps(body).encode())
+                    rig.lifecycle.on_review(json.dumps(body).encode())  # a redelivery counts once
+        await asyncio.sleep(0.05)
+        [event] = [e for e in rig.events("models") if e["action"] == "guardrail_rollback"]
+        breach = event["detail"]["breach"]
+        assert breach["rule"] == "false_positives" and breach["value"] == 1.0 and rig.lifecycle.route.canary is None
+        reviews = event["detail"]["guardrails"]["reviews"]
+        assert breach["frames"] == 5 and breach["detail"] == "5/5 reviewed flags false, live 0/6"
+        assert reviews["canary"]["flags"] == reviews["canary"]["false"] >= 5 and reviews["live"]["false"] == 0
+
+    run(tmp_path, AGREE, scenario, guardrails={"max_disagreement": 1.0, "min_reviews": 5, "max_fpr_excess": 0.2})
+
+
+def test_copies_that_do_not_fit_the_queue_are_dropped_and_counted(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        assert (await rig.command("shadow", version="2"))["status"] == "done"
+        for task in rig.tasks:  # the comparison worker stops: nothing leaves the queue
+            task.cancel()
+        await asyncio.sleep(0)
+        for _ in range(rig.cfg.models.compare_queue_batches + 3):
+            await rig.inspector.inspect(frames(4))
+        assert rig.lifecycle.comparisons.dropped == {"2": 12}
+        dropped = rig.metrics.registry.get_sample_value(
+            "edge_model_compared_total", {"version": "2", "role": "shadow", "result": "dropped"}
+        )
+        assert dropped == 12
+
+    run(tmp_path, AGREE, scenario)
