@@ -24,6 +24,7 @@ from edge.flow import Frame, NotInspectedReason, Outcome
 from edge.inference.inputs import BatchInputs, batch_inputs, hot_region
 from edge.inference.triton_client import AnomalyOut, ClassifierOut
 from edge.models.served import Pair, Serving
+from edge.notes import MAX_TOKENS
 from edge.ops.logs import RateLimited, get
 from edge.ops.metrics import Metrics
 
@@ -84,6 +85,16 @@ class Inspector:
             except TimeoutError:
                 return False
         return True
+
+    async def warm(self, version: str) -> None:
+        """One blank die through both models of ``version`` (its first requests are slow): ``EdgeError`` if it fails."""
+        ing, params = self.cfg.ingest, next(iter(self._parameters.values()))
+        h, w = ing.image_height, ing.image_width
+        await asyncio.gather(
+            self.models.anomaly(np.zeros((1, 1, h, w), np.uint8), version),
+            self.models.classify(np.zeros((1, 3, h, w), np.uint8), np.zeros((1, len(params)), np.float32),
+                                 np.zeros((1, 2), np.float32), np.zeros((1, MAX_TOKENS), np.int64), version),
+        )  # fmt: skip
 
     def inputs(self, frames: list[Frame]) -> BatchInputs:
         return batch_inputs(frames, self._parameters)

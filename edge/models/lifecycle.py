@@ -365,7 +365,8 @@ class Lifecycle:
         agreeing less than ``models.min_check_agreement``."""
         held = list(self.held)
         pair = self._watch.pairs[version]
-        if not held:
+        if not held:  # no live frame yet: a blank die warms it up, and proves it answers
+            await self._inspector.warm(version)
             return {"frames": 0, "decision_agreement": None, "top_class_agreement": None}
         t0 = time.monotonic()
         copies = []

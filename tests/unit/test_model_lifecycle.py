@@ -49,7 +49,7 @@ class StandInTriton:
         self.loaded = {name: self._linked(name) for name in MODELS}
         self.loads = 0
         self.calls: list[str] = []  # the version of every anomaly request
-        self.gate: asyncio.Event | None = None  # when set, requests wait for it
+        self.gate: asyncio.Event | None = None  # when set, requests to version 1 wait for it
 
     def _linked(self, name: str) -> list[str]:
         return [str(v) for v in served(self.view, name)]
@@ -70,7 +70,7 @@ class StandInTriton:
     async def anomaly(self, grey: npt.NDArray[np.uint8], version: str = "") -> AnomalyOut:
         assert version in self.loaded["anomaly"], f"version {version} is not loaded"
         self.calls.append(version)
-        if self.gate is not None:
+        if self.gate is not None and version == "1":
             await self.gate.wait()
         n = len(grey)
         return AnomalyOut(np.full(n, 0.001, np.float32), np.zeros((n, 32, 32), np.float32))
@@ -313,7 +313,6 @@ def test_a_batch_in_flight_finishes_on_its_version_and_the_old_one_leaves_after_
         in_flight = asyncio.create_task(rig.inspector.inspect(frames(4)))
         await asyncio.sleep(0.02)
         assert rig.triton.calls[-1] == "1"
-        rig.lifecycle.held.clear()  # the check would wait at the gate too
         promote = asyncio.create_task(rig.command("promote", version="2"))
         await asyncio.sleep(0.05)
         assert rig.inspector.serving is not None and rig.inspector.serving.route.live == "2"  # switched ...
@@ -376,5 +375,14 @@ def test_copies_that_do_not_fit_the_queue_are_dropped_and_counted(tmp_path: Path
             "edge_model_compared_total", {"version": "2", "role": "shadow", "result": "dropped"}
         )
         assert dropped == 12
+
+    run(tmp_path, AGREE, scenario)
+
+
+def test_a_version_deployed_before_any_frame_is_warmed_up_on_a_blank_die(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        deployed = await rig.command("deploy", source=str(rig.repo), version="2")
+        assert deployed["status"] == "done" and deployed["result"]["check"]["frames"] == 0
+        assert rig.triton.calls == ["2"]  # the blank die, before any live frame
 
     run(tmp_path, AGREE, scenario)
