@@ -162,7 +162,7 @@ class Lifecycle:
                 answer = {**first, "status": REPEATED, "ok": first.get("ok", False), "first_status": first["status"]}
                 await self._publish([self._result_row(answer)])
                 return answer
-            t0 = time.monotonic()
+            t0, live_before = time.monotonic(), self.route.live
             change: Change | None = None
             try:
                 body, change = await self._apply(parsed)
@@ -180,7 +180,7 @@ class Lifecycle:
             audit = None
             if parsed.action in commands.CHANGES:
                 audit = self._audit(parsed.action, parsed.by, parsed.version if change is None else change.version,
-                                    self.route.live, parsed.reason, parsed.command_id,
+                                    live_before, parsed.reason, parsed.command_id,
                                     {"status": status, "detail": detail, **body})  # fmt: skip
             await self._db(self._ledger.record, None, None, audit, parsed.command_id, answer)
             rows = [self._result_row(answer)]

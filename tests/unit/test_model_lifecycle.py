@@ -220,6 +220,9 @@ def test_deploy_shadow_promote_rollback_each_answered_audited_and_announced(tmp_
         audit = [row.action for row in reversed(rig.ledger.audit())]
         assert audit == ["adopt", "deploy", "shadow", "promote", "rollback"]
         assert all(row.who == "j.doe" for row in rig.ledger.audit()[:4])
+        rollback_row, promote_row = rig.ledger.audit()[:2]
+        assert (promote_row.version, promote_row.previous) == ("2", "1")  # the version live before each change
+        assert (rollback_row.version, rollback_row.previous) == ("1", "2")
 
     run(tmp_path, AGREE, scenario)
 
