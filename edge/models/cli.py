@@ -51,8 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     command("status", "the route (live, shadow, canary), the guardrails, the recent audit trail")
     report = command("shadow-report", "agreement of the shadow or canary with the live version, worst frames")
     report.add_argument("--top", type=int, default=10, help="how many of the most disagreeing frames to print")
-    deploy = command("deploy", "install a version from a model repository folder, load it beside the live one, check")
-    deploy.add_argument("source", type=Path, help="a model repository folder holding <model>/<N>/ for both models")
+    deploy = command("deploy", "install a version, load it beside the live one, check it on recent frames")
+    deploy.add_argument(
+        "source", type=Path,
+        help="a model repository (<model>/<N>/ for both models), one version folder of one (REPO/anomaly/N), or a "
+        "folder holding <model>/ with its config and files",
+    )  # fmt: skip
     deploy.add_argument("--version", type=int, help="N in that folder (default: its newest)")
     shadow = command("shadow", "score a copy of the live frames with VERSION, off the critical path")
     shadow.add_argument("version")

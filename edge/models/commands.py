@@ -6,11 +6,12 @@ A command, as ``edge-inspect models`` sends it on ``{prefix}/{station}/{models.c
     {"schema": "edge.model_command/1", "command_id": "5f0c...", "action": "canary", "version": "3",
      "tools": ["AOI-01"], "fraction": 0.0, "by": "j.doe", "reason": "retrain on the Nov scratches", "ts": 1795000000.0}
 
-``action``: ``list``, ``status``, ``shadow-report`` (read only), ``deploy`` (``source``: a model repository folder on
-the station, ``version`` in it, default its newest), ``shadow`` (``version``, ``fraction`` of frames, default 1),
-``canary`` (``version``, ``tools`` and/or ``fraction``), ``promote`` (``version``), ``rollback`` (``version``,
-default the one live before). ``by`` (who) is required; ``reason`` is free text. ``command_id`` (required) makes it
-idempotent: a command seen before is answered with its first result, never applied twice.
+``action``: ``list``, ``status``, ``shadow-report`` (read only), ``deploy`` (``source``: a folder on the station, as
+``edge.models.repository.locate`` reads it; ``version`` in it, default its newest), ``shadow`` (``version``,
+``fraction`` of frames, default 1), ``canary`` (``version``, ``tools`` and/or ``fraction``), ``promote``
+(``version``), ``rollback`` (``version``, default the one live before). ``by`` (who) is required; ``reason`` is
+free text. ``command_id`` (required) makes it idempotent: a command seen before is answered with its first result,
+never applied twice.
 
 The result goes to ``{prefix}/{station}/{models.results_topic}`` with the same ``command_id``; every change of what
 serves also publishes ``edge.model_event/1`` on ``{prefix}/{station}/{models.events_topic}``.

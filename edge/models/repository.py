@@ -148,24 +148,52 @@ def seal(partial: Path, version: int, extra: Mapping[str, str] | None = None) ->
     partial.rename(final)
 
 
-def install(source: Path, version: int | None, repository: Path, names: Sequence[str]) -> tuple[int, bool]:
-    """Version ``version`` (default: the newest pair) of the models in the repository ``source``, installed into
-    ``repository`` under the next free number; (its number there, whether it was copied). A source that is the
-    served repository itself, or a pair already there with the same digests, is not copied again."""
+def _model_files(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() and p.name != CONFIG for p in folder.iterdir())
+
+
+def locate(source: Path, version: int | None, names: Sequence[str]) -> tuple[dict[str, Path], dict[str, str], str]:
+    """The version folder of each model in ``source``, each one's own config text, and what to call the source.
+
+    ``source`` is a model repository (``<model>/<N>/`` for each model: version ``version``, default the newest both
+    have), one version folder of such a repository (``<repository>/<model>/<N>``: version N of every model), or a
+    folder holding one version of each model (``<model>/`` with its config and model files)."""
     if not source.is_dir():
         raise ModelRepositoryError(f"{source} is not a folder")
+    if source.name.isdigit() and source.parent.name in names:  # <repository>/<model>/<N>
+        source, version = source.parent.parent, int(source.name)
+    if all(_model_files(source / name) for name in names):  # <folder>/<model>/ holding one version
+        missing = [name for name in names if not (source / name / CONFIG).is_file()]
+        if missing:
+            raise ModelRepositoryError(f"{source / missing[0]} holds model files but no {CONFIG}")
+        folders = {name: source / name for name in names}
+        return folders, {name: (source / name / CONFIG).read_text() for name in names}, str(source.resolve())
     available = pairs(source, names)
     if not available:
-        raise ModelRepositoryError(f"{source} holds no version of {' and '.join(names)} (want <model>/<N>/ for each)")
+        raise ModelRepositoryError(
+            f"{source} holds no version of {' and '.join(names)} (want <model>/<N>/ for each, or <model>/ with "
+            "its config and model files)"
+        )
     chosen = version if version is not None else available[-1]
     if chosen not in available:
         raise ModelRepositoryError(f"{source} has no version {chosen} of every model (it has {available})")
-    for name in names:
-        if not any(p.is_file() and p.name != CONFIG for p in (source / name / str(chosen)).iterdir()):
-            raise ModelRepositoryError(f"{source / name / str(chosen)} holds no model file")
-    if source.resolve() == repository.resolve():
-        return chosen, False
-    wanted = {name: digest(source / name / str(chosen)) for name in names}
+    folders = {name: source / name / str(chosen) for name in names}
+    for folder in folders.values():
+        if not _model_files(folder):
+            raise ModelRepositoryError(f"{folder} holds no model file")
+    configs = {name: own_config_text(source, name, chosen) for name in names}
+    return folders, configs, f"{source.resolve()}#{chosen}"
+
+
+def install(source: Path, version: int | None, repository: Path, names: Sequence[str]) -> tuple[int, bool]:
+    """A version of both models from ``source`` (``locate``) installed into ``repository`` under the next free
+    number; (its number there, whether it was copied). A version of the repository itself, or one already there with
+    the same digests, is not copied again."""
+    folders, configs, origin = locate(source, version, names)
+    first = next(iter(folders.values()))
+    if first.parent.parent.resolve() == repository.resolve() and first.name.isdigit():
+        return int(first.name), False
+    wanted = {name: digest(folder) for name, folder in folders.items()}
     for existing in reversed(pairs(repository, names)):
         if all(facts(repository, name, existing)[DIGEST] == wanted[name] for name in names):
             return existing, False
@@ -174,9 +202,9 @@ def install(source: Path, version: int | None, repository: Path, names: Sequence
     for name in names:
         partial = repository / name / f"{target}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(source / name / str(chosen), partial, symlinks=False)
-        write_atomic(partial / CONFIG, own_config_text(source, name, chosen))
+        shutil.copytree(folders[name], partial, symlinks=False)
+        write_atomic(partial / CONFIG, configs[name])
         staged.append(partial)
     for partial in staged:
-        seal(partial, target, {"installed_from": f"{source.resolve()}#{chosen}"})
+        seal(partial, target, {"installed_from": origin})
     return target, True

@@ -5,6 +5,7 @@ twice), the route's choices, the guardrail rules and the agreement figures."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,19 @@ def test_install_copies_a_pair_under_the_next_number_once(tmp_path: Path) -> Non
         assert facts(served, model, 2)[DIGEST] == digest(other / model / "2") == digest(served / model / "2")
         assert facts(served, model, 2)["version"] == "2" and "installed_from" in facts(served, model, 2)
     assert pairs(served, MODELS) == [1, 2] and not list(served.glob("*/*.partial"))
+
+
+def test_install_takes_a_version_folder_or_a_folder_of_one_version_per_model(tmp_path: Path) -> None:
+    served, other = built(tmp_path, "served", [b"a"]), built(tmp_path, "other", [b"b", b"c"])
+    assert install(other / "anomaly" / "1", None, served, MODELS) == (2, True)  # <repository>/<model>/<N>: N
+    export = tmp_path / "export"
+    for model in MODELS:
+        shutil.copytree(other / model / "2", export / model)  # <folder>/<model>/ with its config and files
+    assert install(export, None, served, MODELS) == (3, True)
+    assert facts(served, "anomaly", 3)[DIGEST] == digest(other / "anomaly" / "2")
+    (export / "classifier" / "config.pbtxt").unlink()
+    with pytest.raises(ModelRepositoryError, match=r"no config\.pbtxt"):
+        install(export, None, tmp_path / "elsewhere", MODELS)
 
 
 @pytest.mark.parametrize(
