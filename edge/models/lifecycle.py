@@ -39,6 +39,7 @@ log = get("edge.models.lifecycle")
 
 DRAIN_TIMEOUT_S = 30.0  # how long a version leaving Triton waits for the batches still using it
 REVIEWABLE_KEPT = 20000  # canary-period events remembered for the review guardrails
+CHECK_VALID_S = 600.0  # a check this recent, made since the version was loaded, stands for a switch
 CHECK_BATCH = 2  # held frames per request of a check: small and paced, so the live batches get the CPU in between
 
 
@@ -93,6 +94,7 @@ class Lifecycle:
         self._reviewable: dict[str, tuple[bool, str]] = {}  # event id -> (decided by the canary, decision)
         self._rolling_back = False
         self._switched_at = 0.0  # when the last change moved the route
+        self._checks: dict[str, tuple[float, dict[str, Any]]] = {}  # version -> (when, its check since loaded)
         self.comparisons = Comparisons(
             inspector, self._metrics, cfg.models.compare_queue_batches, self._compared, self.agreement.timed
         )
@@ -358,11 +360,25 @@ class Lifecycle:
         timeout = self.cfg.models.load_timeout_s
         await asyncio.gather(*(self._triton.load(name, timeout) for name in self._names))
         await self._watch.learn()
+        self._checks = {v: c for v, c in self._checks.items() if v in self._watch.pairs}  # a reload checks again
 
     async def _checked(self, version: str, enforce: bool) -> dict[str, Any]:
         """Score the held frames with ``version`` (warming it up): the share of decisions and top classes it shares
         with the verdicts the frames got. A version that cannot score them is refused; with ``enforce``, so is one
-        agreeing less than ``models.min_check_agreement``."""
+        agreeing less than ``models.min_check_agreement``. A check made since the version was loaded, at most
+        ``CHECK_VALID_S`` ago, stands (``reused``): a staged version then switches in with no request of its own."""
+        found = self._checks.get(version)
+        if found is not None and time.monotonic() - found[0] <= CHECK_VALID_S:
+            check = {**found[1], "reused": True}
+        else:
+            check = await self._check(version)
+        decisions = check["decision_agreement"]
+        if enforce and decisions is not None and decisions < self.cfg.models.min_check_agreement:
+            raise Refused(f"version {version} agrees on {decisions:.1%} of {check['frames']} held frames' decisions, "
+                          f"under models.min_check_agreement {self.cfg.models.min_check_agreement:.1%}")  # fmt: skip
+        return check
+
+    async def _check(self, version: str) -> dict[str, Any]:
         held = list(self.held)
         pair = self._watch.pairs[version]
         if not held:  # no live frame yet: a blank die warms it up, and proves it answers
@@ -386,9 +402,7 @@ class Lifecycle:
         ) / len(held)  # fmt: skip
         check = {"frames": len(held), "decision_agreement": round(decisions, 4),
                  "top_class_agreement": round(classes, 4), "seconds": round(time.monotonic() - t0, 3)}  # fmt: skip
-        if enforce and decisions < self.cfg.models.min_check_agreement:
-            raise Refused(f"version {version} agrees on {decisions:.1%} of {len(held)} held frames' decisions, under "
-                          f"models.min_check_agreement {self.cfg.models.min_check_agreement:.1%}")  # fmt: skip
+        self._checks[version] = (time.monotonic(), check)
         return check
 
     def _known(self, version: str) -> None:

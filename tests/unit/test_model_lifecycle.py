@@ -389,3 +389,18 @@ def test_a_version_deployed_before_any_frame_is_warmed_up_on_a_blank_die(tmp_pat
         assert rig.triton.calls == ["2"]  # the blank die, before any live frame
 
     run(tmp_path, AGREE, scenario)
+
+
+def test_a_staged_version_switches_in_on_its_deploy_check_and_a_reloaded_one_is_checked_again(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        await rig.stream(3)
+        deployed = await rig.command("deploy", source=str(rig.repo), version="2")
+        before = rig.triton.calls.count("2")
+        promoted = await rig.command("promote", version="2")
+        assert promoted["result"]["check"] == {**deployed["result"]["check"], "reused": True}
+        assert rig.triton.calls.count("2") == before  # the switch sent the new version nothing
+        await rig.command("rollback")  # version 2 leaves Triton ...
+        again = await rig.command("promote", version="2")  # ... so it is loaded and checked afresh
+        assert "reused" not in again["result"]["check"] and rig.triton.calls.count("2") > before
+
+    run(tmp_path, AGREE, scenario)

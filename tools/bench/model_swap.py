@@ -3,10 +3,11 @@ Mosquitto, the daemon as a process) under a steady frame stream while a second v
 and rollback, then through ``--cycles`` promote / rollback cycles.
 
 It prints, from one run: the live p99 without and with a shadow scoring every frame (the shadow's overhead), each
-command's time (deploy, promote, rollback: from the command sent to its answer, the load and the check included),
+command's time (from the command sent to its answer), for switches to a version not loaded yet (its load and check
+included) and to one deployed first (``--staged-cycles``: the usual path, the version loaded and checked before),
 the latency of the frames sent while a switch was under way against the p99 before any change, every frame's
 reply (none lost, none ``not_inspected``), and Triton's resident memory (server and Python-backend stubs) after
-each cycle. A benchmark tool, not a test.
+each loading cycle. A benchmark tool, not a test.
 
     python -m tools.bench.model_swap --repository build/model_repository --rate 20 --cycles 20
 
@@ -62,6 +63,7 @@ class Commander:
     def __init__(self, config: Path) -> None:
         self.cfg = load_config(config)
         self.log: list[dict[str, Any]] = []
+        self.phase = "loading"  # switches to a version not loaded yet
 
     def __call__(self, action: str, **fields: Any) -> dict[str, Any]:
         cfg = self.cfg
@@ -73,8 +75,8 @@ class Commander:
         reply = request(cfg.mqtt, f"bench-{command_id[:8]}", f"{own}/{cfg.models.commands_topic}", json.dumps(body),
                         f"{own}/{cfg.models.results_topic}", lambda p: json.loads(p).get("command_id") == command_id,
                         600)  # fmt: skip
-        answer = json.loads(reply)
-        entry = {"action": action, "version": fields.get("version"), "status": answer["status"],
+        answer: dict[str, Any] = json.loads(reply)
+        entry = {"action": action, "phase": self.phase, "version": fields.get("version"), "status": answer["status"],
                  "detail": answer["detail"], "started": started, "ended": time.monotonic(),
                  "result": {k: v for k, v in answer["result"].items() if k in PHASES}}  # fmt: skip
         entry["seconds"] = round(entry["ended"] - started, 3)
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="frames per second, both tools together")
     parser.add_argument("--phase-s", type=float, default=20.0, help="length of the baseline and shadow phases")
     parser.add_argument("--cycles", type=int, default=20, help="promote / rollback cycles for the memory figure")
+    parser.add_argument(
+        "--staged-cycles", type=int, default=5,
+        help="cycles where each version is deployed (loaded, checked) before it is switched to",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="default: a fresh temporary directory")
     parser.add_argument("--report", type=Path, help="write the summary as JSON here")
     parser.add_argument("--trace", type=Path, help="write every frame's send time and latency, and every command")
@@ -141,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2.0)
             rss.append({"cycle": cycle, "triton_rss_mb": round(group_rss_mb(st.triton.pid), 1)})
             print(json.dumps(rss[-1]), flush=True)
+        run.phase = "staged"  # the usual path: a version deployed (or on trial) first, then switched to
+        for _ in range(args.staged_cycles):
+            for action, target in (("promote", version), ("rollback", live)):
+                run("deploy", source=str(served), version=target)
+                time.sleep(2.0)
+                run(action, version=target)
+                time.sleep(2.0)
         time.sleep(3.0)
         feed.stop.set()
         feeder.join()
@@ -148,13 +161,23 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = feed.outcomes
     base = window(outcomes, marks["baseline"], marks["deploy"])
     shadowed = window(outcomes, marks["shadow"], marks["shadow_end"])
-    switches = [c for c in run.log if c["action"] in ("promote", "rollback")]
-    during = [x for c in switches for x in window(outcomes, c["started"], c["ended"] + 0.5)]
-    by_action = {
-        action: [c["seconds"] for c in run.log if c["action"] == action]
-        for action in ("deploy", "shadow", "promote", "rollback")
-    }
     base_p99 = p(base, 99) or 0.0
+
+    def switching(phase: str) -> dict[str, Any]:
+        """Command times and the latency of the frames sent while a switch of this phase was under way."""
+        switches = [c for c in run.log if c["action"] in ("promote", "rollback") and c["phase"] == phase]
+        during = [x for c in switches for x in window(outcomes, c["started"], c["ended"] + 0.5)]
+        times = {
+            action: [c["seconds"] for c in switches if c["action"] == action] for action in ("promote", "rollback")
+        }
+        return {
+            "command_s": {a: {"median": p(t, 50), "max": p(t, 100), "n": len(t)} for a, t in times.items() if t},
+            "latency_ms": {"p99": p(during, 99), "max": p(during, 100), "frames": len(during),
+                           "over_2x_baseline_p99": sum(x > 2 * base_p99 for x in during),
+                           "p99_ratio": round((p(during, 99) or 0) / base_p99, 2) if base_p99 else None},
+        }  # fmt: skip
+
+    by_action = {action: [c["seconds"] for c in run.log if c["action"] == action] for action in ("deploy", "shadow")}
     summary = {
         "host": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "rate": args.rate, "frames": feed.frames, "replies": dict(feed.replies), "unanswered": feed.unanswered,
@@ -163,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_ms": {"p50": p(base, 50), "p99": base_p99, "frames": len(base)},
         "shadow_ms": {"p50": p(shadowed, 50), "p99": p(shadowed, 99), "frames": len(shadowed),
                       "p99_ratio": round((p(shadowed, 99) or 0) / base_p99, 2) if base_p99 else None},
-        "during_switch_ms": {"p99": p(during, 99), "max": p(during, 100), "frames": len(during),
-                             "max_over_baseline_p99": round((p(during, 100) or 0) / base_p99, 2) if base_p99 else None},
+        "switch_with_load": switching("loading"), "switch_of_staged": switching("staged"),
         "command_s": {action: {"median": p(found, 50), "max": p(found, 100), "n": len(found)}
                       for action, found in by_action.items() if found},
         "triton_rss_mb": {"before_cycles": rss[0]["triton_rss_mb"], "after": rss[-1]["triton_rss_mb"],
