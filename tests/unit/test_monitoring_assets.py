@@ -55,6 +55,7 @@ DASHBOARD_ROWS = (
     "MES context",
     "Drift",
     "Wafers",
+    "Models",
 )
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
