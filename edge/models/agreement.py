@@ -144,14 +144,16 @@ class Agreement:
         heapq.heapify(self._worst)
 
     def report(self, top: int) -> dict[str, Any]:
-        versions: dict[str, Any] = {}
+        versions: dict[str, dict[str, Any]] = {}
+
+        def entry(version: str) -> dict[str, Any]:
+            return versions.setdefault(version, {"by_recipe_tool": [], "dropped": self.dropped.get(version, 0)})
+
         for (version, recipe, tool), tally in sorted(self.tallies.items()):
-            entry = versions.setdefault(version, {"by_recipe_tool": [], "dropped": self.dropped.get(version, 0)})
-            entry["by_recipe_tool"].append({"recipe_id": recipe, "tool_id": tool, **tally.report()})
+            entry(version)["by_recipe_tool"].append({"recipe_id": recipe, "tool_id": tool, **tally.report()})
         for version, seconds in self.latency.items():
-            entry = versions.setdefault(version, {"by_recipe_tool": [], "dropped": self.dropped.get(version, 0)})
             ms = 1000 * np.asarray(seconds)
-            entry["latency_ms"] = {"p50": round(float(np.percentile(ms, 50)), 2),
+            entry(version)["latency_ms"] = {"p50": round(float(np.percentile(ms, 50)), 2),
                                    "p99": round(float(np.percentile(ms, 99)), 2), "batches": len(ms)}  # fmt: skip
         worst = [e[2].to_json() for e in sorted(self._worst, key=lambda e: (-e[0], e[1]))[:top]]
         return {"versions": versions, "most_disagreeing": worst}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,14 +37,14 @@ class Job:
 
 class Comparisons:
     def __init__(self, inspector: Inspector, metrics: Metrics, queue_batches: int, on_compared: Compared,
-                 timed: Callable[[str, float], None]) -> None:  # fmt: skip
+                 timed: Callable[[str, float], None], dropped: Counter[str]) -> None:  # fmt: skip
         self._inspector = inspector
         self._metrics = metrics
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_batches)
         self._on_compared = on_compared
         self._timed = timed
         self._rng = random.Random()
-        self.dropped: dict[str, int] = {}
+        self.dropped = dropped  # candidate version -> frames not compared (the queue was full)
 
     def offer(self, outcomes: list[Outcome], inputs: BatchInputs, serving: Serving) -> None:
         """Queue the copies this batch owes (never blocks)."""
@@ -62,7 +63,7 @@ class Comparisons:
             try:
                 self._queue.put_nowait(job)
             except asyncio.QueueFull:
-                self.dropped[version] = self.dropped.get(version, 0) + len(rows)
+                self.dropped[version] += len(rows)
                 self._metrics.model_compared.labels(version, role, "dropped").inc(len(rows))
 
     async def run(self) -> None:

@@ -95,9 +95,8 @@ class Lifecycle:
         self._rolling_back = False
         self._switched_at = 0.0  # when the last change moved the route
         self._checks: dict[str, tuple[float, dict[str, Any]]] = {}  # version -> (when, its check since loaded)
-        self.comparisons = Comparisons(
-            inspector, self._metrics, cfg.models.compare_queue_batches, self._compared, self.agreement.timed
-        )
+        self.comparisons = Comparisons(inspector, self._metrics, cfg.models.compare_queue_batches, self._compared,
+                                       self.agreement.timed, self.agreement.dropped)  # fmt: skip
         inspector.on_scored = self._scored
 
     @property
