@@ -24,6 +24,7 @@ from edge.errors import EdgeError
 from edge.flow import Rejected
 from edge.models import cli as models_cli
 from edge.ops.logs import configure, get
+from edge.review import audit_cli
 from edge.review import service as review_service
 from edge.serving import tritonserver
 from edge.watch import rebaseline
@@ -160,13 +161,18 @@ def _rebaseline(args: argparse.Namespace) -> int:
 
 # Commands whose code ships in the project's `tools` package (training and data), imported by name when asked for:
 # the daemon's own modules never import them, and a station installed for serving only says what is missing.
-DATA_COMMANDS = {"check": "tools.dataset.check"}
+DATA_COMMANDS = {
+    "check": "tools.dataset.check",
+    "select": "tools.curation.select_cli",
+    "audit": "tools.curation.audit_cli",
+}
 DELEGATED = (
     ("triton-server", tritonserver, "run the wheel's tritonserver on a model repository"),
     ("calib", calib_cli, "show and steer the per recipe x tool x class thresholds"),
     ("captures", captures_cli, "the dies the station kept for review: list, show, pictures"),
     ("review", review_service, "the review service: the captured dies and their decisions, over HTTP"),
     ("models", models_cli, "model versions: list, deploy, shadow, canary, promote, rollback, status"),
+    ("audit", audit_cli, "what reviews found: escape and false-positive rates by subgroup"),
 )
 TRAIN_COMMAND = "tools.fab.train"
 
@@ -218,8 +224,10 @@ def parser() -> argparse.ArgumentParser:
     keygen.add_argument("directory", help="where to write them (created owner-only if missing)")
     keygen.add_argument("name", help="file name stem, e.g. the station or tool id")
     keygen.set_defaults(func=_curve_keygen)
-    data = sub.add_parser("data", help="a fab's labelled dies: check a folder against the own-data contract")
-    data.add_argument("data_command", choices=sorted(DATA_COMMANDS), help="check: every problem, by file and line")
+    data = sub.add_parser("data", help="a fab's labelled dies: check a folder, choose a training subset, audit labels")
+    data.add_argument("data_command", choices=sorted(DATA_COMMANDS),
+                      help="check: every problem, by file and line; select: a training subset by embeddings; "
+                      "audit: suspect labels")  # fmt: skip
     data.add_argument("rest", nargs=argparse.REMAINDER, help="its options (edge-inspect data check --help)")
     data.set_defaults(func=_data)
     # listed for --help only: main() hands every argument after `train` to the training command

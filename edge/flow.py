@@ -71,6 +71,7 @@ class ProcessLog:
     params: dict[str, float]
     notes: str | None = None
     anomalous: tuple[dict[str, Any], ...] = ()  # parameters far from their running statistics: {name, value, z}
+    chamber_id: str | None = None  # the chamber the wafer ran in, where the MES names it
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -152,6 +153,7 @@ class Outcome:
     bands: tuple[float, float] | None = None  # the anomaly bands (pass, reject) the score was judged by
     models: dict[str, str] = field(default_factory=dict)  # model name -> the version that scored (or was to score)
     digests: dict[str, str] = field(default_factory=dict)  # model name -> that version's digest
+    embedding: npt.NDArray[np.float32] | None = None  # (D,): the classifier's pooled representation, where served
 
     @property
     def decision(self) -> str:

@@ -34,6 +34,7 @@ from edge.models.pbtxt import config_parameters, config_text
 from edge.models.repository import CONFIG, DIGEST, VERSION, digest, next_version, pairs, publish, seal
 from edge.process_params import DEFAULT_PARAMETERS
 from edge.taxonomy import DEFAULT_CLASSES
+from tools.embedding_output import declared, write_with_embedding
 from tools.precision_gate import Choice, choose_precision, load_report, onnx_path, parse_precisions
 from tools.provenance import read as read_provenance
 
@@ -106,11 +107,21 @@ def build_model(
     partial = out / name / f"{version}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    (partial / "config.pbtxt").write_text(config_text((source / name / "config.pbtxt").read_text(), parameters))
+    embedding = served_onnx(name, onnx_path(models, name, choice.served), partial / "model.onnx")
+    config = declared(config_text((source / name / "config.pbtxt").read_text(), parameters), embedding)
+    (partial / "config.pbtxt").write_text(config)
     shutil.copyfile(source / name / "model.py", partial / "model.py")
     shutil.copyfile(source / SHARED_MODULE, partial / SHARED_MODULE)
-    shutil.copyfile(onnx_path(models, name, choice.served), partial / "model.onnx")
     return partial, choice
+
+
+def served_onnx(name: str, source: Path, target: Path) -> bool:
+    """Copy the ONNX form Triton serves; the classifier's gains its ``EMBEDDING`` output (``tools.embedding_output``)
+    where its graph allows. Whether the served form has it (its config declares it only then: ``declared``)."""
+    if name == "classifier":
+        return write_with_embedding(source, target)
+    shutil.copyfile(source, target)
+    return False
 
 
 def same_build(built: Path, staged: Path) -> bool:

@@ -57,7 +57,7 @@ class CaptureFacts:
     threshold: float | None
     score: float
     band: str
-    facts: dict[str, Any]  # top_k, process {present, anomalous_parameters}, note, models, bands: JSON
+    facts: dict[str, Any]  # top_k, process {present, anomalous_parameters, chamber_id}, note, models, bands: JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,7 @@ class Capture(CaptureFacts):
     image: npt.NDArray[np.uint8]  # (3, H, W) RGB as the models saw it
     heatmap: npt.NDArray[np.float32] | None  # (32, 32)
     attention: npt.NDArray[np.float32] | None  # (64,)
+    embedding: npt.NDArray[np.float32] | None = None  # (D,): the classifier's pooled representation, where served
 
 
 def capture_of(outcome: Outcome, capture_id: str, reason: str, models: dict[str, str], wall: float) -> Capture:
@@ -74,7 +75,11 @@ def capture_of(outcome: Outcome, capture_id: str, reason: str, models: dict[str,
     context = frame.context
     facts = {
         "top_k": [{"class": name, "p": p} for name, p in verdict.top_k],
-        "process": {"present": context is not None, "anomalous_parameters": list(context.anomalous) if context else []},
+        "process": {
+            "present": context is not None,
+            "anomalous_parameters": list(context.anomalous) if context else [],
+            "chamber_id": context.chamber_id if context else None,
+        },
         "note": frame.note,
         "models": dict(models),
         "model_digests": dict(outcome.digests),
@@ -101,6 +106,7 @@ def capture_of(outcome: Outcome, capture_id: str, reason: str, models: dict[str,
         image=frame.tensors.rgb,
         heatmap=outcome.heatmap,
         attention=outcome.attention,
+        embedding=outcome.embedding,
     )
 
 

@@ -3,6 +3,10 @@
     <root>/captures.sqlite                 the index: every fact of a capture, its heatmap and attention (float16)
     <root>/images/<YYYY-MM-DD>/<id>.png    the die as the models saw it (RGB, lossless)
 
+The classifier's embedding of a capture (float16, where the served classifier has one) sits in its own table,
+numbered in write order (``seq``) so a search index can follow the store by reading only what is new
+(``embeddings_after``); it goes with the capture's row, when its tombstone is forgotten.
+
 A capture is written whole or not at all: its PNG goes to a temporary name, is flushed to disk and renamed, and only
 then is its row committed (a crash leaves at most an orphan file, which ``prune`` removes). Writing a capture id
 again changes nothing, so a batch written twice counts once. When the kept bytes pass ``max_bytes`` the oldest
@@ -75,6 +79,12 @@ CREATE TABLE IF NOT EXISTS captures (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS captures_kept ON captures (ts) WHERE gone IS NULL;
 CREATE INDEX IF NOT EXISTS captures_gone ON captures (gone_at) WHERE gone IS NOT NULL;
+CREATE TABLE IF NOT EXISTS embeddings (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    capture_id TEXT NOT NULL UNIQUE,
+    model      TEXT NOT NULL,
+    vector     BLOB NOT NULL
+);
 """
 FILTERS = ("tool_id", "recipe_id", "defect_class", "decision", "lot_id", "wafer_id")  # what a queue filters on
 _COLUMNS = ("capture_id", "event_id", "reason", "ts", "tool_id", "recipe_id", "lot_id", "wafer_id", "die_x", "die_y",
@@ -127,6 +137,23 @@ class Written:
     captures: int
     bytes: int
     pruned_for_quota: int
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Embeddings read in write order: ``seq`` is the last one's number, to read on from."""
+
+    seq: int
+    capture_ids: list[str]
+    spaces: list[str]  # each one's ``embedding_space``
+    vectors: list[npt.NDArray[np.float32]]
+
+
+def embedding_space(facts: Mapping[str, Any]) -> str:
+    """The space a capture's embedding lies in: the digest of the classifier version that made it (versions'
+    embeddings are not comparable), its version number where no digest is known."""
+    digest = facts.get("model_digests", {}).get("classifier")
+    return str(digest or f"version {facts.get('models', {}).get('classifier', '?')}")
 
 
 def encode_png(rgb: npt.NDArray[np.uint8]) -> bytes:
@@ -184,19 +211,26 @@ class CaptureStore:
                 [c.capture_id for c in captures],
             )} if captures else set()  # fmt: skip
         fresh = [c for c in captures if c.capture_id not in known]
-        rows, written = [], []
+        rows, written, vectors = [], [], []
         try:
             for capture in fresh:
                 relative, size = self._write_image(capture)
                 written.append(self.root / relative)
                 heatmap, attention = _blob(capture.heatmap), _blob(capture.attention)
                 size += len(heatmap or b"") + len(attention or b"")
+                vector = _blob(capture.embedding)
+                if vector is not None:
+                    vectors.append((capture.capture_id, embedding_space(capture.facts), vector))
+                size += len(vector or b"")
                 rows.append(_row(capture, relative, heatmap, attention, size))
             if written:
                 _sync_dirs({path.parent for path in written})
             with self._writing("index captures"):
                 self._db.executemany(f"INSERT OR IGNORE INTO captures VALUES ({','.join('?' * len(_COLUMNS))})",
                                      rows)  # fmt: skip
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO embeddings (capture_id, model, vector) VALUES (?, ?, ?)", vectors
+                )
         except BaseException:
             for path in written:  # not indexed: no orphan left behind
                 path.unlink(missing_ok=True)
@@ -278,6 +312,28 @@ class CaptureStore:
         found = {row[0]: self._stored(row) for row in rows}
         return [found[c] for c in capture_ids if c in found]
 
+    def embedding(self, capture_id: str) -> tuple[str, npt.NDArray[np.float32]] | None:
+        """A capture's embedding and the space it lies in (``embedding_space``), or None (no such capture, or its
+        classifier had no embedding)."""
+        with _converted("read an embedding"):
+            row = self._db.execute("SELECT model, vector FROM embeddings WHERE capture_id = ?",
+                                   (capture_id,)).fetchone()  # fmt: skip
+        return None if row is None else (row[0], np.frombuffer(row[1], np.float16).astype(np.float32))
+
+    def embeddings_after(self, seq: int, limit: int = 65536) -> Embeddings:
+        """Up to ``limit`` embeddings written after ``seq``, in write order (nothing new: ``seq`` back, no rows)."""
+        with _converted("read embeddings"):
+            rows = self._db.execute(
+                "SELECT seq, capture_id, model, vector FROM embeddings WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return Embeddings(
+            int(rows[-1][0]) if rows else seq,
+            [row[1] for row in rows],
+            [row[2] for row in rows],
+            [np.frombuffer(row[3], np.float16).astype(np.float32) for row in rows],
+        )
+
     def prune(self, now: float | None = None) -> dict[str, int]:
         """Captures past the retention and over the quota go (kept as tombstones), tombstones past theirs are
         forgotten, files no row names are removed. Counts by what was done."""
@@ -289,6 +345,7 @@ class CaptureStore:
             forgotten = self._db.execute(
                 "DELETE FROM captures WHERE gone IS NOT NULL AND gone_at < ?", (now - self.tombstone_s,)
             ).rowcount
+            self._db.execute("DELETE FROM embeddings WHERE capture_id NOT IN (SELECT capture_id FROM captures)")
         with _converted("checkpoint the capture index"):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return {"retention": aged, "quota": quota, "forgotten": forgotten, "orphans": self._remove_orphans(now)}

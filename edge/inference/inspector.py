@@ -160,9 +160,10 @@ class Inspector:
             )
             hot = hot_region(anomaly.heatmaps[i], cast(tuple[int, int], frame.tensors.grey.shape[1:]), bands.pass_band)
             score, heatmap, attention = float(anomaly.scores[i]), anomaly.heatmaps[i], classes.attention[i]
+            embedding = None if classes.embedding is None else classes.embedding[i]
             outcomes.append(
                 Outcome(frame, verdict, score, hot, None, heatmap, attention, (bands.pass_band, bands.reject_band),
-                        pair.models, pair.digests)
+                        pair.models, pair.digests, embedding)
             )  # fmt: skip
         if live:
             self._metrics.stage_latency.labels("decide").observe(self._clock() - t0)

@@ -24,7 +24,10 @@ class AnomalyOut:
 class ClassifierOut:
     probs: npt.NDArray[np.float32]  # (B, n_classes)
     attention: npt.NDArray[np.float32]  # (B, 64)
+    embedding: npt.NDArray[np.float32] | None = None  # (B, D): the pooled representation, where the model declares it
 
+
+EMBEDDING = "EMBEDDING"  # the classifier's optional output (model_repository/README.md)
 
 # tritonclient's defaults, plus a short reconnect back-off: gRPC's own grows to two minutes, which
 # would keep a restarted server idle long after it is ready again.
@@ -76,6 +79,7 @@ class TritonClient:
         self.anomaly_model = anomaly_model
         self.classifier_model = classifier_model
         self.timeout_s = timeout_s
+        self._outputs: dict[str, frozenset[str]] = {}  # model -> the outputs its config declares
 
     async def close(self) -> None:
         await self._client.close()
@@ -112,11 +116,13 @@ class TritonClient:
             raise classify(err, f"loading {model}") from err
 
     async def config_parameters(self, model: str) -> dict[str, str]:
-        """The string parameters of ``model``'s config: what it says about itself (``edge.inference.model_facts``)."""
+        """The string parameters of ``model``'s config: what it says about itself (``edge.inference.model_facts``).
+        Its declared outputs are noted too: the classifier's ``EMBEDDING`` is asked for only where declared."""
         try:
             cfg = await self._client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)
         except InferenceServerException as err:
             raise TritonUnavailable(f"cannot read the config of {model}: {err}") from err
+        self._outputs[model] = frozenset(str(o.get("name")) for o in cfg.get("config", {}).get("output", []))
         params = cfg.get("config", {}).get("parameters", {})
         return {key: str(value.get("string_value", "")) for key, value in params.items() if isinstance(value, dict)}
 
@@ -139,8 +145,10 @@ class TritonClient:
             _input("PRESENT", present, "FP32"),
             _input("NOTES", notes, "INT64"),
         ]
-        result = await self._infer(self.classifier_model, version, inputs, ("PROBS", "ATTENTION"))
-        return ClassifierOut(result[0], result[1])
+        embedding = EMBEDDING in self._outputs.get(self.classifier_model, ())
+        outputs = ("PROBS", "ATTENTION", EMBEDDING) if embedding else ("PROBS", "ATTENTION")
+        result = await self._infer(self.classifier_model, version, inputs, outputs)
+        return ClassifierOut(result[0], result[1], result[2] if embedding else None)
 
     async def _infer(
         self, model: str, version: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]

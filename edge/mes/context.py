@@ -59,6 +59,9 @@ def parse_process_log(payload: bytes) -> ProcessLog | Rejected:
     notes = data.get("notes")
     if notes is not None and not isinstance(notes, str):
         return Rejected("bad_value", "notes must be a string")
+    chamber = data.get("chamber_id")
+    if chamber is not None and (not isinstance(chamber, str) or not chamber or len(chamber) > 128):
+        return Rejected("bad_value", "chamber_id must be a non-empty string of at most 128 characters")
     return ProcessLog(
         ids["lot_id"],
         ids["wafer_id"],
@@ -67,6 +70,7 @@ def parse_process_log(payload: bytes) -> ProcessLog | Rejected:
         float(ts),
         clean,
         notes[:2000] if notes else None,
+        chamber_id=chamber,
     )
 
 

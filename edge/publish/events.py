@@ -58,6 +58,7 @@ class FrameFacts:
     models: dict[str, str]  # model name -> the version that decided the frame
     latency_ms: dict[str, float]
     digests: dict[str, str] | None = None  # model name -> that version's digest (sha256 of what Triton loads)
+    chamber_id: str | None = None  # the wafer's chamber, where its process log names one
 
 
 def event_body(
@@ -93,7 +94,11 @@ def event_body(
             "bbox": list(facts.hot.bbox) if facts.hot else None,
         },
         "top_k": [{"class": c, "p": p} for c, p in verdict.top_k] if verdict else [],
-        "process": {"present": facts.process_present, "anomalous_parameters": list(facts.anomalous_parameters)},
+        "process": {
+            "present": facts.process_present,
+            "anomalous_parameters": list(facts.anomalous_parameters),
+            "chamber_id": facts.chamber_id,
+        },
         "models": facts.models,
         "model_digests": facts.digests or {},
         "latency_ms": facts.latency_ms,

@@ -56,6 +56,7 @@ def records(outcome: Outcome, event_id: str | None, stamp: Stamp, calibration: d
             outcome.models or stamp.models,
             latency,
             outcome.digests,
+            frame.context.chamber_id if frame.context else None,
         )
         body = event_body(
             event_id, stamp.wall, outcome.event_decision, outcome.verdict, facts, calibration, outcome.reason

@@ -17,8 +17,14 @@ and the wafers in its outbox.
     GET  /api/wafers/{tool}/{lot}/{wafer}/map.png?mark=x,y  the wafer map, clusters boxed, the die ringed
     POST /api/inspect                    multipart: image, recipe?, tool?, params? (name=value lines), note?
                                          an engineer's ad-hoc check (``edge.review.inspect``), never recorded
+    GET  /api/audit/subgroups?since=&until=&recipe=&alpha=&min_n=&correction=&shifts=&timezone=
+                                         escape and false-positive rates by subgroup (``edge.review.audit_pages``)
+    GET  /api/captures/{id}/similar?k=   the k captured dies most like it, with their reviews (``similar_pages``)
+    POST /api/similar?k=                 multipart: image; the captured dies most like it (by the live classifier)
     GET  /metrics                        the service's Prometheus metrics
     GET  /login /queue /items/{id} /wafers /calibration /inspect    the pages (``edge.review.pages``)
+    GET  /audit                          the subgroup audit's page
+    GET  /similar?capture=&k=            similar-defect search: a capture's or an uploaded image's nearest dies
 
 Every request but login and metrics needs a session (viewer and up); a decision needs a reviewer, a calibration
 change or an inspection an engineer, and each the session's CSRF token in ``X-CSRF-Token``. A decision is handed to
@@ -54,9 +60,11 @@ from edge.decision.thresholds import apply_review
 from edge.errors import EdgeError
 from edge.ops.async_db import AsyncDb
 from edge.review import pictures
+from edge.review.audit_pages import AuditPages
 from edge.review.auth import SESSION, Access, Session, allowed, csrf_ok
 from edge.review.inspect import AdHoc, InspectRefused, RateLimiter, upload_of
 from edge.review.pages import Pages, render
+from edge.review.similar_pages import SimilarPages
 from edge.review.wafers import WaferBook
 
 COOKIE = "edge_review"
@@ -81,6 +89,9 @@ class ReviewMetrics:
                                      ["user", "outcome"], registry=r)  # fmt: skip
         self.inspections = PromCounter("edge_review_inspections_total", "Ad-hoc inspections, by outcome "
                                        "(done, refused, unavailable)", ["outcome"], registry=r)  # fmt: skip
+        self.similar = PromCounter("edge_review_similar_total", "Similar-die searches, by query (capture, upload) "
+                                   "and outcome (done, refused, unavailable)", ["query", "outcome"],
+                                   registry=r)  # fmt: skip
 
 
 @dataclass
@@ -161,6 +172,12 @@ class ReviewService:
         context.setdefault("page", "")
         return web.Response(text=render(template, session=session, status=status, **context), status=status,
                             content_type="text/html", headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    def ad_hoc(self) -> AdHoc:
+        """The models as the daemon reaches them, for uploads (made at the first)."""
+        if self._ad_hoc is None:
+            self._ad_hoc = AdHoc(self.cfg, self.stores.calibration)
+        return self._ad_hoc
 
     async def close(self) -> None:
         if self._ad_hoc is not None:
@@ -435,9 +452,7 @@ class ReviewService:
             fields["image"] = image.file.read()
         try:
             upload = upload_of(self.cfg, fields)
-            if self._ad_hoc is None:
-                self._ad_hoc = AdHoc(self.cfg, self.stores.calibration)
-            result = await self._ad_hoc.check(upload)
+            result = await self.ad_hoc().check(upload)
         except InspectRefused as err:
             self.metrics.inspections.labels("refused").inc()
             return _error(400, str(err))
@@ -469,6 +484,12 @@ class ReviewService:
         app.router.add_get("/api/wafers", requires("viewer")(self.wafers))
         app.router.add_get("/api/wafers/{tool}/{lot}/{wafer}/map.png", requires("viewer")(self.wafer_png))
         app.router.add_post("/api/inspect", requires("engineer", change=True)(self.inspect))
+        audit = AuditPages(self)
+        app.router.add_get("/api/audit/subgroups", requires("viewer")(audit.api))
+        similar = SimilarPages(self)
+        app.router.add_get("/api/captures/{capture_id}/similar", requires("viewer")(similar.api_capture))
+        app.router.add_post("/api/similar", requires("viewer", change=True)(similar.api_upload))
+        app.router.add_get("/similar", requires("viewer", page=True)(similar.page))
         app.router.add_get("/metrics", self.metrics_text)
         pages = Pages(self)
         app.router.add_get("/", pages.index)
@@ -478,6 +499,7 @@ class ReviewService:
         app.router.add_get("/wafers", requires("viewer", page=True)(pages.wafers))
         app.router.add_get("/calibration", requires("viewer", page=True)(pages.calibration))
         app.router.add_get("/inspect", requires("engineer", page=True)(pages.inspect))
+        app.router.add_get("/audit", requires("viewer", page=True)(audit.page))
         app.router.add_static("/static", STATIC, append_version=False)
         app.on_cleanup.append(lambda _: self.close())
         return app

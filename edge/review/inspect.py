@@ -21,7 +21,7 @@ from calibration.store import CalibrationStore
 from edge.capture import overlay
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.flow import Frame, FrameHeader, ProcessLog, Rejected
+from edge.flow import Frame, FrameHeader, Outcome, ProcessLog, Rejected, Tensors
 from edge.inference.inspector import Inspector
 from edge.inference.model_watch import read_pairs
 from edge.inference.triton_client import TritonClient
@@ -130,6 +130,26 @@ class AdHoc:
         """The verdict on ``upload``; ``InspectRefused`` for an image the daemon would refuse, ``EdgeError`` when
         the models cannot be reached."""
         t0 = time.perf_counter()
+        tensors, outcome, context = await self.outcome(upload)
+        latency_ms = 1000 * (time.perf_counter() - t0)
+        v = outcome.verdict
+        assert v is not None  # ``outcome`` raises otherwise
+        heatmap = overlay.png(overlay.heatmap_overlay(tensors.rgb, outcome.heatmap)) if outcome.heatmap is not None \
+            else overlay.png(overlay.die_bgr(tensors.rgb))  # fmt: skip
+        return {
+            "decision": v.decision, "defect_class": v.defect_class, "confidence": v.confidence,
+            "threshold": v.threshold, "top_k": [{"class": c, "p": p} for c, p in v.top_k],
+            "anomaly": {"score": outcome.score, "band": v.band,
+                        "bands": None if outcome.bands is None else dict(zip(("pass", "reject"), outcome.bands))},
+            "recipe_id": upload.recipe_id, "tool_id": upload.tool_id, "process_present": context is not None,
+            "latency_ms": round(latency_ms, 1),
+            "heatmap_png": "data:image/png;base64," + base64.b64encode(heatmap).decode(),
+            "recorded": False,
+        }  # fmt: skip
+
+    async def outcome(self, upload: Upload) -> tuple[Tensors, Outcome, ProcessLog | None]:
+        """``upload`` through the live models as the daemon runs them: its tensors, outcome (with the classifier's
+        embedding where served) and process context; ``InspectRefused`` or ``EdgeError`` as ``check``."""
         ing = self.cfg.ingest
         header = FrameHeader("ad-hoc", upload.tool_id, upload.recipe_id, "AD-HOC", "AD-HOC", (0, 0), time.time(),
                              _encoding(upload.image), None, upload.note, None)  # fmt: skip
@@ -149,17 +169,4 @@ class AdHoc:
         outcome = (await self.inspector.inspect([frame]))[0]
         if outcome.verdict is None:
             raise EdgeError(f"the models could not score the image: {outcome.reason}")
-        latency_ms = 1000 * (time.perf_counter() - t0)
-        v = outcome.verdict
-        heatmap = overlay.png(overlay.heatmap_overlay(tensors.rgb, outcome.heatmap)) if outcome.heatmap is not None \
-            else overlay.png(overlay.die_bgr(tensors.rgb))  # fmt: skip
-        return {
-            "decision": v.decision, "defect_class": v.defect_class, "confidence": v.confidence,
-            "threshold": v.threshold, "top_k": [{"class": c, "p": p} for c, p in v.top_k],
-            "anomaly": {"score": outcome.score, "band": v.band,
-                        "bands": None if outcome.bands is None else dict(zip(("pass", "reject"), outcome.bands))},
-            "recipe_id": upload.recipe_id, "tool_id": upload.tool_id, "process_present": context is not None,
-            "latency_ms": round(latency_ms, 1),
-            "heatmap_png": "data:image/png;base64," + base64.b64encode(heatmap).decode(),
-            "recorded": False,
-        }  # fmt: skip
+        return tensors, outcome, context

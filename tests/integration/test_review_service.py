@@ -22,8 +22,8 @@ from edge.capture.store import CaptureStore
 from edge.config import Config, parse_config
 from edge.flow import Frame, FrameHeader, Outcome, Tensors, Verdict
 from edge.review.auth import hash_password
-from edge.review.service import serve
 from edge.serving.tritonserver import free_port
+from tests.review_server import review_http
 from tests.triton_fixture import RunningTriton
 from tools.synth import render_die, tool_optics
 
@@ -83,16 +83,7 @@ def _run(cfg: Config, scenario: Callable[[Client, aiohttp.ClientSession], Awaita
     """``scenario`` against the service serving ``cfg`` (a real server), then the service stopped."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        server = asyncio.create_task(serve(cfg, stop))
-        base = f"http://127.0.0.1:{cfg.review.port}"
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # an IP host
-            for _ in range(100):
-                try:
-                    async with http.get(f"{base}/metrics"):
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+        async with review_http(cfg) as (base, http):
 
             async def call(method: str, path: str, body: Any = None, csrf: str | None = None,
                            headers: dict[str, str] | None = None) -> tuple[int, Any]:  # fmt: skip
@@ -107,11 +98,7 @@ def _run(cfg: Config, scenario: Callable[[Client, aiohttp.ClientSession], Awaita
                     data = await response.json() if "json" in kind else await response.read()
                     return response.status, data
 
-            try:
-                await scenario(call, http)
-            finally:
-                stop.set()
-                await server
+            await scenario(call, http)
 
     asyncio.run(main())
 

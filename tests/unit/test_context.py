@@ -21,6 +21,9 @@ def test_process_log_keeps_numeric_params_only():
     log = parse_process_log(json.dumps(LOG).encode())
     assert not isinstance(log, Rejected)
     assert log.params == {"anneal_temp_c": 1050.0} and log.key == ("AOI-01", "L1", "W1")
+    assert log.chamber_id is None
+    named = parse_process_log(json.dumps({**LOG, "chamber_id": "AOI-01-CH2"}).encode())
+    assert not isinstance(named, Rejected) and named.chamber_id == "AOI-01-CH2"
 
 
 @pytest.mark.parametrize(
@@ -32,6 +35,8 @@ def test_process_log_keeps_numeric_params_only():
         (json.dumps({**LOG, "wafer_id": None}).encode(), "bad_value"),
         (json.dumps({k: v for k, v in LOG.items() if k != "lot_id"}).encode(), "missing_key"),
         (json.dumps({**LOG, "params": [1]}).encode(), "bad_value"),
+        (json.dumps({**LOG, "chamber_id": 2}).encode(), "bad_value"),
+        (json.dumps({**LOG, "chamber_id": ""}).encode(), "bad_value"),
     ],
 )
 def test_bad_mes_messages_are_rejected_with_a_reason(payload, reason):

@@ -70,7 +70,8 @@ def test_declared_tensors_reads_names_types_and_dims_in_order() -> None:
     tensors = declared_tensors(_config("classifier"))
     assert [t.name for t in tensors["input"]] == ["IMAGE", "PROCESS", "PRESENT", "NOTES"]
     assert tensors["input"][3] == TensorSpec("NOTES", "TYPE_INT64", (32,))
-    assert tensors["output"] == [TensorSpec("PROBS", "TYPE_FP32", (16,)), TensorSpec("ATTENTION", "TYPE_FP32", (64,))]
+    assert tensors["output"] == [TensorSpec("PROBS", "TYPE_FP32", (16,)), TensorSpec("ATTENTION", "TYPE_FP32", (64,)),
+                                 TensorSpec("EMBEDDING", "TYPE_FP32", (128,))]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODELS)

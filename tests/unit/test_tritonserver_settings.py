@@ -49,7 +49,7 @@ README_INTERFACE = {
             ("PRESENT", "TYPE_FP32", [2]),
             ("NOTES", "TYPE_INT64", [32]),
         ],
-        "output": [("PROBS", "TYPE_FP32", [16]), ("ATTENTION", "TYPE_FP32", [64])],
+        "output": [("PROBS", "TYPE_FP32", [16]), ("ATTENTION", "TYPE_FP32", [64]), ("EMBEDDING", "TYPE_FP32", [128])],
     },
 }
 TENSOR = re.compile(r'\{\s*name:\s*"(\w+)",\s*data_type:\s*(\w+),\s*dims:\s*\[([\d,\s]+)\]\s*\}')

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -119,16 +119,19 @@ class DataSet:
         return [d for d in self.dies if d.split == name]
 
 
-def load(root: Path, seed: int = 0) -> tuple[DataSet, Report]:
-    """The set and its warnings; ``DataSetRefused`` listing every error when it breaks the contract."""
-    data, report = validate(root, seed)
+def load(root: Path, seed: int = 0, training: bool = True) -> tuple[DataSet, Report]:
+    """The set and its warnings; ``DataSetRefused`` listing every error when it breaks the contract (``training``
+    False: what only training needs, enough images per class and split, is a warning)."""
+    data, report = validate(root, seed, training=training)
     if data is None:
         raise DataSetRefused(root, report)
     return data, report
 
 
-def validate(root: Path, seed: int = 0, images: bool = True) -> tuple[DataSet | None, Report]:
-    """Check the whole folder; the set (None when any error) and the report. ``images``: decode every image."""
+def validate(root: Path, seed: int = 0, images: bool = True, training: bool = True) -> tuple[DataSet | None, Report]:
+    """Check the whole folder; the set (None when any error) and the report. ``images``: decode every image;
+    ``training``: what only training needs (a split of every class, enough images per class) is an error, else a
+    warning (the data tools read a pool as it is)."""
     report = Report()
     root = root.resolve()
     if not root.is_dir():
@@ -140,7 +143,7 @@ def validate(root: Path, seed: int = 0, images: bool = True) -> tuple[DataSet | 
         _check_images(root, dies, report)
     parameters, process, notes = _process(root, report)
     classes = _classes(dies, report)
-    split_given, dies = _split(dies, report, seed)
+    split_given, dies = _split(dies, report, seed, report.error if training else report.warn)
     _warn(dies, parameters, process, report, process_file=(root / PROCESS).is_file())
     if not report.ok:
         return None, report
@@ -336,7 +339,10 @@ def _classes(dies: list[Die], report: Report) -> tuple[str, ...]:
     return tuple([GOOD] * (GOOD in names) + [n for n in names if n != GOOD])
 
 
-def _split(dies: list[Die], report: Report, seed: int) -> tuple[bool, list[Die]]:
+def _split(
+    dies: list[Die], report: Report, seed: int, short: Callable[[str, int | None, str], None]
+) -> tuple[bool, list[Die]]:
+    """``short``: how a class too small for training is reported (an error, or a warning for the data tools)."""
     given = [d for d in dies if d.split]
     if given and len(given) < len(dies):
         empty = [d.line for d in dies if not d.split]
@@ -364,7 +370,7 @@ def _split(dies: list[Die], report: Report, seed: int) -> tuple[bool, list[Die]]
         assignment = split_by_wafer(pairs, seed)
         for cls, absent in missing(assignment, pairs).items():
             wafers = len({w for w, c in pairs if c == cls})
-            report.error(
+            short(
                 LABELS,
                 None,
                 f"class {cls!r} is on {wafers} wafer(s): a split by wafer cannot "
@@ -375,7 +381,7 @@ def _split(dies: list[Die], report: Report, seed: int) -> tuple[bool, list[Die]]
     held = {(d.cls, d.split) for d in dies}
     for cls in sorted({d.cls for d in dies}):
         if train[cls] < MIN_TRAIN:
-            report.error(LABELS, None, f"class {cls!r} has {train[cls]} training images (at least {MIN_TRAIN})")
+            short(LABELS, None, f"class {cls!r} has {train[cls]} training images (at least {MIN_TRAIN})")
         for split in ("val", "test"):
             if given and (cls, split) not in held:
                 report.warn(LABELS, None, f"class {cls!r} has no {split} images")

@@ -30,7 +30,8 @@ from pathlib import Path
 from edge.errors import ModelRepositoryError
 from edge.models.repository import next_version as repository_next_version
 from edge.models.repository import publish, seal
-from tools.build_repository import MODELS, SHARED_MODULE, SOURCE, config_text, served_precision
+from tools.build_repository import MODELS, SHARED_MODULE, SOURCE, config_text, served_onnx, served_precision
+from tools.embedding_output import declared
 from tools.precision_gate import PRECISIONS, REPORT, onnx_path
 
 GPU_SOURCE = SOURCE.parent / "gpu"
@@ -75,7 +76,7 @@ def write_version(
         (partial / "gpu").mkdir()
         shutil.copyfile(SOURCE / name / "model.py", partial / "model.py")
         shutil.copyfile(SOURCE / SHARED_MODULE, partial / SHARED_MODULE)
-        shutil.copyfile(onnx_path(models, name, choice.served), partial / "model.onnx")
+        cpu = declared(cpu, served_onnx(name, onnx_path(models, name, choice.served), partial / "model.onnx"))
         for form in PRECISIONS:
             shutil.copyfile(onnx_path(models, name, form), onnx_path(partial / "forms", name, form))
         shutil.copyfile(models / REPORT, partial / "forms" / REPORT)

@@ -34,11 +34,13 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from edge.errors import ModelRepositoryError
 from edge.inference.model_facts import contract_from
@@ -50,6 +52,7 @@ from tools.build_repository import (
     model_parameters,
     served_precision,
 )
+from tools.embedding_output import EMBEDDING, with_embedding
 from tools.gpu.engine_fingerprint import (
     Fingerprint,
     fingerprint_path,
@@ -237,8 +240,26 @@ def reference_outputs(onnx: Path, inputs: Mapping[str, np.ndarray], outputs: Seq
     """ONNX Runtime's outputs of ``onnx`` on the CPU."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    model = onnx_model(onnx, with_outputs=outputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return dict(zip(outputs, session.run(list(outputs), dict(inputs))))
+
+
+def onnx_model(path: Path, with_outputs: Sequence[str]) -> onnx.ModelProto:
+    """The ONNX graph at ``path``, with the classifier's ``EMBEDDING`` output added when ``with_outputs`` names it
+    (the exported forms lack it; ``tools.embedding_output``)."""
+    model = onnx.load(str(path))
+    return with_embedding(model) if EMBEDDING in with_outputs else model
+
+
+def served_form(state: ModelState, folder: Path) -> Path:
+    """The ONNX form to build ``state``'s engine from, with every output its config declares, written in ``folder``."""
+    outputs = [t.name for t in declared_tensors(state.config)["output"]]
+    if EMBEDDING not in outputs:
+        return state.onnx
+    path = folder / f"{state.name}.served.onnx"
+    onnx.save(onnx_model(state.onnx, outputs), str(path))
+    return path
 
 
 def verify_plan(
@@ -386,7 +407,8 @@ def update_model(state: ModelState, args: argparse.Namespace, inputs: Mapping[st
     if state.reasons or args.force:
         why = "; ".join(state.reasons) or "forced"
         print(f"{state.name}: building the {state.precision} engine ({why})", flush=True)
-        data = build_plan(state.onnx, args.profile)
+        with tempfile.TemporaryDirectory(prefix="engine-") as folder:
+            data = build_plan(served_form(state, Path(folder)), args.profile)
         tensors = declared_tensors(state.config)
         parity = verify_plan(state.name, data, state.forms, state.precision, tensors, args.profile, inputs)
         if not parity.ok:

@@ -12,10 +12,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 
 from tools.sim.aoi_sim import add_plan_arguments
 from tools.sim.mqtt_peer import Peer
-from tools.synth import Fab
+from tools.synth import Fab, WaferPlan
+
+CHAMBERS = 2  # process chambers per tool: a wafer runs in one, named in its log (``chamber_id``)
+
+
+def mes_log(fab: Fab, wafer: WaferPlan, ts: float) -> dict:
+    """The wafer's process log as the MES sends it: the generator's log and the chamber the wafer ran in (fixed by
+    its lot and wafer ids)."""
+    chamber = zlib.crc32(f"{wafer.lot_id}/{wafer.wafer_id}".encode()) % CHAMBERS + 1
+    return {**fab.process_log(wafer, ts), "chamber_id": f"{wafer.tool_id}-CH{chamber}"}
 
 
 def schedule(plan, rate: float, start_at: float | None, lead_s: float) -> list[tuple[float, str, object]]:
@@ -59,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             if delay > 0:
                 time.sleep(delay)
             if kind == "process":
-                peer.publish(f"{args.topic_prefix}/process/{wafer.tool_id}", fab.process_log(wafer, time.time()))
+                peer.publish(f"{args.topic_prefix}/process/{wafer.tool_id}", mes_log(fab, wafer, time.time()))
             else:
                 body = {
                     "event": kind,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from edge.ingest.wire import encode_header
 from tools.sim.aoi_sim import Pending, encode_image
+from tools.sim.mes_sim import mes_log
 from tools.synth import Fab, WaferPlan
 from tools.synth_render import Drift
 
@@ -79,7 +80,7 @@ class Pool:
             before.append(MesMessage(lot_topic, self._lot_event("lot_start", renamed, tool)))
             for wafer in wafers:
                 wafer = replace(wafer, lot_id=renamed)
-                before.append(MesMessage(f"{self.mes_prefix}/process/{tool}", self.fab.process_log(wafer, time.time())))
+                before.append(MesMessage(f"{self.mes_prefix}/process/{tool}", mes_log(self.fab, wafer, time.time())))
                 frames += [(tool, self._frame(wafer, die, n)) for die in wafer.dies]
                 after.append(
                     MesMessage(lot_topic, {**self._lot_event("wafer_end", renamed, tool), "wafer_id": wafer.wafer_id})

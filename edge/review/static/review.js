@@ -164,6 +164,40 @@ function inspectPage() {
   });
 }
 
+function similarPage() {
+  const form = document.getElementById("similar-upload");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const message = document.getElementById("message");
+    say(message, "searching…", false);
+    const r = await api("POST", `/api/similar?k=${encodeURIComponent(form.dataset.k)}`, new FormData(form));
+    if (!r.ok) { say(message, r.data.error || `refused (${r.status})`, true); return; }
+    const q = r.data.query;
+    say(message, `${r.data.hits.length} captured dies like the image (${q.decision} ${q.defect_class} by the live models)`, false);
+    const cell = (text) => { const td = document.createElement("td"); td.textContent = text; return td; };
+    document.querySelector("#hits tbody").replaceChildren(...r.data.hits.map((h) => {
+      const tr = document.createElement("tr");
+      const link = document.createElement("a");
+      link.href = `/items/${encodeURIComponent(h.capture_id)}`;
+      link.textContent = h.capture_id;
+      const thumb = document.createElement("td");
+      if (!h.gone) {
+        const img = document.createElement("img");
+        img.src = `/api/captures/${encodeURIComponent(h.capture_id)}/image.png`;
+        img.width = 64; img.alt = `die ${h.capture_id}`; img.className = "thumb";
+        thumb.appendChild(img);
+      }
+      const id = document.createElement("td"); id.appendChild(link);
+      const review = h.review ? `${h.review.disposition} (${h.review.label}) by ${h.review.by}` : "not reviewed";
+      tr.append(thumb, cell(h.similarity.toFixed(3)), id, cell(h.decision), cell(h.defect_class), cell(review),
+        cell(h.tool_id), cell(h.lot_id), cell(h.wafer_id), cell(`${h.die[0]},${h.die[1]}`),
+        cell(new Date(h.ts * 1000).toISOString().replace("T", " ").slice(0, 19)));
+      return tr;
+    }));
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  loginPage(); logoutButton(); itemPage(); calibrationPage(); inspectPage();
+  loginPage(); logoutButton(); itemPage(); calibrationPage(); inspectPage(); similarPage();
 });
