@@ -8,6 +8,7 @@ import signal
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from edge.capture.store import CaptureStore
@@ -135,6 +136,7 @@ def test_every_replied_event_reaches_the_mqtt_subscriber_with_the_full_schema(ru
         assert body["decision"] in ("DEFECT", "REVIEW", "AUDIT")
         assert body["models"] == {"anomaly": "1", "classifier": "1"}
         assert body["process"]["present"] is True  # the MES logs arrived before the frames
+        assert body["process"]["chamber_id"] in (f"{body['tool_id']}-CH1", f"{body['tool_id']}-CH2")
 
 
 def test_defect_events_name_the_injected_defect_for_a_large_majority(run):
@@ -173,6 +175,9 @@ def test_every_flagged_die_is_captured_before_its_event_goes_out(run):
             assert kept.defect_class == body["defect_class"] and kept.facts["top_k"] == body["top_k"]
             assert kept.heatmap is not None and kept.heatmap.shape == (32, 32) and kept.attention is not None
             assert len(store.image_bytes(kept)) > 1000
+            embedded = store.embedding(body["event_id"])  # the classifier's EMBEDDING, by the version that decided
+            assert embedded is not None and embedded[0] == body["model_digests"]["classifier"]
+            assert embedded[1].shape == (128,) and np.isfinite(embedded[1]).all() and np.any(embedded[1])
         kept_reasons = Counter(c.reason for c in store.recent(limit=10_000))
     finally:
         store.close()

@@ -48,6 +48,8 @@ def test_allocation_follows_spread_with_a_floor_and_never_passes_a_class_size() 
     assert alloc["C"] == 3, "a class gives all it has, never more"
     assert alloc["A"] > 2 * alloc["B"] - 3, "three times the spread: about three times the share"
     assert allocate(2, {"A": 10, "B": 10, "C": 10}, {"A": 1, "B": 1, "C": 1}) == {"A": 1, "B": 1, "C": 0}
+    promised = allocate(60, {"A": 100, "B": 100, "C": 3}, {"A": 0.3, "B": 0.1, "C": 0.5}, floor=5, reserved={"B": 30})
+    assert promised["B"] >= 30 and sum(promised.values()) == 60 and promised["C"] == 3
 
 
 def test_selection_covers_every_mode_of_a_class_and_skips_duplicates() -> None:
@@ -62,6 +64,9 @@ def test_selection_covers_every_mode_of_a_class_and_skips_duplicates() -> None:
     assert {i // 40 for i in picked_v} == set(range(6)), "k-center reaches every mode of the varied class"
     assert chosen.allocation["V"] > chosen.allocation["D"], "the varied class gets the larger share"
     assert chosen.allocation["D"] == 5, "near-identical dies: the floor only"
+    held = select(vectors, labels, _flat_probs(len(labels), ["D", "V"], labels), ["D", "V"], budget=20,
+                  min_share={"D": 0.5})  # fmt: skip
+    assert held.allocation == {"D": 10, "V": 10}
 
 
 def test_borderline_dies_are_kept_and_say_why() -> None:
@@ -168,13 +173,15 @@ def test_data_select_writes_a_manifest_a_map_and_a_folder_training_accepts(stati
     folder, repo = station
     out = tmp_path / "sel.csv"
     code = edge_inspect(["data", "select", "--data", str(folder), "--repository", str(repo), "--budget", "40",
-                         "--out", str(out), "--folder", str(tmp_path / "subset")])  # fmt: skip
+                         "--out", str(out), "--folder", str(tmp_path / "subset"),
+                         "--min-share", "GOOD=0.25"])  # fmt: skip
     assert code == 0
     rows = _rows(out)
     assert len(rows) == 40 and len({r["id"] for r in rows}) == 40
     assert {r["why"] for r in rows} <= {BORDERLINE, COVERAGE}
     pool, _ = load(folder, training=False)
     assert {r["class"] for r in rows} == set(pool.classes), "every class of the pool is represented"
+    assert [r["class"] for r in rows].count("GOOD") >= 10, "GOOD holds the share it was promised"
     picture = cv2.imread(str(tmp_path / "sel.png"))
     assert picture is not None and picture.shape[0] > 500
     subset, _ = load(tmp_path / "subset", training=False)
@@ -203,6 +210,11 @@ def test_the_data_commands_refuse_bad_input_with_a_reason(station, tmp_path: Pat
     assert "not a folder" in capsys.readouterr().err
     assert edge_inspect(["data", "audit", "--data", str(folder), "--repository", str(tmp_path)]) == 1
     assert "holds no classifier version" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        edge_inspect(["data", "select", "--data", str(folder), "--repository", str(repo), "--budget", "0"])
-    assert exit_.value.code == 2
+    for bad in (
+        ["--budget", "0"],
+        ["--budget", "5", "--min-share", "GOOD"],
+        ["--budget", "5", "--min-share", "GOOD=2"],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            edge_inspect(["data", "select", "--data", str(folder), "--repository", str(repo), *bad])
+        assert exit_.value.code == 2

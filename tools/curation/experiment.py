@@ -8,7 +8,8 @@ early; ``test`` measures). The anomaly VAE is trained once on the pool's GOOD di
 both arms share it, as ``tools.fab.classifier`` needs its residual channels). Then per seed the classifier of
 ``edge-inspect train`` (``tools.fab.classifier``, same losses, sampling and augmentations) is trained on
 
-- **curated**: ``budget`` dies chosen by ``tools.curation.select`` from the embeddings of ``REPO``'s classifier, and
+- **curated**: ``budget`` dies chosen by ``tools.curation.select`` from the embeddings of ``REPO``'s classifier,
+- **curated_good**: the same, with GOOD promised its share of the pool (``min_share``) and the rest by spread, and
 - **random**: ``budget`` dies drawn uniformly from the pool with the seed,
 
 each for at most ``--epochs`` epochs with early stopping on ``val``, and measured on ``test``: accuracy, macro-F1,
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.taxonomy import GOOD
 from tools.curation.audit import audit
 from tools.curation.embed import Embedder
 from tools.curation.select import select
@@ -40,7 +42,7 @@ from tools.fab import anomaly, classifier
 from tools.fab.loop import Schedule
 from tools.metrics import classification_report
 
-ARMS = ("curated", "random")
+ARMS = ("curated", "curated_good", "random")
 LR = 2e-3  # the learning rate of ``edge-inspect train``
 FIGURES = ("accuracy", "macro_f1", "escape_rate", "false_positive_rate")
 
@@ -102,7 +104,10 @@ def run(args: argparse.Namespace, data: DataSet) -> dict[str, Any]:
     t0 = time.monotonic()
     split = {s: arrays(data, s) for s in ("train", "val", "test")}
     embedded = Embedder(args.repository).embed(data, data.split("train"))
-    chosen = select(embedded.vectors, list(embedded.labels), embedded.probs, embedded.classes, args.budget)
+    labels = list(embedded.labels)
+    chosen = select(embedded.vectors, labels, embedded.probs, embedded.classes, args.budget)
+    good = select(embedded.vectors, labels, embedded.probs, embedded.classes, args.budget,
+                  min_share={GOOD: labels.count(GOOD) / len(labels)})  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="curation-") as tmp:
         work = Path(tmp)
         graph = frozen_anomaly(split["train"], split["val"], args.vae_epochs, work)
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace, data: DataSet) -> dict[str, Any]:
             val = subset(val, np.sort(np.random.default_rng(0).choice(len(val), args.val_dies, replace=False)))
         results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
         for seed in args.seeds:
-            picks = {"curated": np.array(chosen.chosen, np.int64),
+            picks = {"curated": np.array(chosen.chosen, np.int64), "curated_good": np.array(good.chosen, np.int64),
                      "random": np.random.default_rng(seed).choice(len(pool), args.budget, replace=False)}  # fmt: skip
             for arm in ARMS:
                 figures = trained_figures(subset(pool, picks[arm]), val, test, data.classes, seed, args.epochs, work)
@@ -123,8 +128,8 @@ def run(args: argparse.Namespace, data: DataSet) -> dict[str, Any]:
     return {
         "pool": {"root": str(data.root), "train": len(pool), "val": len(val), "test": len(test)},
         "embedding_model": embedded.model, "budget": args.budget, "epochs": args.epochs, "seeds": args.seeds,
-        "curated_allocation": chosen.allocation, "curated_borderline": sum(1 for w in chosen.why.values()
-                                                                          if w == "borderline"),
+        "curated_allocation": chosen.allocation, "curated_good_allocation": good.allocation,
+        "curated_borderline": sum(1 for w in chosen.why.values() if w == "borderline"),
         "runs": results, "summary": {arm: summary(results[arm]) for arm in ARMS},
         "flipped_labels": audit_figures, "seconds": round(time.monotonic() - t0, 1),
     }  # fmt: skip

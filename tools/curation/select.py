@@ -8,7 +8,8 @@
 2. **Each class gets a share of the budget proportional to its spread**: the mean cosine distance of its dies to
    their centroid. A class of near-identical dies needs few of them; a varied one needs more. Every class gets at
    least ``floor`` dies (or all it has; 5 by default, what ``edge-inspect train`` asks of a class); shares beyond a
-   class's size go to the others (water-filling).
+   class's size go to the others (water-filling). ``min_share`` promises a class a share whatever its spread: spread
+   alone gives GOOD, the class a line sees most, about as much as any defect class (measured: "Benchmark").
 3. **Within a class, k-center greedy fills its share**: starting from the borderline dies already chosen (or from the
    die nearest the class centroid), it adds the die farthest from everything chosen so far, so near-duplicates are
    skipped and the chosen set covers the class.
@@ -51,12 +52,19 @@ def class_spread(x: npt.NDArray[np.float32], labels: Sequence[str]) -> dict[str,
     return spread
 
 
-def allocate(budget: int, sizes: Mapping[str, int], weights: Mapping[str, float], floor: int = 5) -> dict[str, int]:
+def allocate(
+    budget: int, sizes: Mapping[str, int], weights: Mapping[str, float], floor: int = 5,
+    reserved: Mapping[str, int] | None = None,
+) -> dict[str, int]:  # fmt: skip
     """``budget`` dies over the classes: ``floor`` each (or all a class has; less when the budget cannot give every
     class that many), the rest in proportion to ``weights`` (largest remainders first), never more than a class has;
-    what a full class cannot take goes to the others."""
+    what a full class cannot take goes to the others. ``reserved``: dies promised to a class before the rest is
+    shared (at most what it has)."""
     floor = min(floor, budget // max(len(sizes), 1))  # a budget too small for every class's floor: a lower one
     alloc = {c: min(sizes[c], floor) for c in sizes}
+    for c, n in (reserved or {}).items():  # dies a class is promised whatever its spread
+        if c in alloc:
+            alloc[c] = max(alloc[c], min(sizes[c], n, budget - sum(alloc.values()) + alloc[c]))
     left = budget - sum(alloc.values())
     if floor == 0:  # fewer dies than classes: one each, the largest classes first
         alloc = dict.fromkeys(sizes, 0)
@@ -135,8 +143,11 @@ def k_center(x: npt.NDArray[np.float32], candidates: npt.NDArray[np.int64], star
 def select(
     vectors: npt.NDArray[np.floating], labels: Sequence[str], probs: npt.NDArray[np.float32], classes: Sequence[str],
     budget: int, margin: float = 0.15, threshold: float = 0.5, borderline_share: float = 0.5, floor: int = 5,
+    min_share: Mapping[str, float] | None = None,
 ) -> Selection:  # fmt: skip
-    """At most ``budget`` dies of the pool (see the module's description)."""
+    """At most ``budget`` dies of the pool (see the module's description). ``min_share``: a class promised at least
+    that share of the budget whatever its spread (e.g. GOOD at its share of the line, so the chosen set teaches
+    what a good die looks like as often as the line shows one)."""
     if budget <= 0:
         raise ValueError("the budget must be a positive number of dies")
     x = unit(vectors)
@@ -144,7 +155,8 @@ def select(
     sizes = {c: int(np.sum(names == c)) for c in sorted(set(labels))}
     spread = class_spread(x, labels)
     found = borderline(x, labels, probs, classes, margin, threshold)
-    alloc = allocate(budget, sizes, spread, floor)
+    reserved = {c: round(share * budget) for c, share in (min_share or {}).items()}
+    alloc = allocate(budget, sizes, spread, floor, reserved)
     ranked = sorted(found, key=lambda i: (found[i][0], i))
     room = {c: max(1, alloc[c] // 2) if alloc[c] else 0 for c in sizes}  # borderline: half a class's share at most
     kept: list[int] = []

@@ -2,6 +2,7 @@
 
     edge-inspect data select --data DIR --budget N [--out selection.csv] [--map selection.png] [--folder OUT]
                              [--repository REPO] [--version V] [--split train] [--margin 0.15] [--threshold 0.5]
+                             [--min-share GOOD=0.6]
 
 Every die is embedded by the classifier of ``REPO`` (``tools.curation.embed``), then ``tools.curation.select``
 keeps the borderline dies, gives each class a share of ``N`` by its spread and fills each share by k-center greedy.
@@ -77,11 +78,19 @@ def main(argv: list[str] | None = None, prog: str = "edge-inspect data select") 
     parser.add_argument("--margin", type=float, default=0.15, help="how near a boundary or threshold is borderline")
     parser.add_argument("--threshold", type=float, default=0.5, help="the decision threshold borderline is near")
     parser.add_argument("--borderline-share", type=float, default=0.5, help="most of the budget borderline dies take")
+    parser.add_argument("--min-share", nargs="*", default=[], metavar="CLASS=SHARE",
+                        help="a class promised at least that share of the budget, e.g. GOOD=0.6")  # fmt: skip
     args = parser.parse_args(argv)
     if args.budget <= 0:
         parser.error("--budget must be a positive number of dies")
     if not 0 < args.margin < 1 or not 0 < args.threshold < 1 or not 0 <= args.borderline_share <= 1:
         parser.error("--margin and --threshold must lie in (0, 1), --borderline-share in [0, 1]")
+    try:
+        args.min_share = {c: float(v) for c, v in (item.split("=", 1) for item in args.min_share)}
+    except ValueError:
+        parser.error("--min-share takes CLASS=SHARE pairs, e.g. GOOD=0.6")
+    if not all(0 <= v <= 1 for v in args.min_share.values()) or sum(args.min_share.values()) > 1:
+        parser.error("--min-share: each share in [0, 1], together at most 1")
     if args.folder is not None and args.folder.exists():
         parser.error(f"--folder {args.folder} exists: give a new folder")
     return with_pool(args, prog, lambda data, dies, embedded: chosen(args, data, dies, embedded))
@@ -91,7 +100,7 @@ def chosen(args: argparse.Namespace, data: DataSet, dies: list[Die], embedded: E
     """Choose, write and print (``main``'s second half, on the embedded pool)."""
     labels = list(embedded.labels)
     selection = select(embedded.vectors, labels, embedded.probs, embedded.classes, args.budget, args.margin,
-                       args.threshold, args.borderline_share)  # fmt: skip
+                       args.threshold, args.borderline_share, min_share=args.min_share)  # fmt: skip
     rows = []
     for i in selection.chosen:
         row = label_row(data, dies[i])
