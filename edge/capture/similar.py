@@ -16,14 +16,14 @@ Two index types, switched by size:
   amortised per add); it goes back to exact search when removals take it under ``EXACT_MAX`` / 2, or when such a
   retraining finds ``EXACT_MAX`` vectors or fewer.
 
-Why IVF-Flat and not HNSW (``python -m tools.bench.similar --hnsw``: synthetic clustered embeddings, 2 shared
-cores, faiss 1.15.1): captures are pruned all the time (byte quota, retention), so removal is the everyday case.
-IVF removes exactly and at once (``remove_ids``: 10 ms for a batch of 1,000 ids at 10^6). HNSW cannot remove at
+Why IVF-Flat and not HNSW (``python -m tools.bench.similar --hnsw``: synthetic clustered embeddings, 2 cores, quiet
+host, faiss 1.15.1): captures are pruned all the time (byte quota, retention), so removal is the everyday case.
+IVF removes exactly and at once (``remove_ids``: 6 ms for a batch of 1,000 ids at 10^6). HNSW cannot remove at
 all: it would need tombstones filtered at query time and a full rebuild whenever they pass a fraction, and the
-rebuild is its weak point: HNSW (M=32, efConstruction=40) took 99 to 251 s to build 10^6 vectors on 2 threads
-against 13 s for IVF-Flat (k-means, adds and the id map), and 748 MB against 518 MB. At 10^6, nprobe=32 gives
-recall@10 0.992 against exact search (HNSW at efSearch=64: 0.989) with single-query p50 1.4 ms and p99 under 6 ms on
-one thread; HNSW answers faster (p50 0.3 ms), but both are far under what a user notices.
+rebuild is its weak point: HNSW (M=32, efConstruction=40) took 89 s to build 10^6 vectors on 2 threads against
+7.4 s for IVF-Flat (k-means, adds and the id map), and 748 MB against 518 MB. At 10^6, nprobe=32 gives recall@10
+0.992 against exact search (HNSW at efSearch=64: 0.989) with single-query p50 1.6 ms and p99 under 2 ms on one
+thread; HNSW answers faster (p50 0.3 ms), but both are far under what a user notices.
 
 faiss runs its loops on OpenMP threads; their number is process-wide and is set in one place, ``use_threads``,
 from the ``threads`` argument (default 1: the daemon's cores belong to the data path). An instance is safe to share
