@@ -13,7 +13,6 @@ data``), the capture store and the similar-defect search read it.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 from edge.errors import ModelRepositoryError
+from edge.models.pbtxt import without_output
 
 EMBEDDING = "EMBEDDING"
 HEAD_NODE = "/model/head/head.0/LayerNormalization"  # the head's first layer: its output is the embedding
-_ENTRY = re.compile(r'\n[ \t]*\{ name: "EMBEDDING"[^\n]*')  # the output's entry in a config
 
 
 def with_embedding(model: onnx.ModelProto, dim: int | None = None) -> onnx.ModelProto:
@@ -74,7 +73,4 @@ def write_with_embedding(source: Path, target: Path) -> bool:
 
 def declared(config: str, has_embedding: bool) -> str:
     """The config text with its ``EMBEDDING`` output entry removed when the served graph has none."""
-    if has_embedding:
-        return config
-    stripped = _ENTRY.sub("", config)
-    return re.sub(r",(\s*\n\])", r"\1", stripped)
+    return config if has_embedding else without_output(config, EMBEDDING)

@@ -18,6 +18,7 @@ VERSION_FACTS = "version_facts"
 _PARAMETER = re.compile(r'parameters \{ key: "([^"]+)", value: \{ string_value: "((?:[^"\\]|\\.)*)" \} \}')
 _POLICY = re.compile(r"^version_policy[^\n]*\n?", re.MULTILINE)
 SERVE_ALL = "version_policy: { all: {} }"
+OPTIONAL_OUTPUTS = ("EMBEDDING",)  # outputs a version may lack (model_repository/README.md)
 
 
 def _string(value: float | str) -> str:
@@ -46,6 +47,26 @@ def without_parameters(text: str, keys: Sequence[str]) -> str:
         if not ((m := _PARAMETER.search(line)) and m.group(1) in keys)
     ]  # fmt: skip
     return "\n".join(kept) + "\n"
+
+
+def without_output(text: str, name: str) -> str:
+    """``text`` less the output entry ``name`` (one ``{ name: ... }`` line, as the repository's configs write them)."""
+    stripped = re.sub(rf'\n[ \t]*\{{ name: "{re.escape(name)}"[^\n]*', "", text)
+    return re.sub(r",(\s*\n\])", r"\1", stripped)
+
+
+def declares_output(text: str, name: str) -> bool:
+    return re.search(rf'\{{ name: "{re.escape(name)}"', text) is not None
+
+
+def shared_outputs(own: str, others: Sequence[str]) -> str:
+    """``own`` less the optional outputs (``OPTIONAL_OUTPUTS``) some version's config in ``others`` does not declare:
+    one config serves every version of a view, and a version cannot serve an output its graph lacks (a classifier
+    built before it had an embedding)."""
+    for name in OPTIONAL_OUTPUTS:
+        if declares_output(own, name) and not all(declares_output(other, name) for other in others):
+            own = without_output(own, name)
+    return own
 
 
 def own_config(model_level: str) -> str:

@@ -24,7 +24,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edge.errors import ModelRepositoryError
-from edge.models.pbtxt import compose, config_parameters, config_text, own_config, without_parameters
+from edge.models.pbtxt import (
+    compose,
+    config_parameters,
+    config_text,
+    own_config,
+    shared_outputs,
+    without_parameters,
+)
 
 CONFIG = "config.pbtxt"
 DIGEST = "digest"  # sha256 of the files Triton loads for the version
@@ -120,7 +127,9 @@ def sync_view(repository: Path, view: Path, names: Sequence[str], serve: Sequenc
         folder = view / name
         folder.mkdir(parents=True, exist_ok=True)
         known = {v: facts(repository, name, v) for v in installed}
-        text = compose(own_config_text(repository, name, installed[-1]), known, True)
+        own = shared_outputs(own_config_text(repository, name, installed[-1]),
+                             [own_config_text(repository, name, v) for v in installed])  # fmt: skip
+        text = compose(own, known, True)
         config = folder / CONFIG
         if not config.is_file() or config.read_text() != text:
             write_atomic(config, text)

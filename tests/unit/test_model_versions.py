@@ -14,7 +14,15 @@ from edge.config import GuardrailConfig
 from edge.errors import ModelRepositoryError
 from edge.models.agreement import rank_correlation
 from edge.models.guardrails import Guardrails
-from edge.models.pbtxt import SERVE_ALL, compose, config_parameters, config_text, facts_for, own_config
+from edge.models.pbtxt import (
+    SERVE_ALL,
+    compose,
+    config_parameters,
+    config_text,
+    facts_for,
+    own_config,
+    shared_outputs,
+)
 from edge.models.repository import DIGEST, digest, facts, install, pairs, served, sync_view
 from edge.models.served import Route
 from tools.build_repository import DEFAULT_PRECISION, MODELS, SOURCE, build
@@ -111,6 +119,23 @@ def test_the_view_links_exactly_the_versions_asked_for_and_keeps_its_config_betw
     assert sync_view(repo, view, MODELS, [2]) and not sync_view(repo, view, MODELS, [2, 4])
     with pytest.raises(ModelRepositoryError, match="no version 9"):
         sync_view(repo, view, MODELS, [9])
+
+
+def test_the_view_declares_the_embedding_only_when_every_installed_version_serves_it(tmp_path: Path) -> None:
+    repo, view = built(tmp_path, "store", [b"a", b"b"]), tmp_path / "view"
+    template = (SOURCE / "classifier" / "config.pbtxt").read_text()
+    assert '{ name: "EMBEDDING"' in template
+    for version in (1, 2):  # these stand-in graphs have no head: neither version's config declares the output
+        assert '"EMBEDDING"' not in (repo / "classifier" / str(version) / "config.pbtxt").read_text()
+    newest = repo / "classifier" / "2" / "config.pbtxt"
+    newest.write_text(newest.read_text().replace('dims: [ 64 ] }\n]', 'dims: [ 64 ] },\n  { name: "EMBEDDING", '
+                                                 'data_type: TYPE_FP32, dims: [ 128 ] }\n]'))  # fmt: skip
+    sync_view(repo, view, MODELS, [1, 2])
+    level = (view / "classifier" / "config.pbtxt").read_text()
+    assert '"EMBEDDING"' not in level and "dims: [ 64 ] }\n]" in level, "version 1 cannot serve it: left out"
+    sync_view(repo, view, MODELS, [2])
+    assert '"EMBEDDING"' not in (view / "classifier" / "config.pbtxt").read_text(), "version 1 is still installed"
+    assert shared_outputs(newest.read_text(), [newest.read_text()]) == newest.read_text()
 
 
 def test_the_route_sends_canary_tools_to_the_canary_and_copies_to_the_other_version() -> None:
