@@ -1,7 +1,7 @@
 """The classifier's embedding as a served output: ``EMBEDDING`` FP32 [B, 128], the attention-pooled representation
 as the class head reads it: after the head's LayerNormalization (``/model/head/head.0``), so centred and scaled per
-die, which keeps what all dies share from dominating a cosine similarity (on the reference models, the mean cosine
-between dies of different classes is 0.05 here against 0.22 before the normalisation).
+die, which keeps what all dies share from dominating a cosine similarity (before the normalisation, dies of
+different classes lie much closer together by cosine).
 
 Training exports PROBS and ATTENTION only (``tools.export``); the repository build adds this output to the ONNX form
 it serves, so every served classifier version carries its embedding without retraining. The graph is otherwise
