@@ -75,6 +75,10 @@ class IngestConfig(_Strict):
 
 class JoinConfig(_Strict):
     window_ms: int = Field(50, ge=0, description="how long a frame waits for its wafer's MES context")
+    silent_after_wafers: int = Field(
+        2, ge=1, description="wafers of a tool in a row whose window runs out with no log before its frames stop "
+        "waiting (until a log of the tool arrives)",
+    )  # fmt: skip
     cache_max_wafers: int = Field(
         5_000, gt=0, description="context cache entries kept (about 3.5 kB each with 48 parameters)"
     )

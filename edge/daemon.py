@@ -131,7 +131,7 @@ class Daemon:
         left = [(batch, CalibrationRows.loads(rows)) for batch, rows in await self.db(self.outbox.calibration_rows)]
         if left:  # batches a stopped run answered but did not get into the calibration store
             log.info("calibration_rows_recovered", batches=await recorder.apply_calibration(left), left=len(left))
-        joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s))
+        joiner = Joiner(ContextCache(cfg.join.cache_max_wafers, cfg.join.cache_max_age_s), cfg.join.silent_after_wafers)
         batching = Batching(shared, joiner, inspector, recorder)
         calibration = CalibrationLoop(shared, self.calibration)
         mes = MesMessages(shared, watch, batching.on_log, calibration, recorder.record_rows, self.outbox)

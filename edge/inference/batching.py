@@ -1,4 +1,5 @@
-"""Accepted frames to batches: each waits for its wafer's process log (at most the join window), then for a batch
+"""Accepted frames to batches: each waits for its wafer's process log (at most the join window, and not at all when
+the log is not expected: ``edge.mes.join``), then for a batch
 (at most the batch delay, fair across tools), then goes to the inspector; at most ``max_concurrent_batches``
 are in work at once. Every batch ends recorded and answered, or answered ``busy`` when a defect cut it short."""
 
@@ -10,7 +11,7 @@ import time
 from edge.flow import Frame, ProcessLog
 from edge.inference.batcher import Batcher
 from edge.inference.inspector import Inspector, not_inspected
-from edge.mes.join import Joiner
+from edge.mes.join import SKIPPED, Joiner
 from edge.ops.logs import get
 from edge.publish.recorder import Recorder
 from edge.shared import Shared
@@ -27,6 +28,7 @@ class Batching:
         self._inflight = shared.inflight
         self._spawn = shared.spawn
         self._metrics = shared.metrics
+        self._health = shared.health
         self._batcher: Batcher[Frame] = Batcher(cfg.batching.max_batch, cfg.batching.max_delay_ms / 1000)
         self._ready = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.batching.max_concurrent_batches)
@@ -35,15 +37,19 @@ class Batching:
         """An accepted frame: batched at once when its process log is known (or no join is asked for),
         else when the log comes or the join window runs out, whichever is first."""
         window_s = self.cfg.join.window_ms / 1000
-        if self._joiner.admit(frame, time.monotonic(), wait=window_s > 0):
-            self._enqueue(frame)
-        else:
+        admitted = self._joiner.admit(frame, time.monotonic(), wait=window_s > 0)
+        if admitted == "waiting":
             asyncio.get_running_loop().call_later(window_s, self._expire, frame)
+            return
+        if admitted in SKIPPED:
+            self._metrics.join_skipped.labels(frame.header.tool_id, admitted).inc()
+        self._enqueue(frame)
 
     def on_log(self, process_log: ProcessLog) -> None:
-        """A process log came: the frames of its wafer that waited for it go on."""
+        """A process log came: the frames of its wafer that waited for it go on (and a silent tool is heard)."""
         for frame in self._joiner.on_log(process_log, time.monotonic()):
             self._joined(frame)
+        self._silent_changed()
 
     async def run(self) -> None:
         """Form batches as they fill or their delay runs out; each runs as its own task."""
@@ -73,8 +79,21 @@ class Batching:
             await asyncio.sleep(0.01)
 
     def _expire(self, frame: Frame) -> None:
-        if self._joiner.expire(frame):
-            self._joined(frame)
+        for released in self._joiner.expire(frame):
+            self._joined(released)
+        self._silent_changed()
+
+    def _silent_changed(self) -> None:
+        silent = sorted(self._joiner.silent)
+        health = self._health
+        if silent != health.mes_silent:
+            for tool in set(silent) ^ set(health.mes_silent):
+                self._metrics.mes_silent.labels(tool).set(1 if tool in silent else 0)
+                if tool in silent:
+                    log.warning("mes_silent", tool=tool, after_wafers=self.cfg.join.silent_after_wafers)
+                else:
+                    log.info("mes_heard", tool=tool)
+            health.mes_silent = silent
 
     def _joined(self, frame: Frame) -> None:
         frame.timings["join_wait"] = time.monotonic() - frame.received

@@ -24,6 +24,7 @@ class Health:
     draining: bool = False
     outbox_full: bool = False
     stalled: list[str] = field(default_factory=list)  # critical tasks that ended: the daemon is not alive
+    mes_silent: list[str] = field(default_factory=list)  # tools whose frames go on without waiting for MES logs
 
     @property
     def alive(self) -> bool:
@@ -50,6 +51,7 @@ class Health:
             "draining": self.draining,
             "outbox_full": self.outbox_full,
             "stalled": self.stalled,
+            "mes_silent": self.mes_silent,
         }
 
 

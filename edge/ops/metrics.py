@@ -140,6 +140,15 @@ class Metrics:
         self.context_missing = Counter(
             "edge_context_missing_total", "Frames that went on without MES process context", ["tool"], registry=r
         )
+        self.join_skipped = Counter(
+            "edge_join_skipped_total", "Frames that went on without waiting for a log not expected (why: "
+            "wafer_expired, its wafer's window ran out before; tool_silent, its tool's MES is silent)",
+            ["tool", "why"], registry=r,
+        )  # fmt: skip
+        self.mes_silent = Gauge(
+            "edge_mes_silent", "1 while a tool's MES is silent (its frames do not wait for logs), else 0", ["tool"],
+            registry=r,
+        )  # fmt: skip
 
         def per_class(name: str, documentation: str) -> Gauge:
             return Gauge(name, documentation, ["recipe", "tool", "class"], registry=r)
