@@ -18,6 +18,7 @@ import platform
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge.capture.store import CaptureStore
@@ -79,26 +80,50 @@ def pooled(runs: list[dict]) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench.capture", description=__doc__.split("\n")[0])
+def add_stream_arguments(parser: argparse.ArgumentParser, workdir: str) -> None:
+    """The options of a bench that streams ``--frames`` at ``--rate`` through fresh stations, ``--rounds`` per mode."""
     parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
-    parser.add_argument("--workdir", type=Path, default=Path("build/bench-capture"))
+    parser.add_argument("--workdir", type=Path, default=Path(workdir))
     parser.add_argument("--frames", type=int, default=1200)
     parser.add_argument("--rate", type=float, default=20.0, help="frames per second, both tools together")
     parser.add_argument("--rounds", type=int, default=2, help="runs per mode, taken in turn")
-    args = parser.parse_args(argv)
-    runs: dict[str, list[dict]] = {"off": [], "on": []}
+
+
+def in_turn(args: argparse.Namespace, modes: Sequence[str], run: Callable[[Path, str], dict]) -> dict[str, dict]:
+    """``run(workdir, mode)`` for every mode, ``args.rounds`` times in turn (a slow minute of the host falls on
+    every mode), each in a fresh work folder (a fresh outbox: a frame seen before is answered from it); each mode's
+    rounds ``pooled``."""
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for round_ in range(args.rounds):
-        for mode in ("off", "on"):
+        for mode in modes:
             workdir = args.workdir / f"{mode}-{round_ + 1}"
-            shutil.rmtree(workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
-            runs[mode].append(stream(workdir, args.repository, args.frames, args.rate, mode == "on"))
-    off, on = pooled(runs["off"]), pooled(runs["on"])
-    result = {
+            shutil.rmtree(workdir, ignore_errors=True)
+            runs[mode].append(run(workdir, mode))
+    return {mode: pooled(found) for mode, found in runs.items()}
+
+
+def run_facts(args: argparse.Namespace) -> dict:
+    """What a result says of its run: the host, the frames, the rate, the rounds."""
+    return {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "frames_per_round": args.frames,
         "rate": args.rate,
         "rounds": args.rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.capture", description=__doc__.split("\n")[0])
+    add_stream_arguments(parser, "build/bench-capture")
+    args = parser.parse_args(argv)
+    pools = in_turn(
+        args,
+        ("off", "on"),
+        lambda workdir, mode: stream(workdir, args.repository, args.frames, args.rate, mode == "on"),
+    )
+    off, on = pools["off"], pools["on"]
+    result = {
+        **run_facts(args),
         "capture_off": off,
         "capture_on": on,
         "p99_ratio_on_over_off": round(on["latency_ms"]["p99"] / off["latency_ms"]["p99"], 3),

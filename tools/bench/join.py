@@ -14,38 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import sys
-from pathlib import Path
 
-from tools.bench.capture import pooled, stream
+from tools.bench.capture import add_stream_arguments, in_turn, run_facts, stream
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.join", description=__doc__.split("\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
-    parser.add_argument("--workdir", type=Path, default=Path("build/bench-join"))
-    parser.add_argument("--frames", type=int, default=1200)
-    parser.add_argument("--rate", type=float, default=20.0, help="frames per second, both tools together")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per mode, taken in turn")
+    add_stream_arguments(parser, "build/bench-join")
     args = parser.parse_args(argv)
-    runs: dict[str, list[dict]] = {"with_logs": [], "no_logs": []}
-    for round_ in range(args.rounds):
-        for mode in runs:
-            workdir = args.workdir / f"{mode}-{round_ + 1}"
-            shutil.rmtree(workdir, ignore_errors=True)
-            runs[mode].append(stream(workdir, args.repository, args.frames, args.rate, True, mode == "with_logs"))
-    with_logs, no_logs = pooled(runs["with_logs"]), pooled(runs["no_logs"])
+    pools = in_turn(args, ("with_logs", "no_logs"), lambda workdir, mode: stream(
+        workdir, args.repository, args.frames, args.rate, True, mode == "with_logs"))  # fmt: skip
+    with_logs, no_logs = pools["with_logs"], pools["no_logs"]
     for summary in (with_logs, no_logs):
         for key in ("captures", "bytes_per_capture", "bytes_per_frame"):  # what captures cost: tools.bench.capture
             summary.pop(key, None)
     result = {
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "frames_per_round": args.frames,
-        "rate": args.rate,
-        "rounds": args.rounds,
+        **run_facts(args),
         "with_logs": with_logs,
         "no_logs": no_logs,
         "p50_ratio_no_logs_over_with": round(no_logs["latency_ms"]["p50"] / with_logs["latency_ms"]["p50"], 3),
