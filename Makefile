@@ -7,7 +7,7 @@ MODELS := build/models
 REPOSITORY := build/model_repository
 
 .DEFAULT_GOAL := help
-.PHONY: help deps lock models seeds cards engines test test-unit demo bench lint clean
+.PHONY: help deps lock models seeds cards engines gpu-check test test-unit demo bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -98,8 +98,13 @@ cards: seeds ## regenerate model_repository/cards/ (metrics, seed spread, precis
 # On the GPU host (TensorRT and pycuda installed: pip install -e '.[gpu]'): strongly typed engines from the FP16 /
 # INT8 ONNX forms, checked against ONNX Runtime, into the GPU variant of the repository; stale plans only.
 GPU_REPOSITORY := build/model_repository_gpu
+# Exit 3: every model is served, one at least by ONNX Runtime on the GPU because its engine failed (the log says why).
 engines: $(MODELS)/.quantized ## GPU host only: build or refresh the TensorRT engines of the GPU repository
-	$(PY) -m tools.gpu.build_engines --models $(MODELS) --out $(GPU_REPOSITORY)
+	$(PY) -m tools.gpu.build_engines --models $(MODELS) --out $(GPU_REPOSITORY) || [ $$? -eq 3 ]
+
+# Runs anywhere: without an NVIDIA GPU it prints `skipped: no GPU` and the reason. Needs `make models` on a GPU host.
+gpu-check: $(VENV)/.installed ## GPU host: engines (if TensorRT imports), then daemon vs raw Triton on them; else skipped
+	$(PY) -m tools.gpu.check --models $(MODELS) --repository $(GPU_REPOSITORY)
 
 test: deps models lint ## lint, then every test tier (unit, integration with real Triton and Mosquitto, e2e)
 	$(PY) -m pytest tests
@@ -110,8 +115,9 @@ test-unit: $(VENV)/.installed ## unit tests only (no servers)
 demo: deps models ## the daemon with real Triton (CPU), Mosquitto, simulated AOI tools and MES for about a minute
 	$(PY) -m tools.station.demo --repository $(REPOSITORY)
 
-bench: deps models ## daemon end to end against raw Triton on the same models; the reply path with captures off/on
+bench: deps models ## daemon against raw Triton; its ceiling and CPU per stage (null models); captures off/on
 	$(PY) -m tools.bench.e2e --repository $(REPOSITORY)
+	$(PY) -m tools.bench.ceiling --repository $(REPOSITORY)
 	$(PY) -m tools.bench.capture --repository $(REPOSITORY)
 
 lint: $(VENV)/.installed ## ruff check and format --check, and mypy --strict over edge/ and calibration/ (pyproject.toml)

@@ -30,6 +30,9 @@ class IngestConfig(_Strict):
         description="fit frames of another size by the input rule (edge.contract.images) instead of rejecting them",
     )
     max_inflight_frames: int = Field(256, gt=0, description="accepted frames not yet answered; beyond it: busy")
+    decode_threads: int = Field(
+        2, ge=1, le=64, description="threads decoding images (twice as many frames are in hand at once); one per core"
+    )
     max_inflight_per_tool: int | None = Field(
         None,
         gt=0,
@@ -101,6 +104,11 @@ class TritonConfig(_Strict):
     retries: int = Field(3, ge=0, description="retries of a batch Triton could not take, within the frames' "
                          "deadlines")  # fmt: skip
     retry_backoff_ms: int = Field(100, gt=0, description="wait before the first retry; doubles each time")
+    shared_memory: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: with a Triton on this host (loopback or Unix socket), send the image tensors through "
+        "system shared memory registered with it, and fall back to plain gRPC where that fails; off: plain gRPC",
+    )
 
 
 class LocalPubConfig(_Strict):

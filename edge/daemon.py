@@ -25,7 +25,7 @@ from edge.flow import EventRow, Frame
 from edge.inference.batching import Batching
 from edge.inference.inspector import Inspector
 from edge.inference.model_watch import ModelWatch
-from edge.inference.triton_client import TritonClient
+from edge.inference.triton_client import TritonClient, image_plan
 from edge.ingest.admission import Inflight, Turnaround
 from edge.ingest.intake import Intake
 from edge.ingest.zmq_sockets import EventFeed, FrameSocket, MesFeed, context, load_server_keys
@@ -93,7 +93,10 @@ class Daemon:
             self.calibration = await calibration_db(Calibration, cfg, self.metrics)
             opened.push_async_callback(calibration_db, self.calibration.close)
             t = cfg.triton
-            triton = self.triton = TritonClient(t.url, t.anomaly_model, t.classifier_model, t.timeout_ms / 1000)
+            triton = self.triton = TritonClient(
+                t.url, t.anomaly_model, t.classifier_model, t.timeout_ms / 1000,
+                shared_memory=t.shared_memory, plan=image_plan(cfg), metrics=self.metrics,
+            )  # fmt: skip
             opened.push_async_callback(triton.close)
             inspector = Inspector(cfg, triton, self.calibration.threshold, self.metrics, shared.log_limiter)
             models = ModelWatch(shared, triton, inspector)
@@ -158,8 +161,10 @@ class Daemon:
             opened.callback(link.stop)
         housekeeping = Housekeeping(shared, self.outbox, self.calibration, publisher)
 
+        lookup = self.metrics.stage_cpu.timed("dedupe", self.outbox.recorded_reply)
+
         async def recorded_reply(tool: str, frame_id: str) -> bytes | None:
-            return await self.db(self.outbox.recorded_reply, tool, frame_id)
+            return await self.db(lookup, tool, frame_id)
 
         async def gauges() -> None:
             self.metrics.inflight.set(len(self.inflight))

@@ -59,6 +59,7 @@ class FrameHeader:
 class Tensors:
     rgb: npt.NDArray[np.uint8]  # (3, H, W) uint8, channels first
     grey: npt.NDArray[np.uint8]  # (1, H, W) uint8
+    png: bytes | None = None  # the tool's own PNG, where it decodes to exactly ``rgb``: a capture keeps it as it is
 
 
 @dataclass(frozen=True, slots=True)

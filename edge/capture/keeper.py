@@ -41,6 +41,7 @@ class Keeper:
         self._outbox = outbox
         self._thresholds = thresholds
         self._metrics = shared.metrics
+        self._write = shared.metrics.stage_cpu.timed("capture", store.write)  # on the store's thread
         self._writing: set[str] = set()  # event ids whose captures are being written now
         self._queue: asyncio.Queue[tuple[Sequence[Capture], Callable[[], None]]] = asyncio.Queue(QUEUE_BATCHES)
         self._metrics.capture_quota.set(self.cfg.max_bytes)
@@ -102,7 +103,7 @@ class Keeper:
         try:
             t0 = time.monotonic()
             try:
-                written = await self._thread(self._store.write, captures)
+                written = await self._thread(self._write, captures)
             except CaptureError as err:
                 self._metrics.capture_failures.labels("write_failed").inc(len(captures))
                 log.error("capture_write_failed", error=str(err), captures=len(captures))

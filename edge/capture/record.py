@@ -66,6 +66,7 @@ class Capture(CaptureFacts):
     heatmap: npt.NDArray[np.float32] | None  # (32, 32)
     attention: npt.NDArray[np.float32] | None  # (64,)
     embedding: npt.NDArray[np.float32] | None = None  # (D,): the classifier's pooled representation, where served
+    png: bytes | None = None  # ``image`` as PNG already (the tool's own file): written as it is, not encoded again
 
 
 def capture_of(outcome: Outcome, capture_id: str, reason: str, models: dict[str, str], wall: float) -> Capture:
@@ -107,6 +108,7 @@ def capture_of(outcome: Outcome, capture_id: str, reason: str, models: dict[str,
         heatmap=outcome.heatmap,
         attention=outcome.attention,
         embedding=outcome.embedding,
+        png=frame.tensors.png,
     )
 
 

@@ -353,7 +353,7 @@ class CaptureStore:
     # --- inside -------------------------------------------------------------------------------------------------
 
     def _write_image(self, capture: Capture) -> tuple[str, int]:
-        data = encode_png(capture.image)
+        data = capture.png or encode_png(capture.image)
         relative = f"images/{time.strftime('%Y-%m-%d', time.gmtime(capture.ts))}/{capture.capture_id}.png"
         target = self.root / relative
         with _converted(f"write {target}"):

@@ -57,6 +57,10 @@ def hot_region(heatmap: npt.NDArray[np.float32], image_hw: tuple[int, int], floo
     gy, gx = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     cell_h, cell_w = image_hw[0] / heatmap.shape[0], image_hw[1] / heatmap.shape[1]
     peak = float(heatmap[gy, gx])
+    centre = (int((gx + 0.5) * cell_w), int((gy + 0.5) * cell_h))
+    if peak < floor:  # most dies: no cell reaches the band, the region is the peak cell (no component search)
+        cell = (int(gx * cell_w), int(gy * cell_h), int((gx + 1) * cell_w) - 1, int((gy + 1) * cell_h) - 1)
+        return HotRegion(centre, cell)
     hot = heatmap >= max(0.5 * peak, floor)
     hot[gy, gx] = True
     _, labels = cv2.connectedComponents(hot.astype(np.uint8), connectivity=8)
@@ -67,4 +71,4 @@ def hot_region(heatmap: npt.NDArray[np.float32], image_hw: tuple[int, int], floo
         int((xs.max() + 1) * cell_w) - 1,
         int((ys.max() + 1) * cell_h) - 1,
     )
-    return HotRegion((int((gx + 0.5) * cell_w), int((gy + 0.5) * cell_h)), bbox)
+    return HotRegion(centre, bbox)

@@ -27,6 +27,7 @@ from edge.models.served import Pair, Serving
 from edge.notes import MAX_TOKENS
 from edge.ops.logs import RateLimited, get
 from edge.ops.metrics import Metrics
+from edge.ops.stage_cpu import clock
 
 log = get("edge.inference.inspector")
 
@@ -105,11 +106,13 @@ class Inspector:
         self._metrics.batch_size.observe(len(frames))
         serving = self.serving
         assert serving is not None, "the served versions are learned before the first batch"
+        cpu = clock()
         inputs = batch_inputs(frames, self._parameters)
         groups: dict[str, list[int]] = {}
         for i, frame in enumerate(frames):
             groups.setdefault(serving.route.decides(frame.header.tool_id, self._route_rng.random()), []).append(i)
         self.in_use.update(groups.keys())
+        self._metrics.stage_cpu.add("batch", cpu)
         try:
             scored = await asyncio.gather(
                 *(self.score([frames[i] for i in idx], inputs.take(idx), serving.pairs[v]) for v, idx in groups.items())
@@ -138,7 +141,7 @@ class Inspector:
         if live:
             self._metrics.stage_latency.labels("inference").observe(infer_s)
         outcomes = []
-        t0 = self._clock()
+        t0, cpu = self._clock(), clock()
         for i, frame in enumerate(frames):
             h = frame.header
             if live:
@@ -167,6 +170,7 @@ class Inspector:
             )  # fmt: skip
         if live:
             self._metrics.stage_latency.labels("decide").observe(self._clock() - t0)
+            self._metrics.stage_cpu.add("decide", cpu)
         return outcomes
 
     async def _infer(

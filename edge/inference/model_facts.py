@@ -1,8 +1,9 @@
-"""What a served model says about itself in its Triton config parameters (pure): bands, precision, and the
-classifier's contract (its classes and its process parameters, in output and input order).
+"""What a served model says about itself in its Triton config parameters (pure): bands, precision, the backend it
+runs on (and why, when that is a fallback), and the classifier's contract (its classes and its process parameters,
+in output and input order).
 
-`tools.build_repository` and `tools.gpu.build_engines` write them; `edge.inference.triton_client` reads them
-from Triton as strings.
+`tools.build_repository`, `tools.gpu.build_engines` and `tools.gpu.station_repository` write them;
+`edge.inference.triton_client` reads them from Triton as strings.
 """
 
 from __future__ import annotations
@@ -27,6 +28,47 @@ class Precision:
         return {"served": self.served, "requested": self.requested, "fallback": self.fallback}
 
 
+# What runs a served model: its TensorRT plan; Triton's ONNX Runtime backend on the GPU (the plan was not installed);
+# the CPU variant, Triton's Python backend running ONNX Runtime on the CPU (the station has no usable GPU).
+TENSORRT, ONNXRUNTIME_GPU, ONNXRUNTIME_CPU = "tensorrt", "onnxruntime", "onnxruntime_cpu"
+# Why a model serves on a fallback: ``backend_fallback`` is "<cause>: <detail>", the cause one of these.
+ENGINE_BUILD_FAILED, PARITY_FAILED, NO_GPU = "engine_build_failed", "parity_failed", "no_gpu"
+FALLBACK_CAUSES = (ENGINE_BUILD_FAILED, PARITY_FAILED, NO_GPU)
+FALLBACK_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """What serves a model (``TENSORRT``, ``ONNXRUNTIME_GPU``, ``ONNXRUNTIME_CPU``) and why it is not the model's
+    TensorRT plan (None: nothing fell back)."""
+
+    served: str
+    fallback: str | None = None
+
+    @property
+    def cause(self) -> str:
+        """The fallback's cause, one of ``FALLBACK_CAUSES`` ("other" for one this daemon does not know; "" for none):
+        a bounded metric label where the reason itself is free text."""
+        if not self.fallback:
+            return ""
+        cause = self.fallback.split(":", 1)[0].strip()
+        return cause if cause in FALLBACK_CAUSES else "other"
+
+    def report(self) -> dict[str, Any]:
+        return {"served": self.served, "fallback": self.fallback}
+
+
+def fallback_reason(cause: str, detail: str) -> str:
+    """The ``backend_fallback`` parameter: ``cause`` (one of ``FALLBACK_CAUSES``) and ``detail`` on one line, cut to
+    ``FALLBACK_DETAIL_CHARS`` (a TensorRT parser's errors can run long; the builder's log has them whole)."""
+    if cause not in FALLBACK_CAUSES:
+        raise ValueError(f"unknown fallback cause {cause!r}: one of {', '.join(FALLBACK_CAUSES)}")
+    line = " ".join(detail.split())
+    if len(line) > FALLBACK_DETAIL_CHARS:
+        line = line[: FALLBACK_DETAIL_CHARS - 3].rstrip() + "..."
+    return f"{cause}: {line}"
+
+
 def bands_from(params: Mapping[str, str]) -> Bands | None:
     """The anomaly model's default bands (`pass_band`, `reject_band`), if it declares both as numbers."""
     try:
@@ -41,6 +83,15 @@ def precision_from(params: Mapping[str, str]) -> Precision | None:
     if not served:
         return None
     return Precision(served, params.get("precision_requested") or served, params.get("precision_fallback") or None)
+
+
+def backend_from(params: Mapping[str, str]) -> Backend | None:
+    """The backend the model serves on, if its config declares it (``backend``, ``backend_fallback``): written by the
+    GPU engine build and by a GPU station serving the CPU variant; a plain CPU repository declares none."""
+    served = params.get("backend")
+    if not served:
+        return None
+    return Backend(served, params.get("backend_fallback") or None)
 
 
 @dataclass(frozen=True, slots=True)

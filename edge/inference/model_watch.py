@@ -1,6 +1,6 @@
 """What Triton serves, learned from Triton: readiness, the models' versions and what each declares (digest, precision,
-anomaly bands, contract), kept current as Triton restarts or loads a version, routed as the model lifecycle says
-(``edge.models``), and shown on ``/readyz`` and ``edge_model_info``."""
+backend, anomaly bands, contract), kept current as Triton restarts or loads a version, routed as the model lifecycle
+says (``edge.models``), and shown on ``/readyz``, ``edge_model_info`` and ``edge_model_backend_info``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from calibration.table import Bands, BandTable
 from edge.config import Config
 from edge.errors import ConfigError, EdgeError, TritonUnavailable
 from edge.inference.inspector import Inspector
-from edge.inference.model_facts import bands_from, contract_from, mismatches, precision_from
+from edge.inference.model_facts import backend_from, bands_from, contract_from, mismatches, precision_from
 from edge.models.pbtxt import facts_for
 from edge.models.served import Pair, Route, Serving
 from edge.ops.logs import get
@@ -111,8 +111,22 @@ class ModelWatch:
                     requested=facts.requested,
                     reason=facts.fallback,
                 )
+        self._report_backends(live.facts)
         self._metrics.triton_up.set(1)
         return wanted
+
+    def _report_backends(self, facts: Mapping[str, Mapping[str, str]]) -> None:
+        """What runs each model of the live version, on ``/readyz`` and ``edge_model_backend_info``; a warning for each
+        model on a fallback (its TensorRT plan was not installed, or the station has no usable GPU)."""
+        backends = {name: backend_from(declared) for name, declared in facts.items()}
+        self._health.backend = {name: backend.report() for name, backend in backends.items() if backend}
+        self._metrics.model_backend.clear()
+        for name, backend in backends.items():
+            if backend is None:  # a repository that does not say (the CPU repository as `make models` builds it)
+                continue
+            self._metrics.model_backend.labels(name, backend.served, backend.cause).set(1)
+            if backend.fallback:
+                log.warning("model_backend_fallback", model=name, backend=backend.served, reason=backend.fallback)
 
     def _check_contract(self, classifier_params: Mapping[str, str]) -> None:
         """``ConfigError`` naming each difference when the classifier declares classes or process parameters the

@@ -1,9 +1,13 @@
-"""Triton client (gRPC, asyncio): the only module that imports tritonclient."""
+"""Triton client (gRPC, asyncio): with ``edge.inference.shared_memory``, the only modules that import tritonclient.
+
+Against a Triton on this host, the IMAGE tensors go through system shared memory (``shared_memory``) and everything
+else over gRPC; a request that cannot have a region, or whose region Triton no longer knows, goes over plain gRPC.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -11,7 +15,14 @@ import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from edge.config import Config
 from edge.errors import InferenceFailed, TritonUnavailable
+from edge.inference.shared_memory import ImagePlan, Lease, Setting, SharedImages, off_reason
+from edge.ops.logs import get
+from edge.ops.metrics import Metrics
+
+log = get("edge.inference.triton_client")
+Transport = Literal["shared_memory", "grpc"]  # how a request's IMAGE tensor went
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +83,50 @@ def classify(err: InferenceServerException, what: str) -> TritonUnavailable | In
     return InferenceFailed(f"{what}: {err}")
 
 
+def image_plan(cfg: Config) -> ImagePlan:
+    """The shared-memory regions the config's batches need: a full batch of each model's IMAGE per batch in flight."""
+    b, ing, t = cfg.batching, cfg.ingest, cfg.triton
+    channels = {t.anomaly_model: 1, t.classifier_model: 3}
+    return ImagePlan.for_batches(b.max_batch, b.max_concurrent_batches, ing.image_height, ing.image_width, channels)
+
+
 class TritonClient:
-    def __init__(self, url: str, anomaly_model: str, classifier_model: str, timeout_s: float) -> None:
+    """Both models on one Triton. ``plan``: the shared-memory regions to use for the IMAGE tensors where
+    ``shared_memory`` allows and the server is on this host (None: plain gRPC only, as one-off tools want)."""
+
+    def __init__(
+        self,
+        url: str,
+        anomaly_model: str,
+        classifier_model: str,
+        timeout_s: float,
+        *,
+        shared_memory: Setting = "auto",
+        plan: ImagePlan | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
         self.url = url
         self.anomaly_model = anomaly_model
         self.classifier_model = classifier_model
         self.timeout_s = timeout_s
         self._outputs: dict[str, frozenset[str]] = {}  # model -> the outputs its config declares
+        self._metrics = metrics
+        self.images: SharedImages | None = None
+        if plan is not None:
+            reason = off_reason(url, shared_memory)
+            if reason is None:
+                self.images = SharedImages(self._client, plan, timeout_s, self._shared_memory_state)
+            else:
+                log.info("triton_shared_memory_off", reason=reason, transport="grpc")
+
+    def _shared_memory_state(self, registered: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.triton_shared_memory.set(1 if registered else 0)
 
     async def close(self) -> None:
+        if self.images is not None:
+            await self.images.close()
         await self._client.close()
 
     async def ready(self) -> bool:
@@ -127,8 +172,7 @@ class TritonClient:
         return {key: str(value.get("string_value", "")) for key, value in params.items() if isinstance(value, dict)}
 
     async def anomaly(self, grey: npt.NDArray[np.uint8], version: str = "") -> AnomalyOut:
-        inputs = [_input("IMAGE", grey, "UINT8")]
-        result = await self._infer(self.anomaly_model, version, inputs, ("SCORE", "HEATMAP"))
+        result = await self._infer(self.anomaly_model, version, grey, [], ("SCORE", "HEATMAP"))
         return AnomalyOut(result[0].reshape(-1), result[1])
 
     async def classify(
@@ -139,26 +183,62 @@ class TritonClient:
         notes: npt.NDArray[np.int64],
         version: str = "",
     ) -> ClassifierOut:
-        inputs = [
-            _input("IMAGE", rgb, "UINT8"),
+        others = [
             _input("PROCESS", process, "FP32"),
             _input("PRESENT", present, "FP32"),
             _input("NOTES", notes, "INT64"),
         ]
         embedding = EMBEDDING in self._outputs.get(self.classifier_model, ())
         outputs = ("PROBS", "ATTENTION", EMBEDDING) if embedding else ("PROBS", "ATTENTION")
-        result = await self._infer(self.classifier_model, version, inputs, outputs)
+        result = await self._infer(self.classifier_model, version, rgb, others, outputs)
         return ClassifierOut(result[0], result[1], result[2] if embedding else None)
 
     async def _infer(
-        self, model: str, version: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
+        self,
+        model: str,
+        version: str,
+        image: npt.NDArray[np.uint8],
+        others: list[grpcclient.InferInput],
+        outputs: tuple[str, ...],
     ) -> list[npt.NDArray[np.float32]]:
-        """One request to ``version`` of ``model`` ("": the version Triton's policy makes the default)."""
-        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        """One request to ``version`` of ``model`` ("": the version Triton's policy makes the default), its IMAGE
+        through a shared-memory slot when one is free. A region Triton does not know (it restarted, or someone
+        unregistered it) costs a second try over plain gRPC, never the request."""
+        what = f"{model} version {version}" if version else model
+        lease = None if self.images is None else await self.images.lease(model, image)
+        if lease is not None:
+            assert self.images is not None
+            try:
+                return await self._send(model, version, [_shared(image, lease), *others], outputs, "shared_memory")
+            except InferenceServerException as err:
+                if not self.images.lost(lease, err):
+                    raise classify(err, what) from err
+            finally:
+                self.images.give_back(lease)
         try:
-            result = await self._client.infer(
-                model, inputs, model_version=version, outputs=requested, client_timeout=self.timeout_s
-            )
+            return await self._send(model, version, [_input("IMAGE", image, "UINT8"), *others], outputs, "grpc")
         except InferenceServerException as err:
-            raise classify(err, f"{model} version {version}" if version else model) from err
+            raise classify(err, what) from err
+
+    async def _send(
+        self,
+        model: str,
+        version: str,
+        inputs: list[grpcclient.InferInput],
+        outputs: tuple[str, ...],
+        transport: Transport,
+    ) -> list[npt.NDArray[np.float32]]:
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        if self._metrics is not None:
+            self._metrics.triton_requests.labels(transport).inc()
+        result = await self._client.infer(
+            model, inputs, model_version=version, outputs=requested, client_timeout=self.timeout_s
+        )
         return [result.as_numpy(name) for name in outputs]
+
+
+def _shared(image: npt.NDArray[np.uint8], lease: Lease) -> grpcclient.InferInput:
+    """The IMAGE input whose data Triton reads from the lease's region."""
+    tensor = grpcclient.InferInput("IMAGE", list(image.shape), "UINT8")
+    tensor.set_shared_memory(lease.region, lease.byte_size)
+    return tensor

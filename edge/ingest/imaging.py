@@ -4,6 +4,7 @@ the models' input by the rule training applies too (``edge.contract.images``).""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import cast
 
@@ -14,6 +15,7 @@ from edge.contract.images import Image, from_opencv, model_input
 from edge.flow import FrameHeader, Rejected, Tensors
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+KEEP_PNG = 1 << 20  # a PNG up to this size is kept for the capture as it came (a bigger one carries more)
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -94,6 +96,9 @@ def decode(
             header.frame_id,
         )
     try:
-        return model_input(image, size)  # edge.contract.images: the rule training applies too
+        tensors = model_input(image, size)  # edge.contract.images: the rule training applies too
     except ValueError as err:
         return Rejected("undecodable", str(err), header.frame_id)
+    if header.encoding == "png" and image.dtype == np.uint8 and image.shape == (*size, 3) and len(payload) <= KEEP_PNG:
+        return dataclasses.replace(tensors, png=payload)  # 8-bit RGB at the models' size: the rule changed nothing
+    return tensors

@@ -1,24 +1,31 @@
 """Frames from the tools: receive, parse, admission, de-duplication and decode; an accepted frame goes on to
 ``submit``, and every frame turned away is answered here (``rejected`` with the reason, or ``busy`` with a hint).
 
-A frame resent while still in work is answered once, on the newest connection; one resent after it was recorded
-gets the recorded reply again. A defect in handling one frame costs that frame (``busy``), never the intake.
+Several frames are handled at once (``ingest.decode_threads`` x 2): a frame's image is decoded on a small thread pool
+(OpenCV lets go of the interpreter lock while it decodes), so the event loop batches, records and answers meanwhile and
+two cores decode side by side. The hand-off keeps the guarantees of one-at-a-time handling: a frame's key is taken
+(``arriving``) as soon as its header is read, before anything is awaited, so a copy resent while the first is looked up
+or decoded is answered once, on the newest connection, like a copy resent while in work; one resent after it was
+recorded gets the recorded reply again. A defect in handling one frame costs that frame (``busy``), never the intake.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from edge.errors import OutboxError
-from edge.flow import Frame, Rejected
+from edge.flow import Frame, FrameHeader, Rejected
 from edge.ingest.admission import Limits as AdmissionLimits
 from edge.ingest.admission import Turnaround, busy_reason, retry_after_ms
 from edge.ingest.imaging import decode
 from edge.ingest.wire import Limits, encode_reply, error_reply, parse_frame
 from edge.ops.logs import get
+from edge.ops.stage_cpu import clock
 from edge.shared import Shared
 
 log = get("edge.ingest.intake")
@@ -58,12 +65,34 @@ class Intake:
         )
         self._admission = AdmissionLimits(ing.max_inflight_frames, cfg.per_tool_inflight)
         self._jitter = random.Random()  # spreads the retry hints of busy replies
+        self._cpu = shared.metrics.stage_cpu
+        self._decoder = ThreadPoolExecutor(ing.decode_threads, thread_name_prefix="decode")
+        self._decode = self._cpu.timed("decode", decode)  # on a decode thread, its CPU counted there
+        self._arriving: dict[tuple[str, str], bytes] = {}  # keys being handled -> the newest connection's identity
 
     async def run(self) -> None:
-        """Receive and handle frames until cancelled."""
-        while True:
-            identity, parts, tools = await self._socket.recv()
-            await self.handle(identity, parts, tools)
+        """Receive frames until cancelled, handling up to ``2 x ingest.decode_threads`` at once; at the end, those
+        in hand are finished (accepted or answered) before the decode threads go."""
+        slots = asyncio.Semaphore(2 * self.cfg.ingest.decode_threads)
+        handling: set[asyncio.Task[None]] = set()
+
+        async def handle(identity: bytes, parts: list[bytes], tools: frozenset[str] | None) -> None:
+            try:
+                await self.handle(identity, parts, tools)
+            finally:
+                slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                identity, parts, tools = await self._socket.recv()
+                task = asyncio.create_task(handle(identity, parts, tools))
+                handling.add(task)
+                task.add_done_callback(handling.discard)
+        finally:
+            if handling:
+                await asyncio.shield(asyncio.gather(*handling, return_exceptions=True))
+            self._decoder.shutdown(wait=False)
 
     async def handle(self, identity: bytes, parts: list[bytes], tools: frozenset[str] | None) -> None:
         """One message from a tool; ``tools``: those the sender's CURVE key speaks for (None: no CURVE)."""
@@ -80,7 +109,7 @@ class Intake:
             await self._reply(identity, error_reply(None, "busy", "internal_error", busy_ms))
 
     async def _accept(self, identity: bytes, parts: list[bytes], tools: frozenset[str] | None) -> None:
-        now, wall = time.monotonic(), time.time()
+        now, wall, cpu = time.monotonic(), time.time(), clock()
         parsed = parse_frame(parts, self._limits)
         if isinstance(parsed, Rejected):
             return await self._reject(identity, parsed)
@@ -97,17 +126,41 @@ class Intake:
             )
         tool = header.tool_id
         self._metrics.frames_received.labels(tool).inc()
-        held = self._inflight.get((tool, header.frame_id))
-        if held is not None:  # resent while still in work: answer the newest connection
-            held.identity = identity
+        key = (tool, header.frame_id)
+        held = self._inflight.get(key)
+        if held is not None or key in self._arriving:  # resent while in work or in hand: answer the newest connection
+            if held is not None:
+                held.identity = identity
+            else:
+                self._arriving[key] = identity
             self._metrics.frames_duplicate.labels(tool).inc()
             return
+        self._arriving[key] = identity
+        self._cpu.add("parse", cpu)
+        try:
+            frame = await self._admit(header, payload, now, wall)
+        finally:
+            identity = self._arriving.pop(key)
+        if isinstance(frame, Frame):
+            cpu = clock()
+            frame.identity = identity
+            self._inflight.add(frame)
+            self._submit(frame)
+            self._cpu.add("join", cpu)
+        elif isinstance(frame, Rejected):
+            await self._reject(identity, frame)
+        else:
+            await self._socket.send(identity, frame)
+
+    async def _admit(self, header: FrameHeader, payload: bytes, now: float, wall: float) -> Frame | Rejected | bytes:
+        """The frame to submit, why it is refused, or the reply to send (recorded before, or busy)."""
+        tool = header.tool_id
         recorded = await self._recorded_reply(tool, header.frame_id)
         if recorded is not None:
             self._metrics.frames_duplicate.labels(tool).inc()
-            return await self._socket.send(identity, recorded)
+            return recorded
         busy = busy_reason(
-            len(self._inflight),
+            len(self._inflight) + len(self._arriving) - 1,
             self._inflight.held_by(tool),
             self._admission,
             accepting=not self._health.draining,
@@ -120,16 +173,18 @@ class Intake:
             hint = retry_after_ms(
                 busy, turnaround, ing.busy_retry_after_ms, ing.busy_retry_max_ms, self._jitter.uniform(0.5, 1.5)
             )
-            return await self._reply(identity, error_reply(header.frame_id, "busy", busy, hint))
-        tensors = decode(header, payload, (ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
+            return encode_reply(error_reply(header.frame_id, "busy", busy, hint))
+        size = (ing.image_height, ing.image_width)
+        tensors = await asyncio.get_running_loop().run_in_executor(
+            self._decoder, self._decode, header, payload, size, ing.max_image_pixels, ing.resize
+        )
         if isinstance(tensors, Rejected):
-            return await self._reject(identity, tensors)
+            return tensors
         budget_ms = min(header.deadline_ms or ing.default_deadline_ms, ing.max_deadline_ms)
-        frame = Frame(identity, header, tensors, now, now + budget_ms / 1000, wall)
+        frame = Frame(b"", header, tensors, now, now + budget_ms / 1000, wall)
         frame.timings["ingest"] = time.monotonic() - now
         self._metrics.stage_latency.labels("ingest").observe(frame.timings["ingest"])
-        self._inflight.add(frame)
-        self._submit(frame)
+        return frame
 
     async def _reject(self, identity: bytes, rejected: Rejected) -> None:
         self._metrics.frames_rejected.labels(rejected.reason).inc()

@@ -168,6 +168,11 @@ class FrameSocket:
             self.close()
             raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        # The same socket without asyncio's futures, for a message already there. Only the event loop's thread uses
+        # either, and only while no receive of the asyncio socket is waiting: pyzmq's wait checks the socket's events
+        # before it waits on its descriptor, so a message taken here never leaves that wait unwoken. (Sends stay on
+        # the asyncio socket: one made here would take the descriptor's signal from a receive waiting there.)
+        self._now: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
         if keys and self._auth:
             log.info(
                 "frame_intake_curve",
@@ -180,9 +185,15 @@ class FrameSocket:
         """``(identity, parts, tools)``: ``tools`` are those the sender's CURVE key speaks for, None without CURVE."""
         identity: bytes | zmq.Frame  # bytes copied out, or a zero-copy Frame that carries the ZAP metadata
         if self._auth is None:
-            identity, *parts = await self._sock.recv_multipart(copy=True)
+            try:  # one already waiting is taken at once; else wait for the next
+                identity, *parts = self._now.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                identity, *parts = await self._sock.recv_multipart(copy=True)
             return identity, parts, None
-        identity, *frames = await self._sock.recv_multipart(copy=False)
+        try:
+            identity, *frames = self._now.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            identity, *frames = await self._sock.recv_multipart(copy=False)
         try:
             # a ZAP metadata property: pyzmq types Frame.get(str) as int | str, a named property is a str
             user = cast(str, frames[0].get("User-Id")) if frames else ""

@@ -19,6 +19,7 @@ class Health:
     models: dict[str, str] = field(default_factory=dict)  # model -> the live version
     serving: dict[str, Any] = field(default_factory=dict)  # the route and each served version's facts
     precision: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> served, requested, fallback
+    backend: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> served (its runtime), fallback (why)
     broker_connected: bool = False
     broker_required: bool = True
     draining: bool = False
@@ -47,6 +48,7 @@ class Health:
             "models": self.models,
             "serving": self.serving,
             "precision": self.precision,
+            "backend": self.backend,
             "broker_connected": self.broker_connected,
             "draining": self.draining,
             "outbox_full": self.outbox_full,

@@ -19,6 +19,7 @@ from prometheus_client import (
 
 from calibration.controller import STATUSES
 from edge import __version__
+from edge.ops.stage_cpu import StageCpu
 
 # Buckets that resolve a 200 ms end-to-end budget.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0)
@@ -87,6 +88,10 @@ class Metrics:
         self.stage_latency = Histogram(
             "edge_stage_latency_seconds", "Time per pipeline stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.stage_cpu_seconds = Counter(
+            "edge_stage_cpu_seconds", "CPU time spent per pipeline stage, on its thread", ["stage"], registry=r
+        )
+        self.stage_cpu = StageCpu(self.stage_cpu_seconds)  # edge.ops.stage_cpu: how the stages count
         self.inference_errors = Counter("edge_inference_errors_total", "Failed Triton batches", ["reason"], registry=r)
         self.internal_errors = Counter(
             "edge_internal_errors_total", "Defects caught before they stopped a stage", ["stage"], registry=r
@@ -237,4 +242,24 @@ class Metrics:
         )
         self.wafer_alerts = Counter(
             "edge_wafer_alerts_total", "Wafers whose severity raised an alert", ["tool", "pattern"], registry=r
+        )
+        # what serves each model: its TensorRT plan, or a fallback (edge.inference.model_facts)
+        self.model_backend = Gauge(
+            "edge_model_backend_info",
+            "1 for each model of the live version: the backend it runs on (tensorrt; onnxruntime, Triton's ONNX "
+            "Runtime backend on the GPU; onnxruntime_cpu, the CPU variant) and why it is not its TensorRT plan "
+            "(fallback: engine_build_failed, parity_failed, no_gpu; empty when it is)",
+            ["model", "backend", "fallback"],
+            registry=r,
+        )
+        self.triton_requests = Counter(
+            "edge_triton_requests_total",
+            "Inference requests sent to Triton, by how their image tensor went (shared_memory, grpc)",
+            ["transport"],
+            registry=r,
+        )
+        self.triton_shared_memory = Gauge(
+            "edge_triton_shared_memory",
+            "1 while the image tensors' shared-memory regions are registered with Triton, else 0 (plain gRPC)",
+            registry=r,
         )

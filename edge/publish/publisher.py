@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar, TypeVarTuple
 
 from edge.ops.logs import get
 from edge.ops.metrics import Metrics
+from edge.ops.stage_cpu import clock
 from edge.publish.mqtt import MqttLink
 from edge.publish.outbox import Outbox
 
@@ -50,6 +51,8 @@ class Publisher:
         self._link = link
         self._metrics = metrics
         self._db = run_db
+        self._pending = metrics.stage_cpu.timed("publish", outbox.pending)  # on the outbox thread
+        self._delivered = metrics.stage_cpu.timed("publish", outbox.mark_delivered)
         self._max_inflight = max_inflight
         self._replay_acked_s = replay_acked_s
         self._cursor = 0
@@ -112,7 +115,7 @@ class Publisher:
         acked, self._acked = self._acked, []
         replay, self._replay = self._replay, []
         if acked:
-            await self._db(self._outbox.mark_delivered, acked)
+            await self._db(self._delivered, acked)
         if replay:
             await self._db(self._outbox.mark_undelivered, replay)
             self._metrics.events_republished.inc(len(replay))
@@ -126,15 +129,19 @@ class Publisher:
         session = self._session
         while self._link.connected and len(self._inflight) < self._max_inflight:
             room = self._max_inflight - len(self._inflight)
-            pending = await self._db(self._outbox.pending, self._cursor, room)
+            pending = await self._db(self._pending, self._cursor, room)
             if not pending or session != self._session:
                 break  # nothing to send, or the link dropped meanwhile: the next step starts over
+            cpu = clock()
             for event in pending:
                 mid = self._link.publish(event.topic, event.payload, qos=1)
                 if mid is None:
-                    return  # disconnected: resume from the cursor once connected again
+                    break  # disconnected: resume from the cursor once connected again
                 self._inflight[mid] = (event.seq, event.decision, time.monotonic())
                 self._cursor = event.seq
+            self._metrics.stage_cpu.add("publish", cpu)
+            if mid is None:
+                return
 
     async def drain(self, timeout_s: float) -> bool:
         """Publish until nothing is pending or the time is up; True when all was acknowledged."""

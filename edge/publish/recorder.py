@@ -21,6 +21,7 @@ from edge.flow import EventRow, Frame, Outcome, WaferKey
 from edge.ingest.admission import Turnaround
 from edge.ingest.wire import encode_reply, error_reply
 from edge.ops.logs import get
+from edge.ops.stage_cpu import clock
 from edge.publish.events import EventIds
 from edge.publish.outbox import Outbox
 from edge.publish.records import Stamp, records
@@ -62,12 +63,14 @@ class Recorder:
         self._announce = announce
         self._health = shared.health  # the models Triton serves, for the events
         self._captures = captures
+        self._write = shared.metrics.stage_cpu.timed("outbox", outbox.record)  # on the outbox thread
+        self._apply = shared.metrics.stage_cpu.timed("calibration", calibration.apply)  # on the calibration thread
         # told each batch's outcomes and event ids once recorded (the model lifecycle's review guardrails)
         self.on_recorded: Callable[[list[Outcome], list[str | None]], None] | None = None
 
     async def record_and_answer(self, outcomes: list[Outcome]) -> None:
         """Record a batch's outcomes, then answer each frame's tool, then announce the events."""
-        cfg = self.cfg
+        cfg, cpu = self.cfg, clock()
         stamp = Stamp(cfg.station, cfg.mqtt.prefix, self._health.models, time.monotonic(), time.time())
         results, events, event_ids, captures = [], [], [], []
         for outcome in outcomes:
@@ -91,8 +94,9 @@ class Recorder:
         keeper = self._captures if captures else None
         if keeper is not None:
             keeper.expect(captures)
+        self._metrics.stage_cpu.add("record", cpu)
         try:
-            await self._db(self._outbox.record, results, events, dies, (), batch)
+            await self._db(self._write, results, events, dies, (), batch)
         except OutboxError as err:
             log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
             if keeper is not None:
@@ -102,6 +106,7 @@ class Recorder:
         self._metrics.stage_latency.labels("outbox").observe(time.monotonic() - t0)
         if self.on_recorded is not None:
             self.on_recorded(outcomes, event_ids)
+        cpu = clock()
         for outcome, result in zip(outcomes, results, strict=True):
             frame = outcome.frame
             self._inflight.pop(frame.key)
@@ -109,6 +114,7 @@ class Recorder:
             turnaround = time.monotonic() - frame.received
             self._metrics.e2e_latency.observe(turnaround)
             self._turnaround.observe(frame.header.tool_id, turnaround)
+        self._metrics.stage_cpu.add("reply", cpu)
         if keeper is not None:  # after the replies; the events that show them go out once they are written
             await keeper.submit(captures, lambda: self._announce(events))
         else:
@@ -123,7 +129,7 @@ class Recorder:
         moved = []
         for batch, rows in batches:
             try:
-                await self._calibration_db(self._calibration.apply, batch, rows)
+                await self._calibration_db(self._apply, batch, rows)
             except CalibrationError as err:
                 self._metrics.internal_errors.labels("calibration").inc()
                 log.error("calibration_record_failed", error=str(err), batch=batch, dies=len(rows.inspected))

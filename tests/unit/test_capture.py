@@ -4,6 +4,7 @@ tombstones, and the held events that go out only once their capture is written (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -109,6 +110,23 @@ def test_a_capture_keeps_the_die_its_maps_and_its_context(tmp_path: Path) -> Non
     store.close()
     reopened = _store(tmp_path)
     assert reopened.used_bytes == written.bytes and reopened.get("E1") is not None
+
+
+def test_a_die_that_came_as_png_is_kept_in_the_tools_own_file_not_encoded_again(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    outcome = _outcome()
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(outcome.frame.tensors.rgb.transpose(1, 2, 0)[:, :, ::-1]),
+                            [cv2.IMWRITE_PNG_COMPRESSION, 9])  # fmt: skip
+    assert ok
+    tool_png = data.tobytes()  # the tool's file, at a level the store would not choose
+    frame = dataclasses.replace(outcome.frame, tensors=dataclasses.replace(outcome.frame.tensors, png=tool_png))
+    capture = capture_of(dataclasses.replace(outcome, frame=frame), "E1", "DEFECT", {"classifier": "2"}, 1000.0)
+    store.write([capture, _capture("E2", 1000.0)])
+    kept, encoded_here = store.get("E1"), store.get("E2")
+    assert kept is not None and encoded_here is not None
+    assert store.image_bytes(kept) == tool_png  # as it came
+    assert store.image_bytes(encoded_here) != tool_png  # no file of the tool: the store encodes the die
+    store.close()
 
 
 def test_the_quota_evicts_the_oldest_and_leaves_tombstones_that_say_why(tmp_path: Path) -> None:

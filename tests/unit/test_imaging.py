@@ -63,3 +63,19 @@ def test_wrong_dimensions_rejected_unless_resizing():
     assert decode(hdr("png"), data, (256, 256), 10**7, resize=False).reason == "wrong_dimensions"
     out = decode(hdr("png"), data, (256, 256), 10**7, resize=True)
     assert out.rgb.shape == (3, 256, 256)
+
+
+def test_a_png_that_is_the_models_input_is_kept_for_the_capture_and_others_are_not():
+    _, data = encoded(".png", 256, 256)
+    kept = decode(hdr("png"), data, (256, 256), 10**7, resize=False)
+    assert kept.png == data  # 8-bit RGB at the models' size: decoding it again gives exactly these pixels
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].transpose(2, 0, 1)
+    assert np.array_equal(pixels, kept.rgb)
+    _, grey = encoded(".png", 256, 256, channels=1)
+    _, small = encoded(".png", 128, 128)
+    _, jpeg = encoded(".jpg", 256, 256)
+    assert decode(hdr("png"), grey, (256, 256), 10**7, resize=False).png is None  # the rule made it RGB
+    assert decode(hdr("png"), small, (256, 256), 10**7, resize=True).png is None  # the rule resized it
+    assert decode(hdr("jpeg"), jpeg, (256, 256), 10**7, resize=False).png is None
+    raw = bytes(256 * 256 * 3)
+    assert decode(hdr("raw", (256, 256, 3)), raw, (256, 256), 10**7, resize=False).png is None

@@ -1,11 +1,15 @@
 """The intake with fakes for its socket and its outbox: a frame resent while in work is answered once, on its
 newest connection; one resent after it was recorded gets the recorded reply; an outbox that fails answers
 ``busy outbox_unavailable``; a full tool share, a draining station and bad input are turned away with their
-reasons; and a defect in handling one frame does not stop the intake."""
+reasons; a defect in handling one frame does not stop the intake; and frames handled at once (decoded side by side)
+keep those guarantees: a copy resent while the first is decoded is answered once, on the newest connection, and
+the frames in hand when the intake stops are finished."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 
 import msgpack
 import pytest
@@ -13,6 +17,8 @@ import pytest
 from edge.config import parse_config
 from edge.errors import OutboxError
 from edge.flow import Frame
+from edge.ingest import imaging
+from edge.ingest import intake as intake_module
 from edge.ingest.admission import Inflight, Turnaround
 from edge.ingest.intake import Intake
 from edge.ingest.wire import encode_reply
@@ -20,7 +26,7 @@ from edge.ops.http import Health
 from edge.ops.logs import RateLimited
 from edge.ops.metrics import Metrics
 from edge.shared import Shared
-from tests.unit.test_wire import RAW, header
+from tests.unit.test_wire import _DROP, RAW, header
 
 CONFIG = {
     "tools": [{"id": "AOI-01"}, {"id": "AOI-02"}],
@@ -193,3 +199,103 @@ def test_a_defect_downstream_costs_the_frame_a_busy_answer_not_the_intake():
     assert st.socket.replies[0][1]["reason"] == "internal_error"
     assert [f.header.frame_id for f in st.submitted] == ["f-2"]
     assert st.count("edge_internal_errors_total", stage="intake") == 1
+
+
+# --- frames in hand at once: decoded side by side, the same guarantees -------------------------------------------
+
+
+async def _until(check, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.005)):
+        if check():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the intake did not get there in time")
+
+
+def test_two_frames_are_decoded_side_by_side(monkeypatch):
+    both = threading.Barrier(2, timeout=5)  # broken (an error) unless two decodes are under way at once
+
+    def decode_beside_another(*args):
+        both.wait()
+        return imaging.decode(*args)
+
+    monkeypatch.setattr(intake_module, "decode", decode_beside_another)
+
+    async def scenario() -> Station:
+        st = Station()
+        receiving = asyncio.create_task(st.intake.run())
+        await st.socket.incoming.put((b"a", [msgpack.packb(header()), RAW], None))
+        await st.socket.incoming.put((b"b", [msgpack.packb(header(tool_id="AOI-02", frame_id="g-1")), RAW], None))
+        await _until(lambda: len(st.submitted) == 2)
+        receiving.cancel()
+        return st
+
+    st = run(scenario())
+    assert sorted(f.header.frame_id for f in st.submitted) == ["f-1", "g-1"] and st.socket.replies == []
+
+
+@pytest.fixture
+def release(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Decoding waits until this is set (at most 5 s): frames stay in hand meanwhile."""
+    gate = threading.Event()
+
+    def held_decode(*args):
+        gate.wait(5)
+        return imaging.decode(*args)
+
+    monkeypatch.setattr(intake_module, "decode", held_decode)
+    return gate
+
+
+def test_a_frame_resent_while_it_is_decoded_is_answered_once_on_the_newest_connection(release: threading.Event):
+    async def scenario() -> Station:
+        st = Station()
+        receiving = asyncio.create_task(st.intake.run())
+        await st.socket.incoming.put((b"first", [msgpack.packb(header()), RAW], None))
+        await _until(lambda: st.count("edge_frames_received_total", tool="AOI-01") == 1)
+        await st.socket.incoming.put((b"second", [msgpack.packb(header()), RAW], None))  # the tool reconnected
+        await _until(lambda: st.count("edge_frames_duplicate_total", tool="AOI-01") == 1)
+        release.set()
+        await _until(lambda: len(st.submitted) == 1)
+        await asyncio.sleep(0.05)  # nothing more comes of the copy
+        receiving.cancel()
+        return st
+
+    st = run(scenario())
+    [frame] = st.submitted
+    assert frame.identity == b"second" and st.socket.replies == []
+
+
+def test_a_copy_of_a_frame_refused_in_hand_hears_the_refusal_on_the_newest_connection(release: threading.Event):
+    async def scenario() -> Station:
+        st = Station()
+        receiving = asyncio.create_task(st.intake.run())
+        garbage = [msgpack.packb(header(encoding="png", shape=_DROP)), b"\x89PNG not really"]
+        await st.socket.incoming.put((b"first", garbage, None))
+        await _until(lambda: st.count("edge_frames_received_total", tool="AOI-01") == 1)
+        await st.socket.incoming.put((b"second", garbage, None))
+        await _until(lambda: st.count("edge_frames_duplicate_total", tool="AOI-01") == 1)
+        release.set()
+        await _until(lambda: len(st.socket.replies) == 1)
+        receiving.cancel()
+        return st
+
+    st = run(scenario())
+    [(identity, reply)] = st.socket.replies
+    assert identity == b"second" and reply["status"] == "rejected" and reply["reason"].startswith("undecodable")
+
+
+def test_stopping_the_intake_finishes_the_frames_in_hand(release: threading.Event):
+    async def scenario() -> tuple[Station, bool]:
+        st = Station()
+        receiving = asyncio.create_task(st.intake.run())
+        await st.socket.incoming.put((b"tool", [msgpack.packb(header()), RAW], None))
+        await _until(lambda: st.count("edge_frames_received_total", tool="AOI-01") == 1)
+        receiving.cancel()  # the drain stops the intake while the frame is decoded
+        asyncio.get_running_loop().call_later(0.05, release.set)
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiving
+        return st, receiving.cancelled()
+
+    st, cancelled = run(scenario())
+    assert cancelled and [f.header.frame_id for f in st.submitted] == ["f-1"]  # accepted, so it will be answered

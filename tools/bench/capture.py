@@ -102,10 +102,15 @@ def in_turn(args: argparse.Namespace, modes: Sequence[str], run: Callable[[Path,
     return {mode: pooled(found) for mode, found in runs.items()}
 
 
+def host() -> dict:
+    """The machine a bench ran on."""
+    return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
 def run_facts(args: argparse.Namespace) -> dict:
     """What a result says of its run: the host, the frames, the rate, the rounds."""
     return {
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "host": host(),
         "frames_per_round": args.frames,
         "rate": args.rate,
         "rounds": args.rounds,

@@ -1,7 +1,8 @@
 """Benchmark: the daemon end to end against raw Triton on the same models, in one run.
 
 Raw Triton: an asyncio gRPC client sends each frame's two requests (anomaly + classifier,
-batch 1) with ``--inflight`` frames in flight. Daemon: the AOI simulator streams the same number
+batch 1) with ``--inflight`` frames in flight, asking for the outputs the daemon asks for and sending the images the
+way the daemon does (system shared memory, Triton being local). Daemon: the AOI simulator streams the same number
 of frames through ZeroMQ with the same window. Prints frames/s, latency percentiles, the ratio
 daemon/raw, and the host.
 
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.inference.shared_memory import ImagePlan
 from edge.inference.triton_client import TritonClient
+from edge.ops import logs
 from tools.sim import aoi_sim
 from tools.station.station import RECIPE, TOOLS, Station
 from tools.synth import grey, make_dataset
@@ -32,7 +35,9 @@ async def raw_triton(url: str, n: int, inflight: int) -> dict:
     data = make_dataset(seed=5, n=min(n, 64))
     grey_images = grey(data.images)
     rgb = np.ascontiguousarray(data.images.transpose(0, 3, 1, 2))
-    client = TritonClient(url, "anomaly", "classifier", timeout_s=10)
+    plan = ImagePlan.for_batches(1, inflight, 256, 256, {"anomaly": 1, "classifier": 3})
+    client = TritonClient(url, "anomaly", "classifier", timeout_s=10, plan=plan)
+    await client.config_parameters("classifier")  # learns its outputs: EMBEDDING is asked for where declared
     latencies: list[float] = []
     sem = asyncio.Semaphore(inflight)
 
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--inflight", type=int, default=16)
     args = parser.parse_args(argv)
+    logs.configure(stream=sys.stderr)  # the client's log lines: the result alone goes to stdout
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
     with Station(args.workdir, args.repository, with_broker=True) as st:
         assert st.triton is not None

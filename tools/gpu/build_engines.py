@@ -16,15 +16,27 @@ falls back to, said in the log and in the config's ``precision_fallback`` parame
 typed network (no FP16/INT8 builder flags: the types in the file
 decide), with one optimisation profile (batch 1 / 16 / max) for every input. Before a plan is installed it runs on
 deterministic synthetic dies at the profile's batch sizes and every output is compared with ONNX Runtime on the FP32
-ONNX under the precision's tolerance; a plan that does not match is not installed (exit 1). Then
-``<out>/<name>/1/model.plan``, its fingerprint ``model.plan.json`` (``tools.gpu.engine_fingerprint``) and
-``<out>/<name>/config.pbtxt`` from ``model_repository/gpu/`` (anomaly: ``pass_band``/``reject_band`` from
-``<models>/anomaly_metrics.json``) are written.
+ONNX under the precision's tolerance. Then ``<out>/<name>/1/model.plan``, its fingerprint ``model.plan.json``
+(``tools.gpu.engine_fingerprint``) and ``<out>/<name>/config.pbtxt`` from ``model_repository/gpu/`` (anomaly:
+``pass_band``/``reject_band`` from ``<models>/anomaly_metrics.json``; ``backend`` "tensorrt") are written.
+
+A model whose plan cannot be built, or does not match ONNX Runtime, is not left unserved: the very ONNX form the plan
+would have been built from (with every output the config declares) is installed as ``<out>/<name>/1/model.onnx``, the
+plan and its fingerprint are taken away, and the config becomes the GPU config for Triton's ONNX Runtime backend
+(``platform: "onnxruntime_onnx"``: the same tensors, ``KIND_GPU`` instances, batching and warm-up) with ``backend``
+"onnxruntime" and ``backend_fallback`` saying why (``engine_build_failed: ...`` or ``parity_failed: ...``). A model on
+that fallback has no plan, so it is stale: the next run tries the engine again and a plan that passes replaces the
+fallback.
 
 A plan whose fingerprint matches this GPU, TensorRT and ONNX file is left alone (``--force`` rebuilds it);
-``--check`` only prints why plans are stale and exits 1 if any is. Exit 2 when TensorRT, pycuda or a CUDA GPU is
-missing. TensorRT and pycuda are used only through ``tools.gpu.tensorrt_engine`` (imported there, lazily): this module
-holds the command line, the configs, the parity rule and the order of the steps, and runs anywhere.
+``--check`` only prints why plans are stale (a fallback among them) and exits 1 if any is. Exit codes: 0 every model
+serves a verified plan; 3 every model is served, at least one on its ONNX Runtime fallback (the station can start:
+``systemd/edge-engines.service`` counts 3 as success); 1 a model cannot be served (an input missing or unreadable, a
+fallback that could not be written), a forced rebuild failed (the current plan stays), or ``--check`` found a stale
+plan; 2 TensorRT, pycuda or a CUDA GPU is missing (``tools.gpu.station_repository``, which stations run instead of
+this command, serves the CPU variant where no GPU is usable). TensorRT and pycuda are
+used only through ``tools.gpu.tensorrt_engine`` (imported there, lazily): this module holds the command line, the
+configs, the parity rule and the order of the steps, and runs anywhere.
 """
 
 from __future__ import annotations
@@ -43,10 +55,17 @@ import numpy as np
 import onnx
 
 from edge.errors import ModelRepositoryError
-from edge.inference.model_facts import contract_from
+from edge.inference.model_facts import (
+    ENGINE_BUILD_FAILED,
+    ONNXRUNTIME_GPU,
+    PARITY_FAILED,
+    TENSORRT,
+    contract_from,
+    fallback_reason,
+)
+from edge.models.repository import stamped
 from tools.build_repository import (
     MODELS,
-    VERSION,
     config_parameters,
     config_text,
     model_parameters,
@@ -77,6 +96,9 @@ from tools.synth import grey, make_dataset
 
 SOURCE = Path(__file__).resolve().parents[2] / "model_repository" / "gpu"
 PLAN = "model.plan"
+VERSION = "1"  # the version folder a repository built from --models serves (a --version build: that version's)
+FALLBACK_MODEL = "model.onnx"  # what Triton's ONNX Runtime backend loads from a version folder
+EXIT_FALLBACK = 3  # every model served, at least one on ONNX Runtime instead of its plan
 # The anomaly score is compared with absolute bands, and its INT8 form moves scores by amounts comparable to the bands
 # (precision_metrics.json), FP16 by orders of magnitude less. The INT8 classifier keeps FP32's top-1 class on ~99%.
 DEFAULT_PRECISION = {"anomaly": "fp16", "classifier": "int8"}
@@ -171,6 +193,20 @@ def gpu_config(name: str, source: Path, models: Path, max_batch: int = MAX_BATCH
     the precision ``choice`` added as parameters."""
     text = with_max_batch((source / name / "config.pbtxt").read_text(), max_batch)
     return config_text(text, model_parameters(name, models, choice))
+
+
+def onnxruntime_config(config: str, reason: str) -> str:
+    """A served GPU config (``gpu_config``, ``version_config``) for Triton's ONNX Runtime backend on the GPU instead of
+    the TensorRT plan: the same tensors, instances, batching and warm-up, ``backend`` "onnxruntime" and ``reason`` as
+    ``backend_fallback``."""
+    text, count = re.subn(r'^platform:\s*"tensorrt_plan"', 'platform: "onnxruntime_onnx"', config, count=1, flags=re.M)
+    if count != 1:
+        raise ModelRepositoryError('the GPU config declares no platform: "tensorrt_plan" to replace')
+    header = (
+        f"# Fallback: Triton's ONNX Runtime backend serves the version folder's {FALLBACK_MODEL} on the GPU: the\n"
+        "# TensorRT engine was not installed (backend_fallback says why). The next engine build tries the plan again.\n"
+    )
+    return header + stamped(text, {"backend": ONNXRUNTIME_GPU, "backend_fallback": reason})
 
 
 def write_config(out: Path, name: str, config: str) -> Path:
@@ -389,42 +425,106 @@ def model_state(name: str, args: argparse.Namespace, gpu: Gpu) -> ModelState:
         config = gpu_config(name, args.source, args.models, args.max_batch, choice)
     else:
         config = version_config(args.repository, name, version, args.max_batch, choice)
+    config = stamped(config, {"backend": TENSORRT})
     return ModelState(name, choice, forms, onnx, plan, config, current, stale_reasons(recorded_state(plan), current))
 
 
 def check_model(state: ModelState, out: Path) -> list[str]:
-    """Print and return why ``state``'s plan or served config is out of date (``--check``)."""
+    """Print and return why ``state``'s plan or served config is out of date (``--check``); a model served by its
+    ONNX Runtime fallback is, with the fallback's reason."""
     written = out / state.name / "config.pbtxt"
-    config_stale = not written.is_file() or written.read_text() != state.config
-    reasons = [*state.reasons, *(["config.pbtxt missing or out of date"] if config_stale else [])]
+    text = written.read_text() if written.is_file() else None
+    served = config_parameters(text) if text is not None else {}
+    if served.get("backend") == ONNXRUNTIME_GPU:
+        config_reasons = [f"served by ONNX Runtime, not a plan ({served.get('backend_fallback') or 'no reason given'})"]
+    else:
+        config_reasons = ["config.pbtxt missing or out of date"] if text != state.config else []
+    reasons = [*state.reasons, *config_reasons]
     print(f"{state.name}: {'stale: ' + '; '.join(reasons) if reasons else 'up to date'}")
     return reasons
 
 
-def update_model(state: ModelState, args: argparse.Namespace, inputs: Mapping[str, np.ndarray] | None = None) -> None:
+@dataclass(frozen=True)
+class Outcome:
+    """What one model serves after ``update_model``: its plan (both None), its ONNX Runtime fallback (``fallback``, the
+    reason), or the plan it had because a forced rebuild failed (``failed``, why)."""
+
+    fallback: str | None = None
+    failed: str | None = None
+
+
+def update_model(
+    state: ModelState, args: argparse.Namespace, inputs: Mapping[str, np.ndarray] | None = None
+) -> Outcome:
     """Build, verify (on ``inputs``, by default the synthetic dies) and install the plan when stale (or ``--force``),
-    then write the served config."""
-    if state.reasons or args.force:
-        why = "; ".join(state.reasons) or "forced"
-        print(f"{state.name}: building the {state.precision} engine ({why})", flush=True)
-        with tempfile.TemporaryDirectory(prefix="engine-") as folder:
-            data = build_plan(served_form(state, Path(folder)), args.profile)
-        tensors = declared_tensors(state.config)
-        parity = verify_plan(state.name, data, state.forms, state.precision, tensors, args.profile, inputs)
-        if not parity.ok:
-            raise EngineBuildError(
-                f"{state.name}: the {state.precision} engine does not match ONNX Runtime on {state.name}.onnx, "
-                f"so it was not installed: {'; '.join(parity.problems)}"
-            )
-        install_plan(state.plan, data, state.current)
-        print(f"{state.name}: installed {state.plan} ({parity.summary()})", flush=True)
-    else:
+    then write the served config. A plan that cannot be built or does not match ONNX Runtime is not installed: the
+    model is served by ONNX Runtime instead (``install_fallback``), unless a current plan is there (a forced
+    rebuild), which stays."""
+    if not (state.reasons or args.force):
         print(f"{state.name}: {state.plan} up to date")
-    write_config(args.out, state.name, state.config)
+        return _serve_plan(state, args.out)
+    why = "; ".join(state.reasons) or "forced"
+    print(f"{state.name}: building the {state.precision} engine ({why})", flush=True)
+    with tempfile.TemporaryDirectory(prefix="engine-") as folder:
+        form = served_form(state, Path(folder))
+        try:
+            data = build_plan(form, args.profile)
+        except EngineBuildError as exc:
+            return _not_built(state, args.out, form, ENGINE_BUILD_FAILED, str(exc))
+        try:
+            parity = verify_plan(state.name, data, state.forms, state.precision, declared_tensors(state.config),
+                                 args.profile, inputs)  # fmt: skip
+            problems = "; ".join(parity.problems)
+        except EngineBuildError as exc:  # the engine does not run on the verification dies
+            problems = str(exc)
+        if problems:
+            detail = f"the {state.precision} engine does not match ONNX Runtime on {state.name}.onnx: {problems}"
+            return _not_built(state, args.out, form, PARITY_FAILED, detail)
+    install_plan(state.plan, data, state.current)
+    print(f"{state.name}: installed {state.plan} ({parity.summary()})", flush=True)
+    return _serve_plan(state, args.out)
+
+
+def _serve_plan(state: ModelState, out: Path) -> Outcome:
+    """The plan's config written; an ONNX Runtime fallback that served before it taken away."""
+    write_config(out, state.name, state.config)
+    state.plan.with_name(FALLBACK_MODEL).unlink(missing_ok=True)
+    return Outcome()
+
+
+def _not_built(state: ModelState, out: Path, form: Path, cause: str, detail: str) -> Outcome:
+    reason = fallback_reason(cause, detail)  # one line, cut short for the config: the log keeps the whole detail
+    if not reason.endswith(" ".join(detail.split())):
+        print(f"{state.name}: {cause}: {detail}", file=sys.stderr)
+    if not state.reasons:  # forced: the plan there still matches this GPU, TensorRT and ONNX file, and was verified
+        print(f"{state.name}: the forced rebuild was not installed ({reason}); the current plan stays",
+              file=sys.stderr, flush=True)  # fmt: skip
+        _serve_plan(state, out)
+        return Outcome(failed=reason)
+    install_fallback(state, out, form, reason)
+    return Outcome(fallback=reason)
+
+
+def install_fallback(state: ModelState, out: Path, form: Path, reason: str) -> Path:
+    """Serve ``state``'s model with Triton's ONNX Runtime backend on the GPU: ``form`` (the ONNX file the plan was to be
+    built from, every declared output included) as the version folder's ``model.onnx``, the plan and its fingerprint
+    taken away (so the next run builds again), and the ONNX Runtime config with ``reason``. The file installed."""
+    target = state.plan.with_name(FALLBACK_MODEL)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint_path(state.plan).unlink(missing_ok=True)
+    state.plan.unlink(missing_ok=True)
+    _replace(target, form.read_bytes())
+    write_config(out, state.name, onnxruntime_config(state.config, reason))
+    print(f"{state.name}: NOT served by TensorRT: {reason}", file=sys.stderr)
+    print(f"{state.name}: installed {target}: Triton's ONNX Runtime backend serves the {state.precision} form on the "
+          "GPU until an engine build passes (every run tries again)", file=sys.stderr, flush=True)  # fmt: skip
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: 0 when every engine is current, 1 when a build or check fails, 2 without TensorRT, pycuda or a GPU."""
+    """CLI: 0 when every model serves a verified plan, 3 when every model is served but at least one by its ONNX
+    Runtime fallback, 1 when a model cannot be served (or ``--check`` finds a stale plan, or a forced rebuild
+    failed), 2 without TensorRT, pycuda or a GPU."""
     args = _arguments(argv)
     try:
         gpu = probe_gpu(args.device)
@@ -439,12 +539,18 @@ def main(argv: list[str] | None = None) -> int:
                 return 1 if [reason for state in states for reason in check_model(state, args.out)] else 0
             building = args.force or any(state.reasons for state in states)  # the folder is read only to build
             dies = version_dies(args.repository, args.version, args.data) if args.version and building else None
-            for state in states:
-                update_model(state, args, None if dies is None else dies[state.name])
+            outcomes = {state.name: update_model(state, args, None if dies is None else dies[state.name])
+                        for state in states}  # fmt: skip
     except (EngineBuildError, ModelRepositoryError, OSError, json.JSONDecodeError) as exc:
         print(f"build_engines: {exc}", file=sys.stderr)
         return 1
-    return 0
+    fallbacks = [name for name, outcome in outcomes.items() if outcome.fallback]
+    if fallbacks:
+        print(f"build_engines: served by ONNX Runtime on the GPU instead of TensorRT: {', '.join(fallbacks)} "
+              f"(exit {EXIT_FALLBACK})", file=sys.stderr)  # fmt: skip
+    if any(outcome.failed for outcome in outcomes.values()):
+        return 1
+    return EXIT_FALLBACK if fallbacks else 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ class EngineEnvironmentError(EdgeError):
     """TensorRT, pycuda or a CUDA GPU is missing: engines cannot be built on this machine."""
 
 
+class GpuUnusable(EngineEnvironmentError):
+    """TensorRT and pycuda are there but CUDA finds no usable GPU (the driver fails, or the device is not visible)."""
+
+
 class EngineBuildError(EdgeError):
     """An engine cannot be built, or the engine built does not match ONNX Runtime."""
 
@@ -51,7 +55,8 @@ class Gpu:
 
 
 def probe_gpu(device: int = 0) -> Gpu:
-    """TensorRT version, name and compute capability of CUDA device ``device``; EngineEnvironmentError if absent."""
+    """TensorRT version, name and compute capability of CUDA device ``device``; EngineEnvironmentError if TensorRT or
+    pycuda is absent, GpuUnusable (one) when CUDA finds no such device or cannot initialise."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:
@@ -64,12 +69,12 @@ def probe_gpu(device: int = 0) -> Gpu:
         cuda.init()
         count = cuda.Device.count()
         if not 0 <= device < count:
-            raise EngineEnvironmentError(f"no CUDA device {device}: {count} visible")
+            raise GpuUnusable(f"no CUDA device {device}: {count} visible")
         gpu = cuda.Device(device)
         major, minor = gpu.compute_capability()
         return Gpu(trt.__version__, gpu.name(), f"{major}.{minor}")
     except cuda.Error as exc:
-        raise EngineEnvironmentError(f"no usable CUDA GPU ({exc})") from exc
+        raise GpuUnusable(f"no usable CUDA GPU ({exc})") from exc
 
 
 @contextmanager
@@ -140,6 +145,15 @@ def run_plan(
     if engine is None:
         raise EngineBuildError("the plan does not deserialize")
     _check_interface(trt, engine, tensors)
+    try:
+        return _run_batches(cuda, engine, batches, tensors)
+    except cuda.Error as exc:  # out of device memory, a launch failure: this engine cannot be verified, so not served
+        raise EngineBuildError(f"the engine failed on the GPU: {exc}") from exc
+
+
+def _run_batches(
+    cuda: Any, engine: Any, batches: Sequence[Mapping[str, np.ndarray]], tensors: Mapping[str, list[TensorSpec]]
+) -> list[dict[str, np.ndarray]]:
     context, stream = engine.create_execution_context(), cuda.Stream()
     results = []
     for batch in batches:

@@ -18,15 +18,18 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.config import parse_config
 from edge.models.cli import prepare
-from edge.serving.tritonserver import TritonServer, die_with_parent, free_port, wheel_settings
+from edge.serving.tritonserver import TritonServer, TritonServerSettings, die_with_parent, free_port, wheel_settings
 from tools.station.mosquitto import Mosquitto, mosquitto_binary
 
 RECIPE = "R-7NM-L4"
 TOOLS = ("AOI-01", "AOI-02")
+# (repository, gRPC port, HTTP port, metrics port, scratch backend folder) -> the Triton to start, as wheel_settings
+ServerSettings = Callable[[Path, int, int, int, Path], TritonServerSettings]
 
 
 def station_toml(
@@ -88,10 +91,12 @@ class Station:
         tools: tuple[str, ...] = TOOLS,
         recipes: tuple[str, ...] = (RECIPE,),
         model_lifecycle: bool = False,
+        server_settings: ServerSettings = wheel_settings,
     ) -> None:
         """``recipes``: the recipe tables written (none: ``config_extra`` brings its own, with their parameters);
         ``model_lifecycle``: Triton in explicit model control and the daemon steering it (``edge-inspect models``),
-        writing the pins into ``repository``."""
+        writing the pins into ``repository``; ``server_settings``: which Triton to start, by default the
+        nvidia-pytriton wheel's (``tools.gpu.check`` passes one with the TensorRT backend)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository = repository
@@ -105,6 +110,7 @@ class Station:
         self.persistent_broker = persistent_broker
         self.tools, self.recipes = tools, recipes
         self.model_lifecycle = model_lifecycle
+        self.server_settings = server_settings
         self.triton: TritonServer | None = None
         self.broker: Mosquitto | None = None
         self.daemon: subprocess.Popen | None = None
@@ -132,7 +138,7 @@ class Station:
         served = self.repository
         if self.model_lifecycle:  # Triton serves the view of the versions the daemon chooses, loaded on command
             served = self._prepare_view()
-        settings = wheel_settings(served, free_port(), free_port(), free_port(), self.workdir / "triton-backends")
+        settings = self.server_settings(served, free_port(), free_port(), free_port(), self.workdir / "triton-backends")
         if self.model_lifecycle:
             settings = dataclasses.replace(settings, model_control="explicit")
         self.triton = TritonServer(settings, self.workdir / "tritonserver.log", ready_timeout_s=180)

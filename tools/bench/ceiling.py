@@ -1,0 +1,180 @@
+"""Benchmark: the daemon's own ceiling and its CPU time per frame, with the models' compute taken out.
+
+A station (Triton, Mosquitto, the daemon as a process; events published, captures kept) serves the null form of
+``--repository`` (``tools.bench.null_repository``: the same tensors and configs, almost no arithmetic). The MES
+simulator sends every wafer's log first; two AOI tools stream ``--frames`` PNG dies (256x256 RGB, ``--distinct`` of
+them rendered, each sent under many frame ids) as fast as the daemon answers, ``--inflight`` in flight. Prints frames/s
+(the ceiling), reply latency percentiles, that every frame was answered and recorded, and the CPU seconds per frame of
+the daemon process, of Triton (with its model stubs) and of the client, from ``/proc``; then the daemon's own account
+of its CPU per stage (``edge_stage_cpu_seconds_total``) per frame, and what no stage accounts for.
+
+    python -m tools.bench.ceiling --frames 20000 --inflight 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+
+from edge.ingest.wire import encode_header
+from tools.bench.capture import host
+from tools.bench.null_repository import build as build_null
+from tools.sim import aoi_sim, mes_sim
+from tools.sim.aoi_sim import Pending
+from tools.station.station import RECIPE, TOOLS, Station
+from tools.synth import Fab
+
+DIES_PER_WAFER = 50
+TICK = os.sysconf("SC_CLK_TCK")
+STAGE = re.compile(r'^edge_stage_cpu_seconds_total\{stage="([^"]+)"\} (\S+)$', re.M)
+BATCHES = re.compile(r"^edge_batch_size_(sum|count) (\S+)$", re.M)
+WALL = re.compile(r'^edge_stage_latency_seconds_(sum|count)\{stage="([^"]+)"\} (\S+)$', re.M)
+
+
+def plan_arguments(n: int, seed: int) -> list[str]:
+    lots = max(1, -(-n // (DIES_PER_WAFER * 2)))  # the tools take the lots in turn
+    return ["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots), "--wafers-per-lot", "2",
+            "--dies-per-wafer", str(DIES_PER_WAFER)]  # fmt: skip
+
+
+def frames(n: int, distinct: int, seed: int, encoding: str = "png") -> list[tuple[str, Pending]]:
+    """``n`` frames of the plan of ``seed`` (its wafers, dies and ids, which the MES simulator's logs name too), their
+    images ``distinct`` rendered dies taken in turn: rendering every die would cost more than the run."""
+    rendered = aoi_sim.plan_frames(plan_arguments(distinct, seed + 1000), encoding)[:distinct]
+    payloads = [frame.parts[1] for _, frame in rendered]
+    first = msgpack.unpackb(rendered[0][1].parts[0])
+    image = {key: first[key] for key in ("encoding", "shape", "dtype") if key in first}  # how the payloads are sent
+    args = plan_arguments(n, seed)
+    fab = Fab(seed, recipe_id=RECIPE, tool_ids=TOOLS)
+    plan = fab.plan(int(args[args.index("--lots") + 1]), 2, DIES_PER_WAFER, 0.3)
+    out: list[tuple[str, Pending]] = []
+    for wafer in plan:
+        for die in wafer.dies:
+            header = {"v": 1, "frame_id": die.frame_id, "tool_id": wafer.tool_id, "recipe_id": RECIPE,
+                      "lot_id": wafer.lot_id, "wafer_id": wafer.wafer_id, "die": list(die.die), "ts": time.time(),
+                      **image}  # fmt: skip
+            parts = [encode_header(header), payloads[len(out) % len(payloads)]]
+            out.append((wafer.tool_id, Pending(die.frame_id, parts, die.label, die.look, 0.0, 0.0)))
+            if len(out) == n:
+                return out
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children still alive (Triton's Python-backend stubs)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid`` by thread name (threads of one name summed; ``event loop``: the main
+    thread; Python's own threads, the decode and SQLite ones among them, are all named ``python``)."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "event loop" if task.name == str(pid) else (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return found
+
+
+def stage_cpu(metrics_text: str) -> dict[str, float]:
+    """The daemon's CPU seconds per stage, and its batches' frames (``batch sum``) and count (``batch count``)."""
+    found = {stage: float(value) for stage, value in STAGE.findall(metrics_text)}
+    found |= {f"wall {stage} {key}": float(value) for key, stage, value in WALL.findall(metrics_text)}
+    return found | {f"batch {key}": float(value) for key, value in BATCHES.findall(metrics_text)}
+
+
+def recorded_results(outbox: Path) -> int:
+    with sqlite3.connect(outbox) as db:
+        return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def measure(st: Station, todo: list[tuple[str, Pending]], warm: list[tuple[str, Pending]], inflight: int) -> dict:
+    tools = aoi_sim.AoiTools(st.daemon_frames, list(TOOLS), window=inflight, reply_timeout_s=30, max_tries=2)
+    assert st.daemon is not None and st.triton is not None and st.triton.pid is not None
+    try:
+        tools.run(warm, rate=0, deadline_s=120)
+        before = (tree_cpu_s(st.daemon.pid), tree_cpu_s(st.triton.pid), resource.getrusage(resource.RUSAGE_SELF),
+                  stage_cpu(st.metrics_text()), thread_cpu_s(st.daemon.pid))  # fmt: skip
+        tally = tools.run(todo, rate=0, deadline_s=600)
+        after = (tree_cpu_s(st.daemon.pid), tree_cpu_s(st.triton.pid), resource.getrusage(resource.RUSAGE_SELF),
+                 stage_cpu(st.metrics_text()), thread_cpu_s(st.daemon.pid))  # fmt: skip
+    finally:
+        tools.close()
+    report = aoi_sim.summarise(tally)
+    n = max(1, sum(report["replies"].values()))
+    client_s = (after[2].ru_utime + after[2].ru_stime) - (before[2].ru_utime + before[2].ru_stime)
+    daemon_ms = (after[0] - before[0]) * 1000 / n
+    counted = {key: after[3][key] - before[3].get(key, 0.0) for key in after[3]}
+    batches = (counted.pop("batch sum"), counted.pop("batch count"))
+    wall = {key.split()[1]: (counted.pop(key), counted.pop(key.replace(" sum", " count"))) for key in list(counted)
+            if key.startswith("wall ") and key.endswith(" sum")}  # fmt: skip
+    stages = {stage: round(seconds * 1000 / n, 4) for stage, seconds in counted.items()}
+    threads = {name: round((cpu - before[4].get(name, 0.0)) * 1000 / n, 4) for name, cpu in after[4].items()}
+    return {
+        "frames_per_s": report["frames_per_s"],
+        "latency_ms": report["latency_ms"],
+        "replies": report["replies"],
+        "unanswered": len(report["unanswered"]),
+        "mean_batch": round(batches[0] / max(1.0, batches[1]), 1),
+        "cpu_ms_per_frame": {
+            "daemon": round(daemon_ms, 4),
+            "triton_with_stubs": round((after[1] - before[1]) * 1000 / n, 4),
+            "client": round(client_s * 1000 / n, 4),
+        },
+        "daemon_thread_cpu_ms_per_frame": dict(sorted(threads.items(), key=lambda item: -item[1])),
+        "daemon_stage_cpu_ms_per_frame": stages,
+        # the daemon's clocks: mean wall time of each stage it times (per frame, or per batch for inference/outbox)
+        "daemon_stage_wall_ms_mean": {stage: round(s * 1000 / max(1.0, n_), 2) for stage, (s, n_) in wall.items()},
+        "daemon_cpu_ms_per_frame_in_no_stage": round(daemon_ms - sum(stages.values()), 4) if stages else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.ceiling", description=__doc__.split("\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
+    parser.add_argument("--workdir", type=Path, default=Path("build/bench-ceiling"))
+    parser.add_argument("--frames", type=int, default=20000)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--distinct", type=int, default=200, help="dies rendered; the frames take them in turn")
+    parser.add_argument("--encoding", choices=("png", "raw"), default="png", help="the frames' image payloads")
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    null = build_null(args.repository, args.workdir / "null_repository")
+    todo = frames(args.frames, args.distinct, seed=21, encoding=args.encoding)
+    warm = frames(2 * DIES_PER_WAFER * len(TOOLS), args.distinct, seed=22, encoding=args.encoding)
+    with Station(args.workdir / "station", args.workdir / "null_repository", with_broker=True) as st:
+        with contextlib.redirect_stdout(sys.stderr):  # its count of messages: the result alone goes to stdout
+            for seed, n in ((21, args.frames), (22, len(warm))):
+                assert mes_sim.main([*plan_arguments(n, seed), "--port", str(st.mqtt_port)]) == 0
+        result = measure(st, todo, warm, args.inflight)
+        st.stop_daemon()
+        result["recorded"] = recorded_results(st.workdir / "outbox.sqlite") - len(warm)
+    print(json.dumps({"host": host(), "models": f"null ({', '.join(null)})", "inflight": args.inflight,
+                      "encoding": args.encoding, "frames": args.frames, **result}, indent=1))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
