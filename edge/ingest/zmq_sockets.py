@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -183,23 +183,23 @@ class FrameSocket:
 
     async def recv(self) -> tuple[bytes, list[bytes], frozenset[str] | None]:
         """``(identity, parts, tools)``: ``tools`` are those the sender's CURVE key speaks for, None without CURVE."""
-        identity: bytes | zmq.Frame  # bytes copied out, or a zero-copy Frame that carries the ZAP metadata
-        if self._auth is None:
-            try:  # one already waiting is taken at once; else wait for the next
-                identity, *parts = self._now.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                identity, *parts = await self._sock.recv_multipart(copy=True)
+        if self._auth is None:  # bytes copied out
+            identity, *parts = await self._next(copy=True)
             return identity, parts, None
-        try:
-            identity, *frames = self._now.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            identity, *frames = await self._sock.recv_multipart(copy=False)
+        identity, *frames = await self._next(copy=False)  # zero-copy Frames: they carry the ZAP metadata
         try:
             # a ZAP metadata property: pyzmq types Frame.get(str) as int | str, a named property is a str
             user = cast(str, frames[0].get("User-Id")) if frames else ""
         except zmq.ZMQError:  # no ZAP identity on the message: it speaks for no tool
             user = ""
         return identity.bytes, [f.bytes for f in frames], frozenset(filter(None, user.split(",")))
+
+    async def _next(self, copy: bool) -> list[Any]:
+        """The next message's parts: one already waiting at once, else the next to come."""
+        try:
+            return self._now.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return await self._sock.recv_multipart(copy=copy)
 
     async def send(self, identity: bytes, reply: bytes) -> None:
         await self._sock.send_multipart([identity, reply])

@@ -107,6 +107,11 @@ def host() -> dict:
     return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
+def latency_ratios(a: dict, b: dict, name: str) -> dict[str, float]:
+    """The p99 and p50 reply latency of pooled mode ``a`` over mode ``b``, as ``p99_ratio_<name>`` and ``p50_...``."""
+    return {f"p{p}_ratio_{name}": round(a["latency_ms"][f"p{p}"] / b["latency_ms"][f"p{p}"], 3) for p in (99, 50)}
+
+
 def run_facts(args: argparse.Namespace) -> dict:
     """What a result says of its run: the host, the frames, the rate, the rounds."""
     return {
@@ -127,13 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda workdir, mode: stream(workdir, args.repository, args.frames, args.rate, mode == "on"),
     )
     off, on = pools["off"], pools["on"]
-    result = {
-        **run_facts(args),
-        "capture_off": off,
-        "capture_on": on,
-        "p99_ratio_on_over_off": round(on["latency_ms"]["p99"] / off["latency_ms"]["p99"], 3),
-        "p50_ratio_on_over_off": round(on["latency_ms"]["p50"] / off["latency_ms"]["p50"], 3),
-    }
+    result = {**run_facts(args), "capture_off": off, "capture_on": on, **latency_ratios(on, off, "on_over_off")}
     print(json.dumps(result, indent=1))
     return 0
 

@@ -17,19 +17,21 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import resource
 import shutil
 import sqlite3
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge.ingest.wire import encode_header
 from tools.bench.capture import host
 from tools.bench.null_repository import build as build_null
+from tools.bench.soak import group_pids
 from tools.sim import aoi_sim, mes_sim
 from tools.sim.aoi_sim import Pending
 from tools.station.station import RECIPE, TOOLS, Station
@@ -37,15 +39,16 @@ from tools.synth import Fab
 
 DIES_PER_WAFER = 50
 TICK = os.sysconf("SC_CLK_TCK")
-STAGE = re.compile(r'^edge_stage_cpu_seconds_total\{stage="([^"]+)"\} (\S+)$', re.M)
-BATCHES = re.compile(r"^edge_batch_size_(sum|count) (\S+)$", re.M)
-WALL = re.compile(r'^edge_stage_latency_seconds_(sum|count)\{stage="([^"]+)"\} (\S+)$', re.M)
+
+
+def lots_for(n: int) -> int:
+    """Lots of 2 wafers of ``DIES_PER_WAFER`` dies that hold ``n`` frames (the tools take the lots in turn)."""
+    return max(1, -(-n // (DIES_PER_WAFER * 2)))
 
 
 def plan_arguments(n: int, seed: int) -> list[str]:
-    lots = max(1, -(-n // (DIES_PER_WAFER * 2)))  # the tools take the lots in turn
-    return ["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots), "--wafers-per-lot", "2",
-            "--dies-per-wafer", str(DIES_PER_WAFER)]  # fmt: skip
+    return ["--seed", str(seed), "--recipe", RECIPE, "--tools", *TOOLS, "--lots", str(lots_for(n)),
+            "--wafers-per-lot", "2", "--dies-per-wafer", str(DIES_PER_WAFER)]  # fmt: skip
 
 
 def frames(n: int, distinct: int, seed: int, encoding: str = "png") -> list[tuple[str, Pending]]:
@@ -55,9 +58,7 @@ def frames(n: int, distinct: int, seed: int, encoding: str = "png") -> list[tupl
     payloads = [frame.parts[1] for _, frame in rendered]
     first = msgpack.unpackb(rendered[0][1].parts[0])
     image = {key: first[key] for key in ("encoding", "shape", "dtype") if key in first}  # how the payloads are sent
-    args = plan_arguments(n, seed)
-    fab = Fab(seed, recipe_id=RECIPE, tool_ids=TOOLS)
-    plan = fab.plan(int(args[args.index("--lots") + 1]), 2, DIES_PER_WAFER, 0.3)
+    plan = Fab(seed, recipe_id=RECIPE, tool_ids=TOOLS).plan(lots_for(n), 2, DIES_PER_WAFER, 0.3)
     out: list[tuple[str, Pending]] = []
     for wafer in plan:
         for die in wafer.dies:
@@ -71,17 +72,13 @@ def frames(n: int, distinct: int, seed: int, encoding: str = "png") -> list[tupl
     return out
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its children still alive (Triton's Python-backend stubs)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
+def stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds in a ``/proc`` stat file of a process or thread (0 when it is gone)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -91,18 +88,41 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = "event loop" if task.name == str(pid) else (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        found[name] = found.get(name, 0.0) + stat_cpu_s(task / "stat")
     return found
 
 
-def stage_cpu(metrics_text: str) -> dict[str, float]:
-    """The daemon's CPU seconds per stage, and its batches' frames (``batch sum``) and count (``batch count``)."""
-    found = {stage: float(value) for stage, value in STAGE.findall(metrics_text)}
-    found |= {f"wall {stage} {key}": float(value) for key, stage, value in WALL.findall(metrics_text)}
-    return found | {f"batch {key}": float(value) for key, value in BATCHES.findall(metrics_text)}
+COUNTED = ("edge_stage_cpu_seconds_total", "edge_stage_latency_seconds_sum", "edge_stage_latency_seconds_count",
+           "edge_batch_size_sum", "edge_batch_size_count")  # fmt: skip
+
+
+def daemon_counts(metrics_text: str) -> dict[tuple[str, str], float]:
+    """The daemon's own counts the result reads, by (series, stage; "" for none)."""
+    return {(sample.name, sample.labels.get("stage", "")): sample.value
+            for family in text_string_to_metric_families(metrics_text) for sample in family.samples
+            if sample.name in COUNTED}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reading:
+    """CPU seconds so far of the daemon, of Triton's process group (the server and its stubs) and of this client,
+    the daemon's threads, and its own counts."""
+
+    daemon_s: float
+    triton_s: float
+    client_s: float
+    threads: dict[str, float]
+    counts: dict[tuple[str, str], float]
+
+    @classmethod
+    def now(cls, st: Station) -> Reading:
+        assert st.daemon is not None and st.triton is not None and st.triton.pid is not None
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        triton = sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for pid in group_pids(st.triton.pid))  # its own session
+        return cls(stat_cpu_s(Path(f"/proc/{st.daemon.pid}/stat")), triton, me.ru_utime + me.ru_stime,
+                   thread_cpu_s(st.daemon.pid), daemon_counts(st.metrics_text()))  # fmt: skip
 
 
 def recorded_results(outbox: Path) -> int:
@@ -112,41 +132,36 @@ def recorded_results(outbox: Path) -> int:
 
 def measure(st: Station, todo: list[tuple[str, Pending]], warm: list[tuple[str, Pending]], inflight: int) -> dict:
     tools = aoi_sim.AoiTools(st.daemon_frames, list(TOOLS), window=inflight, reply_timeout_s=30, max_tries=2)
-    assert st.daemon is not None and st.triton is not None and st.triton.pid is not None
     try:
         tools.run(warm, rate=0, deadline_s=120)
-        before = (tree_cpu_s(st.daemon.pid), tree_cpu_s(st.triton.pid), resource.getrusage(resource.RUSAGE_SELF),
-                  stage_cpu(st.metrics_text()), thread_cpu_s(st.daemon.pid))  # fmt: skip
+        before = Reading.now(st)
         tally = tools.run(todo, rate=0, deadline_s=600)
-        after = (tree_cpu_s(st.daemon.pid), tree_cpu_s(st.triton.pid), resource.getrusage(resource.RUSAGE_SELF),
-                 stage_cpu(st.metrics_text()), thread_cpu_s(st.daemon.pid))  # fmt: skip
+        after = Reading.now(st)
     finally:
         tools.close()
     report = aoi_sim.summarise(tally)
     n = max(1, sum(report["replies"].values()))
-    client_s = (after[2].ru_utime + after[2].ru_stime) - (before[2].ru_utime + before[2].ru_stime)
-    daemon_ms = (after[0] - before[0]) * 1000 / n
-    counted = {key: after[3][key] - before[3].get(key, 0.0) for key in after[3]}
-    batches = (counted.pop("batch sum"), counted.pop("batch count"))
-    wall = {key.split()[1]: (counted.pop(key), counted.pop(key.replace(" sum", " count"))) for key in list(counted)
-            if key.startswith("wall ") and key.endswith(" sum")}  # fmt: skip
-    stages = {stage: round(seconds * 1000 / n, 4) for stage, seconds in counted.items()}
-    threads = {name: round((cpu - before[4].get(name, 0.0)) * 1000 / n, 4) for name, cpu in after[4].items()}
+    daemon_ms = (after.daemon_s - before.daemon_s) * 1000 / n
+    counted = {key: value - before.counts.get(key, 0.0) for key, value in after.counts.items()}
+    stages = {stage: round(s * 1000 / n, 4) for (name, stage), s in counted.items() if name == COUNTED[0]}
+    wall = {stage: round(s * 1000 / max(1.0, counted[(COUNTED[2], stage)]), 2)
+            for (name, stage), s in counted.items() if name == COUNTED[1]}  # fmt: skip
+    threads = {name: round((cpu - before.threads.get(name, 0.0)) * 1000 / n, 4) for name, cpu in after.threads.items()}
     return {
         "frames_per_s": report["frames_per_s"],
         "latency_ms": report["latency_ms"],
         "replies": report["replies"],
         "unanswered": len(report["unanswered"]),
-        "mean_batch": round(batches[0] / max(1.0, batches[1]), 1),
+        "mean_batch": round(counted[(COUNTED[3], "")] / max(1.0, counted[(COUNTED[4], "")]), 1),
         "cpu_ms_per_frame": {
             "daemon": round(daemon_ms, 4),
-            "triton_with_stubs": round((after[1] - before[1]) * 1000 / n, 4),
-            "client": round(client_s * 1000 / n, 4),
+            "triton_with_stubs": round((after.triton_s - before.triton_s) * 1000 / n, 4),
+            "client": round((after.client_s - before.client_s) * 1000 / n, 4),
         },
         "daemon_thread_cpu_ms_per_frame": dict(sorted(threads.items(), key=lambda item: -item[1])),
         "daemon_stage_cpu_ms_per_frame": stages,
         # the daemon's clocks: mean wall time of each stage it times (per frame, or per batch for inference/outbox)
-        "daemon_stage_wall_ms_mean": {stage: round(s * 1000 / max(1.0, n_), 2) for stage, (s, n_) in wall.items()},
+        "daemon_stage_wall_ms_mean": wall,
         "daemon_cpu_ms_per_frame_in_no_stage": round(daemon_ms - sum(stages.values()), 4) if stages else None,
     }
 

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from tools.bench.capture import add_stream_arguments, in_turn, run_facts, stream
+from tools.bench.capture import add_stream_arguments, in_turn, latency_ratios, run_facts, stream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     for summary in (with_logs, no_logs):
         for key in ("captures", "bytes_per_capture", "bytes_per_frame"):  # what captures cost: tools.bench.capture
             summary.pop(key, None)
-    result = {
-        **run_facts(args),
-        "with_logs": with_logs,
-        "no_logs": no_logs,
-        "p50_ratio_no_logs_over_with": round(no_logs["latency_ms"]["p50"] / with_logs["latency_ms"]["p50"], 3),
-        "p99_ratio_no_logs_over_with": round(no_logs["latency_ms"]["p99"] / with_logs["latency_ms"]["p99"], 3),
-    }
+    result = {**run_facts(args), "with_logs": with_logs, "no_logs": no_logs,
+              **latency_ratios(no_logs, with_logs, "no_logs_over_with")}  # fmt: skip
     print(json.dumps(result, indent=1))
     return 0
 
