@@ -115,10 +115,11 @@ test-unit: $(VENV)/.installed ## unit tests only (no servers)
 demo: deps models ## the daemon with real Triton (CPU), Mosquitto, simulated AOI tools and MES for about a minute
 	$(PY) -m tools.station.demo --repository $(REPOSITORY)
 
-bench: deps models ## daemon against raw Triton; its ceiling and CPU per stage (null models); captures off/on
+bench: deps models ## daemon against raw Triton; its ceiling and CPU per stage (null models); captures off/on; p99 at 20/s
 	$(PY) -m tools.bench.e2e --repository $(REPOSITORY)
 	$(PY) -m tools.bench.ceiling --repository $(REPOSITORY)
 	$(PY) -m tools.bench.capture --repository $(REPOSITORY)
+	$(PY) -m tools.bench.join --repository $(REPOSITORY) --rounds 1
 
 lint: $(VENV)/.installed ## ruff check and format --check, and mypy --strict over edge/ and calibration/ (pyproject.toml)
 	$(VENV)/bin/ruff check edge calibration tools tests model_repository

@@ -20,6 +20,12 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 class IngestConfig(_Strict):
     bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ ROUTER address the AOI tools connect to")
+    also_bind: list[str] = Field(
+        default_factory=list,
+        description="more addresses of the same intake, e.g. ipc:///run/edge-inspect/frames.sock for tools on this "
+        "host: a Unix socket (mode 0660) skips loopback TCP, whose delayed acknowledgements hold some large frames "
+        "about 40 ms",
+    )
     max_payload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted image payload")
     max_header_bytes: int = Field(16 * 1024, gt=0, description="largest accepted msgpack header")
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="largest declared h*w, checked before decoding")
@@ -30,8 +36,13 @@ class IngestConfig(_Strict):
         description="fit frames of another size by the input rule (edge.contract.images) instead of rejecting them",
     )
     max_inflight_frames: int = Field(256, gt=0, description="accepted frames not yet answered; beyond it: busy")
-    decode_threads: int = Field(
-        2, ge=1, le=64, description="threads decoding images (twice as many frames are in hand at once); one per core"
+    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images; about one per core")
+    frames_in_hand: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="frames the intake handles at once (looked up in the outbox, decoding or waiting for a decode "
+        "thread): while some wait on the outbox or a thread, others go on",
     )
     max_inflight_per_tool: int | None = Field(
         None,
@@ -67,6 +78,15 @@ class IngestConfig(_Strict):
             raise ValueError(f"curve_secret_key_file: no such file: {secret}")
         if keys is not None and not keys.is_dir():
             raise ValueError(f"curve_authorized_keys: no such directory: {keys}")
+        return self
+
+    @model_validator(mode="after")
+    def _addresses(self) -> IngestConfig:
+        for address in (self.bind, *self.also_bind):
+            if not address.startswith(("tcp://", "ipc://")):
+                raise ValueError(f"intake address {address!r}: tcp://HOST:PORT or ipc://PATH")
+        if len({self.bind, *self.also_bind}) != 1 + len(self.also_bind):
+            raise ValueError("also_bind repeats an intake address")
         return self
 
     @model_validator(mode="after")

@@ -113,7 +113,8 @@ class Daemon:
         cfg, shared, ing = self.cfg, self.shared, self.cfg.ingest
         sock = FrameSocket(
             context(), ing.bind, 2 * (ing.max_payload_bytes + ing.max_header_bytes), hwm=ing.max_inflight_frames * 2,
-            curve_secret_key_file=ing.curve_secret_key_file, curve_authorized_keys=ing.curve_authorized_keys,
+            also_bind=ing.also_bind, curve_secret_key_file=ing.curve_secret_key_file,
+            curve_authorized_keys=ing.curve_authorized_keys,
         )  # fmt: skip
         opened.callback(sock.close)
         feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None
@@ -190,7 +191,7 @@ class Daemon:
             topics = (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic)
             shared.spawn(mes.run_zmq(MesFeed(context(), cfg.process.zmq_connect, topics)))
         receiving = self.tasks.critical("intake", intake.run())
-        log.info("started", frames=sock.endpoint, http_port=http_port, models=self.health.models,
+        log.info("started", frames=sock.endpoints, http_port=http_port, models=self.health.models,
                  triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)  # fmt: skip
         notifier.ready()
         await self._stop.wait()

@@ -11,8 +11,9 @@ from typing import cast
 import cv2
 import numpy as np
 
-from edge.contract.images import Image, from_opencv, model_input
+from edge.contract.images import Image, model_input, opencv_input
 from edge.flow import FrameHeader, Rejected, Tensors
+from edge.ingest.png_decode import decode_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KEEP_PNG = 1 << 20  # a PNG up to this size is kept for the capture as it came (a bigger one carries more)
@@ -71,6 +72,7 @@ def decode(
     header: FrameHeader, payload: bytes, size: tuple[int, int], max_pixels: int, resize: bool
 ) -> Tensors | Rejected:
     """Decode a payload into the models' tensors, or a rejection with its reason."""
+    opencv = False  # whether ``image`` is as OpenCV decodes (BGR), else RGB or grey
     if header.encoding == "raw":
         assert header.shape is not None  # wire.parse_frame guarantees it
         image: Image = np.frombuffer(payload, dtype=np.uint8).reshape(header.shape)
@@ -84,21 +86,24 @@ def decode(
             )
         if header.encoding == "png" and not png_chunks_complete(payload):
             return Rejected("undecodable", "png chunks run past the end of the payload", header.frame_id)
-        # IMREAD_UNCHANGED keeps a 16-bit PNG's depth for the input rule; cv2's stub leaves out the None it returns
-        decoded = cast("Image | None", cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED))
-        if decoded is None:
-            return Rejected("undecodable", f"{header.encoding} payload could not be decoded", header.frame_id)
-        image = from_opencv(decoded)
+        quick = decode_png(payload) if header.encoding == "png" else None  # the usual die (edge.ingest.png_decode)
+        if quick is not None:
+            image = quick
+        else:  # IMREAD_UNCHANGED keeps a 16-bit PNG's depth for the rule; cv2's stub leaves out the None it returns
+            decoded = cast("Image | None", cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED))
+            if decoded is None:
+                return Rejected("undecodable", f"{header.encoding} payload could not be decoded", header.frame_id)
+            image, opencv = decoded, True  # as OpenCV gives it: BGR(A) or grey
     if image.shape[:2] != size and not resize:
         return Rejected(
             "wrong_dimensions",
             f"image is {image.shape[0]}x{image.shape[1]}, models take {size[0]}x{size[1]}",
             header.frame_id,
         )
-    try:
-        tensors = model_input(image, size)  # edge.contract.images: the rule training applies too
+    try:  # edge.contract.images: the rule training applies too
+        tensors = opencv_input(image, size) if opencv else model_input(image, size)
     except ValueError as err:
         return Rejected("undecodable", str(err), header.frame_id)
     if header.encoding == "png" and image.dtype == np.uint8 and image.shape == (*size, 3) and len(payload) <= KEEP_PNG:
-        return dataclasses.replace(tensors, png=payload)  # 8-bit RGB at the models' size: the rule changed nothing
+        return dataclasses.replace(tensors, png=payload)  # 8-bit colour at the models' size: the rule changed nothing
     return tensors

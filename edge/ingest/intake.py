@@ -1,12 +1,14 @@
 """Frames from the tools: receive, parse, admission, de-duplication and decode; an accepted frame goes on to
 ``submit``, and every frame turned away is answered here (``rejected`` with the reason, or ``busy`` with a hint).
 
-Several frames are handled at once (``ingest.decode_threads`` x 2): a frame's image is decoded on a small thread pool
-(OpenCV lets go of the interpreter lock while it decodes), so the event loop batches, records and answers meanwhile and
-two cores decode side by side. The hand-off keeps the guarantees of one-at-a-time handling: a frame's key is taken
-(``arriving``) as soon as its header is read, before anything is awaited, so a copy resent while the first is looked up
-or decoded is answered once, on the newest connection, like a copy resent while in work; one resent after it was
-recorded gets the recorded reply again. A defect in handling one frame costs that frame (``busy``), never the intake.
+Several frames are handled at once (``ingest.frames_in_hand``): a frame's image is decoded on a small thread pool
+(``ingest.decode_threads``; OpenCV and ISA-L let go of the interpreter lock while they decode), so the event loop
+batches, records and answers meanwhile, two cores decode side by side, and frames waiting on the outbox lookup or a
+decode thread do not hold back the rest. The hand-off keeps the guarantees of one-at-a-time handling: a frame's key
+is taken (``arriving``) as soon as its header is read, before anything is awaited, so a copy resent while the first
+is looked up or decoded is answered once, on the newest connection, like a copy resent while in work; one resent after
+it was recorded gets the recorded reply again. A defect in handling one frame costs that frame (``busy``), never the
+intake.
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ class Intake:
         self._arriving: dict[tuple[str, str], bytes] = {}  # keys being handled -> the newest connection's identity
 
     async def run(self) -> None:
-        """Receive frames until cancelled, handling up to ``2 x ingest.decode_threads`` at once; at the end, those
-        in hand are finished (accepted or answered) before the decode threads go."""
-        slots = asyncio.Semaphore(2 * self.cfg.ingest.decode_threads)
+        """Receive frames until cancelled, handling up to ``ingest.frames_in_hand`` at once; at the end, those in
+        hand are finished (accepted or answered) before the decode threads go."""
+        slots = asyncio.Semaphore(self.cfg.ingest.frames_in_hand)
         handling: set[asyncio.Task[None]] = set()
 
         async def handle(identity: bytes, parts: list[bytes], tools: frozenset[str] | None) -> None:

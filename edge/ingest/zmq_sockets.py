@@ -12,6 +12,7 @@ a connection it already made until that tool reconnects or the daemon restarts."
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -145,6 +146,7 @@ class FrameSocket:
         max_message_bytes: int,
         hwm: int,
         *,
+        also_bind: Sequence[str] = (),
         curve_secret_key_file: Path | None = None,
         curve_authorized_keys: Path | None = None,
     ) -> None:
@@ -164,10 +166,15 @@ class FrameSocket:
                 self._sock.curve_server = True
                 self._sock.curve_publickey, self._sock.curve_secretkey = keys
             self._sock.bind(bind)
+            self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            for address in also_bind:
+                self._sock.bind(address)
+                if address.startswith("ipc://"):  # tools of the daemon's group may connect (the unit's umask is 077)
+                    os.chmod(address.removeprefix("ipc://"), 0o660)
         except BaseException:
             self.close()
             raise
-        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints = (self.endpoint, *also_bind)
         # The same socket without asyncio's futures, for a message already there. Only the event loop's thread uses
         # either, and only while no receive of the asyncio socket is waiting: pyzmq's wait checks the socket's events
         # before it waits on its descriptor, so a message taken here never leaves that wait unwoken. (Sends stay on

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import zmq.auth
 from edge.cli import main as edge_inspect
 from edge.errors import ConfigError
 from edge.ingest.zmq_sockets import FrameSocket
+from edge.serving.tritonserver import free_port
 from tools.sim.aoi_sim import AoiTools, CurveClient
 
 pytestmark = pytest.mark.integration
@@ -134,6 +136,44 @@ def test_without_curve_the_intake_takes_plain_dealers(ctx):
         frames.close()
 
     asyncio.run(scenario())
+
+
+def test_the_intake_also_listens_on_a_unix_socket_its_group_may_use(ctx, tmp_path):
+    """``ingest.also_bind``: the same ROUTER on TCP and on a Unix socket; each tool's reply goes back the way it came,
+    and a socket file left by an earlier run is taken over."""
+    unix = tmp_path / "frames.sock"
+    unix.write_bytes(b"left by a crash")
+
+    async def scenario() -> None:
+        frames = FrameSocket(ctx, "tcp://127.0.0.1:0", 1 << 20, hwm=100, also_bind=[f"ipc://{unix}"])
+        assert frames.endpoints == (frames.endpoint, f"ipc://{unix}") and frames.endpoint.startswith("tcp://")
+        assert stat.S_ISSOCK(unix.stat().st_mode) and stat.S_IMODE(unix.stat().st_mode) == 0o660
+        over_tcp, over_unix = tool(ctx, frames.endpoint, None, None), tool(ctx, f"ipc://{unix}", None, None)
+        assert await exchange(frames, over_unix, tools=None) == b"reply"
+        assert await exchange(frames, over_tcp, tools=None) == b"reply"
+        assert await exchange(frames, over_unix, tools=None) == b"reply"
+        frames.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unusable_unix_socket_path_fails_the_start_and_leaves_nothing_bound(ctx, tmp_path):
+    port = free_port()
+    with pytest.raises(zmq.ZMQError, match="No such file or directory"):
+        FrameSocket(ctx, f"tcp://127.0.0.1:{port}", 1 << 20, hwm=100, also_bind=[f"ipc://{tmp_path}/no/frames.sock"])
+    again = ctx.socket(zmq.ROUTER)
+    try:  # the TCP address was let go (ZeroMQ closes a socket on its I/O thread: allow it a moment)
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                again.bind(f"tcp://127.0.0.1:{port}")
+                break
+            except zmq.ZMQError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+    finally:
+        again.close(linger=0)
 
 
 def test_tool_keys_added_or_withdrawn_while_running_take_effect_on_the_next_connection(ctx, keys):

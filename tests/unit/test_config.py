@@ -36,6 +36,8 @@ def test_unknown_key_is_an_error_naming_the_key():
         ({"recipes": {"R1": {"parameters": ["a", "a"]}}}, "unique"),
         ({"recipes": {"R1": {"parameters": []}}}, "at least 1"),
         ({"station": "bad station name"}, "station"),
+        ({"ingest": {"also_bind": ["udp://127.0.0.1:5000"]}}, "tcp://HOST:PORT or ipc://PATH"),
+        ({"ingest": {"also_bind": ["tcp://127.0.0.1:5555"]}}, "repeats an intake address"),
     ],
 )
 def test_cross_field_rules_are_checked_at_load(extra, message):

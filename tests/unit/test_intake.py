@@ -52,8 +52,8 @@ class FakeSocket:
 class Station:
     """An intake wired to fakes: ``recorded`` stands for the outbox's results, ``submitted`` for the batching."""
 
-    def __init__(self, fail_outbox: bool = False, fail_submit: bool = False) -> None:
-        self.cfg = parse_config(CONFIG)
+    def __init__(self, fail_outbox: bool = False, fail_submit: bool = False, **ingest: int) -> None:
+        self.cfg = parse_config({**CONFIG, "ingest": {**CONFIG["ingest"], **ingest}})
         self.socket = FakeSocket()
         self.inflight: Inflight[Frame] = Inflight()
         self.recorded: dict[tuple[str, str], bytes] = {}
@@ -245,6 +245,25 @@ def release(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
     monkeypatch.setattr(intake_module, "decode", held_decode)
     return gate
+
+
+def test_the_intake_holds_at_most_frames_in_hand_and_leaves_the_rest_queued(release: threading.Event):
+    async def scenario() -> tuple[Station, int, int]:
+        st = Station(frames_in_hand=3, max_inflight_per_tool=8)
+        receiving = asyncio.create_task(st.intake.run())
+        for i in range(5):
+            await st.socket.incoming.put((b"tool", [msgpack.packb(header(frame_id=f"f-{i}")), RAW], None))
+        await _until(lambda: st.count("edge_frames_received_total", tool="AOI-01") == 3)
+        await asyncio.sleep(0.05)  # the decodes are held: nothing more is taken
+        taken, queued = int(st.count("edge_frames_received_total", tool="AOI-01")), st.socket.incoming.qsize()
+        release.set()
+        await _until(lambda: len(st.submitted) == 5)
+        receiving.cancel()
+        return st, taken, queued
+
+    st, taken, queued = run(scenario())
+    assert (taken, queued) == (3, 2) and st.socket.replies == []
+    assert sorted(f.header.frame_id for f in st.submitted) == [f"f-{i}" for i in range(5)]
 
 
 def test_a_frame_resent_while_it_is_decoded_is_answered_once_on_the_newest_connection(release: threading.Event):

@@ -62,6 +62,8 @@ def header(encoding: str = "png") -> FrameHeader:
 @pytest.mark.parametrize(("image", "shape"), [
     (np.random.default_rng(1).integers(0, 65536, (240, 320), dtype=np.uint16), (240, 320)),  # 16-bit grey
     (np.random.default_rng(2).integers(0, 256, (300, 200, 3), dtype=np.uint8), (300, 200)),  # 8-bit colour
+    (np.random.default_rng(3).integers(0, 256, (*SIZE, 3), dtype=np.uint8), SIZE),  # the usual die: straight from BGR
+    (np.random.default_rng(4).integers(0, 65536, (*SIZE, 3), dtype=np.uint16), SIZE),  # 16-bit colour at size
 ])  # fmt: skip
 def test_the_daemon_decodes_by_the_same_rule(image, shape):
     ok, png = cv2.imencode(".png", image)
@@ -71,8 +73,9 @@ def test_the_daemon_decodes_by_the_same_rule(image, shape):
     as_rgb = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # imencode took it as BGR
     expected = model_input(as_rgb, SIZE)
     assert np.array_equal(out.rgb, expected.rgb) and np.array_equal(out.grey, expected.grey)
-    refused = decode(header(), png.tobytes(), SIZE, 10**7, resize=False)
-    assert isinstance(refused, Rejected) and refused.reason == "wrong_dimensions"
+    if shape != SIZE:
+        refused = decode(header(), png.tobytes(), SIZE, 10**7, resize=False)
+        assert isinstance(refused, Rejected) and refused.reason == "wrong_dimensions"
 
 
 def test_an_alpha_channel_is_dropped_in_serving():
@@ -82,3 +85,4 @@ def test_an_alpha_channel_is_dropped_in_serving():
     assert ok
     out = decode(header(), png.tobytes(), SIZE, 10**7, resize=False)
     assert not isinstance(out, Rejected) and out.rgb[0].min() == 200 and out.rgb[1:].max() == 0
+    assert out.png is None  # the tool's PNG is not the die the models saw (it has an alpha channel): not kept

@@ -12,11 +12,13 @@ kept by why, and the capture store's bytes per captured die and per frame stream
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,15 +35,26 @@ def _plan(n: int, seed: int) -> list[str]:
             "--dies-per-wafer", str(dies)]  # fmt: skip
 
 
-def stream(workdir: Path, repository: Path, n: int, rate: float, capture: bool, mes: bool = True) -> dict:
+def stream(
+    workdir: Path, repository: Path, n: int, rate: float, capture: bool, mes: bool = True, transport: str = "tcp"
+) -> dict:
     """One fresh station, ``n`` frames at ``rate``: its replies' latencies and, with ``capture``, what it kept;
-    ``mes``: the MES simulator publishes the wafers' logs first (else no log ever comes)."""
+    ``mes``: the MES simulator publishes the wafers' logs first (else no log ever comes); ``transport``: the tools
+    connect over loopback TCP, or over the intake's Unix socket (``ipc``, ``ingest.also_bind``)."""
     extra = "" if capture else "[capture]\nenabled = false\n"
     plan = _plan(n, seed=11)
-    with Station(workdir, repository, with_broker=True, config_extra=extra) as st:
+    with contextlib.ExitStack() as stack:
+        ingest = ""
+        if transport == "ipc":  # a short folder of its own: a Unix socket's path has a length limit
+            unix = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-"))) / "frames.sock"
+            ingest = f'also_bind = ["ipc://{unix}"]\n'
+        st = stack.enter_context(
+            Station(workdir, repository, with_broker=True, config_extra=extra, ingest_extra=ingest)
+        )
         if mes:
             assert mes_sim.main([*plan, "--port", str(st.mqtt_port)]) == 0
-        tools = aoi_sim.AoiTools(st.daemon_frames, list(TOOLS), window=32, reply_timeout_s=30, max_tries=2)
+        endpoint = f"ipc://{unix}" if transport == "ipc" else st.daemon_frames
+        tools = aoi_sim.AoiTools(endpoint, list(TOOLS), window=32, reply_timeout_s=30, max_tries=2)
         try:
             tools.run(aoi_sim.plan_frames(_plan(32, seed=12)), rate=0, deadline_s=120)  # warm-up, other ids
             tally = tools.run(aoi_sim.plan_frames(plan)[:n], rate=rate, deadline_s=n / rate + 120)
