@@ -23,6 +23,7 @@ from edge.config import Config, load_config
 from edge.errors import EdgeError
 from edge.flow import Rejected
 from edge.models import cli as models_cli
+from edge.ops import event_loop
 from edge.ops.logs import configure, get
 from edge.review import audit_cli
 from edge.review import service as review_service
@@ -49,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         await Daemon(cfg).run(stop)
 
     try:
-        asyncio.run(main())
+        event_loop.run(main(), cfg.event_loop)
     except EdgeError as err:
         log.error("daemon_failed", error=str(err), kind=type(err).__name__)
         return 1

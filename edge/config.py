@@ -417,6 +417,9 @@ class RecipeConfig(_Strict):
 
 class Config(_Strict):
     station: str = Field("ST-01", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="the daemon's event loop: uvloop (less CPU per frame), or the standard library's"
+    )
     tools: list[ToolConfig] = Field(min_length=1, description="AOI tools allowed to send frames")
     recipes: dict[str, RecipeConfig] = Field(min_length=1, description="recipes allowed, by id")
     ingest: IngestConfig = IngestConfig()

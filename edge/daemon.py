@@ -191,8 +191,9 @@ class Daemon:
             topics = (cfg.mqtt.mes_process_topic, cfg.mqtt.mes_lot_topic)
             shared.spawn(mes.run_zmq(MesFeed(context(), cfg.process.zmq_connect, topics)))
         receiving = self.tasks.critical("intake", intake.run())
+        loop = type(asyncio.get_running_loop()).__module__  # uvloop, or asyncio's
         log.info("started", frames=sock.endpoints, http_port=http_port, models=self.health.models,
-                 triton=cfg.triton.url, mqtt=cfg.mqtt.enabled)  # fmt: skip
+                 triton=cfg.triton.url, mqtt=cfg.mqtt.enabled, event_loop=loop)  # fmt: skip
         notifier.ready()
         await self._stop.wait()
 

@@ -3,10 +3,11 @@
 Raw Triton: an asyncio gRPC client sends each frame's two requests (anomaly + classifier,
 batch 1) with ``--inflight`` frames in flight, asking for the outputs the daemon asks for and sending the images the
 way the daemon does (system shared memory, Triton being local). Daemon: the AOI simulator streams the same number
-of frames through ZeroMQ with the same window. Prints frames/s, latency percentiles, the ratio
-daemon/raw, and the host.
+of frames through ZeroMQ with the same window. ``--rounds`` times in turn on the same station. Prints frames/s (the
+mean over rounds) and latency percentiles (over every round's frames) of each side, the ratio daemon/raw overall and
+per round, and the host.
 
-    python -m tools.bench.e2e --frames 600 --inflight 16
+    python -m tools.bench.e2e --frames 1000 --inflight 16 --rounds 2
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import platform
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +60,8 @@ async def raw_triton(url: str, n: int, inflight: int) -> dict:
     await asyncio.gather(*(one(i) for i in range(n)))
     elapsed = time.perf_counter() - t0
     await client.close()
-    return {"frames_per_s": round(n / elapsed, 1), "latency_ms": aoi_sim.latency_percentiles(latencies)}
+    return {"frames_per_s": round(n / elapsed, 1), "latency_ms": aoi_sim.latency_percentiles(latencies),
+            "latencies_ms": latencies}  # fmt: skip
 
 
 def plan_frames(seed: int, n: int) -> list:
@@ -82,11 +85,13 @@ def plan_frames(seed: int, n: int) -> list:
     )[:n]
 
 
-def daemon_e2e(st: Station, n: int, inflight: int) -> dict:
+def daemon_e2e(st: Station, n: int, inflight: int, seed: int = 5) -> dict:
+    """``n`` frames of the plan of ``seed`` through the daemon, ``inflight`` at a time (each round its own seed: the
+    daemon answers a frame id it has recorded from the record)."""
     tools = aoi_sim.AoiTools(st.daemon_frames, list(TOOLS), window=inflight, reply_timeout_s=30, max_tries=2)
     try:
-        tools.run(plan_frames(seed=6, n=32), rate=0, deadline_s=60)  # warm-up, other frame ids
-        tally = tools.run(plan_frames(seed=5, n=n), rate=0, deadline_s=600)
+        tools.run(plan_frames(seed=seed + 1, n=32), rate=0, deadline_s=60)  # warm-up, other frame ids
+        tally = tools.run(plan_frames(seed=seed, n=n), rate=0, deadline_s=600)
     finally:
         tools.close()
     report = aoi_sim.summarise(tally)
@@ -95,22 +100,41 @@ def daemon_e2e(st: Station, n: int, inflight: int) -> dict:
         "latency_ms": report["latency_ms"],
         "replies": report["replies"],
         "unanswered": len(report["unanswered"]),
+        "latencies_ms": tally.latencies_ms,
     }
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Rounds of one side together: the mean of their frames/s, percentiles over every frame, each round's rate."""
+    summary = {
+        "frames_per_s": round(sum(r["frames_per_s"] for r in runs) / len(runs), 1),
+        "latency_ms": aoi_sim.latency_percentiles([ms for r in runs for ms in r["latencies_ms"]]),
+        "frames_per_s_per_round": [r["frames_per_s"] for r in runs],
+    }
+    if "replies" in runs[0]:
+        summary["replies"] = dict(sum((Counter(r["replies"]) for r in runs), Counter()))
+        summary["unanswered"] = sum(r["unanswered"] for r in runs)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.e2e", description=__doc__.split("\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
     parser.add_argument("--workdir", type=Path, default=Path("build/bench"))
-    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--frames", type=int, default=1000, help="per round and side")
     parser.add_argument("--inflight", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="raw, daemon, raw, daemon, ...: a slow spell of the "
+                        "host falls on both sides")  # fmt: skip
     args = parser.parse_args(argv)
     logs.configure(stream=sys.stderr)  # the client's log lines: the result alone goes to stdout
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
+    raws, daemons = [], []
     with Station(args.workdir, args.repository, with_broker=True) as st:
         assert st.triton is not None
-        raw = asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))
-        daemon = daemon_e2e(st, args.frames, args.inflight)
+        for round_ in range(args.rounds):
+            raws.append(asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight)))
+            daemons.append(daemon_e2e(st, args.frames, args.inflight, seed=5 + 10 * round_))
+    raw, daemon = pooled(raws), pooled(daemons)
     result = {
         "host": {
             "machine": platform.machine(),
@@ -119,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             "processor": platform.processor() or platform.machine(),
         },
         "frames": args.frames,
+        "rounds": args.rounds,
         "inflight": args.inflight,
         "raw_triton": raw,
         "daemon_e2e": daemon,
         "throughput_ratio_daemon_over_raw": round(daemon["frames_per_s"] / raw["frames_per_s"], 3),
         "p50_ratio_daemon_over_raw": round(daemon["latency_ms"]["p50"] / raw["latency_ms"]["p50"], 3),
+        "throughput_ratio_per_round": [round(d["frames_per_s"] / r["frames_per_s"], 3) for r, d in zip(raws, daemons)],
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -32,7 +32,7 @@ from typing import Any
 
 from edge.errors import EdgeError
 from edge.serving.tritonserver import TritonServerSettings, locate_wheel_server
-from tools.bench.e2e import daemon_e2e, raw_triton
+from tools.bench.e2e import daemon_e2e, pooled, raw_triton
 from tools.build_repository import MODELS
 from tools.gpu.build_engines import plan_path
 from tools.station.station import Station
@@ -264,8 +264,8 @@ def measure(args: argparse.Namespace, server: Path) -> dict[str, Any]:
     try:
         with Station(args.workdir, args.repository, server_settings=settings) as st:
             assert st.triton is not None
-            raw = asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))
-            daemon = daemon_e2e(st, args.frames, args.inflight)
+            raw = pooled([asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))])
+            daemon = pooled([daemon_e2e(st, args.frames, args.inflight)])
             broker = st.with_broker
     except (EdgeError, RuntimeError, TimeoutError, OSError) as exc:
         raise GpuCheckStopped(f"the station on {server} did not run (logs in {args.workdir}): {exc}") from exc
