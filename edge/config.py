@@ -16,6 +16,7 @@ from edge.process_params import DEFAULT_PARAMETERS
 from edge.taxonomy import DEFAULT_CLASSES
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+EventLoop = Literal["uvloop", "asyncio"]  # the daemon's (edge.ops.event_loop)
 
 
 class IngestConfig(_Strict):
@@ -417,7 +418,7 @@ class RecipeConfig(_Strict):
 
 class Config(_Strict):
     station: str = Field("ST-01", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    event_loop: Literal["uvloop", "asyncio"] = Field(
+    event_loop: EventLoop = Field(
         "uvloop", description="the daemon's event loop: uvloop (less CPU per frame), or the standard library's"
     )
     tools: list[ToolConfig] = Field(min_length=1, description="AOI tools allowed to send frames")

@@ -13,9 +13,9 @@ import numpy as np
 
 from edge.contract.images import Image, model_input, opencv_input
 from edge.flow import FrameHeader, Rejected, Tensors
-from edge.ingest.png_decode import decode_png
+from edge.ingest.png_decode import SIGNATURE, decode_png, walk
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_MAGIC = SIGNATURE
 KEEP_PNG = 1 << 20  # a PNG up to this size is kept for the capture as it came (a bigger one carries more)
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -31,16 +31,7 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 def png_chunks_complete(data: bytes) -> bool:
     """Whether every chunk of a PNG lies inside the payload, up to IEND. A chunk whose length runs past the end
     makes the decoder stall for about a second on a 100-byte payload; this walk refuses it in microseconds."""
-    offset = len(PNG_MAGIC)
-    while offset + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        end = offset + 12 + length
-        if end > len(data):
-            return False
-        if data[offset + 4 : offset + 8] == b"IEND":
-            return True
-        offset = end
-    return False
+    return any(kind == b"IEND" for kind, _, _ in walk(data))
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:

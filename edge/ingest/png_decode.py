@@ -8,6 +8,7 @@ the models receive never depends on which way a frame went. The only module that
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import cast
 
 import numpy as np
@@ -61,23 +62,30 @@ def _inflate(stream: bytes, stride: int, height: int) -> bytearray | None:
     return raw
 
 
-def _chunks(data: bytes) -> tuple[int, int, int, bytes] | None:
-    """(height, width, channels, the IDAT data joined) of a PNG this module decodes, each chunk's CRC checked."""
-    if not data.startswith(SIGNATURE):
-        return None
-    offset, header, idat = len(SIGNATURE), None, []
-    view = memoryview(data)
+def walk(data: bytes) -> Iterator[tuple[bytes, memoryview, int]]:
+    """Each chunk after the signature whose bytes all lie in ``data``: (type, body, stored CRC), in order; the walk
+    stops at the first chunk that runs past the end."""
+    view, offset = memoryview(data), len(SIGNATURE)
     while offset + 12 <= len(data):
         length, kind = struct.unpack(">I4s", view[offset : offset + 8])
         end = offset + 12 + length
         if end > len(data):
-            return None
-        body = view[offset + 8 : end - 4]
+            return
         (crc,) = struct.unpack(">I", view[end - 4 : end])
+        yield kind, view[offset + 8 : end - 4], crc
+        offset = end
+
+
+def _chunks(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """(height, width, channels, the IDAT data joined) of a PNG this module decodes, each chunk's CRC checked."""
+    if not data.startswith(SIGNATURE):
+        return None
+    header, idat = None, []
+    for kind, body, crc in walk(data):
         if isal_zlib.crc32(body, isal_zlib.crc32(kind)) != crc:
             return None
         if kind == b"IHDR":
-            if header is not None or length != 13:
+            if header is not None or len(body) != 13:
                 return None
             width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
             if depth != 8 or colour not in CHANNELS or (compression, filtering, interlace) != (0, 0, 0):
@@ -93,7 +101,6 @@ def _chunks(data: bytes) -> tuple[int, int, int, bytes] | None:
             return (*header, b"".join(idat)) if idat else None
         elif kind not in INFORMATIONAL:
             return None
-        offset = end
     return None
 
 

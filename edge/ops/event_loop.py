@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import uvloop
 
-EventLoop = Literal["uvloop", "asyncio"]
+from edge.config import EventLoop
+
 _R = TypeVar("_R")
 
 

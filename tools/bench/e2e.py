@@ -20,7 +20,6 @@ import platform
 import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from edge.inference.shared_memory import ImagePlan
 from edge.inference.triton_client import TritonClient
 from edge.ops import logs
+from tools.bench import capture
 from tools.sim import aoi_sim
 from tools.station.station import RECIPE, TOOLS, Station
 from tools.synth import grey, make_dataset
@@ -105,16 +105,11 @@ def daemon_e2e(st: Station, n: int, inflight: int, seed: int = 5) -> dict:
 
 
 def pooled(runs: list[dict]) -> dict:
-    """Rounds of one side together: the mean of their frames/s, percentiles over every frame, each round's rate."""
-    summary = {
-        "frames_per_s": round(sum(r["frames_per_s"] for r in runs) / len(runs), 1),
-        "latency_ms": aoi_sim.latency_percentiles([ms for r in runs for ms in r["latencies_ms"]]),
-        "frames_per_s_per_round": [r["frames_per_s"] for r in runs],
-    }
-    if "replies" in runs[0]:
-        summary["replies"] = dict(sum((Counter(r["replies"]) for r in runs), Counter()))
-        summary["unanswered"] = sum(r["unanswered"] for r in runs)
-    return summary
+    """Rounds of one side together (``tools.bench.capture.pooled``), its rate the mean of the rounds' frames/s."""
+    summary = capture.pooled(runs)
+    per_round = summary.pop("frames_per_s")
+    summary.pop("p99_per_round")
+    return {"frames_per_s": round(sum(per_round) / len(per_round), 1), "frames_per_s_per_round": per_round, **summary}
 
 
 def main(argv: list[str] | None = None) -> int:
