@@ -38,6 +38,14 @@ class IngestConfig(_Strict):
     )
     max_inflight_frames: int = Field(256, gt=0, description="accepted frames not yet answered; beyond it: busy")
     decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images; about one per core")
+    decode_processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="worker processes decoding images instead of threads (0: threads); for stations whose frame rate "
+        "needs more cores than the daemon's own process (edge.ingest.decoders); a worker that dies costs a restart, "
+        "not the daemon",
+    )
     frames_in_hand: int = Field(
         16,
         ge=1,

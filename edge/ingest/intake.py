@@ -2,7 +2,8 @@
 ``submit``, and every frame turned away is answered here (``rejected`` with the reason, or ``busy`` with a hint).
 
 Several frames are handled at once (``ingest.frames_in_hand``): a frame's image is decoded on a small thread pool
-(``ingest.decode_threads``; OpenCV and ISA-L let go of the interpreter lock while they decode), so the event loop
+(``ingest.decode_threads``; OpenCV and ISA-L let go of the interpreter lock while they decode) or in worker processes
+(``ingest.decode_processes``; ``edge.ingest.decoders``, which says what crosses to them), so the event loop
 batches, records and answers meanwhile, two cores decode side by side, and frames waiting on the outbox lookup or a
 decode thread do not hold back the rest. The hand-off keeps the guarantees of one-at-a-time handling: a frame's key
 is taken (``arriving``) as soon as its header is read, before anything is awaited, so a copy resent while the first
@@ -17,13 +18,13 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from edge.errors import OutboxError
 from edge.flow import Frame, FrameHeader, Rejected
 from edge.ingest.admission import Limits as AdmissionLimits
 from edge.ingest.admission import Turnaround, busy_reason, retry_after_ms
+from edge.ingest.decoders import Lost, Sizes, decoder_for
 from edge.ingest.imaging import decode
 from edge.ingest.wire import Limits, encode_reply, error_reply, parse_frame
 from edge.ops.logs import get
@@ -68,13 +69,14 @@ class Intake:
         self._admission = AdmissionLimits(ing.max_inflight_frames, cfg.per_tool_inflight)
         self._jitter = random.Random()  # spreads the retry hints of busy replies
         self._cpu = shared.metrics.stage_cpu
-        self._decoder = ThreadPoolExecutor(ing.decode_threads, thread_name_prefix="decode")
-        self._decode = self._cpu.timed("decode", decode)  # on a decode thread, its CPU counted there
+        sizes = Sizes((ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
+        self._decoder = decoder_for(ing.decode_threads, ing.decode_processes, decode, sizes, shared.metrics)
         self._arriving: dict[tuple[str, str], bytes] = {}  # keys being handled -> the newest connection's identity
 
     async def run(self) -> None:
         """Receive frames until cancelled, handling up to ``ingest.frames_in_hand`` at once; at the end, those in
         hand are finished (accepted or answered) before the decode threads go."""
+        await self._decoder.start()
         slots = asyncio.Semaphore(self.cfg.ingest.frames_in_hand)
         handling: set[asyncio.Task[None]] = set()
 
@@ -94,7 +96,7 @@ class Intake:
         finally:
             if handling:
                 await asyncio.shield(asyncio.gather(*handling, return_exceptions=True))
-            self._decoder.shutdown(wait=False)
+            self._decoder.close()
 
     async def handle(self, identity: bytes, parts: list[bytes], tools: frozenset[str] | None) -> None:
         """One message from a tool; ``tools``: those the sender's CURVE key speaks for (None: no CURVE)."""
@@ -176,12 +178,12 @@ class Intake:
                 busy, turnaround, ing.busy_retry_after_ms, ing.busy_retry_max_ms, self._jitter.uniform(0.5, 1.5)
             )
             return encode_reply(error_reply(header.frame_id, "busy", busy, hint))
-        size = (ing.image_height, ing.image_width)
-        tensors = await asyncio.get_running_loop().run_in_executor(
-            self._decoder, self._decode, header, payload, size, ing.max_image_pixels, ing.resize
-        )
+        tensors = await self._decoder.decode(header, payload)
         if isinstance(tensors, Rejected):
             return tensors
+        if isinstance(tensors, Lost):  # a decode worker died meanwhile: nothing recorded, the tool resends
+            self._metrics.frames_busy.labels(tool, tensors.reason).inc()
+            return encode_reply(error_reply(header.frame_id, "busy", tensors.reason, ing.busy_retry_after_ms))
         budget_ms = min(header.deadline_ms or ing.default_deadline_ms, ing.max_deadline_ms)
         frame = Frame(b"", header, tensors, now, now + budget_ms / 1000, wall)
         frame.timings["ingest"] = time.monotonic() - now

@@ -96,6 +96,11 @@ class Metrics:
         self.internal_errors = Counter(
             "edge_internal_errors_total", "Defects caught before they stopped a stage", ["stage"], registry=r
         )
+        self.decode_restarts = Counter(
+            "edge_decode_worker_restarts_total",
+            "Decode worker processes started in place of one that died (ingest.decode_processes)",
+            registry=r,
+        )
         self.task_restarts = Counter(
             "edge_task_restarts_total",
             "Rounds of a periodic task that failed; the next round ran",

@@ -44,6 +44,10 @@ class StageCpu:
         self._children[stage].inc((now - since) / 1e9)
         return now
 
+    def count(self, stage: str, seconds: float) -> None:
+        """Count CPU seconds measured elsewhere (a decode worker's process) to ``stage``."""
+        self._children[stage].inc(seconds)
+
     def timed(self, stage: str, fn: Callable[P, R]) -> Callable[P, R]:
         """``fn``, counting the CPU of each call (on whichever thread runs it) to ``stage``."""
 

@@ -3,7 +3,8 @@ newest connection; one resent after it was recorded gets the recorded reply; an 
 ``busy outbox_unavailable``; a full tool share, a draining station and bad input are turned away with their
 reasons; a defect in handling one frame does not stop the intake; and frames handled at once (decoded side by side)
 keep those guarantees: a copy resent while the first is decoded is answered once, on the newest connection, and
-the frames in hand when the intake stops are finished."""
+the frames in hand when the intake stops are finished. With decode worker processes, a frame whose worker died is
+answered ``busy decoder_restarting`` and one whose image kills a worker again is refused."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from edge.ops.http import Health
 from edge.ops.logs import RateLimited
 from edge.ops.metrics import Metrics
 from edge.shared import Shared
+from tests.unit.test_decoders import KILL, deadly_decode
 from tests.unit.test_wire import _DROP, RAW, header
 
 CONFIG = {
@@ -318,3 +320,26 @@ def test_stopping_the_intake_finishes_the_frames_in_hand(release: threading.Even
 
     st, cancelled = run(scenario())
     assert cancelled and [f.header.frame_id for f in st.submitted] == ["f-1"]  # accepted, so it will be answered
+
+
+def test_a_decode_worker_s_death_answers_busy_and_an_image_that_kills_twice_is_refused(monkeypatch):
+    monkeypatch.setattr(intake_module, "decode", deadly_decode)
+    poison = KILL + RAW[len(KILL) :]
+
+    async def scenario() -> Station:
+        st = Station(decode_processes=1)
+        try:
+            for _ in range(2):  # the tool resends after busy
+                await st.send(b"tool", [msgpack.packb(header(frame_id="p-1")), poison])
+            await st.send(b"tool", [msgpack.packb(header(frame_id="f-2")), RAW])  # the pool works again
+        finally:
+            st.intake._decoder.close()
+        return st
+
+    st = run(scenario())
+    busy, refused = (reply for _, reply in st.socket.replies)
+    assert (busy["status"], busy["reason"], busy["frame_id"]) == ("busy", "decoder_restarting", "p-1")
+    assert refused["status"] == "rejected" and refused["reason"].startswith("undecodable: the decoder's process died")
+    assert [f.header.frame_id for f in st.submitted] == [f.header.frame_id for f in st.inflight] == ["f-2"]
+    assert st.count("edge_frames_busy_total", tool="AOI-01", reason="decoder_restarting") == 1
+    assert st.count("edge_frames_rejected_total", reason="undecodable") == 1

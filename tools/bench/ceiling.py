@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.ingest.wire import encode_header
 from tools.bench.capture import host
 from tools.bench.null_repository import build as build_null
-from tools.bench.soak import group_pids
+from tools.bench.soak import descendant_pids, group_pids
 from tools.sim import aoi_sim, mes_sim
 from tools.sim.aoi_sim import Pending
 from tools.station.station import RECIPE, TOOLS, Station
@@ -121,8 +121,12 @@ class Reading:
         assert st.daemon is not None and st.triton is not None and st.triton.pid is not None
         me = resource.getrusage(resource.RUSAGE_SELF)
         triton = sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for pid in group_pids(st.triton.pid))  # its own session
-        return cls(stat_cpu_s(Path(f"/proc/{st.daemon.pid}/stat")), triton, me.ru_utime + me.ru_stime,
-                   thread_cpu_s(st.daemon.pid), daemon_counts(st.metrics_text()))  # fmt: skip
+        threads = thread_cpu_s(st.daemon.pid)
+        workers = sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for pid in descendant_pids(st.daemon.pid))
+        if workers:
+            threads["decode workers"] = workers  # ingest.decode_processes: processes of their own
+        return cls(stat_cpu_s(Path(f"/proc/{st.daemon.pid}/stat")) + workers, triton, me.ru_utime + me.ru_stime,
+                   threads, daemon_counts(st.metrics_text()))  # fmt: skip
 
 
 def recorded_results(outbox: Path) -> int:
@@ -174,12 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--distinct", type=int, default=200, help="dies rendered; the frames take them in turn")
     parser.add_argument("--encoding", choices=("png", "raw"), default="png", help="the frames' image payloads")
+    parser.add_argument("--decode-processes", type=int, default=0,
+                        help="the daemon's [ingest] decode_processes (0: decode on its threads)")  # fmt: skip
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
     null = build_null(args.repository, args.workdir / "null_repository")
     todo = frames(args.frames, args.distinct, seed=21, encoding=args.encoding)
     warm = frames(2 * DIES_PER_WAFER * len(TOOLS), args.distinct, seed=22, encoding=args.encoding)
-    with Station(args.workdir / "station", args.workdir / "null_repository", with_broker=True) as st:
+    ingest = f"decode_processes = {args.decode_processes}\n"
+    null_repository = args.workdir / "null_repository"
+    with Station(args.workdir / "station", null_repository, with_broker=True, ingest_extra=ingest) as st:
         with contextlib.redirect_stdout(sys.stderr):  # its count of messages: the result alone goes to stdout
             for seed, n in ((21, args.frames), (22, len(warm))):
                 assert mes_sim.main([*plan_arguments(n, seed), "--port", str(st.mqtt_port)]) == 0
@@ -187,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         st.stop_daemon()
         result["recorded"] = recorded_results(st.workdir / "outbox.sqlite") - len(warm)
     print(json.dumps({"host": host(), "models": f"null ({', '.join(null)})", "inflight": args.inflight,
-                      "encoding": args.encoding, "frames": args.frames, **result}, indent=1))  # fmt: skip
+                      "encoding": args.encoding, "decode_processes": args.decode_processes, "frames": args.frames,
+                      **result}, indent=1))  # fmt: skip
     return 0
 
 

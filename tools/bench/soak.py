@@ -39,18 +39,33 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Processes of one process group (Triton and its Python backend stubs)."""
-    pids = []
+def _stats() -> dict[int, list[str]]:
+    """Every process's ``/proc/PID/stat`` fields after its name (state, ppid, pgrp, ...), by pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid:
-                pids.append(int(entry.name))
-    return pids
+    return found
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Processes of one process group (Triton and its Python backend stubs)."""
+    return [pid for pid, fields in _stats().items() if int(fields[2]) == pgid]
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Processes started by ``pid``, theirs, and so on (the daemon's decode workers and their fork server)."""
+    children: dict[int, list[int]] = {}
+    for child, fields in _stats().items():
+        children.setdefault(int(fields[1]), []).append(child)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
 
 
 @dataclass

@@ -262,7 +262,8 @@ def measure(args: argparse.Namespace, server: Path) -> dict[str, Any]:
     settings = functools.partial(plan_server_settings, server, backend_dir)
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
     try:
-        with Station(args.workdir, args.repository, server_settings=settings) as st:
+        ingest = f"decode_processes = {args.decode_processes}\n"
+        with Station(args.workdir, args.repository, server_settings=settings, ingest_extra=ingest) as st:
             assert st.triton is not None
             raw = pooled([asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))])
             daemon = pooled([daemon_e2e(st, args.frames, args.inflight)])
@@ -296,6 +297,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"frames per run (default {DEFAULT_FRAMES})")
     parser.add_argument("--inflight", type=int, default=DEFAULT_INFLIGHT,
                         help=f"frames in flight (default {DEFAULT_INFLIGHT})")  # fmt: skip
+    parser.add_argument("--decode-processes", type=int, default=0,
+                        help="the daemon's [ingest] decode_processes (0: decode on its threads)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -306,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(json.dumps({"result": SKIPPED, "reason": reason, **report}, indent=1))
         return 0
-    report.update(gpu=gpus, frames=args.frames, inflight=args.inflight, repository=str(args.repository))
+    report.update(
+        gpu=gpus,
+        frames=args.frames,
+        inflight=args.inflight,
+        repository=str(args.repository),
+        decode_processes=args.decode_processes,
+    )
     try:
         report.update(prepare_engines(args))
         server = choose_server(find_servers(args.server))
