@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.triton_fixture import served_repository
-from tools.bench.soak import descendant_pids
+from tools.bench.soak import descendant_pids, stat_fields
 from tools.sim.aoi_sim import AoiTools, summarise
 from tools.sim.stream import Pool
 from tools.station.station import RECIPE, TOOLS, Station
@@ -23,16 +23,14 @@ from tools.station.station import RECIPE, TOOLS, Station
 pytestmark = pytest.mark.e2e
 
 
-def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+def parent(pid: int) -> int | None:
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
+    return int(fields[1]) if fields is not None else None
 
 
 def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")  # a zombie has ended; only its parent's bookkeeping is left
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
+    return fields is not None and fields[0] not in ("Z", "X")  # a zombie has ended: only its parent's bookkeeping
 
 
 def started_workers(daemon: int, n: int) -> list[int]:

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.ingest.wire import encode_header
 from tools.bench.capture import host
 from tools.bench.null_repository import build as build_null
-from tools.bench.soak import descendant_pids, group_pids
+from tools.bench.soak import descendant_pids, group_pids, stat_fields
 from tools.sim import aoi_sim, mes_sim
 from tools.sim.aoi_sim import Pending
 from tools.station.station import RECIPE, TOOLS, Station
@@ -74,11 +74,8 @@ def frames(n: int, distinct: int, seed: int, encoding: str = "png") -> list[tupl
 
 def stat_cpu_s(stat: Path) -> float:
     """User + system CPU seconds in a ``/proc`` stat file of a process or thread (0 when it is gone)."""
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    fields = stat_fields(stat)
+    return (int(fields[11]) + int(fields[12])) / TICK if fields is not None else 0.0
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -122,10 +119,10 @@ class Reading:
         me = resource.getrusage(resource.RUSAGE_SELF)
         triton = sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for pid in group_pids(st.triton.pid))  # its own session
         threads = thread_cpu_s(st.daemon.pid)
-        workers = sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for pid in descendant_pids(st.daemon.pid))
-        if workers:
-            threads["decode workers"] = workers  # ingest.decode_processes: processes of their own
-        return cls(stat_cpu_s(Path(f"/proc/{st.daemon.pid}/stat")) + workers, triton, me.ru_utime + me.ru_stime,
+        # its decode workers and their fork server (ingest.decode_processes), multiprocessing's resource tracker
+        children = sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for pid in descendant_pids(st.daemon.pid))
+        threads["child processes"] = children
+        return cls(stat_cpu_s(Path(f"/proc/{st.daemon.pid}/stat")) + children, triton, me.ru_utime + me.ru_stime,
                    threads, daemon_counts(st.metrics_text()))  # fmt: skip
 
 
@@ -182,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the daemon's [ingest] decode_processes (0: decode on its threads)")  # fmt: skip
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
-    null = build_null(args.repository, args.workdir / "null_repository")
+    null_repository = args.workdir / "null_repository"
+    null = build_null(args.repository, null_repository)
     todo = frames(args.frames, args.distinct, seed=21, encoding=args.encoding)
     warm = frames(2 * DIES_PER_WAFER * len(TOOLS), args.distinct, seed=22, encoding=args.encoding)
     ingest = f"decode_processes = {args.decode_processes}\n"
-    null_repository = args.workdir / "null_repository"
     with Station(args.workdir / "station", null_repository, with_broker=True, ingest_extra=ingest) as st:
         with contextlib.redirect_stdout(sys.stderr):  # its count of messages: the result alone goes to stdout
             for seed, n in ((21, args.frames), (22, len(warm))):

@@ -39,15 +39,20 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def stat_fields(stat: Path) -> list[str] | None:
+    """The fields of a ``/proc`` stat file (process or thread) after its name: state, ppid, pgrp, ... (None: gone)."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _stats() -> dict[int, list[str]]:
-    """Every process's ``/proc/PID/stat`` fields after its name (state, ppid, pgrp, ...), by pid."""
+    """Every process's stat fields, by pid."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
+        if entry.name.isdigit() and (fields := stat_fields(entry / "stat")) is not None:
+            found[int(entry.name)] = fields
     return found
 
 
