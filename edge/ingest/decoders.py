@@ -9,7 +9,11 @@ with it, not the daemon.
 The hand-off: a worker is given the frame's header and payload and gives back the tensors or the rejection, and its
 CPU time; nothing else crosses. Every decision about the frame (its key, de-duplication, admission, the one reply)
 stays in the daemon's process, so exactly-once replies and de-duplication hold as with threads. A PNG that is kept
-for the capture does not travel back: the daemon has the payload already.
+for the capture does not travel back: the daemon has the payload already. The bytes do not go through the pipe:
+each worker shares one memory slot with the daemon (an anonymous ``memfd``, handed over the pipe at its start,
+sized for the largest payload the wire accepts plus the models' tensors); the daemon copies the payload in, the
+worker writes the tensors beside it, and only the header and a few words of answer are pickled. The slot is the
+worker's alone and read only after its answer arrived, so a worker that dies halfway leaves nothing the daemon uses.
 
 Each worker has a pipe of its own and one frame at a time, so a worker that dies (killed, out of memory, a crash
 inside a decoder on a hostile image) costs exactly the frame it held: that frame is answered ``busy
@@ -24,16 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import mmap
 import multiprocessing
+import os
 import signal
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Final, Protocol
 
 import cv2
+import numpy as np
 
 from edge.flow import FrameHeader, Rejected, Tensors
 from edge.ops.logs import get
@@ -65,11 +73,49 @@ class Decoder(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """What every decode is told besides the frame: the models' (height, width), the pixel limit, whether to fit."""
+    """What every decode is told besides the frame: the models' (height, width), the pixel limit, whether to fit;
+    and the largest payload the wire accepts (what a worker's slot holds)."""
 
     size: tuple[int, int]
     max_pixels: int
     resize: bool
+    max_payload: int
+
+
+class InSlot:
+    """A worker's answer: the tensors are in its slot."""
+
+
+IN_SLOT: Final = InSlot()
+Answer = tuple[Tensors | Rejected | InSlot, bool, float]  # the result, whether the PNG was kept, the CPU seconds
+
+
+class Slot:
+    """One worker's shared memory: the payload at the start, the models' RGB and grey tensors after it."""
+
+    def __init__(self, fd: int, sizes: Sizes) -> None:
+        h, w = sizes.size
+        self._payload = sizes.max_payload
+        self.fd = fd
+        self._map = mmap.mmap(fd, self._payload + 4 * h * w)
+        tensors = np.frombuffer(self._map, np.uint8, 4 * h * w, self._payload)
+        self.rgb, self.grey = tensors[: 3 * h * w].reshape(3, h, w), tensors[3 * h * w :].reshape(1, h, w)
+
+    def put(self, payload: bytes) -> int:
+        """The payload into the slot (the wire refuses one bigger than ``Sizes.max_payload``); its length."""
+        self._map[: len(payload)] = payload
+        return len(payload)
+
+    def payload(self, n: int) -> bytes:
+        return self._map[:n]
+
+    def holds(self, tensors: Tensors) -> bool:
+        return tensors.rgb.shape == self.rgb.shape and tensors.grey.shape == self.grey.shape
+
+    def close(self) -> None:
+        del self.rgb, self.grey  # the views go before the map can close
+        self._map.close()
+        os.close(self.fd)
 
 
 class ThreadDecoder:
@@ -92,49 +138,71 @@ class ThreadDecoder:
         self._pool.shutdown(wait=False)
 
 
-def _serve(conn: Connection, fn: DecodeFn) -> None:
-    """A worker's life: decode what the daemon sends, one frame at a time, until it closes its end. A terminal's
-    Ctrl-C reaches the whole process group and the stop is the daemon's to make (it drains, then closes); the unit's
-    ``KillMode=mixed`` sends systemd's SIGTERM to the daemon alone. OpenCV runs on this one thread."""
+def _serve(conn: Connection, fn: DecodeFn, sizes: Sizes) -> None:
+    """A worker's life: take its slot, then decode what the daemon sends, one frame at a time, until it closes its
+    end. A terminal's Ctrl-C reaches the whole process group and the stop is the daemon's to make (it drains, then
+    closes); the unit's ``KillMode=mixed`` sends systemd's SIGTERM to the daemon alone. OpenCV runs on this one
+    thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
-    while True:
-        try:
-            header, payload, sizes = conn.recv()
-            conn.send(_work(fn, header, payload, sizes))
-        except (EOFError, OSError):  # the daemon closed its end, or died
-            return
+    try:
+        slot = Slot(reduction.recv_handle(conn), sizes)
+        while True:
+            header, size = conn.recv()
+            conn.send(_work(fn, header, slot, size, sizes))
+    except (EOFError, OSError):  # the daemon closed its end, or died
+        return
 
 
-def _work(fn: DecodeFn, header: FrameHeader, payload: bytes, sizes: Sizes) -> tuple[Tensors | Rejected, bool, float]:
-    """In a worker: the decode, whether the PNG was kept for the capture (left out here), and its CPU seconds."""
+def _work(fn: DecodeFn, header: FrameHeader, slot: Slot, size: int, sizes: Sizes) -> Answer:
+    """In a worker: the decode of the slot's payload (tensors into the slot), whether the PNG was kept for the capture
+    (left out here), and its CPU seconds."""
     since = time.thread_time()
-    result = fn(header, payload, sizes.size, sizes.max_pixels, sizes.resize)
-    if isinstance(result, Tensors) and result.png is not None:
-        return dataclasses.replace(result, png=None), True, time.thread_time() - since
-    return result, False, time.thread_time() - since
+    result = fn(header, slot.payload(size), sizes.size, sizes.max_pixels, sizes.resize)
+    if not isinstance(result, Tensors):
+        return result, False, time.thread_time() - since
+    kept = result.png is not None
+    if not slot.holds(result):  # not the models' shape (a decode function of another kind): pickled
+        return dataclasses.replace(result, png=None), kept, time.thread_time() - since
+    np.copyto(slot.rgb, result.rgb)
+    np.copyto(slot.grey, result.grey)
+    return IN_SLOT, kept, time.thread_time() - since
 
 
 class _Worker:
-    """One worker process and the daemon's end of its own pipe. Only the worker holds the other end, so its death
-    ends the pipe: a call waiting on it fails at once (``EOFError`` or ``OSError``) instead of waiting for ever."""
+    """One worker process, the daemon's end of its own pipe and their slot. Only the worker holds the other end, so
+    its death ends the pipe: a call waiting on it fails at once (``EOFError`` or ``OSError``) instead of waiting for
+    ever."""
 
-    def __init__(self, context: multiprocessing.context.ForkServerContext, fn: DecodeFn) -> None:
+    def __init__(self, context: multiprocessing.context.ForkServerContext, fn: DecodeFn, sizes: Sizes) -> None:
         ours, theirs = context.Pipe(duplex=True)
-        self.process = context.Process(target=_serve, args=(theirs, fn), name="edge-decode", daemon=True)
+        self.process = context.Process(target=_serve, args=(theirs, fn, sizes), name="edge-decode", daemon=True)
         self.process.start()
         theirs.close()
         self._conn = ours
+        fd = os.memfd_create("edge-decode", os.MFD_CLOEXEC)
+        os.ftruncate(fd, sizes.max_payload + 4 * sizes.size[0] * sizes.size[1])  # sparse: pages used as written
+        self._slot = Slot(fd, sizes)
+        assert self.process.pid is not None
+        try:
+            reduction.send_handle(ours, self._slot.fd, self.process.pid)
+        except OSError:  # died at once: the first call finds it so
+            pass
 
-    def call(self, request: tuple[FrameHeader, bytes, Sizes]) -> tuple[Tensors | Rejected, bool, float]:
-        """On an I/O thread: the frame to the worker, its answer back."""
-        self._conn.send(request)
-        answer: tuple[Tensors | Rejected, bool, float] = self._conn.recv()
-        return answer
+    def call(self, header: FrameHeader, payload: bytes) -> tuple[Tensors | Rejected, bool, float]:
+        """On an I/O thread: the frame to the worker, its answer back (the tensors copied out of the slot). Kept off
+        the event loop: it is the daemon's one thread that cannot be spread over cores."""
+        self._conn.send((header, self._slot.put(payload)))
+        answer: Answer = self._conn.recv()
+        result, kept, cpu_s = answer
+        if isinstance(result, InSlot):
+            result = Tensors(rgb=self._slot.rgb.copy(), grey=self._slot.grey.copy())
+        return result, kept, cpu_s
 
     def stop(self) -> None:
         """Closing our end stops the worker (it reads the end of the pipe); the process is reaped at the exit."""
         self._conn.close()
+        self._slot.close()
 
 
 class ProcessDecoder:
@@ -164,7 +232,7 @@ class ProcessDecoder:
             if self._all:
                 return
             for _ in range(self._n):
-                worker = await loop.run_in_executor(self._io, _Worker, self._context, self._fn)
+                worker = await loop.run_in_executor(self._io, _Worker, self._context, self._fn, self._sizes)
                 self._all.append(worker)
                 self._idle.put_nowait(worker)
         log.info("decode_workers_started", pids=self.pids)
@@ -176,7 +244,7 @@ class ProcessDecoder:
         worker = await self._idle.get()
         if not worker.process.is_alive():  # died while idle (killed, out of memory): not this frame's doing
             worker = await self._replace(worker)
-        call = loop.run_in_executor(self._io, worker.call, (header, payload, self._sizes))
+        call = loop.run_in_executor(self._io, worker.call, header, payload)
         try:
             result, kept, cpu_s = await asyncio.shield(call)
         except asyncio.CancelledError:  # the worker is busy until the call ends: back to the idle ones then
@@ -195,7 +263,9 @@ class ProcessDecoder:
 
     async def _replace(self, dead: _Worker) -> _Worker:
         dead.stop()
-        worker = await asyncio.get_running_loop().run_in_executor(self._io, _Worker, self._context, self._fn)
+        worker = await asyncio.get_running_loop().run_in_executor(
+            self._io, _Worker, self._context, self._fn, self._sizes
+        )
         self._all[self._all.index(dead)] = worker
         self._metrics.decode_restarts.inc()
         died = dead.process

@@ -69,7 +69,7 @@ class Intake:
         self._admission = AdmissionLimits(ing.max_inflight_frames, cfg.per_tool_inflight)
         self._jitter = random.Random()  # spreads the retry hints of busy replies
         self._cpu = shared.metrics.stage_cpu
-        sizes = Sizes((ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize)
+        sizes = Sizes((ing.image_height, ing.image_width), ing.max_image_pixels, ing.resize, ing.max_payload_bytes)
         self._decoder = decoder_for(ing.decode_threads, ing.decode_processes, decode, sizes, shared.metrics)
         self._arriving: dict[tuple[str, str], bytes] = {}  # keys being handled -> the newest connection's identity
 

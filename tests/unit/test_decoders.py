@@ -20,7 +20,7 @@ from edge.ingest.decoders import LOST, ProcessDecoder, Sizes, ThreadDecoder, dec
 from edge.ingest.imaging import decode
 from edge.ops.metrics import Metrics
 
-SIZES = Sizes((64, 64), 4096 * 4096, resize=False)
+SIZES = Sizes((64, 64), 4096 * 4096, resize=False, max_payload=1 << 20)
 KILL = b"\xffkill"  # a payload that ends the worker deciding it (as a crash inside a decoder would)
 HOLD = b"\xffhold"  # a payload whose decode takes a while (in the pool when another worker dies)
 
@@ -35,6 +35,14 @@ def deadly_decode(
         time.sleep(1.0)
         payload = payload[len(HOLD) :]
     return decode(header, payload, size, max_pixels, resize)
+
+
+def small_decode(
+    header: FrameHeader, payload: bytes, size: tuple[int, int], max_pixels: int, resize: bool
+) -> Tensors | Rejected:
+    """Tensors of another size than the models' (one the worker's slot is not laid out for)."""
+    image = np.frombuffer(payload[:48], np.uint8).reshape(3, 4, 4)
+    return Tensors(rgb=image, grey=image[:1])
 
 
 def frame_header(frame_id: str = "f-1", encoding: str = "png", shape: tuple[int, ...] | None = None) -> FrameHeader:
@@ -82,6 +90,15 @@ def test_workers_give_what_the_daemon_s_own_process_gives():
     assert isinstance(kept, Tensors) and kept.png is calls[0][1]  # the daemon's own payload, not a copy back
     assert [type(r).__name__ for r in got[2:]] == ["Rejected", "Rejected"]
     assert metrics.registry.get_sample_value("edge_stage_cpu_seconds_total", {"stage": "decode"}) > 0
+
+
+def test_the_slot_takes_the_largest_payload_and_tensors_of_another_shape_come_back_whole():
+    big = png(3) + bytes(SIZES.max_payload - len(png(3)))  # bytes after the end: the PNG's decoder reads up to IEND
+    small = bytes(range(48))
+    (got,) = run(ProcessDecoder(1, decode, SIZES, Metrics()), (frame_header("big"), big))
+    assert isinstance(got, Tensors) and same(got, decode(frame_header(), big, SIZES.size, SIZES.max_pixels, False))
+    (odd,) = run(ProcessDecoder(1, small_decode, SIZES, Metrics()), (frame_header("odd", "raw", (4, 4, 3)), small))
+    assert isinstance(odd, Tensors) and odd.rgb.tobytes() == small and odd.grey.tobytes() == small[:16]
 
 
 def restarts(metrics: Metrics) -> float:
