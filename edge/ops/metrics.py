@@ -115,6 +115,12 @@ class Metrics:
         self.outbox_pruned = Counter(
             "edge_outbox_pruned_total", "Rows pruned after the retention period", ["table"], registry=r
         )
+        self.outbox_group = Histogram(
+            "edge_outbox_writes_per_commit",
+            "Batches (and station messages) each outbox commit carried: those that came while the one before synced",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.captures = Counter(
             "edge_captures_total", "Dies captured for review, by why (DEFECT, REVIEW, AUDIT, BORDERLINE)", ["reason"],
             registry=r,

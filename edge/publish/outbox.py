@@ -1,6 +1,8 @@
 """Durable outbox (DESIGN 3.6): every result and event in SQLite (WAL) before any reply or publish.
 
-One transaction per batch. Results are keyed by (tool_id, frame_id), which de-duplicates frames a
+One transaction per batch, or for several batches at once: ``record_all`` writes each as ``record`` would, in
+order, and commits once (``edge.publish.group_commit`` gathers the batches that arrive while a commit is under
+way). Results are keyed by (tool_id, frame_id), which de-duplicates frames a
 tool resends, across restarts too. Events keep their insertion order (``seq``) and stay until the
 broker acknowledged them. The dies of wafers not yet summarised are kept beside the results, in the
 same transaction, and leave in the transaction that records their wafer's summary: a restart picks
@@ -9,6 +11,11 @@ MES said so) is kept with them until its summary is recorded, and its dies are t
 row (the review pages draw it), pruned with the events. The line watch's drift
 and parameter state is saved here too, now and then. Blocking calls: the daemon runs them on one
 dedicated thread.
+
+Only what a reply or a publish promises waits for the disk: results, events and dies are committed with a sync
+(``synchronous=FULL``); the marks the daemon makes afterwards (delivered, released, calibration rows forgotten) are
+committed without one and become durable with the next synced commit, since a start makes each of them again when
+a power cut takes it back (``_marking``). That is two or three syncs fewer per batch.
 
 An event whose die is captured is recorded ``held``: it is not handed out (and no event after it is, so the
 order holds) until ``release`` says its capture is written; ``held_events`` at a start names those whose capture
@@ -100,6 +107,17 @@ CREATE TABLE IF NOT EXISTS watch_state (
 
 
 @dataclass(frozen=True, slots=True)
+class Write:
+    """What one ``record`` call writes (its arguments)."""
+
+    results: Sequence[ResultRow] = ()
+    events: Sequence[EventRow] = ()
+    dies: Sequence[DieRow] = ()
+    summarised: Sequence[tuple[str, str, str]] = ()
+    calibration: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingEvent:
     seq: int
     event_id: str
@@ -143,41 +161,45 @@ class Outbox:
         calibration rows (batch id, payload), kept until ``forget_calibration`` says the calibration store has
         them. A result already recorded for the same (tool_id, frame_id) is kept as it was (a resent frame is
         answered from it); a die inspected again keeps its latest result."""
+        self.record_all([Write(results, events, dies, summarised, calibration)])
+
+    def record_all(self, writes: Sequence[Write]) -> None:
+        """Several ``record`` calls in one transaction: each written as ``record`` writes it, in the order given, and
+        one commit (one sync to the disk) for them all; none is written if any cannot be."""
         now = time.time()
         with self._writing("record batch"):
-            self._db.executemany(
-                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in results],
-            )
-            self._db.executemany(
-                "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at, held) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.event_id, e.topic, e.decision, e.payload, now, int(e.held)) for e in events],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
-                "defect_class, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now)
-                    for d in dies
-                ],
-            )
-            if calibration is not None:
-                self._db.execute("INSERT OR IGNORE INTO calibration_rows VALUES (?, ?, ?)", (*calibration, now))
-            summaries = _summary_ids(events)
-            for key in summarised:
-                folded = self._db.execute(
-                    "SELECT x, y, decision, defect_class, recipe_id FROM wafer_dies WHERE tool_id = ? AND lot_id = ? "
-                    "AND wafer_id = ? ORDER BY seq", key).fetchall()  # fmt: skip
-                if folded:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO wafer_maps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (*key, folded[-1][4], summaries.get(key), json.dumps([d[:4] for d in folded]), now),
-                    )
-            for table in ("wafer_dies", "wafer_ends"):
-                self._db.executemany(
-                    f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", summarised
+            for write in writes:
+                self._record(write, now)
+
+    def _record(self, w: Write, now: float) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.tool_id, r.frame_id, now, r.decision, r.event_id, r.reply) for r in w.results],
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO events (event_id, topic, decision, payload, created_at, held) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.event_id, e.topic, e.decision, e.payload, now, int(e.held)) for e in w.events],
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO wafer_dies (tool_id, lot_id, wafer_id, x, y, recipe_id, decision, "
+            "defect_class, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(d.tool_id, d.lot_id, d.wafer_id, d.x, d.y, d.recipe_id, d.decision, d.defect_class, now) for d in w.dies],
+        )
+        if w.calibration is not None:
+            self._db.execute("INSERT OR IGNORE INTO calibration_rows VALUES (?, ?, ?)", (*w.calibration, now))
+        summaries = _summary_ids(w.events)
+        for key in w.summarised:
+            folded = self._db.execute(
+                "SELECT x, y, decision, defect_class, recipe_id FROM wafer_dies WHERE tool_id = ? AND lot_id = ? "
+                "AND wafer_id = ? ORDER BY seq", key).fetchall()  # fmt: skip
+            if folded:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO wafer_maps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*key, folded[-1][4], summaries.get(key), json.dumps([d[:4] for d in folded]), now),
                 )
+        for table in ("wafer_dies", "wafer_ends"):
+            self._db.executemany(f"DELETE FROM {table} WHERE tool_id = ? AND lot_id = ? AND wafer_id = ?", w.summarised)
 
     def calibration_rows(self) -> list[tuple[str, str]]:
         """The batches' calibration rows (batch id, payload) not yet in the calibration store, oldest first."""
@@ -186,8 +208,9 @@ class Outbox:
         return [(batch, payload) for batch, payload in rows]
 
     def forget_calibration(self, batches: Sequence[str]) -> None:
-        """The calibration store holds these batches' rows now."""
-        with self._writing("forget calibration rows"):
+        """The calibration store holds these batches' rows now (committed without a sync of its own: see
+        ``_marking``)."""
+        with self._marking("forget calibration rows"):
             self._db.executemany("DELETE FROM calibration_rows WHERE batch = ?", [(b,) for b in batches])
 
     def end_wafers(self, ended: Sequence[tuple[tuple[str, str, str], str]]) -> None:
@@ -235,8 +258,9 @@ class Outbox:
         return [PendingEvent(*row) for row in rows]
 
     def release(self, event_ids: Iterable[str]) -> None:
-        """These held events may go out: their captures are written (or known lost)."""
-        with self._writing("release held events"):
+        """These held events may go out: their captures are written (or known lost). Committed without a sync of
+        its own (``_marking``): a release a power cut takes back is made again by the start's ``Keeper.settle``."""
+        with self._marking("release held events"):
             self._db.executemany("UPDATE events SET held = 0 WHERE event_id = ?", [(e,) for e in event_ids])
 
     def held_events(self) -> list[str]:
@@ -246,8 +270,10 @@ class Outbox:
         return [row[0] for row in rows]
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
+        """The broker has these events. Committed without a sync of its own (``_marking``): a mark a power cut takes
+        back means the event goes out again (at least once; its id lets subscribers drop the copy)."""
         now = time.time()
-        with self._writing("mark events delivered"):
+        with self._marking("mark events delivered"):
             self._db.executemany("UPDATE events SET delivered_at = ? WHERE seq = ?", [(now, s) for s in seqs])
 
     def mark_undelivered(self, seqs: Iterable[int]) -> None:
@@ -323,6 +349,21 @@ class Outbox:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), SQLite errors converted."""
         with _converted(what), immediate(self._db):
             yield
+
+    @contextmanager
+    def _marking(self, what: str) -> Iterator[None]:
+        """A write transaction whose commit does not sync the disk (``synchronous=NORMAL`` for it alone): it survives
+        the daemon's crash at once, and a power cut from the next synced commit on (the WAL is synced to its end,
+        these pages with it). Only for marks that a start makes again when a power cut takes them back: delivered
+        (published again), released (settled again), calibration rows forgotten (applied again; the store skips
+        batches it has, and had them synced before the mark was made)."""
+        with _converted(what):
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with immediate(self._db):
+                    yield
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
 
 def _summary_ids(events: Sequence[EventRow]) -> dict[tuple[str, str, str], str]:

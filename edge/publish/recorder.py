@@ -1,6 +1,7 @@
 """Outcomes to durable records, then replies, then announcements.
 
-A batch's result rows, event rows and open-wafer dies go to the outbox in one transaction; only then is each
+A batch's result rows, event rows and open-wafer dies go to the outbox in one transaction (shared with the batches
+that came while the commit before was syncing: ``edge.publish.group_commit``); only then is each
 tool answered (the reply bytes come from the recorded row, so a resent frame gets the same answer), the events
 go to the local feed and the publisher, and calibration books the batch. When the outbox cannot take the batch,
 nothing is recorded and every frame is answered ``busy outbox_unavailable``: the tool resends it.
@@ -23,7 +24,8 @@ from edge.ingest.wire import encode_reply, error_reply
 from edge.ops.logs import get
 from edge.ops.stage_cpu import clock
 from edge.publish.events import EventIds
-from edge.publish.outbox import Outbox
+from edge.publish.group_commit import GroupCommit
+from edge.publish.outbox import Outbox, Write
 from edge.publish.records import Stamp, records
 from edge.shared import Shared
 from edge.watch.guard import GuardedWatch
@@ -63,7 +65,8 @@ class Recorder:
         self._announce = announce
         self._health = shared.health  # the models Triton serves, for the events
         self._captures = captures
-        self._write = shared.metrics.stage_cpu.timed("outbox", outbox.record)  # on the outbox thread
+        write_all = shared.metrics.stage_cpu.timed("outbox", outbox.record_all)  # on the outbox thread
+        self._commit = GroupCommit(shared.db, write_all, shared.metrics.outbox_group.observe)
         self._apply = shared.metrics.stage_cpu.timed("calibration", calibration.apply)  # on the calibration thread
         # told each batch's outcomes and event ids once recorded (the model lifecycle's review guardrails)
         self.on_recorded: Callable[[list[Outcome], list[str | None]], None] | None = None
@@ -96,7 +99,7 @@ class Recorder:
             keeper.expect(captures)
         self._metrics.stage_cpu.add("record", cpu)
         try:
-            await self._db(self._write, results, events, dies, (), batch)
+            await self._commit(Write(results, events, dies, (), batch))
         except OutboxError as err:
             log.error("outbox_write_failed", error=str(err), frames=len(outcomes))
             if keeper is not None:
@@ -148,7 +151,7 @@ class Recorder:
         if not rows and not summarised:
             return
         try:
-            await self._db(self._outbox.record, [], rows, (), summarised or [])
+            await self._commit(Write((), rows, (), summarised or ()))
         except OutboxError as err:
             self._metrics.internal_errors.labels("outbox").inc()
             log.error("outbox_write_failed", error=str(err), messages=len(rows))

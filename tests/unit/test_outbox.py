@@ -2,6 +2,9 @@
 
 import time
 
+import pytest
+
+from edge.errors import OutboxError
 from edge.flow import DieRow, EventRow, ResultRow
 from edge.publish.outbox import Outbox
 
@@ -123,4 +126,32 @@ def test_the_line_watch_state_is_replaced_as_a_whole_and_survives_reopening(tmp_
     box.close()
     box = Outbox(path)
     assert box.load_state() == {"score": {("R", "T1"): b"a2"}}
+    box.close()
+
+
+def test_only_the_marks_commit_without_a_sync(tmp_path):
+    """Results and events wait for the disk; delivered, released and forgotten marks commit without a sync of their
+    own (a start makes each again), and the connection is back to syncing after each, a failed one too."""
+    box = Outbox(tmp_path / "o.sqlite")
+    statements: list[str] = []
+    box._db.set_trace_callback(statements.append)
+
+    def setting_at_commit(run) -> str:
+        statements.clear()
+        run()
+        commits = [i for i, s in enumerate(statements) if s == "COMMIT"]
+        assert len(commits) == 1 and box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+        pragmas = [s for s in statements[: commits[0]] if s.startswith("PRAGMA synchronous")]
+        return pragmas[-1].split("=")[1] if pragmas else "FULL"  # FULL: the connection's own setting
+
+    assert setting_at_commit(lambda: box.record(*rows(2))) == "FULL"
+    seqs = [e.seq for e in box.pending(0, 10)]
+    assert setting_at_commit(lambda: box.mark_delivered(seqs)) == "NORMAL"
+    assert setting_at_commit(lambda: box.release(["e0"])) == "NORMAL"
+    assert setting_at_commit(lambda: box.forget_calibration(["b1"])) == "NORMAL"
+    assert setting_at_commit(lambda: box.mark_undelivered(seqs[:1])) == "FULL"  # taking a mark back waits for it
+    with pytest.raises(OutboxError):
+        box.mark_delivered([object()])  # a value SQLite refuses: rolled back
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert [e.event_id for e in box.pending(0, 10)] == ["e0"]
     box.close()

@@ -92,7 +92,8 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
 
 
 COUNTED = ("edge_stage_cpu_seconds_total", "edge_stage_latency_seconds_sum", "edge_stage_latency_seconds_count",
-           "edge_batch_size_sum", "edge_batch_size_count")  # fmt: skip
+           "edge_batch_size_sum", "edge_batch_size_count", "edge_outbox_writes_per_commit_sum",
+           "edge_outbox_writes_per_commit_count")  # fmt: skip
 
 
 def daemon_counts(metrics_text: str) -> dict[tuple[str, str], float]:
@@ -148,12 +149,16 @@ def measure(st: Station, todo: list[tuple[str, Pending]], warm: list[tuple[str, 
     wall = {stage: round(s * 1000 / max(1.0, counted[(COUNTED[2], stage)]), 2)
             for (name, stage), s in counted.items() if name == COUNTED[1]}  # fmt: skip
     threads = {name: round((cpu - before.threads.get(name, 0.0)) * 1000 / n, 4) for name, cpu in after.threads.items()}
+    commits = counted.get((COUNTED[6], ""), 0.0)
     return {
         "frames_per_s": report["frames_per_s"],
         "latency_ms": report["latency_ms"],
         "replies": report["replies"],
         "unanswered": len(report["unanswered"]),
         "mean_batch": round(counted[(COUNTED[3], "")] / max(1.0, counted[(COUNTED[4], "")]), 1),
+        # outbox commits (each one sync to the disk): how many batches each carried, how many per frame
+        "outbox_writes_per_commit": round(counted.get((COUNTED[5], ""), 0.0) / max(1.0, commits), 2),
+        "outbox_commits_per_frame": round(commits / n, 3),
         "cpu_ms_per_frame": {
             "daemon": round(daemon_ms, 4),
             "triton_with_stubs": round((after.triton_s - before.triton_s) * 1000 / n, 4),
