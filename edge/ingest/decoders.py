@@ -110,7 +110,10 @@ class Slot:
         return self._map[:n]
 
     def holds(self, tensors: Tensors) -> bool:
-        return tensors.rgb.shape == self.rgb.shape and tensors.grey.shape == self.grey.shape
+        """Whether ``tensors`` are laid out as the slot's (the models' size, 8 bits)."""
+        return all(
+            t.shape == s.shape and t.dtype == s.dtype for t, s in ((tensors.rgb, self.rgb), (tensors.grey, self.grey))
+        )
 
     def close(self) -> None:
         del self.rgb, self.grey  # the views go before the map can close
@@ -162,7 +165,7 @@ def _work(fn: DecodeFn, header: FrameHeader, slot: Slot, size: int, sizes: Sizes
     if not isinstance(result, Tensors):
         return result, False, time.thread_time() - since
     kept = result.png is not None
-    if not slot.holds(result):  # not the models' shape (a decode function of another kind): pickled
+    if not slot.holds(result):  # not the models' layout (a decode function of another kind): pickled
         return dataclasses.replace(result, png=None), kept, time.thread_time() - since
     np.copyto(slot.rgb, result.rgb)
     np.copyto(slot.grey, result.grey)

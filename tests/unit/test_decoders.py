@@ -45,6 +45,14 @@ def small_decode(
     return Tensors(rgb=image, grey=image[:1])
 
 
+def wide_decode(
+    header: FrameHeader, payload: bytes, size: tuple[int, int], max_pixels: int, resize: bool
+) -> Tensors | Rejected:
+    """Tensors of the models' size in 16 bits (not laid out as the slot is)."""
+    image = np.full((3, *size), 300, np.uint16)
+    return Tensors(rgb=image, grey=image[:1])  # type: ignore[arg-type]
+
+
 def frame_header(frame_id: str = "f-1", encoding: str = "png", shape: tuple[int, ...] | None = None) -> FrameHeader:
     return FrameHeader(frame_id, "AOI-01", "R1", "L1", "W1", (0, 0), 0.0, encoding, shape, None, None)
 
@@ -92,13 +100,15 @@ def test_workers_give_what_the_daemon_s_own_process_gives():
     assert metrics.registry.get_sample_value("edge_stage_cpu_seconds_total", {"stage": "decode"}) > 0
 
 
-def test_the_slot_takes_the_largest_payload_and_tensors_of_another_shape_come_back_whole():
+def test_the_slot_takes_the_largest_payload_and_tensors_of_another_layout_come_back_whole():
     big = png(3) + bytes(SIZES.max_payload - len(png(3)))  # bytes after the end: the PNG's decoder reads up to IEND
     small = bytes(range(48))
     (got,) = run(ProcessDecoder(1, decode, SIZES, Metrics()), (frame_header("big"), big))
     assert isinstance(got, Tensors) and same(got, decode(frame_header(), big, SIZES.size, SIZES.max_pixels, False))
     (odd,) = run(ProcessDecoder(1, small_decode, SIZES, Metrics()), (frame_header("odd", "raw", (4, 4, 3)), small))
     assert isinstance(odd, Tensors) and odd.rgb.tobytes() == small and odd.grey.tobytes() == small[:16]
+    (wide,) = run(ProcessDecoder(1, wide_decode, SIZES, Metrics()), (frame_header("wide"), png()))
+    assert isinstance(wide, Tensors) and wide.rgb.dtype == np.uint16 and (wide.rgb == 300).all()
 
 
 def restarts(metrics: Metrics) -> float:
