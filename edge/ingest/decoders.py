@@ -81,6 +81,11 @@ class Sizes:
     resize: bool
     max_payload: int
 
+    @property
+    def slot_bytes(self) -> int:
+        """A worker's slot: the largest payload, then the RGB and grey tensors (one byte a value)."""
+        return self.max_payload + 4 * self.size[0] * self.size[1]
+
 
 class InSlot:
     """A worker's answer: the tensors are in its slot."""
@@ -95,10 +100,9 @@ class Slot:
 
     def __init__(self, fd: int, sizes: Sizes) -> None:
         h, w = sizes.size
-        self._payload = sizes.max_payload
         self.fd = fd
-        self._map = mmap.mmap(fd, self._payload + 4 * h * w)
-        tensors = np.frombuffer(self._map, np.uint8, 4 * h * w, self._payload)
+        self._map = mmap.mmap(fd, sizes.slot_bytes)
+        tensors = np.frombuffer(self._map, np.uint8, 4 * h * w, sizes.max_payload)
         self.rgb, self.grey = tensors[: 3 * h * w].reshape(3, h, w), tensors[3 * h * w :].reshape(1, h, w)
 
     def put(self, payload: bytes) -> int:
@@ -184,7 +188,7 @@ class _Worker:
         theirs.close()
         self._conn = ours
         fd = os.memfd_create("edge-decode", os.MFD_CLOEXEC)
-        os.ftruncate(fd, sizes.max_payload + 4 * sizes.size[0] * sizes.size[1])  # sparse: pages used as written
+        os.ftruncate(fd, sizes.slot_bytes)  # sparse: pages are used as they are written
         self._slot = Slot(fd, sizes)
         assert self.process.pid is not None
         try:
@@ -230,12 +234,11 @@ class ProcessDecoder:
     async def start(self) -> None:
         """Starts every worker now (the first costs the fork server's start, about a second), logging their process
         ids: the kernel's log names a process it kills by id."""
-        loop = asyncio.get_running_loop()
         async with self._starting:
             if self._all:
                 return
             for _ in range(self._n):
-                worker = await loop.run_in_executor(self._io, _Worker, self._context, self._fn, self._sizes)
+                worker = await self._new_worker()
                 self._all.append(worker)
                 self._idle.put_nowait(worker)
         log.info("decode_workers_started", pids=self.pids)
@@ -264,11 +267,13 @@ class ProcessDecoder:
             result = dataclasses.replace(result, png=payload)
         return result
 
+    async def _new_worker(self) -> _Worker:
+        """A worker started (its fork and slot hand-over wait on the fork server: on an I/O thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, _Worker, self._context, self._fn, self._sizes)
+
     async def _replace(self, dead: _Worker) -> _Worker:
         dead.stop()
-        worker = await asyncio.get_running_loop().run_in_executor(
-            self._io, _Worker, self._context, self._fn, self._sizes
-        )
+        worker = await self._new_worker()
         self._all[self._all.index(dead)] = worker
         self._metrics.decode_restarts.inc()
         died = dead.process

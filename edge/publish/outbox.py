@@ -15,7 +15,7 @@ dedicated thread.
 Only what a reply or a publish promises waits for the disk: results, events and dies are committed with a sync
 (``synchronous=FULL``); the marks the daemon makes afterwards (delivered, released, calibration rows forgotten) are
 committed without one and become durable with the next synced commit, since a start makes each of them again when
-a power cut takes it back (``_marking``). That is two or three syncs fewer per batch.
+a power cut takes it back (``_writing(..., synced=False)``).
 
 An event whose die is captured is recorded ``held``: it is not handed out (and no event after it is, so the
 order holds) until ``release`` says its capture is written; ``held_events`` at a start names those whose capture
@@ -209,8 +209,8 @@ class Outbox:
 
     def forget_calibration(self, batches: Sequence[str]) -> None:
         """The calibration store holds these batches' rows now (committed without a sync of its own: see
-        ``_marking``)."""
-        with self._marking("forget calibration rows"):
+        ``_writing``)."""
+        with self._writing("forget calibration rows", synced=False):
             self._db.executemany("DELETE FROM calibration_rows WHERE batch = ?", [(b,) for b in batches])
 
     def end_wafers(self, ended: Sequence[tuple[tuple[str, str, str], str]]) -> None:
@@ -259,8 +259,8 @@ class Outbox:
 
     def release(self, event_ids: Iterable[str]) -> None:
         """These held events may go out: their captures are written (or known lost). Committed without a sync of
-        its own (``_marking``): a release a power cut takes back is made again by the start's ``Keeper.settle``."""
-        with self._marking("release held events"):
+        its own (``_writing``): a release a power cut takes back is made again by the start's ``Keeper.settle``."""
+        with self._writing("release held events", synced=False):
             self._db.executemany("UPDATE events SET held = 0 WHERE event_id = ?", [(e,) for e in event_ids])
 
     def held_events(self) -> list[str]:
@@ -270,10 +270,10 @@ class Outbox:
         return [row[0] for row in rows]
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
-        """The broker has these events. Committed without a sync of its own (``_marking``): a mark a power cut takes
+        """The broker has these events. Committed without a sync of its own (``_writing``): a mark a power cut takes
         back means the event goes out again (at least once; its id lets subscribers drop the copy)."""
         now = time.time()
-        with self._marking("mark events delivered"):
+        with self._writing("mark events delivered", synced=False):
             self._db.executemany("UPDATE events SET delivered_at = ? WHERE seq = ?", [(now, s) for s in seqs])
 
     def mark_undelivered(self, seqs: Iterable[int]) -> None:
@@ -345,25 +345,22 @@ class Outbox:
         return pruned
 
     @contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), SQLite errors converted."""
-        with _converted(what), immediate(self._db):
-            yield
-
-    @contextmanager
-    def _marking(self, what: str) -> Iterator[None]:
-        """A write transaction whose commit does not sync the disk (``synchronous=NORMAL`` for it alone): it survives
-        the daemon's crash at once, and a power cut from the next synced commit on (the WAL is synced to its end,
-        these pages with it). Only for marks that a start makes again when a power cut takes them back: delivered
+    def _writing(self, what: str, synced: bool = True) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), SQLite errors converted.
+        ``synced=False``: its commit does not sync the disk (``synchronous=NORMAL`` for it alone): it survives the
+        daemon's crash at once, and a power cut from the next synced commit on (the WAL is synced to its end, these
+        pages with it). Only for marks that a start makes again when a power cut takes them back: delivered
         (published again), released (settled again), calibration rows forgotten (applied again; the store skips
         batches it has, and had them synced before the mark was made)."""
         with _converted(what):
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            if not synced:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 with immediate(self._db):
                     yield
             finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+                if not synced:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
 
 def _summary_ids(events: Sequence[EventRow]) -> dict[tuple[str, str, str], str]:
