@@ -28,17 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge import png
 from edge.capture.record import Capture, CaptureFacts
 from edge.errors import CaptureError
 from edge.ops.transaction import immediate
 
 INDEX = "captures.sqlite"
 HEATMAP_SHAPE = (32, 32)
-PNG_LEVEL = 1  # zlib level: dies of the CPU station encode in a few ms, about 10% above the smallest file
 
 # Why a capture is no longer kept: by age, by the byte quota, never written (the daemon stopped between recording
 # its event and writing it), its write failed, or it was given up with the write queue full.
@@ -157,15 +156,11 @@ def embedding_space(facts: Mapping[str, Any]) -> str:
 
 
 def encode_png(rgb: npt.NDArray[np.uint8]) -> bytes:
-    """A (3, H, W) RGB die as PNG bytes; ``CaptureError`` when OpenCV cannot encode it."""
+    """A (3, H, W) RGB die as PNG bytes (``edge.png``); ``CaptureError`` when it is not one."""
     try:
-        ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb.transpose(1, 2, 0)[:, :, ::-1]),
-                                [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])  # fmt: skip
-    except cv2.error as err:
+        return png.encode_png(rgb.transpose(1, 2, 0))
+    except ValueError as err:
         raise CaptureError(f"cannot encode a die of shape {rgb.shape} as PNG: {err}") from err
-    if not ok:
-        raise CaptureError(f"cannot encode a die of shape {rgb.shape} as PNG")
-    return bytes(data.tobytes())
 
 
 def _blob(array: npt.NDArray[np.float32] | None) -> bytes | None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge.contract.images import Image, model_input, opencv_input
 from edge.flow import FrameHeader, Rejected, Tensors
-from edge.ingest.png_decode import SIGNATURE, decode_png, walk
+from edge.png import SIGNATURE, decode_png, walk
 
 PNG_MAGIC = SIGNATURE
 KEEP_PNG = 1 << 20  # a PNG up to this size is kept for the capture as it came (a bigger one carries more)
@@ -77,7 +77,7 @@ def decode(
             )
         if header.encoding == "png" and not png_chunks_complete(payload):
             return Rejected("undecodable", "png chunks run past the end of the payload", header.frame_id)
-        quick = decode_png(payload) if header.encoding == "png" else None  # the usual die (edge.ingest.png_decode)
+        quick = decode_png(payload) if header.encoding == "png" else None  # the usual die (edge.png)
         if quick is not None:
             image = quick
         else:  # IMREAD_UNCHANGED keeps a 16-bit PNG's depth for the rule; cv2's stub leaves out the None it returns

@@ -1,4 +1,4 @@
-"""The quick PNG path (edge.ingest.png_decode): the pixels OpenCV gives for every PNG it takes (8-bit RGB or grey, rows
+"""The quick PNG path (edge.png): the pixels OpenCV gives for every PNG it takes (8-bit RGB or grey, rows
 None, Sub or Up, however the IDAT data is split), None for every other PNG or damaged payload, and the same tensors
 from the daemon's decode whichever way a frame goes. The PNGs are written here row by row with each filter, and by
 OpenCV at every compression level."""
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from edge.flow import FrameHeader, Rejected
 from edge.ingest import imaging
-from edge.ingest.png_decode import decode_png
+from edge.png import decode_png
 
 SIZE = (256, 256)
 
