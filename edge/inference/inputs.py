@@ -1,4 +1,4 @@
-"""A frame inside the daemon, and the model inputs of a batch of frames. Pure."""
+"""The model inputs of a batch of frames. Pure."""
 
 from __future__ import annotations
 
@@ -13,11 +13,54 @@ from edge.flow import Frame, HotRegion
 from edge.notes import tokenize
 from edge.process_params import process_vector
 
+Pixels = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True)
+class Images:
+    """A batch's image tensors, (B, C, H, W) uint8, held as the frames' own (C, H, W) arrays until they are sent: then
+    stacked once, straight where they go (a shared-memory region, or the one array a gRPC request carries), rather
+    than into an array of their own first and copied again. A batch that is one array already (``of``) stays one."""
+
+    frames: Sequence[Pixels] | Pixels
+
+    @classmethod
+    def of(cls, batch: Pixels) -> Images:
+        return cls(batch)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if isinstance(self.frames, np.ndarray):
+            return tuple(self.frames.shape)
+        return (len(self.frames), *self.frames[0].shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(frame.nbytes for frame in self.frames)
+
+    def stacked(self, out: Pixels | None = None) -> Pixels:
+        """The batch as one array: written into ``out`` (of ``shape``) where given, else a new one (or the array the
+        batch already is); ``ValueError`` when the frames' shapes differ or do not fit ``out``."""
+        if isinstance(self.frames, np.ndarray):
+            if out is None:
+                return self.frames
+            if out.shape != self.frames.shape:
+                raise ValueError(f"a batch of {self.frames.shape} does not fit {out.shape}")
+            np.copyto(out, self.frames)
+            return out
+        return np.stack(self.frames, out=out)
+
+    def take(self, rows: Sequence[int]) -> Images:
+        return Images([self.frames[i] for i in rows])
+
 
 @dataclass(frozen=True, slots=True)
 class BatchInputs:
-    grey: npt.NDArray[np.uint8]  # (B, 1, H, W) uint8
-    rgb: npt.NDArray[np.uint8]  # (B, 3, H, W) uint8
+    grey: Images  # (B, 1, H, W) uint8
+    rgb: Images  # (B, 3, H, W) uint8
     process: npt.NDArray[np.float32]  # (B, 48) float32
     present: npt.NDArray[np.float32]  # (B, 2) float32
     notes: npt.NDArray[np.int64]  # (B, 32) int64
@@ -27,7 +70,8 @@ class BatchInputs:
         if list(rows) == list(range(len(self.grey))):
             return self
         idx = np.asarray(rows)
-        return BatchInputs(self.grey[idx], self.rgb[idx], self.process[idx], self.present[idx], self.notes[idx])
+        return BatchInputs(self.grey.take(rows), self.rgb.take(rows), self.process[idx], self.present[idx],
+                           self.notes[idx])  # fmt: skip
 
 
 def batch_inputs(frames: Sequence[Frame], parameters: Mapping[str, Sequence[str]]) -> BatchInputs:
@@ -41,8 +85,8 @@ def batch_inputs(frames: Sequence[Frame], parameters: Mapping[str, Sequence[str]
         notes.append(tokens)
         present.append((float(has_process), float(has_note)))
     return BatchInputs(
-        grey=np.stack([f.tensors.grey for f in frames]),
-        rgb=np.stack([f.tensors.rgb for f in frames]),
+        grey=Images([f.tensors.grey for f in frames]),
+        rgb=Images([f.tensors.rgb for f in frames]),
         process=np.stack(process),
         present=np.asarray(present, dtype=np.float32),
         notes=np.stack(notes),

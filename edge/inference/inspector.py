@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.decision import rule
 from edge.errors import InferenceFailed, TritonUnavailable
 from edge.flow import Frame, NotInspectedReason, Outcome
-from edge.inference.inputs import BatchInputs, batch_inputs, hot_region
+from edge.inference.inputs import BatchInputs, Images, batch_inputs, hot_region
 from edge.inference.triton_client import AnomalyOut, ClassifierOut
 from edge.models.served import Pair, Serving
 from edge.notes import MAX_TOKENS
@@ -37,11 +37,11 @@ Thresholds = Callable[[str, str, str], float]  # (recipe, tool, class) -> confid
 class Models(Protocol):
     """The two models as Triton serves them (``edge.inference.triton_client.TritonClient``)."""
 
-    async def anomaly(self, grey: npt.NDArray[np.uint8], version: str = "") -> AnomalyOut: ...
+    async def anomaly(self, grey: Images, version: str = "") -> AnomalyOut: ...
 
     async def classify(
         self,
-        rgb: npt.NDArray[np.uint8],
+        rgb: Images,
         process: npt.NDArray[np.float32],
         present: npt.NDArray[np.float32],
         notes: npt.NDArray[np.int64],
@@ -92,8 +92,8 @@ class Inspector:
         ing, params = self.cfg.ingest, next(iter(self._parameters.values()))
         h, w = ing.image_height, ing.image_width
         await asyncio.gather(
-            self.models.anomaly(np.zeros((1, 1, h, w), np.uint8), version),
-            self.models.classify(np.zeros((1, 3, h, w), np.uint8), np.zeros((1, len(params)), np.float32),
+            self.models.anomaly(Images.of(np.zeros((1, 1, h, w), np.uint8)), version),
+            self.models.classify(Images.of(np.zeros((1, 3, h, w), np.uint8)), np.zeros((1, len(params)), np.float32),
                                  np.zeros((1, 2), np.float32), np.zeros((1, MAX_TOKENS), np.int64), version),
         )  # fmt: skip
 

@@ -22,11 +22,11 @@ from typing import Literal
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.utils.shared_memory as triton_shm
 from tritonclient.utils import InferenceServerException
 
+from edge.inference.inputs import Images
 from edge.ops.logs import get
 
 log = get("edge.inference.shared_memory")
@@ -183,9 +183,10 @@ class SharedImages:
             f"{self.prefix}-{model}-{slot}" for model in self._plan.bytes_per_model for slot in range(self._plan.slots)
         ]
 
-    async def lease(self, model: str, images: npt.NDArray[np.uint8]) -> Lease | None:
-        """A slot of ``model``'s holding ``images``; None: send them over gRPC (shared memory off, being registered
-        by another request, every slot out, or more images than a slot holds)."""
+    async def lease(self, model: str, images: Images) -> Lease | None:
+        """A slot of ``model``'s holding ``images`` (stacked straight into its region); None: send them over gRPC
+        (shared memory off, being registered by another request, every slot out, or more images than a slot
+        holds)."""
         if self.state == "unregistered" and not self._registering.locked():
             async with self._registering:
                 await self._register()
@@ -197,8 +198,8 @@ class SharedImages:
             return None
         region = self._regions[model][slot]
         try:
-            triton_shm.set_shared_memory_region(region.handle, [images])
-        except triton_shm.SharedMemoryException as err:
+            images.stacked(out=triton_shm.get_contents_as_numpy(region.handle, np.uint8, images.shape))
+        except (triton_shm.SharedMemoryException, ValueError, TypeError) as err:
             pool.give(slot)
             log.warning("triton_shared_memory_write_failed", region=region.name, error=str(err.__cause__ or err))
             return None

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from edge.config import Config
 from edge.errors import InferenceFailed, TritonUnavailable
+from edge.inference.inputs import Images
 from edge.inference.shared_memory import ImagePlan, Lease, Setting, SharedImages, off_reason
 from edge.ops.logs import get
 from edge.ops.metrics import Metrics
@@ -171,13 +172,13 @@ class TritonClient:
         params = cfg.get("config", {}).get("parameters", {})
         return {key: str(value.get("string_value", "")) for key, value in params.items() if isinstance(value, dict)}
 
-    async def anomaly(self, grey: npt.NDArray[np.uint8], version: str = "") -> AnomalyOut:
+    async def anomaly(self, grey: Images, version: str = "") -> AnomalyOut:
         result = await self._infer(self.anomaly_model, version, grey, [], ("SCORE", "HEATMAP"))
         return AnomalyOut(result[0].reshape(-1), result[1])
 
     async def classify(
         self,
-        rgb: npt.NDArray[np.uint8],
+        rgb: Images,
         process: npt.NDArray[np.float32],
         present: npt.NDArray[np.float32],
         notes: npt.NDArray[np.int64],
@@ -197,7 +198,7 @@ class TritonClient:
         self,
         model: str,
         version: str,
-        image: npt.NDArray[np.uint8],
+        image: Images,
         others: list[grpcclient.InferInput],
         outputs: tuple[str, ...],
     ) -> list[npt.NDArray[np.float32]]:
@@ -216,7 +217,8 @@ class TritonClient:
             finally:
                 self.images.give_back(lease)
         try:
-            return await self._send(model, version, [_input("IMAGE", image, "UINT8"), *others], outputs, "grpc")
+            return await self._send(model, version, [_input("IMAGE", image.stacked(), "UINT8"), *others], outputs,
+                                    "grpc")  # fmt: skip
         except InferenceServerException as err:
             raise classify(err, what) from err
 
@@ -237,7 +239,7 @@ class TritonClient:
         return [result.as_numpy(name) for name in outputs]
 
 
-def _shared(image: npt.NDArray[np.uint8], lease: Lease) -> grpcclient.InferInput:
+def _shared(image: Images, lease: Lease) -> grpcclient.InferInput:
     """The IMAGE input whose data Triton reads from the lease's region."""
     tensor = grpcclient.InferInput("IMAGE", list(image.shape), "UINT8")
     tensor.set_shared_memory(lease.region, lease.byte_size)

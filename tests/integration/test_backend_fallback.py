@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge.config import parse_config
+from edge.inference.inputs import Images
 from edge.inference.inspector import Inspector
 from edge.inference.model_watch import ModelWatch
 from edge.inference.triton_client import TritonClient
@@ -36,7 +37,7 @@ async def _watch(url: str) -> tuple[Health, Metrics, float]:
     inspector = Inspector(cfg, client, lambda *_: 0.5, metrics, RateLimited(10.0))
     try:
         assert await ModelWatch(shared, client, inspector).wait_ready(asyncio.Event())
-        scored = await client.anomaly(np.zeros((2, 1, 256, 256), np.uint8))
+        scored = await client.anomaly(Images.of(np.zeros((2, 1, 256, 256), np.uint8)))
     finally:
         await client.close()
     return health, metrics, float(scored.scores[0])

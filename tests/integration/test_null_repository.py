@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge.config import parse_config
+from edge.inference.inputs import Images
 from edge.inference.inspector import Inspector
 from edge.inference.model_watch import ModelWatch
 from edge.inference.triton_client import TritonClient
@@ -39,10 +40,10 @@ async def _serve(url: str, dies: np.ndarray) -> tuple[dict, list[tuple]]:
             grey = chunk.mean(axis=1, keepdims=True).astype(np.uint8)
             n = len(chunk)
             found.append(await asyncio.gather(
-                client.anomaly(grey),
-                client.classify(chunk, np.zeros((n, 48), np.float32), np.zeros((n, 2), np.float32),
+                client.anomaly(Images.of(grey)),
+                client.classify(Images.of(chunk), np.zeros((n, 48), np.float32), np.zeros((n, 2), np.float32),
                                 np.zeros((n, 32), np.int64)),
-                client.classify(chunk, np.ones((n, 48), np.float32), np.ones((n, 2), np.float32),
+                client.classify(Images.of(chunk), np.ones((n, 48), np.float32), np.ones((n, 2), np.float32),
                                 np.zeros((n, 32), np.int64)),
             ))  # fmt: skip
     finally:

@@ -12,6 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client import CollectorRegistry
 
+from edge.inference.inputs import Images
 from edge.inference.shared_memory import ImagePlan
 from edge.inference.triton_client import AnomalyOut, ClassifierOut, TritonClient
 from edge.ops.metrics import Metrics
@@ -32,8 +33,8 @@ def dies() -> Dataset:
 
 async def both(client: TritonClient, data: Dataset) -> tuple[AnomalyOut, ClassifierOut]:
     rgb = np.ascontiguousarray(data.images.transpose(0, 3, 1, 2))
-    anomaly = await client.anomaly(grey(data.images))
-    classes = await client.classify(rgb, data.process, data.present, data.notes)
+    anomaly = await client.anomaly(Images(list(grey(data.images))))  # a frame's tensor each, as the daemon holds them
+    classes = await client.classify(Images(list(rgb)), data.process, data.present, data.notes)
     return anomaly, classes
 
 

@@ -81,7 +81,7 @@ class StandInTriton:
         probs = np.zeros((n, len(DEFAULT_CLASSES)), np.float32)
         probs[:, 0] = 1.0
         if self.behaviour[version] == "agree":
-            odd = np.asarray([int(value) % 2 == 1 for value in rgb[:, 0, 0, 0]])
+            odd = np.asarray([int(value) % 2 == 1 for value in rgb.stacked()[:, 0, 0, 0]])
             probs[odd, 0], probs[odd, DEFECT] = 0.0, 1.0
         return ClassifierOut(probs, np.zeros((n, 64), np.float32))
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.inference.inputs import Images
 from edge.inference.shared_memory import ImagePlan
 from edge.inference.triton_client import TritonClient
 from edge.ops import logs
@@ -49,8 +50,8 @@ async def raw_triton(url: str, n: int, inflight: int) -> dict:
             t0 = time.perf_counter()
             k = slice(j, j + 1)
             await asyncio.gather(
-                client.anomaly(grey_images[k]),
-                client.classify(rgb[k], data.process[k], data.present[k], data.notes[k]),
+                client.anomaly(Images.of(grey_images[k])),
+                client.classify(Images.of(rgb[k]), data.process[k], data.present[k], data.notes[k]),
             )
             latencies.append((time.perf_counter() - t0) * 1000)
 
