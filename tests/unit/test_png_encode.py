@@ -66,6 +66,9 @@ def test_other_images_are_refused_with_the_reason(image: npt.NDArray[np.uint8], 
         encode_png(image)
 
 
-def test_the_capture_store_turns_a_refusal_into_its_own_error() -> None:
+@pytest.mark.parametrize(
+    "die", [np.zeros((3, 4, 4), np.float32), np.zeros((4, 5, 3), np.uint8), np.zeros((4, 4), np.uint8)]
+)
+def test_the_capture_store_turns_a_refusal_into_its_own_error(die: npt.NDArray[np.uint8]) -> None:
     with pytest.raises(CaptureError, match="cannot encode a die of shape"):
-        encode_die(np.zeros((3, 4, 4), np.float32))  # type: ignore[arg-type]
+        encode_die(die)
