@@ -114,7 +114,7 @@ class Daemon:
         sock = FrameSocket(
             context(), ing.bind, 2 * (ing.max_payload_bytes + ing.max_header_bytes), hwm=ing.max_inflight_frames * 2,
             also_bind=ing.also_bind, curve_secret_key_file=ing.curve_secret_key_file,
-            curve_authorized_keys=ing.curve_authorized_keys,
+            curve_authorized_keys=ing.curve_authorized_keys, cpu=shared.metrics.stage_cpu,
         )  # fmt: skip
         opened.callback(sock.close)
         feed = EventFeed(cfg.local_pub.bind) if cfg.local_pub.bind else None

@@ -184,12 +184,19 @@ class SharedImages:
         ]
 
     async def lease(self, model: str, images: Images) -> Lease | None:
-        """A slot of ``model``'s holding ``images`` (stacked straight into its region); None: send them over gRPC
-        (shared memory off, being registered by another request, every slot out, or more images than a slot
-        holds)."""
+        """``ready``, then ``take``."""
+        await self.ready()
+        return self.take(model, images)
+
+    async def ready(self) -> None:
+        """Make and register the regions where they are not yet (and no other request is doing it)."""
         if self.state == "unregistered" and not self._registering.locked():
             async with self._registering:
                 await self._register()
+
+    def take(self, model: str, images: Images) -> Lease | None:
+        """A slot of ``model``'s holding ``images`` (stacked straight into its region); None: send them over gRPC
+        (shared memory off or not registered yet, every slot out, or more images than a slot holds)."""
         pool = self._pools.get(model)
         if self.state != "registered" or pool is None or images.nbytes > self._plan.bytes_per_model[model]:
             return None

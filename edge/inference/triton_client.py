@@ -21,6 +21,7 @@ from edge.inference.inputs import Images
 from edge.inference.shared_memory import ImagePlan, Lease, Setting, SharedImages, off_reason
 from edge.ops.logs import get
 from edge.ops.metrics import Metrics
+from edge.ops.stage_cpu import clock
 
 log = get("edge.inference.triton_client")
 Transport = Literal["shared_memory", "grpc"]  # how a request's IMAGE tensor went
@@ -184,11 +185,13 @@ class TritonClient:
         notes: npt.NDArray[np.int64],
         version: str = "",
     ) -> ClassifierOut:
+        since = clock()
         others = [
             _input("PROCESS", process, "FP32"),
             _input("PRESENT", present, "FP32"),
             _input("NOTES", notes, "INT64"),
         ]
+        self._count(since)
         embedding = EMBEDDING in self._outputs.get(self.classifier_model, ())
         outputs = ("PROBS", "ATTENTION", EMBEDDING) if embedding else ("PROBS", "ATTENTION")
         result = await self._infer(self.classifier_model, version, rgb, others, outputs)
@@ -206,19 +209,24 @@ class TritonClient:
         through a shared-memory slot when one is free. A region Triton does not know (it restarted, or someone
         unregistered it) costs a second try over plain gRPC, never the request."""
         what = f"{model} version {version}" if version else model
-        lease = None if self.images is None else await self.images.lease(model, image)
+        if self.images is not None:
+            await self.images.ready()  # the regions registered where they are not yet: awaits Triton, no stage's CPU
+        since = clock()
+        lease = None if self.images is None else self.images.take(model, image)
         if lease is not None:
             assert self.images is not None
             try:
-                return await self._send(model, version, [_shared(image, lease), *others], outputs, "shared_memory")
+                return await self._send(model, version, [_shared(image, lease), *others], outputs, "shared_memory",
+                                        since)  # fmt: skip
             except InferenceServerException as err:
                 if not self.images.lost(lease, err):
                     raise classify(err, what) from err
             finally:
                 self.images.give_back(lease)
+            since = clock()
         try:
             return await self._send(model, version, [_input("IMAGE", image.stacked(), "UINT8"), *others], outputs,
-                                    "grpc")  # fmt: skip
+                                    "grpc", since)  # fmt: skip
         except InferenceServerException as err:
             raise classify(err, what) from err
 
@@ -229,14 +237,26 @@ class TritonClient:
         inputs: list[grpcclient.InferInput],
         outputs: tuple[str, ...],
         transport: Transport,
+        since: int,
     ) -> list[npt.NDArray[np.float32]]:
+        """One request. The CPU from ``since`` (its inputs built: the images stacked, the other tensors serialised)
+        to the call, and of reading the answer, is counted to the "infer" stage; what tritonclient and gRPC do inside
+        the call (the request message, its serialising and the wait) runs across awaits, where no stage can count."""
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         if self._metrics is not None:
             self._metrics.triton_requests.labels(transport).inc()
+        self._count(since)
         result = await self._client.infer(
             model, inputs, model_version=version, outputs=requested, client_timeout=self.timeout_s
         )
-        return [result.as_numpy(name) for name in outputs]
+        since = clock()
+        answer = [result.as_numpy(name) for name in outputs]
+        self._count(since)
+        return answer
+
+    def _count(self, since: int) -> None:
+        if self._metrics is not None:
+            self._metrics.stage_cpu.add("infer", since)
 
 
 def _shared(image: Images, lease: Lease) -> grpcclient.InferInput:

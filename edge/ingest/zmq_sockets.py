@@ -24,6 +24,7 @@ from zmq.utils import z85
 
 from edge.errors import ConfigError
 from edge.ops.logs import get
+from edge.ops.stage_cpu import StageCpu, clock
 
 log = get("edge.zmq")
 
@@ -149,7 +150,9 @@ class FrameSocket:
         also_bind: Sequence[str] = (),
         curve_secret_key_file: Path | None = None,
         curve_authorized_keys: Path | None = None,
+        cpu: StageCpu | None = None,
     ) -> None:
+        self._cpu = cpu  # counts a message taken at once to the "receive" stage
         if (curve_secret_key_file is None) != (curve_authorized_keys is None):
             raise ConfigError("curve_secret_key_file and curve_authorized_keys go together: set both or neither")
         keys = load_server_keys(curve_secret_key_file) if curve_secret_key_file else None
@@ -189,24 +192,32 @@ class FrameSocket:
             )
 
     async def recv(self) -> tuple[bytes, list[bytes], frozenset[str] | None]:
-        """``(identity, parts, tools)``: ``tools`` are those the sender's CURVE key speaks for, None without CURVE."""
-        if self._auth is None:  # bytes copied out
-            identity, *parts = await self._next(copy=True)
+        """``(identity, parts, tools)``: ``tools`` are those the sender's CURVE key speaks for, None without CURVE.
+        A message already waiting is taken at once, and its CPU counted to the "receive" stage; one waited for is
+        taken by pyzmq's callback on the event loop, whose CPU no stage can tell from the loop's own."""
+        since: int | None = clock()
+        copy = self._auth is None  # bytes copied out; with CURVE, zero-copy Frames: they carry the ZAP metadata
+        try:
+            message = self._now.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            message, since = await self._sock.recv_multipart(copy=copy), None
+        received = self._message(message)
+        if since is not None and self._cpu is not None:
+            self._cpu.add("receive", since)
+        return received
+
+    @staticmethod
+    def _message(message: list[Any]) -> tuple[bytes, list[bytes], frozenset[str] | None]:
+        if not message or isinstance(message[0], bytes):
+            identity, *parts = message
             return identity, parts, None
-        identity, *frames = await self._next(copy=False)  # zero-copy Frames: they carry the ZAP metadata
+        identity, *frames = message
         try:
             # a ZAP metadata property: pyzmq types Frame.get(str) as int | str, a named property is a str
             user = cast(str, frames[0].get("User-Id")) if frames else ""
         except zmq.ZMQError:  # no ZAP identity on the message: it speaks for no tool
             user = ""
         return identity.bytes, [f.bytes for f in frames], frozenset(filter(None, user.split(",")))
-
-    async def _next(self, copy: bool) -> list[Any]:
-        """The next message's parts: one already waiting at once, else the next to come."""
-        try:
-            return self._now.recv_multipart(zmq.NOBLOCK, copy=copy)
-        except zmq.Again:
-            return await self._sock.recv_multipart(copy=copy)
 
     async def send(self, identity: bytes, reply: bytes) -> None:
         await self._sock.send_multipart([identity, reply])

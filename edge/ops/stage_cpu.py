@@ -26,10 +26,11 @@ R = TypeVar("R")
 
 clock = time.thread_time_ns  # CPU nanoseconds of the calling thread
 
-# The stages, in pipeline order (a stage nobody reached reads 0)
-# (receiving and the inference round trip run in ZeroMQ's, gRPC's and the event loop's own code: no stage of theirs)
-STAGES = ("parse", "dedupe", "decode", "join", "batch", "decide", "record", "outbox", "reply", "capture", "calibration",
-          "publish")  # fmt: skip
+# The stages, in pipeline order (a stage nobody reached reads 0). "receive" is a frame taken off the socket at once
+# (one waited for is taken in the event loop's own callbacks); "infer" the daemon's side of the inference round trip
+# (the images stacked, the other inputs serialised, the answers read), not tritonclient's or gRPC's within the call
+STAGES = ("receive", "parse", "dedupe", "decode", "join", "batch", "infer", "decide", "record", "outbox", "reply",
+          "capture", "calibration", "publish")  # fmt: skip
 
 
 class StageCpu:

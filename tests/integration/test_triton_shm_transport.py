@@ -82,6 +82,7 @@ def test_shared_memory_answers_exactly_as_grpc_and_its_regions_live_as_long_as_t
         assert_same(got, want)
         assert requests(metrics, "shared_memory") == 2 and requests(metrics, "grpc") == 0
         assert metrics.registry.get_sample_value("edge_triton_shared_memory") == 1
+        assert metrics.registry.get_sample_value("edge_stage_cpu_seconds_total", {"stage": "infer"}) > 0
         assert registered(url, prefix) == sorted(client.images.names)
         assert shm_files(prefix) == sorted(client.images.names)
         await client.close()

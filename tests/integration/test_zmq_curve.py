@@ -19,10 +19,12 @@ import pytest
 import zmq
 import zmq.asyncio
 import zmq.auth
+from prometheus_client import CollectorRegistry
 
 from edge.cli import main as edge_inspect
 from edge.errors import ConfigError
 from edge.ingest.zmq_sockets import FrameSocket
+from edge.ops.metrics import Metrics
 from edge.serving.tritonserver import free_port
 from tools.sim.aoi_sim import AoiTools, CurveClient
 
@@ -133,6 +135,28 @@ def test_without_curve_the_intake_takes_plain_dealers(ctx):
     async def scenario() -> None:
         frames = intake(ctx, None)
         assert await exchange(frames, tool(ctx, frames.endpoint, None, None), tools=None) == b"reply"
+        frames.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_frame_already_waiting_counts_to_the_receive_stage_and_one_waited_for_does_not(ctx):
+    def received_s(metrics: Metrics) -> float:
+        return metrics.registry.get_sample_value("edge_stage_cpu_seconds_total", {"stage": "receive"}) or 0.0
+
+    async def scenario() -> None:
+        metrics = Metrics(CollectorRegistry())
+        frames = FrameSocket(ctx, "tcp://127.0.0.1:0", 1 << 20, hwm=100, cpu=metrics.stage_cpu)
+        client = tool(ctx, frames.endpoint, None, None)
+        waiting = asyncio.ensure_future(frames.recv())  # nothing there yet: it waits on the socket
+        await asyncio.sleep(0.2)
+        await client.send_multipart(FRAME)
+        assert (await asyncio.wait_for(waiting, NOTHING_WITHIN_S))[1] == FRAME
+        assert received_s(metrics) == 0.0  # taken in pyzmq's callback: the loop's own CPU
+        await client.send_multipart(FRAME)
+        await asyncio.sleep(0.3)  # there before the intake asks
+        assert (await asyncio.wait_for(frames.recv(), NOTHING_WITHIN_S))[1] == FRAME
+        assert received_s(metrics) > 0.0
         frames.close()
 
     asyncio.run(scenario())
