@@ -201,14 +201,14 @@ class FrameSocket:
             message = self._now.recv_multipart(zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             message, since = await self._sock.recv_multipart(copy=copy), None
-        received = self._message(message)
+        received = self._message(message, copied=copy)
         if since is not None and self._cpu is not None:
             self._cpu.add("receive", since)
         return received
 
     @staticmethod
-    def _message(message: list[Any]) -> tuple[bytes, list[bytes], frozenset[str] | None]:
-        if not message or isinstance(message[0], bytes):
+    def _message(message: list[Any], copied: bool) -> tuple[bytes, list[bytes], frozenset[str] | None]:
+        if copied:
             identity, *parts = message
             return identity, parts, None
         identity, *frames = message
