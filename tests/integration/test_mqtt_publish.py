@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from edge.ops.metrics import Metrics
 from edge.publish.mqtt import MqttLink
 from edge.publish.outbox import Outbox
 from edge.publish.publisher import Publisher
+from tests.waiting import wait_until
 from tools.sim.mqtt_peer import Peer
 from tools.station.mosquitto import Mosquitto, mosquitto_binary
 
@@ -36,15 +36,6 @@ def events(start: int, n: int) -> tuple[list[ResultRow], list[EventRow]]:
         [ResultRow("T1", f"f{i}", "DEFECT", e, b"r") for i, e in zip(range(start, start + n), ids, strict=True)],
         [EventRow(e, "fab/edge/ST/events/T1", "DEFECT", json.dumps({"event_id": e})) for e in ids],
     )
-
-
-async def wait_until(predicate, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 class Harness:

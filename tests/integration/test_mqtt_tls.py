@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from edge.ops.metrics import Metrics
 from edge.publish.mqtt import MqttLink, publish_once, tls_context
 from edge.publish.outbox import Outbox
 from edge.publish.publisher import Publisher
+from tests.waiting import wait_until
 from tools.sim.mqtt_peer import Peer
 from tools.station.certs import Pki, client_context, issue, make_pki, openssl_binary
 from tools.station.mosquitto import Mosquitto, TlsFiles, mosquitto_binary
@@ -63,15 +63,6 @@ def password_broker(pki, tmp_path) -> Iterator[Mosquitto]:
         tls=TlsFiles(pki.ca.cert, pki.server.cert, pki.server.key, require_certificate=False),
         users={"edge-st": PASSWORD, "mes": "mes-password"},
     )
-
-
-async def wait_until(predicate, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 class Station:
