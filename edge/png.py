@@ -57,10 +57,9 @@ def encode_png(image: npt.NDArray[np.uint8]) -> bytes:
     rows[:, 0] = SUB
     rows[:, 1 : channels + 1] = pixels[:, :channels]
     np.subtract(pixels[:, channels:], pixels[:, :-channels], out=rows[:, channels + 1 :])  # uint8: modulo 256
-    colour = next(kind for kind, n in CHANNELS.items() if n == channels)
     return b"".join((
         SIGNATURE,
-        _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)),
+        _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)),
         _chunk(b"IDAT", isal_zlib.compress(rows, LEVEL)),
         _chunk(b"IEND", b""),
     ))  # fmt: skip

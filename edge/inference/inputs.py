@@ -39,6 +39,8 @@ class Images:
 
     @property
     def nbytes(self) -> int:
+        if isinstance(self.frames, np.ndarray):
+            return int(self.frames.nbytes)
         return sum(frame.nbytes for frame in self.frames)
 
     def stacked(self, out: Pixels | None = None) -> Pixels:

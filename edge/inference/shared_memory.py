@@ -183,11 +183,6 @@ class SharedImages:
             f"{self.prefix}-{model}-{slot}" for model in self._plan.bytes_per_model for slot in range(self._plan.slots)
         ]
 
-    async def lease(self, model: str, images: Images) -> Lease | None:
-        """``ready``, then ``take``."""
-        await self.ready()
-        return self.take(model, images)
-
     async def ready(self) -> None:
         """Make and register the regions where they are not yet (and no other request is doing it)."""
         if self.state == "unregistered" and not self._registering.locked():

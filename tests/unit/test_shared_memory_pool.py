@@ -18,6 +18,7 @@ from edge.inference.inputs import Images
 from edge.inference.shared_memory import (
     EXTRA_SLOTS,
     ImagePlan,
+    Lease,
     SharedImages,
     SlotPool,
     is_local,
@@ -134,6 +135,12 @@ def images(model: str, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (batch, channels, 8, 8), dtype=np.uint8)
 
 
+async def take_slot(shared: SharedImages, model: str, images: Images) -> Lease | None:
+    """As the client takes a slot: the regions registered where they are not, then a slot holding ``images``."""
+    await shared.ready()
+    return shared.take(model, images)
+
+
 def shm_files(prefix: str) -> list[str]:
     return sorted(p.name for p in SHM.glob(f"{prefix}-*"))
 
@@ -149,7 +156,7 @@ def test_first_request_registers_every_region_and_writes_its_images() -> None:
         shared, states = make(triton)
         assert shared.prefix.startswith(f"edge-{os.getpid()}-")
         grey = images("anomaly", 3)
-        lease = await shared.lease("anomaly", Images(list(grey)))  # a frame's tensor each, stacked in the region
+        lease = await take_slot(shared, "anomaly", Images(list(grey)))  # a frame's tensor each, stacked in the region
         assert lease is not None and shared.state == "registered" and states == [True]
         assert sorted(triton.regions) == sorted(shared.names) and len(shared.names) == 4
         assert shm_files(shared.prefix) == sorted(shared.names)
@@ -167,8 +174,8 @@ def test_frames_that_do_not_stack_give_their_slot_back_and_go_over_grpc() -> Non
     async def run() -> None:
         shared, _ = make(ScriptedTriton())
         odd = Images([images("anomaly", 1)[0], np.zeros((1, 4, 8), np.uint8)])  # two shapes: no batch of them
-        assert await shared.lease("anomaly", odd) is None
-        held = [await shared.lease("anomaly", Images.of(images("anomaly", 1))) for _ in range(PLAN.slots)]
+        assert await take_slot(shared, "anomaly", odd) is None
+        held = [await take_slot(shared, "anomaly", Images.of(images("anomaly", 1))) for _ in range(PLAN.slots)]
         assert all(lease is not None for lease in held)  # the slot tried was given back
         await shared.close()
 
@@ -178,14 +185,14 @@ def test_frames_that_do_not_stack_give_their_slot_back_and_go_over_grpc() -> Non
 def test_requests_beyond_the_free_slots_or_a_full_batch_go_over_grpc_without_waiting() -> None:
     async def run() -> None:
         shared, _ = make(ScriptedTriton())
-        held = [await shared.lease("classifier", Images.of(images("classifier", 4))) for _ in range(PLAN.slots)]
+        held = [await take_slot(shared, "classifier", Images.of(images("classifier", 4))) for _ in range(PLAN.slots)]
         assert all(lease is not None for lease in held)
-        assert await asyncio.wait_for(shared.lease("classifier", Images.of(images("classifier", 1))), 0.5) is None
-        assert await shared.lease("anomaly", Images.of(images("anomaly", 5))) is None  # a slot holds 4
+        assert await asyncio.wait_for(take_slot(shared, "classifier", Images.of(images("classifier", 1))), 0.5) is None
+        assert await take_slot(shared, "anomaly", Images.of(images("anomaly", 5))) is None  # a slot holds 4
         first = held[0]
         assert first is not None
         shared.give_back(first)
-        assert await shared.lease("classifier", Images.of(images("classifier", 1))) is not None
+        assert await take_slot(shared, "classifier", Images.of(images("classifier", 1))) is not None
         await shared.close()
 
     asyncio.run(run())
@@ -196,12 +203,12 @@ def test_a_refused_region_turns_shared_memory_off_and_removes_what_was_made() ->
         triton = ScriptedTriton()
         shared, states = make(triton)
         triton.refuse = shared.names[2]
-        assert await shared.lease("anomaly", Images.of(images("anomaly", 1))) is None
+        assert await take_slot(shared, "anomaly", Images.of(images("anomaly", 1))) is None
         assert shared.state == "off" and states == [False]
         assert triton.regions == {}  # the two it took before refusing were unregistered
         assert shm_files(shared.prefix) == []
         triton.refuse = None
-        assert await shared.lease("anomaly", Images.of(images("anomaly", 1))) is None  # off stays off
+        assert await take_slot(shared, "anomaly", Images.of(images("anomaly", 1))) is None  # off stays off
         assert len(triton.registered) == 2
 
     asyncio.run(run())
@@ -211,7 +218,7 @@ def test_a_short_dev_shm_turns_shared_memory_off_before_making_anything() -> Non
     async def run() -> None:
         triton = ScriptedTriton()
         shared, _ = make(triton, free_bytes=PLAN.total_bytes - 1)
-        assert await shared.lease("anomaly", Images.of(images("anomaly", 1))) is None
+        assert await take_slot(shared, "anomaly", Images.of(images("anomaly", 1))) is None
         assert shared.state == "off" and triton.registered == [] and shm_files(shared.prefix) == []
 
     asyncio.run(run())
@@ -222,10 +229,10 @@ def test_an_unreachable_triton_leaves_registration_to_a_later_request() -> None:
         triton = ScriptedTriton()
         triton.down = True
         shared, states = make(triton)
-        assert await shared.lease("anomaly", Images.of(images("anomaly", 1))) is None
+        assert await take_slot(shared, "anomaly", Images.of(images("anomaly", 1))) is None
         assert shared.state == "unregistered" and states == []
         triton.down = False
-        assert await shared.lease("anomaly", Images.of(images("anomaly", 1))) is not None
+        assert await take_slot(shared, "anomaly", Images.of(images("anomaly", 1))) is not None
         assert shared.state == "registered"
         await shared.close()
 
@@ -236,7 +243,7 @@ def test_an_error_naming_a_lost_region_registers_the_missing_regions_once_more()
     async def run() -> None:
         triton = ScriptedTriton()
         shared, states = make(triton)
-        lease = await shared.lease("anomaly", Images.of(images("anomaly", 1)))
+        lease = await take_slot(shared, "anomaly", Images.of(images("anomaly", 1)))
         assert lease is not None
         other = InferenceServerException("model not ready", status=str(grpc.StatusCode.UNAVAILABLE))
         assert not shared.lost(lease, other) and shared.state == "registered"
@@ -245,7 +252,7 @@ def test_an_error_naming_a_lost_region_registers_the_missing_regions_once_more()
         assert shared.lost(lease, gone) and shared.state == "unregistered"
         shared.give_back(lease)
         before = len(triton.registered)
-        assert await shared.lease("anomaly", Images.of(images("anomaly", 1))) is not None
+        assert await take_slot(shared, "anomaly", Images.of(images("anomaly", 1))) is not None
         assert triton.registered[before:] == [lease.region]  # only the one Triton had lost
         assert states == [True, False, True]
         await shared.close()
@@ -260,7 +267,9 @@ def test_a_region_left_by_a_killed_process_under_the_same_name_is_replaced() -> 
         stale.write_bytes(b"x" * 16)  # too small, and someone else's contents
         try:
             grey = images("anomaly", 4)
-            lease = await shared.lease("anomaly", Images(list(grey)))  # a frame's tensor each, stacked in the region
+            lease = await take_slot(
+                shared, "anomaly", Images(list(grey))
+            )  # a frame's tensor each, stacked in the region
             assert lease is not None and lease.region == stale.name
             assert stale.stat().st_size == PLAN.bytes_per_model["anomaly"]
             np.testing.assert_array_equal(np.fromfile(stale, np.uint8).reshape(grey.shape), grey)
