@@ -25,7 +25,7 @@ INFORMATIONAL = frozenset({b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"})
 CHANNELS = {0: 1, 2: 3}  # colour types taken: grey, RGB (8 bits each)
 NONE, SUB, UP = 0, 1, 2
 INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)  # isal's stub types it as an instance, not a class
-PIECE_BYTES = 32 * 1024  # inflated at a time, its rows' filters checked before the next
+FIRST_BYTES = 32 * 1024  # inflated first, its rows' filters checked before the rest is
 
 
 def decode_png(data: bytes) -> npt.NDArray[np.uint8] | None:
@@ -69,27 +69,29 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I4s", len(body), kind) + body + struct.pack(">I", isal_zlib.crc32(body, isal_zlib.crc32(kind)))
 
 
-def _inflate(stream: bytes, stride: int, height: int) -> bytearray | None:
+def _inflate(stream: bytes, stride: int, height: int) -> bytes | None:
     """The ``height`` scanlines of ``stride`` bytes the zlib ``stream`` holds, exactly; None when it holds fewer or
     more, is damaged, or a row is filtered Average or Paeth (each byte of such a row waits on the one before it).
-    Inflated a piece at a time, so a PNG of another encoder (most rows Average or Paeth) costs a piece, not all."""
-    inflater, raw, checked, need = isal_zlib.decompressobj(), bytearray(), 0, height * stride
+    Inflated in two calls: the first ``FIRST_BYTES`` (most encoders that filter Average or Paeth do so from the second
+    row, so such a PNG costs that piece, not all), then the rest at once. Each call lets go of the interpreter lock
+    and takes it back; with the event loop busy, taking it back costs more CPU than the inflate of a piece."""
+    inflater, need = isal_zlib.decompressobj(), height * stride
     try:
-        while len(raw) < need:
-            piece = inflater.decompress(stream, min(need - len(raw), PIECE_BYTES))
-            stream = inflater.unconsumed_tail
-            if not piece:
-                return None
-            raw += piece
-            rows = len(raw) // stride
-            if max(raw[checked * stride : rows * stride : stride], default=NONE) > UP:
-                return None
-            checked = rows
-        if inflater.decompress(stream, 1) or not inflater.eof or inflater.unused_data:
+        head = inflater.decompress(stream, min(need, FIRST_BYTES))
+        if not head or not _plain(head, stride):
             return None
+        # room for one byte more than the rows: a stream that holds more shows it, one that holds them ends here
+        raw = head + inflater.decompress(inflater.unconsumed_tail, need + 1 - len(head))
     except INFLATE_ERROR:  # a damaged stream
         return None
+    if len(raw) != need or not inflater.eof or inflater.unused_data or not _plain(raw, stride):
+        return None
     return raw
+
+
+def _plain(raw: bytes, stride: int) -> bool:
+    """Whether every whole row in ``raw`` is filtered None, Sub or Up."""
+    return max(raw[: len(raw) // stride * stride : stride], default=NONE) <= UP
 
 
 def walk(data: bytes) -> Iterator[tuple[bytes, memoryview, int]]:

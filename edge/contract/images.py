@@ -82,14 +82,22 @@ def model_input(image: Image, size: tuple[int, int]) -> Tensors:
     """The whole rule: the (3, H, W) RGB and (1, H, W) grey uint8 tensors of ``image`` at ``size``."""
     rgb = np.ascontiguousarray(fit(to_eight_bit_rgb(image), size))
     grey = cast("npt.NDArray[np.uint8]", cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    return Tensors(rgb=np.stack(cv2.split(rgb)), grey=grey[None])  # planes split in C: faster than a transpose
+    return Tensors(rgb=_planes(rgb, (0, 1, 2)), grey=grey[None])
 
 
 def opencv_input(decoded: Image, size: tuple[int, int]) -> Tensors:
     """``model_input(from_opencv(decoded), size)`` for an image as OpenCV decodes it; the usual frame (8-bit BGR at
     the models' size) goes straight to the tensors, without an RGB copy between."""
     if decoded.dtype == np.uint8 and decoded.shape == (*size, 3):
-        blue, green, red = cv2.split(decoded)
-        grey = cast("npt.NDArray[np.uint8]", cv2.cvtColor(decoded, cv2.COLOR_BGR2GRAY))
-        return Tensors(rgb=np.stack((red, green, blue)), grey=grey[None])
+        bgr = cast("npt.NDArray[np.uint8]", decoded)
+        grey = cast("npt.NDArray[np.uint8]", cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+        return Tensors(rgb=_planes(bgr, (2, 1, 0)), grey=grey[None])
     return model_input(from_opencv(decoded), size)
+
+
+def _planes(image: npt.NDArray[np.uint8], into: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
+    """The (3, H, W) planes of an (H, W, 3) image, its channel c becoming plane ``into[c]``. OpenCV splits them
+    straight into the one array: a tenth of NumPy's transposed copy, and one copy, not a split and a stack."""
+    planes = np.empty((3, *image.shape[:2]), np.uint8)
+    cv2.split(image, [planes[i] for i in into])
+    return planes

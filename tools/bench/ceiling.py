@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoding", choices=("png", "raw"), default="png", help="the frames' image payloads")
     parser.add_argument("--decode-processes", type=int, default=0,
                         help="the daemon's [ingest] decode_processes (0: decode on its threads)")  # fmt: skip
+    parser.add_argument("--decode-threads", type=int, default=None,
+                        help="the daemon's [ingest] decode_threads; default: the daemon's")  # fmt: skip
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
     null_repository = args.workdir / "null_repository"
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = frames(args.frames, args.distinct, seed=21, encoding=args.encoding)
     warm = frames(2 * DIES_PER_WAFER * len(TOOLS), args.distinct, seed=22, encoding=args.encoding)
     ingest = f"decode_processes = {args.decode_processes}\n"
+    if args.decode_threads is not None:
+        ingest += f"decode_threads = {args.decode_threads}\n"
     with Station(args.workdir / "station", null_repository, with_broker=True, ingest_extra=ingest) as st:
         with contextlib.redirect_stdout(sys.stderr):  # its count of messages: the result alone goes to stdout
             for seed, n in ((21, args.frames), (22, len(warm))):
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         st.stop_daemon()
         result["recorded"] = recorded_results(st.workdir / "outbox.sqlite") - len(warm)
     print(json.dumps({"host": host(), "models": f"null ({', '.join(null)})", "inflight": args.inflight,
-                      "encoding": args.encoding, "decode_processes": args.decode_processes, "frames": args.frames,
+                      "encoding": args.encoding, "decode_processes": args.decode_processes,
+                      "decode_threads": args.decode_threads, "frames": args.frames,
                       **result}, indent=1))  # fmt: skip
     return 0
 

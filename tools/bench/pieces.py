@@ -3,7 +3,12 @@ CPU per call, the mean over ``--repeats``), old way against new, on dies the AOI
 
 - a die's PNG written by OpenCV (level 1) and by ``edge.png.encode_png`` (ISA-L), with the files' sizes;
 - a (3, H, W) die interleaved into (H, W, 3) by a NumPy transposed copy and by ``cv2.merge``;
-- a batch's RGB dies stacked into an array and copied into a region, against stacked straight into it.
+- a batch's RGB dies stacked into an array and copied into a region, against stacked straight into it;
+- a PNG die decoded into the models' tensors (``edge.ingest.imaging.decode``, the quick path) on two threads, alone
+  and while the main thread runs Python as a busy event loop does: thread CPU per die and wall time per die. Each time
+  a decode thread takes the interpreter lock back from a busy thread it pays in CPU and waits up to the switch
+  interval (5 ms), so a decode that lets go of the lock fewer times costs less beside a busy loop. (No old way here:
+  run this file against the commit before to compare.)
 
     python -m tools.bench.pieces --repeats 200
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import mmap
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +26,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.ingest.imaging import decode
+from edge.ingest.wire import Limits, parse_frame
 from edge.png import encode_png
 from tools.bench.capture import host
 from tools.bench.ceiling import frames
+from tools.station.station import RECIPE, TOOLS
 
 
 def cpu_ms(fn: Callable[[int], Any], repeats: int) -> float:
@@ -45,6 +54,40 @@ def stack_ms(parts: list[np.ndarray], repeats: int) -> dict[str, float]:
         "stacked_then_copied": cpu_ms(two_copies, repeats),
         "stacked_into_region": cpu_ms(lambda _: np.stack(parts, out=view), repeats),
     }
+
+
+def decode_ms(messages: list[list[bytes]], per_thread: int) -> dict[str, dict[str, float]]:
+    """Each die of ``messages`` (frames on the wire) decoded on two threads, alone and beside a busy main thread."""
+    limits = Limits(1 << 16, 1 << 24, 1 << 24, frozenset(TOOLS), frozenset({RECIPE}))
+    parsed = [parse_frame(m, limits) for m in messages]
+    dies = [p for p in parsed if isinstance(p, tuple)]
+    assert len(dies) == len(messages), "every rendered frame parses"
+    size = (256, 256)
+
+    def work(cpu: list[float]) -> None:
+        since = time.thread_time()
+        for i in range(per_thread):
+            header, payload = dies[i % len(dies)]
+            decode(header, payload, size, 1 << 24, False)
+        cpu.append(time.thread_time() - since)
+
+    result = {}
+    for busy in (False, True):
+        cpu: list[float] = []
+        threads = [threading.Thread(target=work, args=(cpu,)) for _ in range(2)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        while busy and any(t.is_alive() for t in threads):
+            sum(range(1000))  # Python on the main thread, as a loop's callbacks are
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        result["beside_a_busy_thread" if busy else "alone"] = {
+            "thread_cpu_ms_per_die": round(sum(cpu) / (2 * per_thread) * 1000, 3),
+            "wall_ms_per_die": round(wall / (2 * per_thread) * 1000, 3),
+        }
+    return result
 
 
 def main() -> None:
@@ -75,6 +118,7 @@ def main() -> None:
     stacking = {str(batch): stack_ms([planes[i % n] for i in range(batch)], max(10, args.repeats // 8))
                 for batch in (16, 128)}  # fmt: skip
     result["batch_stack_ms"] = stacking
+    result["png_decode_two_threads"] = decode_ms([pending.parts for _, pending in rendered], args.repeats)
     print(json.dumps(result, indent=1))
 
 
