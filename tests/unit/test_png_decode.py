@@ -108,7 +108,7 @@ def test_opencv_encoded_dies_decode_as_opencv_decodes_them(level):
 @pytest.mark.parametrize("kind", [3, 4])
 @pytest.mark.parametrize("row", [0, 1, 130, 255])
 def test_average_or_paeth_rows_are_left_to_opencv(kind, row):
-    """Wherever the row is: the first piece inflated, or the last (a die's rows come in several pieces)."""
+    """Wherever the row is: in the first piece inflated (checked before the rest is) or in the rest."""
     image = np.random.default_rng(kind).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
     filters = [1] * 256
     filters[row] = kind
