@@ -267,9 +267,8 @@ def test_a_region_left_by_a_killed_process_under_the_same_name_is_replaced() -> 
         stale.write_bytes(b"x" * 16)  # too small, and someone else's contents
         try:
             grey = images("anomaly", 4)
-            lease = await take_slot(
-                shared, "anomaly", Images(list(grey))
-            )  # a frame's tensor each, stacked in the region
+            # a frame's tensor each, stacked in the region
+            lease = await take_slot(shared, "anomaly", Images(list(grey)))
             assert lease is not None and lease.region == stale.name
             assert stale.stat().st_size == PLAN.bytes_per_model["anomaly"]
             np.testing.assert_array_equal(np.fromfile(stale, np.uint8).reshape(grey.shape), grey)

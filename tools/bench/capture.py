@@ -101,6 +101,20 @@ def add_stream_arguments(parser: argparse.ArgumentParser, workdir: str) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs per mode, taken in turn")
 
 
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the daemon of a bench decodes: its [ingest] ``decode_processes`` and ``decode_threads``."""
+    parser.add_argument("--decode-processes", type=int, default=0,
+                        help="the daemon's [ingest] decode_processes (0: decode on its threads)")  # fmt: skip
+    parser.add_argument("--decode-threads", type=int, default=None,
+                        help="the daemon's [ingest] decode_threads; default: the daemon's")  # fmt: skip
+
+
+def decode_settings(args: argparse.Namespace) -> str:
+    """The [ingest] lines of ``add_decode_arguments``'s options."""
+    lines = f"decode_processes = {args.decode_processes}\n"
+    return lines if args.decode_threads is None else lines + f"decode_threads = {args.decode_threads}\n"
+
+
 def in_turn(args: argparse.Namespace, modes: Sequence[str], run: Callable[[Path, str], dict]) -> dict[str, dict]:
     """``run(workdir, mode)`` for every mode, ``args.rounds`` times in turn (a slow minute of the host falls on
     every mode), each in a fresh work folder (a fresh outbox: a frame seen before is answered from it); each mode's

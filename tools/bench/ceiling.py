@@ -29,7 +29,7 @@ import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.ingest.wire import encode_header
-from tools.bench.capture import host
+from tools.bench.capture import add_decode_arguments, decode_settings, host
 from tools.bench.null_repository import build as build_null
 from tools.bench.soak import descendant_pids, group_pids, stat_fields
 from tools.sim import aoi_sim, mes_sim
@@ -180,19 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--distinct", type=int, default=200, help="dies rendered; the frames take them in turn")
     parser.add_argument("--encoding", choices=("png", "raw"), default="png", help="the frames' image payloads")
-    parser.add_argument("--decode-processes", type=int, default=0,
-                        help="the daemon's [ingest] decode_processes (0: decode on its threads)")  # fmt: skip
-    parser.add_argument("--decode-threads", type=int, default=None,
-                        help="the daemon's [ingest] decode_threads; default: the daemon's")  # fmt: skip
+    add_decode_arguments(parser)
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
     null_repository = args.workdir / "null_repository"
     null = build_null(args.repository, null_repository)
     todo = frames(args.frames, args.distinct, seed=21, encoding=args.encoding)
     warm = frames(2 * DIES_PER_WAFER * len(TOOLS), args.distinct, seed=22, encoding=args.encoding)
-    ingest = f"decode_processes = {args.decode_processes}\n"
-    if args.decode_threads is not None:
-        ingest += f"decode_threads = {args.decode_threads}\n"
+    ingest = decode_settings(args)
     with Station(args.workdir / "station", null_repository, with_broker=True, ingest_extra=ingest) as st:
         with contextlib.redirect_stdout(sys.stderr):  # its count of messages: the result alone goes to stdout
             for seed, n in ((21, args.frames), (22, len(warm))):

@@ -121,14 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="raw, daemon, raw, daemon, ...: a slow spell of the "
                         "host falls on both sides")  # fmt: skip
-    parser.add_argument("--decode-threads", type=int, default=None,
-                        help="the daemon's [ingest] decode_threads; default: the daemon's")  # fmt: skip
+    capture.add_decode_arguments(parser)
     args = parser.parse_args(argv)
     logs.configure(stream=sys.stderr)  # the client's log lines: the result alone goes to stdout
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
     raws, daemons = [], []
-    ingest = "" if args.decode_threads is None else f"decode_threads = {args.decode_threads}\n"
-    with Station(args.workdir, args.repository, with_broker=True, ingest_extra=ingest) as st:
+    with Station(args.workdir, args.repository, with_broker=True, ingest_extra=capture.decode_settings(args)) as st:
         assert st.triton is not None
         for round_ in range(args.rounds):
             raws.append(asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight)))

@@ -56,13 +56,12 @@ def stack_ms(parts: list[np.ndarray], repeats: int) -> dict[str, float]:
     }
 
 
-def decode_ms(messages: list[list[bytes]], per_thread: int) -> dict[str, dict[str, float]]:
+def decode_ms(messages: list[list[bytes]], size: tuple[int, int], per_thread: int) -> dict[str, dict[str, float]]:
     """Each die of ``messages`` (frames on the wire) decoded on two threads, alone and beside a busy main thread."""
     limits = Limits(1 << 16, 1 << 24, 1 << 24, frozenset(TOOLS), frozenset({RECIPE}))
     parsed = [parse_frame(m, limits) for m in messages]
     dies = [p for p in parsed if isinstance(p, tuple)]
     assert len(dies) == len(messages), "every rendered frame parses"
-    size = (256, 256)
 
     def work(cpu: list[float]) -> None:
         since = time.thread_time()
@@ -118,7 +117,8 @@ def main() -> None:
     stacking = {str(batch): stack_ms([planes[i % n] for i in range(batch)], max(10, args.repeats // 8))
                 for batch in (16, 128)}  # fmt: skip
     result["batch_stack_ms"] = stacking
-    result["png_decode_two_threads"] = decode_ms([pending.parts for _, pending in rendered], args.repeats)
+    messages = [pending.parts for _, pending in rendered]
+    result["png_decode_two_threads"] = decode_ms(messages, rgb[0].shape[:2], args.repeats)
     print(json.dumps(result, indent=1))
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from edge.errors import EdgeError
 from edge.serving.tritonserver import TritonServerSettings, locate_wheel_server
+from tools.bench.capture import add_decode_arguments, decode_settings
 from tools.bench.e2e import daemon_e2e, pooled, raw_triton
 from tools.build_repository import MODELS
 from tools.gpu.build_engines import plan_path
@@ -262,8 +263,7 @@ def measure(args: argparse.Namespace, server: Path) -> dict[str, Any]:
     settings = functools.partial(plan_server_settings, server, backend_dir)
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh outbox: a frame seen before is answered from it
     try:
-        ingest = f"decode_processes = {args.decode_processes}\n"
-        with Station(args.workdir, args.repository, server_settings=settings, ingest_extra=ingest) as st:
+        with Station(args.workdir, args.repository, server_settings=settings, ingest_extra=decode_settings(args)) as st:
             assert st.triton is not None
             raw = pooled([asyncio.run(raw_triton(st.triton.grpc_url, args.frames, args.inflight))])
             daemon = pooled([daemon_e2e(st, args.frames, args.inflight)])
@@ -297,8 +297,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"frames per run (default {DEFAULT_FRAMES})")
     parser.add_argument("--inflight", type=int, default=DEFAULT_INFLIGHT,
                         help=f"frames in flight (default {DEFAULT_INFLIGHT})")  # fmt: skip
-    parser.add_argument("--decode-processes", type=int, default=0,
-                        help="the daemon's [ingest] decode_processes (0: decode on its threads)")  # fmt: skip
+    add_decode_arguments(parser)
     return parser.parse_args(argv)
 
 
